@@ -1,0 +1,73 @@
+"""The chunk stream from a snapshotter to one uploader (MessagePack, raw bytes).
+
+1. ``tv.upload.open`` (queue group ``uploader``, JSON `UploadOpen` → `UploadOpened`) picks one uploader.
+2. ``tv.upload.session.<sid>.blob`` carries `BlobPart` requests; each reply is an `UploadAck`.
+   A blob larger than the connection's max payload is split into parts (``part``/``parts``),
+   the uploader reassembles; only the last part's ack covers the blob.
+3. ``tv.upload.session.<sid>.flush`` (`UploadFlush`) writes every open pack and its index, records
+   the chunks in the catalog, then acks with ``durable_seq`` = the last blob seq now durable.
+4. ``tv.upload.session.<sid>.close`` (`UploadClose`) ends the session (``discard`` drops open packs).
+
+Redelivery is harmless: a blob id added twice is packed once, and packs are content addressed.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class UploadOpen(msgspec.Struct, kw_only=True):
+    """Open an upload session for one backup job."""
+
+    job_id: str
+    """The backup job."""
+    plan_id: str
+    """Its plan (the uploader fetches location and write keys from the catalog)."""
+
+
+class UploadOpened(msgspec.Struct, kw_only=True):
+    """Reply to `UploadOpen`."""
+
+    session_id: str
+    """Use in ``tv.upload.session.<session_id>.*``."""
+    uploader: str
+    """Instance id of the uploader."""
+
+
+class BlobPart(msgspec.Struct, kw_only=True):
+    """One encrypted blob, or one part of it (MessagePack)."""
+
+    seq: int
+    """Sequence number of the blob within the session, from 1."""
+    id: bytes
+    """Blob id (keyed hash of the plaintext)."""
+    type: int
+    """Blob type (0 data, 1 tree; see `shared.repository.format.BlobType`)."""
+    raw_length: int
+    """Plaintext length."""
+    data: bytes
+    """Encrypted payload, or this part of it."""
+    part: int = 0
+    """Index of this part."""
+    parts: int = 1
+    """Number of parts."""
+
+
+class UploadFlush(msgspec.Struct, kw_only=True):
+    """Make every blob sent so far durable."""
+
+
+class UploadClose(msgspec.Struct, kw_only=True):
+    """End the session."""
+
+    discard: bool = False
+    """Drop blobs not yet written (job canceled)."""
+
+
+class UploadAck(msgspec.Struct, kw_only=True):
+    """Reply to every session request."""
+
+    durable_seq: int = 0
+    """Every blob with seq ≤ this is durably stored and recorded in the catalog."""
+    error: str | None = None
+    """Set when the uploader failed; the sender retries elsewhere or fails the job."""

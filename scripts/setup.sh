@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Idempotent setup for a fresh clone (developer machine or CI, Debian 12).
+#
+#   * apt packages the tests and benchmarks need, installed only when missing:
+#       nats-server  (services talk over NATS; tests start a private server)
+#       restic       (bench/bench_core.py compares against it)
+#       chromium     (browser UI tests drive /usr/bin/chromium through Playwright;
+#                     `playwright install` is never run: it downloads a browser build)
+#   * .venv with `pip install -e '.[test]'`, redone only when pyproject.toml changed
+#     since the last successful install (hash kept in .venv/.setup-stamp).
+#
+# A second run with everything in place is silent and takes well under a second.
+# Environment: PYTHON (default python3, must be >= 3.11), SETUP_FORCE=1 reinstalls the venv packages.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+PYTHON="${PYTHON:-python3}"
+VENV=.venv
+STAMP="$VENV/.setup-stamp"
+APT_PACKAGES=(nats-server restic chromium fonts-liberation)
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo "$@"
+    else
+        die "need root to run: $* (install sudo or run as root)"
+    fi
+}
+
+apt_missing() {
+    local pkg
+    for pkg in "$@"; do
+        if ! dpkg-query -W -f='${Status}\n' "$pkg" 2>/dev/null | grep -q '^install ok installed$'; then
+            printf '%s\n' "$pkg"
+        fi
+    done
+}
+
+# --- system packages ---------------------------------------------------------------------------
+want=("${APT_PACKAGES[@]}")
+# Debian's python3 needs python3-venv for ensurepip; a pyenv/python.org build has it built in.
+if ! "$PYTHON" -c 'import ensurepip' >/dev/null 2>&1; then
+    want+=(python3-venv)
+fi
+
+if command -v dpkg-query >/dev/null 2>&1; then
+    mapfile -t missing < <(apt_missing "${want[@]}")
+    if [ "${#missing[@]}" -gt 0 ]; then
+        log "installing apt packages: ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        as_root apt-get update -qq
+        as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+else
+    log "warning: not a Debian system; install ${APT_PACKAGES[*]} yourself"
+fi
+
+# --- Python virtualenv ---------------------------------------------------------------------------
+"$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+    || die "$PYTHON is $("$PYTHON" --version 2>&1); TimeVault needs Python >= 3.11 (set PYTHON=...)"
+
+if [ ! -x "$VENV/bin/python" ]; then
+    log "creating $VENV"
+    "$PYTHON" -m venv "$VENV"
+    rm -f "$STAMP"
+fi
+
+want_stamp="$(sha256sum pyproject.toml | cut -d' ' -f1) $("$VENV/bin/python" -c 'import sys; print(sys.version.split()[0])')"
+have_stamp="$(cat "$STAMP" 2>/dev/null || true)"
+if [ "${SETUP_FORCE:-0}" = 1 ] || [ "$want_stamp" != "$have_stamp" ] || [ ! -x "$VENV/bin/timevault" ]; then
+    log "installing TimeVault and test dependencies into $VENV (log: $VENV/pip-install.log)"
+    # Build-backend and local-index warnings go to the log; it is shown only when pip fails.
+    if ! "$VENV/bin/python" -m pip install --disable-pip-version-check -e '.[test]' \
+            >"$VENV/pip-install.log" 2>&1; then
+        tail -n 40 "$VENV/pip-install.log" >&2
+        die "pip install failed (full log: $VENV/pip-install.log)"
+    fi
+    printf '%s\n' "$want_stamp" >"$STAMP"
+fi

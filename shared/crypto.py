@@ -1,0 +1,163 @@
+"""Cryptographic primitives of the repository format.
+
+- Password → key-encryption key with scrypt (parameters stored beside the wrapped keys).
+- AES-256-GCM for every stored object, with a fresh random 96-bit nonce per message.
+- Keyed BLAKE3 for blob ids, so ids never reveal a plain hash of the content.
+- X25519 sealing for the write-only tier: the machine that backs up holds only the public
+  key; each backup job picks a random data key and seals it to that public key, so reading
+  data back needs the private key, which is stored only wrapped by the password.
+
+Authentication failure is a value (`Unauthenticated`), never a crash.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from threading import Lock
+
+import blake3
+from Crypto.Cipher import AES
+from Crypto.Hash import SHA256
+from Crypto.Protocol.DH import import_x25519_private_key, import_x25519_public_key, key_agreement
+from Crypto.Protocol.KDF import HKDF, scrypt
+from Crypto.PublicKey import ECC
+
+KEY_SIZE = 32
+NONCE_SIZE = 12
+TAG_SIZE = 16
+AEAD_OVERHEAD = NONCE_SIZE + TAG_SIZE
+PUBLIC_KEY_SIZE = 32
+SEALED_KEY_SIZE = PUBLIC_KEY_SIZE + AEAD_OVERHEAD + KEY_SIZE
+
+
+class Unauthenticated(Exception):
+    """Ciphertext failed authentication: wrong key, or the data was changed or truncated."""
+
+
+@dataclass(frozen=True)
+class ScryptParams:
+    """Cost parameters for deriving a key from a password."""
+
+    n: int = 2**15
+    r: int = 8
+    p: int = 1
+
+
+def derive_key(password: str, salt: bytes, params: ScryptParams) -> bytes:
+    return scrypt(password.encode("utf-8"), salt, KEY_SIZE, N=params.n, r=params.r, p=params.p)  # type: ignore[return-value]
+
+
+def encrypt(key: bytes, plaintext: bytes | memoryview, aad: bytes = b"") -> bytes:
+    """AES-256-GCM: returns nonce || ciphertext || tag."""
+    nonce = secrets.token_bytes(NONCE_SIZE)
+    cipher = AES.new(key, AES.MODE_GCM, nonce=nonce)
+    if aad:
+        cipher.update(aad)
+    ciphertext, tag = cipher.encrypt_and_digest(plaintext)
+    return b"".join((nonce, ciphertext, tag))
+
+
+def decrypt(key: bytes, message: bytes | memoryview, aad: bytes = b"") -> bytes:
+    """Inverse of `encrypt`; raises Unauthenticated on any tampering or a wrong key."""
+    if len(message) < AEAD_OVERHEAD:
+        raise Unauthenticated("ciphertext too short")
+    view = memoryview(message)
+    cipher = AES.new(key, AES.MODE_GCM, nonce=bytes(view[:NONCE_SIZE]))
+    if aad:
+        cipher.update(aad)
+    try:
+        return cipher.decrypt_and_verify(view[NONCE_SIZE:-TAG_SIZE], view[-TAG_SIZE:])
+    except ValueError as exc:
+        raise Unauthenticated("ciphertext failed authentication") from exc
+
+
+def blob_id(id_key: bytes, data: bytes | memoryview) -> bytes:
+    """The keyed BLAKE3 id of a blob's plaintext (32 bytes)."""
+    return blake3.blake3(data, key=id_key).digest()
+
+
+def content_hash(data: bytes | memoryview) -> bytes:
+    """Unkeyed BLAKE3, used only for names of objects that hold ciphertext (packs)."""
+    return blake3.blake3(data).digest()
+
+
+def new_keypair() -> tuple[bytes, bytes]:
+    """Return (private seed, public key), both 32 raw bytes of an X25519 key."""
+    private = ECC.generate(curve="curve25519")
+    return private.seed, private.public_key().export_key(format="raw")
+
+
+def public_key_of(private_seed: bytes) -> bytes:
+    return import_x25519_private_key(private_seed).public_key().export_key(format="raw")
+
+
+def _wrapping_key(shared_secret: bytes, ephemeral_public: bytes, recipient_public: bytes) -> bytes:
+    return HKDF(shared_secret + ephemeral_public + recipient_public, KEY_SIZE, b"", SHA256,
+                context=b"timevault seal v1")  # type: ignore[return-value]
+
+
+def seal_key(recipient_public: bytes, data_key: bytes) -> bytes:
+    """Encrypt `data_key` so only the holder of the recipient's private key can open it."""
+    ephemeral = ECC.generate(curve="curve25519")
+    ephemeral_public = ephemeral.public_key().export_key(format="raw")
+    shared = key_agreement(static_priv=ephemeral,
+                           static_pub=import_x25519_public_key(recipient_public),
+                           kdf=lambda secret: secret)
+    wrapping = _wrapping_key(shared, ephemeral_public, recipient_public)
+    return ephemeral_public + encrypt(wrapping, data_key)
+
+
+def open_sealed_key(private_seed: bytes, sealed: bytes) -> bytes:
+    if len(sealed) != SEALED_KEY_SIZE:
+        raise Unauthenticated("sealed key has the wrong size")
+    private = import_x25519_private_key(private_seed)
+    ephemeral_public = sealed[:PUBLIC_KEY_SIZE]
+    try:
+        peer = import_x25519_public_key(ephemeral_public)
+        shared = key_agreement(static_priv=private, static_pub=peer, kdf=lambda secret: secret)
+    except ValueError as exc:
+        raise Unauthenticated("sealed key is malformed") from exc
+    wrapping = _wrapping_key(shared, ephemeral_public, private.public_key().export_key(format="raw"))
+    return decrypt(wrapping, sealed[PUBLIC_KEY_SIZE:])
+
+
+@dataclass
+class SealingSession:
+    """One random data key per backup job, sealed once to the repository's public key.
+
+    Every blob the job writes carries the sealed key in front of its ciphertext, so each
+    blob is self-contained and can be moved between packs (repacking) without decryption.
+    """
+
+    public_key: bytes
+    data_key: bytes = field(default_factory=lambda: secrets.token_bytes(KEY_SIZE))
+    sealed: bytes = b""
+
+    def __post_init__(self) -> None:
+        self.sealed = seal_key(self.public_key, self.data_key)
+
+    def seal(self, plaintext: bytes | memoryview, aad: bytes) -> bytes:
+        return self.sealed + encrypt(self.data_key, plaintext, aad)
+
+
+class Unsealer:
+    """Opens blobs written by any `SealingSession`; caches each job's unsealed data key."""
+
+    def __init__(self, private_seed: bytes) -> None:
+        self._private_seed = private_seed
+        self._keys: dict[bytes, bytes] = {}
+        self._lock = Lock()
+
+    def open(self, message: bytes | memoryview, aad: bytes) -> bytes:
+        if len(message) < SEALED_KEY_SIZE + AEAD_OVERHEAD:
+            raise Unauthenticated("sealed blob too short")
+        view = memoryview(message)
+        sealed = bytes(view[:SEALED_KEY_SIZE])
+        with self._lock:
+            key = self._keys.get(sealed)
+        if key is None:
+            key = open_sealed_key(self._private_seed, sealed)
+            with self._lock:
+                self._keys[sealed] = key
+        return decrypt(key, view[SEALED_KEY_SIZE:], aad)

@@ -1,0 +1,1 @@
+"""Tests of the storage layer: one conformance suite per location, wrappers, faults."""
