@@ -93,17 +93,24 @@ def public_key_of(private_seed: bytes) -> bytes:
 
 
 def _wrapping_key(shared_secret: bytes, ephemeral_public: bytes, recipient_public: bytes) -> bytes:
-    return HKDF(shared_secret + ephemeral_public + recipient_public, KEY_SIZE, b"", SHA256,
-                context=b"timevault seal v1")  # type: ignore[return-value]
+    return HKDF(
+        shared_secret + ephemeral_public + recipient_public,
+        KEY_SIZE,
+        b"",
+        SHA256,
+        context=b"timevault seal v1",
+    )  # type: ignore[return-value]
 
 
 def seal_key(recipient_public: bytes, data_key: bytes) -> bytes:
     """Encrypt `data_key` so only the holder of the recipient's private key can open it."""
     ephemeral = ECC.generate(curve="curve25519")
     ephemeral_public = ephemeral.public_key().export_key(format="raw")
-    shared = key_agreement(static_priv=ephemeral,
-                           static_pub=import_x25519_public_key(recipient_public),
-                           kdf=lambda secret: secret)
+    shared = key_agreement(
+        static_priv=ephemeral,
+        static_pub=import_x25519_public_key(recipient_public),
+        kdf=lambda secret: secret,
+    )
     wrapping = _wrapping_key(shared, ephemeral_public, recipient_public)
     return ephemeral_public + encrypt(wrapping, data_key)
 

@@ -77,8 +77,9 @@ def _wanted(parts: tuple[bytes, ...], includes: list[tuple[bytes, ...]]) -> tupl
 
 
 class Restorer:
-    def __init__(self, repo: Repository, progress: Callable[[Progress], None] | None,
-                 cancel: asyncio.Event | None) -> None:
+    def __init__(
+        self, repo: Repository, progress: Callable[[Progress], None] | None, cancel: asyncio.Event | None
+    ) -> None:
         self.repo = repo
         self.result = RestoreResult()
         self.progress = Progress(started=time.monotonic())
@@ -139,7 +140,9 @@ class Restorer:
                 self.progress.bytes_done += len(data)
                 self._report()
             if written != item.node.size:
-                self.result.errors.append(f"{item.relative}: restored {written} bytes, expected {item.node.size}")
+                self.result.errors.append(
+                    f"{item.relative}: restored {written} bytes, expected {item.node.size}"
+                )
             else:
                 ok = True
         except (CorruptBlob, StorageError, RepositoryError) as exc:
@@ -217,12 +220,20 @@ def _merge_into(source: str, target: str, errors: list[str]) -> None:
         elif not src_is_dir and not dst_is_dir:
             os.replace(src, dst)
         else:
-            errors.append(f"{dst}: left as it was; the snapshot has a {'folder' if src_is_dir else 'file'} there")
+            errors.append(
+                f"{dst}: left as it was; the snapshot has a {'folder' if src_is_dir else 'file'} there"
+            )
 
 
-async def restore(repo: Repository, snapshot_ref: str, target: str, *, includes: list[str] | None = None,
-                  progress: Callable[[Progress], None] | None = None,
-                  cancel: asyncio.Event | None = None) -> RestoreResult:
+async def restore(
+    repo: Repository,
+    snapshot_ref: str,
+    target: str,
+    *,
+    includes: list[str] | None = None,
+    progress: Callable[[Progress], None] | None = None,
+    cancel: asyncio.Event | None = None,
+) -> RestoreResult:
     """Restore a snapshot into `target` (created if missing). Returns counts and per-file errors."""
     if not os.path.isabs(target):
         raise RestoreError(f"restore target must be an absolute path: {target}")

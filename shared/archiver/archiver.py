@@ -127,9 +127,17 @@ class _ByteBudget:
 
 
 class Archiver:
-    def __init__(self, repo: Repository, *, sink: BlobSink, known: KnownBlobs,
-                 parent: ParentLookup, progress: ProgressCallback | None,
-                 cancel: asyncio.Event | None, workers: int) -> None:
+    def __init__(
+        self,
+        repo: Repository,
+        *,
+        sink: BlobSink,
+        known: KnownBlobs,
+        parent: ParentLookup,
+        progress: ProgressCallback | None,
+        cancel: asyncio.Event | None,
+        workers: int,
+    ) -> None:
         self.repo = repo
         self.sink = sink
         self.known = known
@@ -361,11 +369,19 @@ def normalize_sources(paths: list[str]) -> list[bytes]:
     return sources
 
 
-async def backup(repo: Repository, paths: list[str], *, sink: BlobSink | None = None,
-                 known: KnownBlobs | None = None, progress: ProgressCallback | None = None,
-                 cancel: asyncio.Event | None = None, cache_dir: str | None = None,
-                 plan: str | None = None, tags: list[str] | None = None,
-                 workers: int = 2) -> tuple[str, Snapshot]:
+async def backup(
+    repo: Repository,
+    paths: list[str],
+    *,
+    sink: BlobSink | None = None,
+    known: KnownBlobs | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: asyncio.Event | None = None,
+    cache_dir: str | None = None,
+    plan: str | None = None,
+    tags: list[str] | None = None,
+    workers: int = 2,
+) -> tuple[str, Snapshot]:
     """Back up `paths` into `repo`; returns (snapshot id, snapshot)."""
     sources = normalize_sources(paths)
     started = datetime.now(UTC).isoformat()
@@ -379,8 +395,9 @@ async def backup(repo: Repository, paths: list[str], *, sink: BlobSink | None = 
             known = IndexKnownBlobs(index)
         source_names = sorted(os.fsdecode(s) for s in sources)
         parent_id, parent = await ParentLookup.choose(repo, source_names, plan, cache_dir)
-        archiver = Archiver(repo, sink=sink, known=known, parent=parent, progress=progress,
-                            cancel=cancel, workers=workers)
+        archiver = Archiver(
+            repo, sink=sink, known=known, parent=parent, progress=progress, cancel=cancel, workers=workers
+        )
         counter = asyncio.create_task(asyncio.to_thread(count_tree, sources))
 
         def totals_known(task: asyncio.Task[tuple[int, int]]) -> None:
@@ -397,10 +414,18 @@ async def backup(repo: Repository, paths: list[str], *, sink: BlobSink | None = 
         finally:
             counter.cancel()
             archiver.close()
-        snapshot = Snapshot(time=started, finished=datetime.now(UTC).isoformat(),
-                            hostname=socket.gethostname(), paths=source_names, tree=root,
-                            stats=archiver.stats, parent=parent_id, warnings=archiver.warnings,
-                            tags=tags or [], plan=plan)
+        snapshot = Snapshot(
+            time=started,
+            finished=datetime.now(UTC).isoformat(),
+            hostname=socket.gethostname(),
+            paths=source_names,
+            tree=root,
+            stats=archiver.stats,
+            parent=parent_id,
+            warnings=archiver.warnings,
+            tags=tags or [],
+            plan=plan,
+        )
         snapshot_id = await repo.save_snapshot(snapshot)
         await parent.save(snapshot_id)
         archiver._report(b"", force=True)

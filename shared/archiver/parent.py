@@ -55,12 +55,14 @@ class ParentLookup:
         os.replace(temp, self._cache_path)
 
     @staticmethod
-    async def choose(repo: Repository, paths: list[str], plan: str | None,
-                     cache_dir: str | None) -> tuple[str | None, ParentLookup]:
+    async def choose(
+        repo: Repository, paths: list[str], plan: str | None, cache_dir: str | None
+    ) -> tuple[str | None, ParentLookup]:
         """Pick the latest snapshot of the same paths (and plan) and a way to read its state."""
         cache_path = os.path.join(cache_dir, f"{repo.config.id}.files") if cache_dir else None
         candidates = [
-            (snapshot_id, snapshot) for snapshot_id, snapshot in await repo.list_snapshots()
+            (snapshot_id, snapshot)
+            for snapshot_id, snapshot in await repo.list_snapshots()
             if snapshot.paths == paths and (plan is None or snapshot.plan == plan)
         ]
         if not candidates:

@@ -66,18 +66,33 @@ def kind_of(mode: int) -> str:
 
 def node_for(entry: Entry) -> Node:
     st = entry.st
-    return Node(name=entry.name, type=entry.kind, mode=stat.S_IMODE(st.st_mode), mtime_ns=st.st_mtime_ns,
-                size=st.st_size if entry.kind == "file" else 0, inode=st.st_ino, device=st.st_dev,
-                uid=st.st_uid, gid=st.st_gid, target=entry.target)
+    return Node(
+        name=entry.name,
+        type=entry.kind,
+        mode=stat.S_IMODE(st.st_mode),
+        mtime_ns=st.st_mtime_ns,
+        size=st.st_size if entry.kind == "file" else 0,
+        inode=st.st_ino,
+        device=st.st_dev,
+        uid=st.st_uid,
+        gid=st.st_gid,
+        target=entry.target,
+    )
 
 
 def same_file(previous: Node | None, st: os.stat_result) -> bool:
-    return (previous is not None and previous.type == "file" and previous.size == st.st_size
-            and previous.mtime_ns == st.st_mtime_ns and previous.inode == st.st_ino)
+    return (
+        previous is not None
+        and previous.type == "file"
+        and previous.size == st.st_size
+        and previous.mtime_ns == st.st_mtime_ns
+        and previous.inode == st.st_ino
+    )
 
 
-def scan_dir(path: bytes, previous: dict[bytes, Node], params: ChunkerParams,
-             id_key: bytes) -> tuple[list[Entry], list[str]]:
+def scan_dir(
+    path: bytes, previous: dict[bytes, Node], params: ChunkerParams, id_key: bytes
+) -> tuple[list[Entry], list[str]]:
     """List a directory sorted by name; read small changed files whole while here."""
     warnings: list[str] = []
     entries: list[Entry] = []
@@ -149,7 +164,7 @@ class LargeFileReader:
         self.entry = entry
         self._id_key = id_key
         self._params = params
-        self._file = open(entry.path, "rb", buffering=0)  # noqa: SIM115 - closed in close()
+        self._file = open(entry.path, "rb", buffering=0)
         self._chunks: Iterator[bytes] | None = None
         self.size = 0
 

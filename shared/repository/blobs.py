@@ -56,8 +56,9 @@ def _aad(blob_type: BlobType) -> bytes:
     return bytes((int(blob_type),))
 
 
-def encode(session: crypto.SealingSession, blob_id: bytes, blob_type: BlobType,
-           data: bytes | memoryview) -> EncodedBlob:
+def encode(
+    session: crypto.SealingSession, blob_id: bytes, blob_type: BlobType, data: bytes | memoryview
+) -> EncodedBlob:
     """Compress (when it helps) and seal one blob. CPU-bound; releases the GIL in C."""
     compressed = _compressor().compress(data)
     if len(compressed) < len(data) * _WORTHWHILE:
@@ -67,8 +68,9 @@ def encode(session: crypto.SealingSession, blob_id: bytes, blob_type: BlobType,
     return EncodedBlob(blob_id, blob_type, len(data), session.seal(plaintext, _aad(blob_type)))
 
 
-def decode(unsealer: crypto.Unsealer, id_key: bytes, blob_id: bytes, blob_type: BlobType,
-           payload: bytes | memoryview) -> bytes:
+def decode(
+    unsealer: crypto.Unsealer, id_key: bytes, blob_id: bytes, blob_type: BlobType, payload: bytes | memoryview
+) -> bytes:
     """Open, decompress and verify one blob against its id."""
     try:
         plaintext = unsealer.open(payload, _aad(blob_type))

@@ -50,18 +50,27 @@ class Index:
         return sum(pack.size for pack in self.packs.values())
 
     @classmethod
-    async def load(cls, storage: Storage, meta_key: bytes) -> Index:
+    async def load(cls, storage: Storage, meta_key: bytes, errors: list[str] | None = None) -> Index:
+        """Merge every index file. Damaged files raise CorruptIndex, or go to `errors` if given."""
         names = [info.name async for info in storage.list("index/")]
         sem = asyncio.Semaphore(16)
 
-        async def fetch(name: str) -> tuple[str, IndexFile]:
+        async def fetch(name: str) -> tuple[str, IndexFile | None]:
             async with sem:
-                return name, decode_index_file(meta_key, await storage.get(name))
+                try:
+                    return name, decode_index_file(meta_key, await storage.get(name))
+                except CorruptIndex as exc:
+                    if errors is None:
+                        raise CorruptIndex(f"{storage.location}: {name}: {exc}") from exc
+                    errors.append(f"{name}: {exc}")
+                    return name, None
 
         index = cls()
         superseded: set[str] = set()
         loaded = []
         for name, file in await asyncio.gather(*(fetch(name) for name in names)):
+            if file is None:
+                continue
             loaded.append((name, file))
             superseded.update(file.supersedes)
         for name, file in loaded:
@@ -85,8 +94,9 @@ def decode_index_file(meta_key: bytes, data: bytes) -> IndexFile:
         raise CorruptIndex(f"index file is damaged: {exc}") from exc
 
 
-async def write_index_file(storage: Storage, meta_key: bytes, packs: list[IndexPack],
-                           supersedes: list[str] | None = None) -> str:
+async def write_index_file(
+    storage: Storage, meta_key: bytes, packs: list[IndexPack], supersedes: list[str] | None = None
+) -> str:
     """Write one index file and return its id (a hash of its ciphertext)."""
     plaintext = _encoder.encode(IndexFile(packs=packs, supersedes=supersedes or []))
     data = crypto.encrypt(meta_key, plaintext, b"index")

@@ -67,9 +67,15 @@ class Packer:
     `add` waits when that many are in flight (backpressure).
     """
 
-    def __init__(self, storage: Storage, meta_key: bytes, *, pack_size: int = PACK_SIZE,
-                 max_pending: int = 2,
-                 on_written: Callable[[IndexPack], Awaitable[None] | None] | None = None) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        meta_key: bytes,
+        *,
+        pack_size: int = PACK_SIZE,
+        max_pending: int = 2,
+        on_written: Callable[[IndexPack], Awaitable[None] | None] | None = None,
+    ) -> None:
         self._storage = storage
         self._meta_key = meta_key
         self._pack_size = pack_size

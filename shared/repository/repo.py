@@ -60,8 +60,14 @@ class RepositoryLocked(RepositoryError):
 
 
 class Repository:
-    def __init__(self, storage: Storage, config: Config, write: WriteKeys,
-                 private_key: bytes | None, key_name: str | None = None) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        config: Config,
+        write: WriteKeys,
+        private_key: bytes | None,
+        key_name: str | None = None,
+    ) -> None:
         self.storage = storage
         self.config = config
         self.write_keys = write
@@ -73,8 +79,14 @@ class Repository:
     # --- creating and opening ------------------------------------------------------------
 
     @classmethod
-    async def init(cls, storage: Storage, password: str, *, chunker: ChunkerParams | None = None,
-                   kdf: crypto.ScryptParams | None = None) -> Repository:
+    async def init(
+        cls,
+        storage: Storage,
+        password: str,
+        *,
+        chunker: ChunkerParams | None = None,
+        kdf: crypto.ScryptParams | None = None,
+    ) -> Repository:
         keyfiles.check_password(password)
         try:
             await storage.stat("config")
@@ -217,10 +229,13 @@ class Repository:
         if location is None:
             raise CorruptBlob(f"blob {blob_id.hex()[:16]} is missing from the index")
         try:
-            payload = await self.storage.get(pack_object_name(location.pack), location.offset,
-                                             location.length)
+            payload = await self.storage.get(
+                pack_object_name(location.pack), location.offset, location.length
+            )
         except ObjectNotFound as exc:
-            raise CorruptBlob(f"pack {location.pack[:12]} holding blob {blob_id.hex()[:16]} is missing") from exc
+            raise CorruptBlob(
+                f"pack {location.pack[:12]} holding blob {blob_id.hex()[:16]} is missing"
+            ) from exc
         if len(payload) != location.length:
             raise CorruptBlob(f"pack {location.pack[:12]} is truncated")
         return await asyncio.to_thread(self.decode_blob, blob_id, blob_type, payload)

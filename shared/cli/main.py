@@ -1,0 +1,83 @@
+"""The `timevault` command: one entry point, one clear line on any error, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import inspect
+import os
+import sys
+from collections.abc import Sequence
+
+from shared.archiver import BackupCanceled
+from shared.cli import repo as repo_commands
+from shared.cli.passwords import PasswordError
+from shared.repository import RepositoryError, WeakPassword, WrongPassword
+from shared.repository.blobs import CorruptBlob
+from shared.repository.index import CorruptIndex
+from shared.storage import LocationError, StorageError
+
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (
+    RepositoryError,
+    WrongPassword,
+    WeakPassword,
+    PasswordError,
+    StorageError,
+    LocationError,
+    CorruptBlob,
+    CorruptIndex,
+    BackupCanceled,
+    repo_commands.CommandFailed,
+    OSError,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="timevault",
+        description="TimeVault: encrypted, deduplicated backups you can restore anywhere.",
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    repo_commands.register(subparsers)
+    try:
+        from shared.cli import system
+    except ImportError:
+        system = None  # type: ignore[assignment]
+    if system is not None:
+        system.register(subparsers)
+    return parser
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f" {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror}{where}"
+    return str(exc) or type(exc).__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func = args.func
+    try:
+        result = asyncio.run(func(args)) if inspect.iscoroutinefunction(func) else func(args)
+    except KeyboardInterrupt:
+        print("timevault: interrupted", file=sys.stderr)
+        return 130
+    except EXPECTED_ERRORS as exc:
+        print(f"timevault: error: {_message(exc)}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # the last guard: a clear line, the traceback only on request
+        if os.environ.get("TIMEVAULT_DEBUG"):
+            raise
+        print(
+            f"timevault: internal error: {type(exc).__name__}: {_message(exc)} "
+            "(set TIMEVAULT_DEBUG=1 for details)",
+            file=sys.stderr,
+        )
+        return 1
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

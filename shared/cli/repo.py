@@ -1,0 +1,230 @@
+"""`timevault repo ...`: work on a location directly, with no services running.
+
+This is how a person restores on a new machine: only the location and the password are needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from shared.archiver import backup
+from shared.checker import check
+from shared.cli.passwords import get_password
+from shared.cli.progress import ProgressBar, human_bytes
+from shared.prune import forget, prune
+from shared.repository import Repository, Snapshot
+from shared.restorer import restore
+from shared.storage import open_location
+
+
+class CommandFailed(Exception):
+    """The command ran but its result is a failure (already reported); exit 1."""
+
+
+def snapshot_json(snapshot_id: str, snapshot: Snapshot) -> dict[str, Any]:
+    stats = snapshot.stats
+    return {
+        "id": snapshot_id,
+        "short_id": snapshot_id[:8],
+        "time": snapshot.time,
+        "finished": snapshot.finished,
+        "hostname": snapshot.hostname,
+        "paths": snapshot.paths,
+        "files": stats.files,
+        "dirs": stats.dirs,
+        "size": stats.size,
+        "added_size": stats.added_size,
+        "unchanged_files": stats.unchanged_files,
+        "parent": snapshot.parent,
+        "plan": snapshot.plan,
+        "warnings": snapshot.warnings,
+    }
+
+
+async def _open(args: argparse.Namespace) -> Repository:
+    password = get_password(args.password_file)
+    return await Repository.open(open_location(args.location), password)
+
+
+async def cmd_init(args: argparse.Namespace) -> None:
+    password = get_password(args.password_file, confirm=True)
+    repo = await Repository.init(open_location(args.location), password)
+    try:
+        print(f"created repository {repo.config.id[:8]} at {repo.storage.location}")
+        print("Keep the password safe: without it the backups cannot be restored.")
+    finally:
+        await repo.close()
+
+
+async def cmd_backup(args: argparse.Namespace) -> None:
+    repo = await _open(args)
+    bar = ProgressBar("backup")
+    try:
+        snapshot_id, snapshot = await backup(repo, args.paths, progress=bar)
+    finally:
+        bar.done()
+        await repo.close()
+    if args.json:
+        print(json.dumps(snapshot_json(snapshot_id, snapshot)))
+        return
+    stats = snapshot.stats
+    print(
+        f"snapshot {snapshot_id[:8]} saved: {stats.files} files, {human_bytes(stats.size)}, "
+        f"{human_bytes(stats.added_size)} added ({stats.unchanged_files} unchanged files not read)"
+    )
+    for warning in snapshot.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+
+
+async def cmd_snapshots(args: argparse.Namespace) -> None:
+    repo = await _open(args)
+    try:
+        snapshots = await repo.list_snapshots()
+    finally:
+        await repo.close()
+    if args.json:
+        print(json.dumps([snapshot_json(i, s) for i, s in snapshots]))
+        return
+    print(f"{'ID':<10}{'TIME':<27}{'FILES':>8}{'SIZE':>12}{'ADDED':>12}  PATHS")
+    for snapshot_id, s in snapshots:
+        print(
+            f"{snapshot_id[:8]:<10}{s.time[:19].replace('T', ' ') + ' UTC':<27}{s.stats.files:>8}"
+            f"{human_bytes(s.stats.size):>12}{human_bytes(s.stats.added_size):>12}  {', '.join(s.paths)}"
+        )
+    print(f"{len(snapshots)} snapshot(s)")
+
+
+async def cmd_restore(args: argparse.Namespace) -> None:
+    repo = await _open(args)
+    bar = ProgressBar("restore")
+    try:
+        result = await restore(
+            repo, args.snapshot, os.path.abspath(args.target), includes=args.include, progress=bar
+        )
+    finally:
+        bar.done()
+        await repo.close()
+    if args.json:
+        print(
+            json.dumps(
+                {"files": result.files, "dirs": result.dirs, "size": result.bytes, "errors": result.errors}
+            )
+        )
+    else:
+        print(
+            f"restored {result.files} files, {result.dirs} folders, {human_bytes(result.bytes)} "
+            f"into {os.path.abspath(args.target)}"
+        )
+    for error in result.errors:
+        print(f"error: {error}", file=sys.stderr)
+    if result.errors:
+        raise CommandFailed(f"{len(result.errors)} item(s) could not be restored")
+
+
+async def cmd_check(args: argparse.Namespace) -> None:
+    repo = await _open(args)
+    try:
+        result = await check(repo, read_data=args.read_data)
+    finally:
+        await repo.close()
+    for note in result.notes:
+        print(f"note: {note}")
+    for error in result.errors:
+        print(f"error: {error}", file=sys.stderr)
+    read = f", {result.packs_read} packs read and verified" if args.read_data else ""
+    print(f"{result.snapshots} snapshots, {result.packs} packs, {result.blobs} blobs{read}")
+    if result.errors:
+        raise CommandFailed(f"the repository has {len(result.errors)} error(s)")
+    print("no errors found")
+
+
+async def cmd_forget(args: argparse.Namespace) -> None:
+    repo = await _open(args)
+    try:
+        removed = await forget(repo, args.snapshots)
+    finally:
+        await repo.close()
+    for snapshot_id in removed:
+        print(f"removed snapshot {snapshot_id[:8]}")
+    print("run `timevault repo prune` to free the space their data used")
+
+
+async def cmd_prune(args: argparse.Namespace) -> None:
+    repo = await _open(args)
+    try:
+        result = await prune(repo)
+    finally:
+        await repo.close()
+    print(
+        f"deleted {result.packs_deleted} packs, repacked {result.packs_repacked}, "
+        f"freed {human_bytes(result.bytes_freed)}"
+    )
+
+
+async def cmd_passwd(args: argparse.Namespace) -> None:
+    repo = await _open(args)
+    try:
+        new_password = get_password(
+            args.new_password_file, confirm=True, prompt="New password", env="TIMEVAULT_NEW_PASSWORD_FILE"
+        )
+        await repo.change_password(new_password)
+    finally:
+        await repo.close()
+    print("password changed (keys rewrapped; no data was rewritten)")
+
+
+Command = Callable[[argparse.Namespace], Awaitable[None]]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    repo = subparsers.add_parser("repo", help="work on a repository location directly (no services)")
+    commands = repo.add_subparsers(dest="repo_command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: Command, help_text: str) -> argparse.ArgumentParser:
+        parser = commands.add_parser(name, help=help_text, description=help_text)
+        parser.add_argument(
+            "location",
+            metavar="LOCATION",
+            help="folder path, file:///abs/path or s3://bucket/prefix?endpoint=...",
+        )
+        parser.add_argument(
+            "--password-file",
+            metavar="F",
+            help="read the password from F (else $TIMEVAULT_PASSWORD_FILE, else prompt)",
+        )
+        parser.set_defaults(func=func)
+        return parser
+
+    add("init", cmd_init, "create a new encrypted repository")
+    p = add("backup", cmd_backup, "back up PATHs into a new snapshot")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("--json", action="store_true", help="print the snapshot as JSON")
+    p = add("snapshots", cmd_snapshots, "list snapshots, oldest first")
+    p.add_argument("--json", action="store_true", help="print a JSON list")
+    p = add("restore", cmd_restore, "restore a snapshot into a folder")
+    p.add_argument("snapshot", metavar="SNAPSHOT", help="id, unique id prefix, or 'latest'")
+    p.add_argument("--target", required=True, metavar="DIR")
+    p.add_argument(
+        "--include",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="restore only this path of the snapshot (repeatable)",
+    )
+    p.add_argument("--json", action="store_true")
+    p = add("check", cmd_check, "verify the repository's structure (and all data with --read-data)")
+    p.add_argument("--read-data", action="store_true", help="download, decrypt and verify every blob")
+    p = add("forget", cmd_forget, "remove snapshots (their data stays until prune)")
+    p.add_argument("snapshots", nargs="+", metavar="SNAPSHOT")
+    p = add("prune", cmd_prune, "remove data that no snapshot needs")
+    p = add("passwd", cmd_passwd, "change the password (rewraps keys, never rewrites data)")
+    p.add_argument(
+        "--new-password-file",
+        metavar="F",
+        help="read the new password from F (else $TIMEVAULT_NEW_PASSWORD_FILE, else prompt)",
+    )
