@@ -71,10 +71,18 @@ class JobCreate(msgspec.Struct, kw_only=True):
 
     plan: str
     """Plan id or name."""
-    kind: Literal["backup"] = "backup"
-    """Only backups are created here; restores go to ``tv.restore.start``."""
+    kind: JobKind = "backup"
+    """``backup`` (queued for a snapshotter). ``restore`` is internal: the restorer records its own job."""
     trigger: Literal["manual", "schedule"] = "manual"
     """Who asks."""
+    snapshot: str | None = None
+    """Restore: the full snapshot id."""
+    target: str | None = None
+    """Restore: the target folder."""
+    includes: list[str] = msgspec.field(default_factory=list)
+    """Restore: chosen paths."""
+    worker: str | None = None
+    """Restore: the restorer instance that runs (and already claims) the job."""
 
 
 class JobRef(msgspec.Struct, kw_only=True):

@@ -67,7 +67,7 @@ fi
 
 if [ ! -x "$VENV/bin/python" ]; then
     log "creating $VENV"
-    "$PYTHON" -m venv "$VENV"
+    "$PYTHON" -m venv --clear "$VENV"
     rm -f "$STAMP"
 fi
 

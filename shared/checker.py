@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from shared import crypto
 from shared.repository.blobs import CorruptBlob
-from shared.repository.format import BlobType
+from shared.repository.format import BlobType, Snapshot
 from shared.repository.index import Index, pack_object_name
 from shared.repository.pack import CorruptPack, read_pack_header
 from shared.repository.repo import Repository, RepositoryError
@@ -27,8 +27,13 @@ class CheckResult:
     notes: list[str] = field(default_factory=list)
 
 
-async def used_blobs(repo: Repository, index: Index, errors: list[str]) -> set[bytes]:
-    """Every blob id that some snapshot needs (trees walked once each; needs the password)."""
+async def used_blobs(
+    repo: Repository,
+    index: Index,
+    errors: list[str],
+    snapshots: list[tuple[str, Snapshot]] | None = None,
+) -> set[bytes]:
+    """Every blob id that `snapshots` (default: every snapshot) need; trees walked once each."""
     used: set[bytes] = set()
 
     async def walk(tree_id: bytes, where: str) -> None:
@@ -49,7 +54,9 @@ async def used_blobs(repo: Repository, index: Index, errors: list[str]) -> set[b
                 if blob_id not in index:
                     errors.append(f"{path}: data blob {blob_id.hex()[:16]} is missing")
 
-    for snapshot_id, snapshot in await repo.list_snapshots():
+    if snapshots is None:
+        snapshots = await repo.list_snapshots()
+    for snapshot_id, snapshot in snapshots:
         await walk(snapshot.tree, f"snapshot {snapshot_id[:8]}:")
     return used
 
@@ -59,6 +66,8 @@ async def check(
 ) -> CheckResult:
     result = CheckResult()
     index = await Index.load(repo.storage, repo.write_keys.meta_key, result.errors)
+    # Read trees through this index: loading it again would raise on the damage just reported.
+    repo._index = index
     result.packs = len(index.packs)
     result.blobs = len(index.blobs)
     stored = {info.name.rsplit("/", 1)[-1]: info.size async for info in repo.storage.list("data/")}
@@ -75,11 +84,14 @@ async def check(
             f"{len(unindexed)} pack(s) are not in the index (left by an interrupted "
             "backup; prune removes them)"
         )
-    try:
-        snapshots = await repo.list_snapshots()
-    except RepositoryError as exc:
-        result.errors.append(str(exc))
-        snapshots = []
+    # One by one, so that a damaged snapshot is reported and the others are still checked.
+    snapshots: list[tuple[str, Snapshot]] = []
+    async for info in repo.storage.list("snapshots/"):
+        snapshot_id = info.name.removeprefix("snapshots/")
+        try:
+            snapshots.append((snapshot_id, await repo.load_snapshot(snapshot_id)))
+        except RepositoryError as exc:
+            result.errors.append(str(exc))
     result.snapshots = len(snapshots)
     if not repo.can_read:
         result.notes.append("trees and data were not read: that needs the password")
@@ -87,7 +99,7 @@ async def check(
     for snapshot_id, snapshot in snapshots:
         if snapshot.tree not in index:
             result.errors.append(f"snapshot {snapshot_id[:8]}: root tree is missing")
-    used = await used_blobs(repo, index, result.errors)
+    used = await used_blobs(repo, index, result.errors, snapshots)
     result.trees_read = len([b for b in used if b in index and index.blobs[b].type == BlobType.TREE])
     if read_data:
         await _read_all_packs(repo, index, result, progress)

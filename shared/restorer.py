@@ -16,6 +16,7 @@ import os
 import secrets
 import shutil
 import stat
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,11 +24,11 @@ from dataclasses import dataclass, field
 from shared.archiver.archiver import Progress
 from shared.repository.blobs import CorruptBlob
 from shared.repository.format import BlobType, Node
+from shared.repository.index import BlobLocation, pack_object_name
 from shared.repository.repo import Repository, RepositoryError
 from shared.storage import StorageError
 
-PREFETCH_BLOBS = 4
-PARALLEL_FILES = 4
+PARALLEL_PACKS = 3
 
 
 class RestoreError(RepositoryError):
@@ -51,6 +52,21 @@ class _Item:
     relative: str  # '/'-joined, for messages
     parts: tuple[bytes, ...]
     node: Node
+
+
+@dataclass
+class _FileJob:
+    item: _Item
+    path: str
+    remaining: int
+    error: str | None = None
+    created: bool = False
+
+    def create(self) -> None:
+        """Create the file once; O_EXCL|O_NOFOLLOW never writes through what was already there."""
+        if not self.created:
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+            self.created = True
 
 
 def _safe_name(name: bytes) -> bool:
@@ -86,6 +102,7 @@ class Restorer:
         self._on_progress = progress
         self._cancel = cancel
         self._last_report = 0.0
+        self._lock = threading.Lock()
 
     async def plan(self, tree_id: bytes, includes: list[tuple[bytes, ...]]) -> list[_Item]:
         items: list[_Item] = []
@@ -117,52 +134,8 @@ class Restorer:
             self._last_report = now
             self._on_progress(self.progress)
 
-    async def write_file(self, root: str, item: _Item) -> None:
-        path = os.path.join(root, *map(os.fsdecode, item.parts))
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        except OSError as exc:
-            self.result.errors.append(f"{item.relative}: {exc.strerror}")
-            return
-        ok = False
-        pending: list[asyncio.Task[bytes]] = []
-        try:
-            ids = item.node.content
-            next_index = 0
-            written = 0
-            while next_index < len(ids) or pending:
-                while next_index < len(ids) and len(pending) < PREFETCH_BLOBS:
-                    pending.append(asyncio.create_task(self.repo.load_blob(ids[next_index], BlobType.DATA)))
-                    next_index += 1
-                data = await pending.pop(0)
-                await asyncio.to_thread(_write_all, fd, data)
-                written += len(data)
-                self.progress.bytes_done += len(data)
-                self._report()
-            if written != item.node.size:
-                self.result.errors.append(
-                    f"{item.relative}: restored {written} bytes, expected {item.node.size}"
-                )
-            else:
-                ok = True
-        except (CorruptBlob, StorageError, RepositoryError) as exc:
-            self.result.errors.append(f"{item.relative}: {exc}")
-        finally:
-            for task in pending:
-                task.cancel()
-            os.close(fd)
-            if not ok:
-                with contextlib.suppress(OSError):
-                    os.unlink(path)
-        if ok:
-            self.result.files += 1
-            self.result.bytes += written
-            self.progress.files_done += 1
-
     async def run(self, items: list[_Item], root: str) -> None:
-        files = [item for item in items if item.node.type == "file"]
-        self.progress.files_total = len(files)
-        self.progress.bytes_total = sum(item.node.size for item in files)
+        files: list[_FileJob] = []
         for item in items:
             path = os.path.join(root, *map(os.fsdecode, item.parts))
             if item.node.type == "dir":
@@ -170,25 +143,110 @@ class Restorer:
                 self.result.dirs += 1
             elif item.node.type == "symlink" and item.node.target is not None:
                 os.symlink(item.node.target, path)
-        sem = asyncio.Semaphore(PARALLEL_FILES)
+            elif item.node.type == "file":
+                job = _FileJob(item, path, item.node.size)
+                if not item.node.content:
+                    job.create()
+                files.append(job)
+        self.progress.files_total = len(files)
+        self.progress.bytes_total = sum(job.remaining for job in files)
+        by_pack = await self._group_by_pack(files)
+        sem = asyncio.Semaphore(PARALLEL_PACKS)
 
-        async def one(item: _Item) -> None:
+        async def restore_pack(pack_id: str, wanted: dict[bytes, list[tuple[_FileJob, int]]]) -> None:
             async with sem:
                 if self._cancel is not None and self._cancel.is_set():
                     raise RestoreCanceled("restore canceled")
-                await self.write_file(root, item)
+                await self._restore_pack(pack_id, wanted)
+                self._report()
 
-        await asyncio.gather(*(one(item) for item in files))
+        await asyncio.gather(*(restore_pack(pack_id, wanted) for pack_id, wanted in by_pack.items()))
+        for job in files:
+            if job.error is None and job.remaining != 0:
+                job.error = f"restored {job.item.node.size - job.remaining} of {job.item.node.size} bytes"
+            if job.error is not None:
+                self.result.errors.append(f"{job.item.relative}: {job.error}")
+                if job.created:
+                    with contextlib.suppress(OSError):
+                        os.unlink(job.path)
+            else:
+                self.result.files += 1
+                self.result.bytes += job.item.node.size
         # Metadata last, deepest first, so writing children does not bump folder mtimes.
         for item in sorted(items, key=lambda i: len(i.parts), reverse=True):
             _apply_metadata(os.path.join(root, *map(os.fsdecode, item.parts)), item.node)
         self._report(force=True)
 
+    async def _group_by_pack(self, files: list[_FileJob]) -> dict[str, dict[bytes, list[tuple[_FileJob, int]]]]:
+        """pack → blob → every (file, offset) that needs it: each pack is read once."""
+        index = await self.repo.index()
+        by_pack: dict[str, dict[bytes, list[tuple[_FileJob, int]]]] = {}
+        for job in files:
+            offset = 0
+            for blob_id in job.item.node.content:
+                location = index.blobs.get(blob_id)
+                if location is None:
+                    job.error = f"data blob {blob_id.hex()[:16]} is missing from the repository"
+                    break
+                by_pack.setdefault(location.pack, {}).setdefault(blob_id, []).append((job, offset))
+                offset += location.raw_length
+        return by_pack
 
-def _write_all(fd: int, data: bytes) -> None:
+    async def _restore_pack(self, pack_id: str, wanted: dict[bytes, list[tuple[_FileJob, int]]]) -> None:
+        index = await self.repo.index()
+        locations = sorted(((index.blobs[blob_id], blob_id) for blob_id in wanted), key=lambda x: x[0].offset)
+        start = locations[0][0].offset
+        end = max(location.offset + location.length for location, _ in locations)
+        try:
+            span = await self.repo.storage.get(pack_object_name(pack_id), start, end - start)
+        except StorageError as exc:
+            for targets in wanted.values():
+                for job, _ in targets:
+                    job.error = job.error or f"pack {pack_id[:12]} cannot be read: {exc}"
+            return
+        await asyncio.to_thread(self._write_blobs, span, start, locations, wanted)
+
+    def _write_blobs(self, span: bytes, start: int, locations: list[tuple[BlobLocation, bytes]],
+                     wanted: dict[bytes, list[tuple[_FileJob, int]]]) -> None:
+        view = memoryview(span)
+        for location, blob_id in locations:
+            targets = [(job, offset) for job, offset in wanted[blob_id] if job.error is None]
+            if not targets:
+                continue
+            payload = view[location.offset - start : location.offset - start + location.length]
+            try:
+                if len(payload) != location.length:
+                    raise CorruptBlob(f"pack {location.pack[:12]} is truncated")
+                data = self.repo.decode_blob(blob_id, BlobType.DATA, payload)
+            except CorruptBlob as exc:
+                for job, _ in targets:
+                    job.error = job.error or str(exc)
+                continue
+            for job, offset in targets:
+                try:
+                    with self._lock:
+                        job.create()
+                    fd = os.open(job.path, os.O_WRONLY | os.O_NOFOLLOW)
+                    try:
+                        _pwrite_all(fd, data, offset)
+                    finally:
+                        os.close(fd)
+                except OSError as exc:
+                    job.error = job.error or exc.strerror or str(exc)
+                    continue
+                with self._lock:
+                    job.remaining -= len(data)
+                    self.progress.bytes_done += len(data)
+                    if job.remaining == 0:
+                        self.progress.files_done += 1
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view) :]
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
 
 
 def _apply_metadata(path: str, node: Node) -> None:
@@ -243,7 +301,8 @@ async def restore(
     parsed = _parse_includes(includes or [])
     restorer = Restorer(repo, progress, cancel)
     items = await restorer.plan(snapshot.tree, parsed)
-    if parsed and not items:
+    # Folders on the way to an include are planned too; they alone are not a match.
+    if parsed and not any(_wanted(item.parts, parsed)[0] for item in items):
         raise RestoreError("no path in the snapshot matches the --include patterns")
     if os.path.lexists(target) and not os.path.isdir(target):
         raise RestoreError(f"restore target {target} exists and is not a folder")

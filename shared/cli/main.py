@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from shared.archiver import BackupCanceled
 from shared.cli import repo as repo_commands
 from shared.cli.passwords import PasswordError
+from shared.memory import tune_allocator
 from shared.repository import RepositoryError, WeakPassword, WrongPassword
 from shared.repository.blobs import CorruptBlob
 from shared.repository.index import CorruptIndex
@@ -58,6 +59,7 @@ def _message(exc: BaseException) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    tune_allocator()
     func = args.func
     try:
         result = asyncio.run(func(args)) if inspect.iscoroutinefunction(func) else func(args)

@@ -11,6 +11,8 @@ from shared import crypto
 from shared.repository.format import KdfParams, KeyFile, MasterKeys, WriteKeys
 
 MIN_PASSWORD_LENGTH = 4
+# The most memory a key file may make scrypt use (the default N=2^15, r=8 needs 32 MiB).
+MAX_KDF_MEMORY = 2**30
 
 
 class WrongPassword(Exception):
@@ -59,8 +61,18 @@ def unwrap_keys(key_file_bytes: bytes, password: str) -> MasterKeys:
         key_file = msgspec.json.decode(key_file_bytes, type=KeyFile)
     except msgspec.DecodeError as exc:
         raise WrongPassword(f"key file is damaged: {exc}") from exc
-    if key_file.kdf.name != "scrypt" or key_file.kdf.n > 2**22 or key_file.kdf.r * key_file.kdf.p > 64:
-        # A hostile repository must not make us burn unbounded memory or time.
+    kdf = key_file.kdf
+    if (
+        kdf.name != "scrypt"
+        or not 2 <= kdf.n <= 2**22
+        or kdf.n & (kdf.n - 1)
+        or kdf.r < 1
+        or kdf.p < 1
+        or kdf.r * kdf.p > 64
+        or 128 * kdf.n * kdf.r > MAX_KDF_MEMORY
+    ):
+        # A hostile repository must not make us burn unbounded memory or time (scrypt needs
+        # 128·N·r bytes), nor crash us with parameters scrypt cannot use.
         raise WrongPassword("key file asks for unsupported key derivation parameters")
     params = crypto.ScryptParams(n=key_file.kdf.n, r=key_file.kdf.r, p=key_file.kdf.p)
     kek = crypto.derive_key(password, key_file.kdf.salt, params)

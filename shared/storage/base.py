@@ -61,7 +61,8 @@ class ObjectInfo:
     size: int
 
 
-_VALID_NAME = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
+# Used with fullmatch: "^...$" would also accept a name ending in a newline.
+_VALID_NAME = re.compile(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*")
 
 
 def check_range(offset: int, length: int | None) -> None:
@@ -72,7 +73,7 @@ def check_range(offset: int, length: int | None) -> None:
 
 def check_name(name: str) -> str:
     """Return `name` if it is a safe relative object name, else raise InvalidObjectName."""
-    if not _VALID_NAME.match(name) or any(part in (".", "..") for part in name.split("/")):
+    if not _VALID_NAME.fullmatch(name) or any(part in (".", "..") for part in name.split("/")):
         raise InvalidObjectName(f"invalid object name {name!r}")
     return name
 

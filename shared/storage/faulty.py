@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from shared.storage.base import ObjectInfo, Storage, TransientStorageError
-from shared.storage.batch import delete_each
 
 Method = Literal["put", "get", "stat", "list", "delete"]
 ErrorSpec = BaseException | Callable[[str, str], BaseException] | None
@@ -75,7 +74,11 @@ def transient(method: str, name: str) -> TransientStorageError:
 
 
 class FaultyStorage:
-    """Runs `inner`, injecting the faults of `script` at the calls they match."""
+    """Runs `inner`, injecting the faults of `script` at the calls they match.
+
+    It offers no batch delete, so `delete_many` on it deletes name by name and scripted
+    delete faults apply to batches too.
+    """
 
     def __init__(self, inner: Storage, script: Iterable[Fault] = ()) -> None:
         self._inner = inner
@@ -147,10 +150,6 @@ class FaultyStorage:
         fault = await self._before("delete", name)
         await self._inner.delete(name)
         self._after(fault, name)
-
-    async def delete_many(self, names: Iterable[str]) -> None:
-        # One delete per name, so scripted delete faults apply to batches too.
-        await delete_each(self, list(names))
 
     async def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
         fault = await self._before("list", prefix)

@@ -14,7 +14,7 @@ import asyncio
 from collections.abc import AsyncIterator, Iterable
 
 from shared.storage.base import ObjectInfo, Storage
-from shared.storage.batch import BatchDeleter, delete_each
+from shared.storage.batch import delete_each, supports_delete_many
 
 
 class LimitedStorage:
@@ -83,14 +83,18 @@ class LimitedStorage:
         finally:
             self._leave()
 
+    @property
+    def supports_delete_many(self) -> bool:
+        return supports_delete_many(self._inner)
+
     async def delete_many(self, names: Iterable[str]) -> None:
         batch = list(names)
-        if not isinstance(self._inner, BatchDeleter):
+        if not supports_delete_many(self._inner):
             await delete_each(self, batch)
             return
         await self._enter()
         try:
-            await self._inner.delete_many(batch)
+            await self._inner.delete_many(batch)  # type: ignore[attr-defined]
         finally:
             self._leave()
 

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import TypeVar
 
 from shared.storage.base import ObjectInfo, Storage, StorageError, TransientStorageError
-from shared.storage.batch import BatchDeleter, delete_each
+from shared.storage.batch import delete_each, supports_delete_many
 
 log = logging.getLogger(__name__)
 
@@ -113,11 +113,15 @@ class RetryingStorage:
     async def delete(self, name: str) -> None:
         await self._call("delete", name, lambda: self._inner.delete(name))
 
+    @property
+    def supports_delete_many(self) -> bool:
+        return supports_delete_many(self._inner)
+
     async def delete_many(self, names: Iterable[str]) -> None:
         batch = list(names)
-        if isinstance(self._inner, BatchDeleter):
+        if supports_delete_many(self._inner):
             inner = self._inner
-            await self._call("delete", f"{len(batch)} objects", lambda: inner.delete_many(batch))
+            await self._call("delete", f"{len(batch)} objects", lambda: inner.delete_many(batch))  # type: ignore[attr-defined]
         else:
             await delete_each(self, batch)
 

@@ -190,6 +190,21 @@ def _md5_digest(data: bytes) -> bytes:
     return hashlib.md5(data, usedforsecurity=False).digest()
 
 
+_sessions: dict[str | None, AioSession] = {}
+
+
+def _session(profile: str | None) -> AioSession:
+    """One botocore session per profile for the process.
+
+    A fresh session parses the large S3 service model again (hundreds of milliseconds);
+    sessions hold no event-loop state, so clients in any loop can share one.
+    """
+    session = _sessions.get(profile)
+    if session is None:
+        session = _sessions[profile] = AioSession(profile=profile)
+    return session
+
+
 def _error_code(exc: boto.ClientError) -> tuple[int | None, str]:
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
     code = str(exc.response.get("Error", {}).get("Code", "") or "")
@@ -209,6 +224,8 @@ class S3Storage:
     The aiobotocore client binds to the event loop it was created in, so it is created lazily
     on first use, inside the running loop, and released by `close`.
     """
+
+    supports_delete_many = True  # DeleteObjects, see shared/storage/batch.py
 
     def __init__(
         self,
@@ -282,7 +299,7 @@ class S3Storage:
         )
         stack = AsyncExitStack()
         try:
-            session = AioSession(profile=opts.profile)
+            session = _session(opts.profile)
             creator = session.create_client(
                 "s3", region_name=opts.region, endpoint_url=opts.endpoint, config=config
             )

@@ -44,7 +44,7 @@ def start_moto_server(startup_timeout: float = 30.0) -> tuple[str, Callable[[], 
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=None if os.environ.get("MOTO_DEBUG") else subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
 

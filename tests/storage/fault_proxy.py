@@ -9,6 +9,7 @@ aiohttp error paths that `S3Storage` has to classify.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from dataclasses import dataclass, field
 from typing import Literal
@@ -65,6 +66,7 @@ class FaultProxy:
         self.requests: list[tuple[str, str]] = []
         self._runner: web.AppRunner | None = None
         self._client: aiohttp.ClientSession | None = None
+        self._stopping = asyncio.Event()
         self.url = ""
 
     def add(self, *rules: Rule) -> None:
@@ -91,6 +93,7 @@ class FaultProxy:
         return self.url
 
     async def stop(self) -> None:
+        self._stopping.set()  # ends pending delays now rather than at shutdown
         if self._runner is not None:
             await self._runner.cleanup()
         if self._client is not None:
@@ -118,7 +121,8 @@ class FaultProxy:
             request.transport.abort()
             return web.Response()  # never sent: the connection is gone
         if rule is not None and rule.action == "delay":
-            await asyncio.sleep(rule.delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), rule.delay)
 
         assert self._client is not None
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _SKIP_HEADERS}

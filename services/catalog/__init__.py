@@ -1,0 +1,1 @@
+"""Catalog service: plans, jobs, snapshots and the chunk index in SQLite, served over NATS."""

@@ -1,0 +1,95 @@
+"""Run a private nats-server child with JetStream (used by `timevault up` and the tests)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+MAX_PAYLOAD = 8 * 1024 * 1024  # chunks are ≤ 4 MiB plus a little overhead
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def find_nats_server() -> str:
+    found = os.environ.get("TIMEVAULT_NATS_SERVER") or shutil.which("nats-server")
+    for candidate in (found, "/usr/sbin/nats-server", "/usr/local/bin/nats-server", "/usr/bin/nats-server"):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    raise FileNotFoundError("nats-server not found; install it or pass --nats URL")
+
+
+class NatsServer:
+    """A nats-server child bound to loopback, with JetStream storing under `store_dir`."""
+
+    def __init__(self, store_dir: str | os.PathLike[str], *, port: int | None = None,
+                 max_payload: int = MAX_PAYLOAD, host: str = "127.0.0.1",
+                 log_file: str | os.PathLike[str] | None = None) -> None:
+        self.store_dir = Path(store_dir)
+        self.host = host
+        self.port = port or free_port(host)
+        self.monitor_port = free_port(host)
+        self.max_payload = max_payload
+        self.log_file = Path(log_file) if log_file else self.store_dir / "nats-server.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    def _config(self) -> Path:
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        conf = self.store_dir / "nats-server.conf"
+        conf.write_text(
+            f"host: {self.host}\nport: {self.port}\nhttp_port: {self.monitor_port}\n"
+            f"max_payload: {self.max_payload}\n"
+            f'jetstream {{\n  store_dir: "{self.store_dir / "jetstream"}"\n}}\n'
+        )
+        return conf
+
+    def start(self, timeout: float = 15.0) -> None:
+        conf = self._config()
+        with open(self.log_file, "ab") as log:
+            self.proc = subprocess.Popen([find_nats_server(), "-c", str(conf)], stdout=log, stderr=log,
+                                        stdin=subprocess.DEVNULL, start_new_session=True)
+        self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        url = f"http://{self.host}:{self.monitor_port}/healthz?js-enabled-only=true"
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"nats-server exited with {self.proc.returncode}; see {self.log_file}")
+            try:
+                with urllib.request.urlopen(url, timeout=1) as resp:
+                    if resp.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise TimeoutError(f"nats-server not ready after {timeout}s; see {self.log_file}")
+
+    def kill(self) -> None:
+        """SIGKILL (crash simulation)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()

@@ -1,0 +1,1 @@
+"""Scheduler service: starts each plan's backups at its daily/weekly slots."""

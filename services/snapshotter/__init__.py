@@ -1,0 +1,1 @@
+"""Snapshotter service: runs backup jobs from the JetStream work queue."""

@@ -1,0 +1,169 @@
+"""The archiver's two outside interfaces, over NATS: dedup by the catalog, blobs to uploaders.
+
+`UploadSink` keeps every blob it sent until an uploader confirms it durable, and never holds more
+than `max_in_flight` unconfirmed bytes (it asks for a flush first: backpressure). When its
+uploader vanishes (killed, NATS restart), it opens a session with another one and resends the
+unconfirmed blobs; the uploader side ignores repeats, so this is safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from nats.aio.client import Client as NATS
+
+from proto import subjects
+from proto.chunks import ChunkLookup, ChunkLookupReply
+from proto.errors import ServiceError
+from proto.upload import BlobPart, UploadAck, UploadClose, UploadFlush, UploadOpen, UploadOpened
+from services.common import rpc
+
+log = logging.getLogger(__name__)
+LOOKUP_BATCH = 500
+MAX_IN_FLIGHT = 64 * 1024 * 1024
+# Room for the MessagePack envelope and NATS headers around a part's bytes.
+_ENVELOPE = 16 * 1024
+
+
+class CatalogKnownBlobs:
+    """`KnownBlobs` answered by the catalog's chunk index, in batches."""
+
+    def __init__(self, nc: NATS, plan_id: str) -> None:
+        self.nc = nc
+        self.plan_id = plan_id
+
+    async def filter_unknown(self, ids: list[bytes]) -> set[bytes]:
+        unknown: set[bytes] = set()
+        for start in range(0, len(ids), LOOKUP_BATCH):
+            batch = ids[start : start + LOOKUP_BATCH]
+            reply = await _retry(lambda b=batch: rpc.request(  # type: ignore[misc]
+                self.nc, subjects.CHUNKS_LOOKUP, ChunkLookup(plan_id=self.plan_id, ids=[i.hex() for i in b]),
+                ChunkLookupReply))
+            known = {bytes.fromhex(i) for i in reply.known}
+            unknown.update(i for i in batch if i not in known)
+        return unknown
+
+
+class UploadSink:
+    """`BlobSink` streaming to one uploader at a time."""
+
+    def __init__(self, nc: NATS, job_id: str, plan_id: str, *, max_in_flight: int = MAX_IN_FLIGHT,
+                 request_timeout: float = 30.0, give_up_after: float = 90.0,
+                 max_part: int | None = None) -> None:
+        self.nc = nc
+        self.job_id = job_id
+        self.plan_id = plan_id
+        self.max_in_flight = max_in_flight
+        self.request_timeout = request_timeout
+        self.give_up_after = give_up_after
+        self.max_part = max_part
+        self.session: str | None = None
+        self.seq = 0
+        self.unconfirmed: dict[int, object] = {}  # seq → EncodedBlob, in send order
+        self.unconfirmed_bytes = 0
+        self.peak_unconfirmed_bytes = 0
+        self.reconnects = 0
+        self._lock = asyncio.Lock()
+
+    def _part_size(self) -> int:
+        limit = max(self.nc.max_payload - _ENVELOPE, 64 * 1024)
+        return min(self.max_part, limit) if self.max_part else limit
+
+    async def add(self, blob: object) -> None:
+        async with self._lock:
+            size = len(blob.payload)  # type: ignore[attr-defined]
+            if self.unconfirmed and self.unconfirmed_bytes + size > self.max_in_flight:
+                await self._with_retry(self._flush_once)
+            self.seq += 1
+            self.unconfirmed[self.seq] = blob
+            self.unconfirmed_bytes += size
+            self.peak_unconfirmed_bytes = max(self.peak_unconfirmed_bytes, self.unconfirmed_bytes)
+            seq = self.seq
+            await self._with_retry(lambda: self._send(seq, blob))
+
+    async def flush(self) -> None:
+        async with self._lock:
+            await self._with_retry(self._flush_once)
+            if self.unconfirmed:
+                raise ServiceError("internal", f"uploader did not confirm {len(self.unconfirmed)} blobs")
+
+    async def close(self, *, discard: bool = False) -> None:
+        if self.session is None:
+            return
+        try:
+            await rpc.request(self.nc, subjects.upload_session(self.session, "close"), UploadClose(discard=discard),
+                              UploadAck, msgpack=True, timeout=self.request_timeout)
+        except ServiceError as exc:
+            log.info("job %s: closing upload session: %s", self.job_id, exc)
+        self.session = None
+
+    # --- internals -----------------------------------------------------------------------
+
+    async def _open(self) -> None:
+        opened = await rpc.request(self.nc, subjects.UPLOAD_OPEN, UploadOpen(job_id=self.job_id, plan_id=self.plan_id),
+                                   UploadOpened, timeout=self.request_timeout)
+        self.session = opened.session_id
+        # A fresh uploader knows nothing: resend what the old one had not made durable.
+        for seq, blob in list(self.unconfirmed.items()):
+            await self._send(seq, blob)
+
+    async def _send(self, seq: int, blob: object) -> None:
+        if self.session is None:
+            await self._open()
+            return  # _open resent every unconfirmed blob, including this one
+        payload: bytes = blob.payload  # type: ignore[attr-defined]
+        step = self._part_size()
+        parts = max(1, -(-len(payload) // step))
+        ack: UploadAck | None = None
+        for index in range(parts):
+            part = BlobPart(seq=seq, id=blob.id, type=int(blob.type), raw_length=blob.raw_length,  # type: ignore[attr-defined]
+                            data=payload[index * step : (index + 1) * step], part=index, parts=parts)
+            ack = await rpc.request(self.nc, subjects.upload_session(self.session, "blob"), part, UploadAck,
+                                    msgpack=True, timeout=self.request_timeout)
+        assert ack is not None
+        self._confirm(ack)
+
+    async def _flush_once(self) -> None:
+        if self.session is None:
+            if not self.unconfirmed:
+                return
+            await self._open()
+        assert self.session is not None
+        ack = await rpc.request(self.nc, subjects.upload_session(self.session, "flush"), UploadFlush(), UploadAck,
+                                msgpack=True, timeout=max(self.request_timeout, 120.0))
+        self._confirm(ack)
+
+    def _confirm(self, ack: UploadAck) -> None:
+        if ack.error:
+            raise ServiceError("unavailable", f"uploader failed: {ack.error}")
+        for seq in [s for s in self.unconfirmed if s <= ack.durable_seq]:
+            blob = self.unconfirmed.pop(seq)
+            self.unconfirmed_bytes -= len(blob.payload)  # type: ignore[attr-defined]
+
+    async def _with_retry(self, op: object) -> None:
+        deadline = time.monotonic() + self.give_up_after
+        while True:
+            try:
+                await op()  # type: ignore[operator]
+                return
+            except ServiceError as exc:
+                # "unavailable": no uploader, or ours died. Anything else is a real error.
+                if exc.code not in ("unavailable", "not_found") or time.monotonic() > deadline:
+                    raise
+                log.warning("job %s: upload session lost (%s); reconnecting", self.job_id, exc)
+                self.session = None
+                self.reconnects += 1
+                await asyncio.sleep(0.5)
+
+
+async def _retry(make: object, give_up_after: float = 60.0) -> object:
+    deadline = time.monotonic() + give_up_after
+    while True:
+        try:
+            return await make()  # type: ignore[operator]
+        except ServiceError as exc:
+            if exc.code != "unavailable" or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)

@@ -1,0 +1,177 @@
+"""Upload sessions: blobs in (possibly split into parts), packs out, acks only for durable blobs.
+
+A blob counts as durable once its pack and the pack's index file are written *and* the catalog
+has recorded its id (so the next backup dedups against it). Each ack carries ``durable_seq``:
+every blob with a seq up to it is durable. Repeated blobs (redelivery, a resend after an
+uploader died) are harmless: the Packer ignores ids it has seen and packs are content addressed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from nats.aio.client import Client as NATS
+from nats.aio.subscription import Subscription
+
+from proto import subjects
+from proto.chunks import ChunkAdd, ChunkAddReply, ChunkRef
+from proto.errors import ServiceError
+from proto.plans import PlanRef, PlanSecrets
+from proto.upload import BlobPart, UploadAck, UploadClose, UploadFlush, UploadOpen, UploadOpened
+from services.common import rpc
+from services.common.util import instance_id, new_id
+
+log = logging.getLogger(__name__)
+
+
+class Session:
+    def __init__(self, service: UploaderService, session_id: str, req: UploadOpen, secrets: PlanSecrets) -> None:
+        from shared.repository.format import IndexPack
+        from shared.repository.keys import decode_write_keys
+        from shared.repository.pack import Packer
+        from shared.storage import open_location
+
+        self.service = service
+        self.id = session_id
+        self.job_id = req.job_id
+        self.plan_id = req.plan_id
+        self.storage = open_location(secrets.location)
+        keys = decode_write_keys(secrets.write_keys)
+
+        async def written(entry: IndexPack) -> None:
+            await self._record(entry)
+
+        self.packer = Packer(self.storage, keys.meta_key, pack_size=service.pack_size, on_written=written)
+        self.parts: dict[int, list[bytes | None]] = {}
+        self.pending: dict[int, bytes] = {}  # seq → blob id, added but not yet durable
+        self.seqs_of: dict[bytes, set[int]] = {}
+        self.durable_ids: set[bytes] = set()
+        self.last_seq = 0
+        self.subs: list[Subscription] = []
+        self.touched = time.monotonic()
+        self.lock = asyncio.Lock()
+
+    @property
+    def durable_seq(self) -> int:
+        return min(self.pending) - 1 if self.pending else self.last_seq
+
+    async def _record(self, entry: object) -> None:
+        chunks = [ChunkRef(id=b.id.hex(), pack=entry.id, length=b.length) for b in entry.blobs]  # type: ignore[attr-defined]
+        request = ChunkAdd(plan_id=self.plan_id, chunks=chunks, pack_bytes=entry.size,  # type: ignore[attr-defined]
+                           job_id=self.job_id)
+        for attempt in range(20):
+            try:
+                await rpc.request(self.service.nc, subjects.CHUNKS_ADD, request, ChunkAddReply)
+                break
+            except ServiceError as exc:
+                if exc.code != "unavailable" or attempt == 19:
+                    raise
+                await asyncio.sleep(0.5)
+        for blob in entry.blobs:  # type: ignore[attr-defined]
+            self.durable_ids.add(blob.id)
+            for seq in self.seqs_of.pop(blob.id, ()):
+                self.pending.pop(seq, None)
+
+    async def blob(self, part: BlobPart) -> UploadAck:
+        from shared.repository.blobs import EncodedBlob
+        from shared.repository.format import BlobType
+
+        self.touched = time.monotonic()
+        if part.parts < 1 or not 0 <= part.part < part.parts:
+            raise ServiceError("invalid", "bad part numbers")
+        if part.parts > 1:
+            slots = self.parts.setdefault(part.seq, [None] * part.parts)
+            if len(slots) != part.parts:
+                raise ServiceError("invalid", "part count changed")
+            slots[part.part] = part.data
+            if any(s is None for s in slots):
+                return UploadAck(durable_seq=self.durable_seq)
+            data = b"".join(self.parts.pop(part.seq))  # type: ignore[arg-type]
+        else:
+            data = part.data
+        async with self.lock:
+            if part.seq <= self.last_seq and part.seq not in self.pending:
+                return UploadAck(durable_seq=self.durable_seq)  # a repeat of something durable
+            self.last_seq = max(self.last_seq, part.seq)
+            if part.id in self.durable_ids:
+                return UploadAck(durable_seq=self.durable_seq)
+            self.pending[part.seq] = part.id
+            self.seqs_of.setdefault(part.id, set()).add(part.seq)
+            await self.packer.add(EncodedBlob(part.id, BlobType(part.type), part.raw_length, data))
+        return UploadAck(durable_seq=self.durable_seq)
+
+    async def flush(self, _req: UploadFlush) -> UploadAck:
+        self.touched = time.monotonic()
+        async with self.lock:
+            await self.packer.flush()
+        return UploadAck(durable_seq=self.durable_seq)
+
+    async def close(self, req: UploadClose) -> UploadAck:
+        if req.discard:
+            await self.packer.abort()
+        else:
+            await self.flush(UploadFlush())
+        ack = UploadAck(durable_seq=self.durable_seq)
+        await self.service.end(self)
+        return ack
+
+
+class UploaderService:
+    def __init__(self, nc: NATS, *, pack_size: int | None = None, idle_timeout: float = 600.0,
+                 instance: str | None = None) -> None:
+        from shared.repository.pack import PACK_SIZE
+
+        self.nc = nc
+        self.pack_size = pack_size or PACK_SIZE
+        self.idle_timeout = idle_timeout
+        self.instance = instance or instance_id("uploader")
+        self.sessions: dict[str, Session] = {}
+        self._reaper: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await rpc.serve(self.nc, subjects.UPLOAD_OPEN, UploadOpen, self.open, queue=subjects.UPLOADER_QUEUE)
+        self._reaper = asyncio.create_task(self._expire_idle())
+
+    async def stop(self) -> None:
+        if self._reaper:
+            self._reaper.cancel()
+        for session in list(self.sessions.values()):
+            with contextlib.suppress(Exception):
+                await session.packer.abort()
+            await self.end(session)
+
+    async def open(self, req: UploadOpen) -> UploadOpened:
+        secrets = await rpc.request(self.nc, subjects.PLAN_SECRETS, PlanRef(plan=req.plan_id), PlanSecrets)
+        session = Session(self, new_id("u"), req, secrets)
+        for op, kind, handler in (("blob", BlobPart, session.blob), ("flush", UploadFlush, session.flush),
+                                  ("close", UploadClose, session.close)):
+            # Blobs of one session are handled in order (no concurrent=True): ordering keeps
+            # durable_seq meaningful and bounds this session's memory to one message.
+            session.subs.append(await rpc.serve(self.nc, subjects.upload_session(session.id, op), kind,
+                                                handler, msgpack=True, concurrent=op != "blob"))
+        self.sessions[session.id] = session
+        log.info("session %s opened for job %s", session.id, req.job_id)
+        return UploadOpened(session_id=session.id, uploader=self.instance)
+
+    async def end(self, session: Session) -> None:
+        self.sessions.pop(session.id, None)
+        for sub in session.subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        with contextlib.suppress(Exception):
+            await session.storage.close()
+
+    async def _expire_idle(self) -> None:
+        # A snapshotter that died leaves its session behind; drop it (its blobs get resent).
+        while True:
+            await asyncio.sleep(min(30.0, self.idle_timeout))
+            now = time.monotonic()
+            for session in list(self.sessions.values()):
+                if now - session.touched > self.idle_timeout:
+                    log.info("session %s idle; dropping it", session.id)
+                    with contextlib.suppress(Exception):
+                        await session.packer.abort()
+                    await self.end(session)

@@ -1,0 +1,91 @@
+"""A backup killed with SIGKILL mid-write leaves the repository consistent and its uploads reusable."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from shared.archiver import backup
+from shared.checker import check
+from shared.repository.index import Index
+from shared.restorer import restore
+from shared.storage import LocalStorage, check_name
+
+from .conftest import (
+    REPO_ROOT,
+    TIMEVAULT,
+    assert_manifests_equal,
+    new_repo,
+    random_bytes,
+    reopen,
+    restored_path,
+    tree_manifest,
+)
+
+MB = 1024 * 1024
+
+
+def _first_index_file(repo_path: Path) -> bool:
+    index = repo_path / "index"
+    return index.is_dir() and any(".tmp-" not in p.name for p in index.iterdir())
+
+
+async def test_kill_9_mid_backup(tmp_path: Path, pw_file: Path) -> None:
+    repo_path = tmp_path / "repo"
+    await (await new_repo(repo_path)).close()  # a cheap KDF; the CLI below opens it with the password
+    source = tmp_path / "src"
+    source.mkdir()
+    for i in range(4):
+        (source / f"part{i}.bin").write_bytes(random_bytes(15 * MB, 100 + i))
+    data_size = 60 * MB
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TIMEVAULT_")}
+    proc = subprocess.Popen(
+        [str(TIMEVAULT), "repo", "backup", str(repo_path), str(source), "--password-file", str(pw_file)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=REPO_ROOT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        # Kill once the first pack and its index file are durable.
+        while not _first_index_file(repo_path) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.002)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        _out, err = proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, f"backup finished before it could be killed: {err!r}"
+
+    storage = LocalStorage(repo_path)
+    names = [info.name async for info in storage.list()]
+    assert all(check_name(name) == name and ".tmp-" not in name for name in names), names
+    assert not [n for n in names if n.startswith("snapshots/")], "no snapshot may be visible"
+    packs_on_disk = [n for n in names if n.startswith("data/")]
+    assert packs_on_disk
+
+    repo = await reopen(repo_path)
+    assert await repo.list_snapshots() == []
+    result = await check(repo, read_data=True)
+    assert result.errors == [], result.errors
+    index = await Index.load(storage, repo.write_keys.meta_key)
+    indexed_payload = sum(blob.length for pack in index.packs.values() for blob in pack.blobs)
+    assert indexed_payload >= 8 * MB, "the killed backup should have indexed at least one pack"
+
+    snapshot_id, snapshot = await backup(repo, [str(source)])
+    assert snapshot.stats.size == data_size
+    overhead = 200_000  # per-blob sealed keys and tags, trees
+    assert snapshot.stats.added_size <= data_size - indexed_payload + overhead, (
+        f"added {snapshot.stats.added_size} although {indexed_payload} bytes were already stored"
+    )
+
+    fresh = await reopen(repo_path)
+    assert (await check(fresh)).errors == []
+    assert [s for s, _ in await fresh.list_snapshots()] == [snapshot_id]
+    result_restore = await restore(fresh, snapshot_id, str(tmp_path / "out"))
+    assert result_restore.errors == []
+    assert_manifests_equal(tree_manifest(restored_path(tmp_path / "out", source)), tree_manifest(source))

@@ -1,0 +1,36 @@
+"""Small helpers shared by the service tests."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+from nats.aio.client import Client as NATS
+
+from proto import subjects
+from proto.jobs import TERMINAL, Job, JobRef
+from proto.plans import Location, Plan, PlanCreate, Schedule
+from services.common import rpc
+
+PASSWORD = "correct horse"
+
+
+async def create_plan(nc: NATS, name: str, sources: list[Path], location: Path, **schedule: Any) -> Plan:
+    sched = Schedule(**{"frequency": "daily", "time": "03:00", "timezone": "UTC", **schedule})
+    req = PlanCreate(name=name, sources=[str(s) for s in sources], schedule=sched,
+                     location=Location(type="local", path=str(location)), password=PASSWORD,
+                     password_confirm=PASSWORD)
+    return await rpc.request(nc, subjects.PLAN_CREATE, req, Plan, timeout=20)
+
+
+async def wait_job(nc: NATS, job_id: str, seconds: float = 60, statuses: frozenset[str] = TERMINAL) -> Job:
+    deadline = time.monotonic() + seconds
+    while True:
+        job = await rpc.request(nc, subjects.JOB_GET, JobRef(job_id=job_id), Job)
+        if job.status in statuses:
+            return job
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job {job_id} still {job.status} after {seconds}s: {job}")
+        await asyncio.sleep(0.1)

@@ -1,0 +1,80 @@
+"""`timevault up`: one command starts NATS and every service; SIGTERM stops them all cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nats
+import pytest
+
+from proto import subjects
+from proto.jobs import Job, JobCreate
+from proto.plans import PlanList, PlanListRequest
+from services.common import rpc
+from tests.services.conftest import ROOT
+from tests.services.helpers import create_plan, wait_job
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    return [int(x) for x in out.split()]
+
+
+async def test_up_runs_everything_and_stops_cleanly(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from shared.cli.main import main; sys.exit(main(sys.argv[1:]))",
+         "up", "--data-dir", str(data), "--listen", "127.0.0.1:0"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    info_path = data / "gateway.json"
+    try:
+        deadline = time.monotonic() + 30
+        while not info_path.exists():
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            assert time.monotonic() < deadline, "gateway.json not written"
+            await asyncio.sleep(0.1)
+        assert stat.S_IMODE(info_path.stat().st_mode) == 0o600
+        info = json.loads(info_path.read_text())
+        assert info["url"].startswith("http://") and len(info["token"]) >= 32
+        children = _children(proc.pid)
+        assert len(children) >= 6  # nats-server + five services (+ gateway when present)
+
+        nc = await nats.connect(info["nats"])
+        try:
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    await rpc.request(nc, subjects.PLAN_LIST, PlanListRequest(), PlanList, timeout=1)
+                    break
+                except Exception:
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.2)
+            src = tmp_path / "src"
+            src.mkdir()
+            (src / "f.txt").write_text("up works\n")
+            plan = await create_plan(nc, "via-up", [src], tmp_path / "repo")
+            job = await rpc.request(nc, subjects.JOB_CREATE, JobCreate(plan=plan.id), Job)
+            done = await wait_job(nc, job.id, 60)
+            assert done.status == "completed", done.error
+        finally:
+            await nc.close()
+        assert (data / "catalog.db").exists() and (data / "nats" / "jetstream").is_dir()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(30)
+    assert rc == 0, proc.stderr.read().decode() if proc.stderr else ""
+    for child in children:
+        with pytest.raises(ProcessLookupError):
+            os.kill(child, 0)
+    assert not info_path.exists()
