@@ -7,6 +7,8 @@
 3. ``tv.upload.session.<sid>.flush`` (`UploadFlush`) writes every open pack and its index, records
    the chunks in the catalog, then acks with ``durable_seq`` = the last blob seq now durable.
 4. ``tv.upload.session.<sid>.close`` (`UploadClose`) ends the session (``discard`` drops open packs).
+5. ``tv.upload.session.<sid>.ping`` (`UploadFlush`, empty) answers at once: while a slow blob or
+   flush request is outstanding, the sender pings to notice a dead uploader within seconds.
 
 Redelivery is harmless: a blob id added twice is packed once, and packs are content addressed.
 """

@@ -49,23 +49,41 @@ class Chunker:
         for chunk in self._cdc.cut_buf(view):
             yield view[chunk.offset : chunk.offset + chunk.length]
 
-    def chunks_of_stream(self, stream: BinaryIO) -> Iterator[bytes]:
-        """Chunks of a file object, holding at most one segment plus one chunk in memory."""
-        carry = b""
+    def chunks_of_stream(self, stream: BinaryIO) -> Iterator[memoryview]:
+        """Chunks of a file object, as views into per-segment buffers (no copy per chunk).
+
+        Each segment gets a fresh buffer, so views handed out stay valid while the caller
+        holds them; the tail of a segment is copied to the front of the next one.
+        """
+        carry: memoryview | None = None
         while True:
-            segment = stream.read(self._segment_size)
-            at_end = not segment
-            buffer = carry + segment if carry else segment
-            if not buffer:
+            carry_len = len(carry) if carry is not None else 0
+            buffer = bytearray(carry_len + self._segment_size)
+            if carry is not None:
+                buffer[:carry_len] = carry
+            filled = carry_len + _read_into(stream, memoryview(buffer)[carry_len:])
+            at_end = filled < len(buffer)
+            if filled == 0:
                 return
-            view = memoryview(buffer)
+            view = memoryview(buffer)[:filled]
             pending: memoryview | None = None
             for chunk in self._cdc.cut_buf(view):
                 if pending is not None:
-                    yield bytes(pending)
+                    yield pending
                 pending = view[chunk.offset : chunk.offset + chunk.length]
             if at_end:
                 if pending is not None:
-                    yield bytes(pending)
+                    yield pending
                 return
-            carry = bytes(pending) if pending is not None else b""
+            carry = pending
+
+
+def _read_into(stream: BinaryIO, target: memoryview) -> int:
+    """Fill `target` as far as the stream allows; returns the bytes read (short only at EOF)."""
+    total = 0
+    while total < len(target):
+        n = stream.readinto(target[total:])  # type: ignore[attr-defined]
+        if not n:
+            break
+        total += n
+    return total

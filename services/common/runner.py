@@ -54,6 +54,7 @@ async def connect(url: str, name: str, stop: asyncio.Event | None = None) -> NAT
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.5,
                 connect_timeout=2,
+                drain_timeout=5,
                 allow_reconnect=True,
                 error_cb=on_error,
                 disconnected_cb=on_disconnect,
@@ -82,7 +83,7 @@ async def _run(name: str, args: argparse.Namespace, main: ServiceMain) -> None:
 
 async def _close(nc: NATS) -> None:
     with contextlib.suppress(Exception):
-        await asyncio.wait_for(nc.drain(), 5)
+        await nc.drain()
     with contextlib.suppress(Exception):
         await nc.close()
 

@@ -9,6 +9,7 @@ unconfirmed blobs; the uploader side ignores repeats, so this is safe.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
@@ -22,6 +23,7 @@ from services.common import rpc
 
 log = logging.getLogger(__name__)
 LOOKUP_BATCH = 500
+PING_EVERY = 2.0
 MAX_IN_FLIGHT = 64 * 1024 * 1024
 # Room for the MessagePack envelope and NATS headers around a part's bytes.
 _ENVELOPE = 16 * 1024
@@ -120,8 +122,7 @@ class UploadSink:
         for index in range(parts):
             part = BlobPart(seq=seq, id=blob.id, type=int(blob.type), raw_length=blob.raw_length,  # type: ignore[attr-defined]
                             data=payload[index * step : (index + 1) * step], part=index, parts=parts)
-            ack = await rpc.request(self.nc, subjects.upload_session(self.session, "blob"), part, UploadAck,
-                                    msgpack=True, timeout=self.request_timeout)
+            ack = await self._call("blob", part)
         assert ack is not None
         self._confirm(ack)
 
@@ -131,9 +132,31 @@ class UploadSink:
                 return
             await self._open()
         assert self.session is not None
-        ack = await rpc.request(self.nc, subjects.upload_session(self.session, "flush"), UploadFlush(), UploadAck,
-                                msgpack=True, timeout=max(self.request_timeout, 120.0))
+        ack = await self._call("flush", UploadFlush())
         self._confirm(ack)
+
+    async def _call(self, op: str, message: object) -> UploadAck:
+        """A session request that fails fast when the uploader dies while handling it.
+
+        A slow pack write may legitimately take long, so instead of a short timeout the sender
+        pings the session meanwhile; a ping nobody answers means the uploader is gone.
+        """
+        assert self.session is not None
+        session = self.session
+        call = asyncio.create_task(rpc.request(self.nc, subjects.upload_session(session, op), message, UploadAck,
+                                               msgpack=True, timeout=max(self.request_timeout, 300.0)))
+        try:
+            while True:
+                done, _ = await asyncio.wait({call}, timeout=PING_EVERY)
+                if done:
+                    return call.result()
+                await rpc.request(self.nc, subjects.upload_session(session, "ping"), UploadFlush(), UploadAck,
+                                  msgpack=True, timeout=PING_EVERY)
+        finally:
+            if not call.done():
+                call.cancel()
+                with contextlib.suppress(BaseException):
+                    await call
 
     def _confirm(self, ack: UploadAck) -> None:
         if ack.error:

@@ -72,6 +72,8 @@ class Snapshotter:
         for task in list(running):
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()  # type: ignore[attr-defined]
 
     async def _subscribe(self, stop: asyncio.Event) -> object:
         config = ConsumerConfig(durable_name=subjects.SNAPSHOTTER_DURABLE, ack_policy=AckPolicy.EXPLICIT,

@@ -109,6 +109,10 @@ class Session:
             await self.packer.flush()
         return UploadAck(durable_seq=self.durable_seq)
 
+    async def ping(self, _req: UploadFlush) -> UploadAck:
+        self.touched = time.monotonic()
+        return UploadAck(durable_seq=self.durable_seq)
+
     async def close(self, req: UploadClose) -> UploadAck:
         if req.discard:
             await self.packer.abort()
@@ -147,7 +151,7 @@ class UploaderService:
         secrets = await rpc.request(self.nc, subjects.PLAN_SECRETS, PlanRef(plan=req.plan_id), PlanSecrets)
         session = Session(self, new_id("u"), req, secrets)
         for op, kind, handler in (("blob", BlobPart, session.blob), ("flush", UploadFlush, session.flush),
-                                  ("close", UploadClose, session.close)):
+                                  ("close", UploadClose, session.close), ("ping", UploadFlush, session.ping)):
             # Blobs of one session are handled in order (no concurrent=True): ordering keeps
             # durable_seq meaningful and bounds this session's memory to one message.
             session.subs.append(await rpc.serve(self.nc, subjects.upload_session(session.id, op), kind,

@@ -44,7 +44,9 @@ from shared.repository.index import Index
 from shared.repository.pack import Packer
 from shared.repository.repo import Repository, RepositoryError
 
-IN_FLIGHT_BYTES = 96 * 1024 * 1024
+IN_FLIGHT_BYTES = 64 * 1024 * 1024
+ENCODE_BATCH_BYTES = 4 * 1024 * 1024
+DEDUP_BATCH = 500
 _tree_encoder = msgspec.msgpack.Encoder()
 
 
@@ -148,6 +150,8 @@ class Archiver:
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="encode")
         self.budget = _ByteBudget(IN_FLIGHT_BYTES)
         self.scheduled: set[bytes] = set()
+        self._batch: list[tuple[bytes, BlobType, bytes]] = []
+        self._batch_bytes = 0
         self.tasks: set[asyncio.Task[None]] = set()
         self.failure: BaseException | None = None
         self.stats = SnapshotStats()
@@ -160,35 +164,49 @@ class Archiver:
     # --- blobs ---------------------------------------------------------------------------
 
     async def _store_new(self, chunks: list[tuple[bytes, bytes]], blob_type: BlobType) -> None:
-        """Encode and sink every chunk not yet stored nor scheduled in this run."""
-        candidates = [(blob_id, data) for blob_id, data in chunks if blob_id not in self.scheduled]
-        if not candidates:
-            return
-        unknown = await self.known.filter_unknown(list({blob_id for blob_id, _ in candidates}))
-        for blob_id, data in candidates:
+        """Queue chunks not seen in this run; they are checked and encoded in batches.
+
+        Batching keeps the dedup lookups (a NATS request each in the services) and the thread
+        hops per batch of chunks, not per small file.
+        """
+        for blob_id, data in chunks:
             if blob_id in self.scheduled:
                 continue
             self.scheduled.add(blob_id)
-            if blob_id not in unknown:
-                continue
-            self._raise_if_failed()
-            await self.budget.acquire(len(data))
-            task = asyncio.create_task(self._encode_and_sink(blob_id, blob_type, data))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+            self._batch.append((blob_id, blob_type, data))
+            self._batch_bytes += len(data)
+            if len(self._batch) >= DEDUP_BATCH or self._batch_bytes >= ENCODE_BATCH_BYTES:
+                await self._dispatch()
 
-    async def _encode_and_sink(self, blob_id: bytes, blob_type: BlobType, data: bytes) -> None:
+    async def _dispatch(self) -> None:
+        batch, size = self._batch, self._batch_bytes
+        self._batch, self._batch_bytes = [], 0
+        if not batch:
+            return
+        self._raise_if_failed()
+        unknown = await self.known.filter_unknown([blob_id for blob_id, _, _ in batch])
+        new = [item for item in batch if item[0] in unknown]
+        if not new:
+            return
+        size = sum(len(data) for _, _, data in new)
+        await self.budget.acquire(size)
+        task = asyncio.create_task(self._encode_and_sink(new, size))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _encode_and_sink(self, batch: list[tuple[bytes, BlobType, bytes]], size: int) -> None:
         try:
             loop = asyncio.get_running_loop()
-            blob = await loop.run_in_executor(self.pool, blobs.encode, self.session, blob_id, blob_type, data)
-            await self.sink.add(blob)
-            self.stats.added_size += len(blob.payload)
-            self.stats.added_blobs += 1
+            encoded = await loop.run_in_executor(self.pool, _encode_many, self.session, batch)
+            for blob in encoded:
+                await self.sink.add(blob)
+                self.stats.added_size += len(blob.payload)
+                self.stats.added_blobs += 1
         except BaseException as exc:  # kept and re-raised by the main flow
             if self.failure is None:
                 self.failure = exc
         finally:
-            await self.budget.release(len(data))
+            await self.budget.release(size)
 
     def _raise_if_failed(self) -> None:
         if self.failure is not None:
@@ -319,6 +337,7 @@ class Archiver:
 
     async def finish(self) -> None:
         """Wait for every blob to be encoded and durably stored."""
+        await self._dispatch()
         while self.tasks:
             await asyncio.gather(*list(self.tasks))
         self._raise_if_failed()
@@ -331,6 +350,11 @@ class Archiver:
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _encode_many(session: crypto.SealingSession,
+                 batch: list[tuple[bytes, BlobType, bytes]]) -> list[EncodedBlob]:
+    return [blobs.encode(session, blob_id, blob_type, data) for blob_id, blob_type, data in batch]
 
 
 def _with_size(st: os.stat_result, size: int) -> os.stat_result:

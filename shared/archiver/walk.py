@@ -17,7 +17,7 @@ from shared.repository.format import Node
 
 # Files up to this size are read whole during the directory scan, many per thread hop.
 SMALL_FILE = 4 * 1024 * 1024
-SCAN_BATCH_BYTES = 32 * 1024 * 1024
+SCAN_BATCH_BYTES = 16 * 1024 * 1024
 READ_BATCH_BYTES = 16 * 1024 * 1024
 
 _local = threading.local()
@@ -35,7 +35,7 @@ class Chunked:
     """A file's content as blob ids, plus the chunks' bytes (only those read this time)."""
 
     ids: list[bytes] = field(default_factory=list)
-    chunks: list[tuple[bytes, bytes]] = field(default_factory=list)
+    chunks: list[tuple[bytes, memoryview]] = field(default_factory=list)
     size: int = 0
 
 
@@ -148,7 +148,7 @@ def read_file(entry: Entry, params: ChunkerParams, id_key: bytes) -> None:
     for chunk in _chunker(params).chunks_of(data):
         blob_id = crypto.blob_id(id_key, chunk)
         chunked.ids.append(blob_id)
-        chunked.chunks.append((blob_id, bytes(chunk)))
+        chunked.chunks.append((blob_id, chunk))
     entry.chunked = chunked
     entry.changed_while_reading = _changed(entry.st, after) or len(data) != entry.st.st_size
 
@@ -168,11 +168,11 @@ class LargeFileReader:
         self._chunks: Iterator[bytes] | None = None
         self.size = 0
 
-    def next_batch(self) -> list[tuple[bytes, bytes]]:
+    def next_batch(self) -> list[tuple[bytes, memoryview]]:
         if self._chunks is None:
             # Its own chunker: this generator lives across thread hops while scans use theirs.
             self._chunks = Chunker(self._params).chunks_of_stream(self._file)
-        batch: list[tuple[bytes, bytes]] = []
+        batch: list[tuple[bytes, memoryview]] = []
         total = 0
         for chunk in self._chunks:
             batch.append((crypto.blob_id(self._id_key, chunk), chunk))

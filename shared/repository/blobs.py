@@ -1,8 +1,9 @@
 """Blob encoding: plaintext → (id, compressed, sealed payload) and back.
 
-An encoded blob's payload is self-contained: sealed job key || nonce || AES-GCM(ciphertext) || tag,
-where the plaintext is one flag byte (0 raw, 1 zstd) followed by the (compressed) data.
-Compression runs before encryption; data that does not shrink is stored raw.
+An encoded blob's payload is self-contained:
+sealed job key (92) ‖ encoding (1: 0 raw, 1 zstd) ‖ nonce (12) ‖ AES-GCM ciphertext ‖ tag (16),
+with the blob type and the encoding byte as associated data. Compression runs before
+encryption; data that does not shrink is stored raw.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from shared.repository.format import BlobType
 
 _RAW = 0
 _ZSTD = 1
-ZSTD_LEVEL = 3
+ZSTD_LEVEL = 1
 # Below this ratio compression is not worth the decompression cost on restore.
 _WORTHWHILE = 0.97
 
@@ -49,11 +50,11 @@ class EncodedBlob:
     id: bytes
     type: BlobType
     raw_length: int
-    payload: bytes
+    payload: bytes | bytearray
 
 
-def _aad(blob_type: BlobType) -> bytes:
-    return bytes((int(blob_type),))
+def _aad(blob_type: BlobType, encoding: int) -> bytes:
+    return bytes((int(blob_type), encoding))
 
 
 def encode(
@@ -62,30 +63,33 @@ def encode(
     """Compress (when it helps) and seal one blob. CPU-bound; releases the GIL in C."""
     compressed = _compressor().compress(data)
     if len(compressed) < len(data) * _WORTHWHILE:
-        plaintext = b"\x01" + compressed
+        encoding, plaintext = _ZSTD, compressed
     else:
-        plaintext = b"\x00" + bytes(data)
-    return EncodedBlob(blob_id, blob_type, len(data), session.seal(plaintext, _aad(blob_type)))
+        encoding, plaintext = _RAW, data
+    payload = session.seal(plaintext, _aad(blob_type, encoding), bytes((encoding,)))
+    return EncodedBlob(blob_id, blob_type, len(data), payload)
 
 
 def decode(
     unsealer: crypto.Unsealer, id_key: bytes, blob_id: bytes, blob_type: BlobType, payload: bytes | memoryview
 ) -> bytes:
     """Open, decompress and verify one blob against its id."""
+    if len(payload) <= crypto.SEALED_KEY_SIZE:
+        raise CorruptBlob(f"blob {blob_id.hex()[:16]} is truncated")
+    encoding = payload[crypto.SEALED_KEY_SIZE]
     try:
-        plaintext = unsealer.open(payload, _aad(blob_type))
+        plaintext = unsealer.open(payload, _aad(blob_type, encoding), header_size=1)
     except crypto.Unauthenticated as exc:
         raise CorruptBlob(f"blob {blob_id.hex()[:16]} failed authentication") from exc
-    flag, body = plaintext[0], memoryview(plaintext)[1:]
-    if flag == _ZSTD:
+    if encoding == _ZSTD:
         try:
-            data = _decompressor().decompress(body)
+            data = _decompressor().decompress(plaintext)
         except zstandard.ZstdError as exc:
             raise CorruptBlob(f"blob {blob_id.hex()[:16]} does not decompress") from exc
-    elif flag == _RAW:
-        data = bytes(body)
+    elif encoding == _RAW:
+        data = plaintext
     else:
-        raise CorruptBlob(f"blob {blob_id.hex()[:16]} has an unknown encoding {flag}")
+        raise CorruptBlob(f"blob {blob_id.hex()[:16]} has an unknown encoding {encoding}")
     if crypto.blob_id(id_key, data) != blob_id:
         raise CorruptBlob(f"blob {blob_id.hex()[:16]} does not match its id")
     return data

@@ -235,14 +235,18 @@ def assert_manifests_equal(actual: dict[bytes, Entry], expected: dict[bytes, Ent
         a, e = actual[rel], expected[rel]
         where = rel.decode(errors="backslashreplace") or "<root>"
         assert a.kind == e.kind, f"{where}: type {a.kind} != {e.kind}"
-        assert a.content == e.content, f"{where}: content differs ({len(a.content)} vs {len(e.content)} bytes)"
+        assert a.content == e.content, (
+            f"{where}: content differs ({len(a.content)} vs {len(e.content)} bytes)"
+        )
         assert oct(a.mode) == oct(e.mode), f"{where}: mode {a.mode:o} != {e.mode:o}"
         assert a.mtime_ns == e.mtime_ns, f"{where}: mtime {a.mtime_ns} != {e.mtime_ns}"
 
 
 def assert_trees_equal(actual: Path | bytes, expected: Path | bytes, *, root_meta: bool = True) -> None:
     """Byte-for-byte equality of two trees, including modes, mtimes and symlink targets."""
-    assert_manifests_equal(tree_manifest(actual, root_meta=root_meta), tree_manifest(expected, root_meta=root_meta))
+    assert_manifests_equal(
+        tree_manifest(actual, root_meta=root_meta), tree_manifest(expected, root_meta=root_meta)
+    )
 
 
 def restored_path(target: Path, source: Path) -> Path:
@@ -250,7 +254,9 @@ def restored_path(target: Path, source: Path) -> Path:
     return target / Path(os.path.abspath(source)).relative_to("/")
 
 
-async def restore_and_compare(repo: Repository, ref: str, target: Path, source_manifest: dict[bytes, Entry], source: Path) -> None:
+async def restore_and_compare(
+    repo: Repository, ref: str, target: Path, source_manifest: dict[bytes, Entry], source: Path
+) -> None:
     result = await restore(repo, ref, str(target))
     assert result.errors == []
     assert_manifests_equal(tree_manifest(restored_path(target, source)), source_manifest)
@@ -277,7 +283,14 @@ class SnapshotWriter:
 
     async def file(self, name: bytes, data: bytes, *, mode: int = 0o644, size: int | None = None) -> Node:
         content = [await self.blob(data)] if data else []
-        return Node(name=name, type="file", mode=mode, mtime_ns=10**18, size=len(data) if size is None else size, content=content)
+        return Node(
+            name=name,
+            type="file",
+            mode=mode,
+            mtime_ns=10**18,
+            size=len(data) if size is None else size,
+            content=content,
+        )
 
     async def dir(self, name: bytes, nodes: Sequence[Node]) -> Node:
         return Node(name=name, type="dir", mode=0o755, mtime_ns=10**18, subtree=await self.tree(nodes))
@@ -293,7 +306,9 @@ class SnapshotWriter:
         root = await self.tree(root_nodes)
         await self.packer.flush()
         now = "2024-01-01T00:00:00+00:00"
-        snapshot = Snapshot(time=now, finished=now, hostname="crafted", paths=["/crafted"], tree=root, stats=SnapshotStats())
+        snapshot = Snapshot(
+            time=now, finished=now, hostname="crafted", paths=["/crafted"], tree=root, stats=SnapshotStats()
+        )
         snapshot_id = await self.repo.save_snapshot(snapshot)
         await self.repo.index(reload=True)
         return snapshot_id
@@ -309,7 +324,9 @@ class CliResult:
     stderr: str
 
 
-def run_cli(*args: str | os.PathLike[str], env: Mapping[str, str] | None = None, timeout: float = 120) -> CliResult:
+def run_cli(
+    *args: str | os.PathLike[str], env: Mapping[str, str] | None = None, timeout: float = 120
+) -> CliResult:
     """Run `timevault` in a subprocess (no TIMEVAULT_* variables inherited unless given)."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("TIMEVAULT_")}
     full_env.update(env or {})

@@ -31,6 +31,17 @@ from .conftest import (
 )
 
 
+def write_at(path: Path, offset: int, data: bytes) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(data)
+
+
+def append(path: Path, data: bytes) -> None:
+    with open(path, "ab") as f:
+        f.write(data)
+
+
 async def find_node(repo: Repository, snapshot_id: str, path: Path) -> Node:
     """The node of absolute `path` in a snapshot's tree."""
     snapshot = await repo.load_snapshot(snapshot_id)
@@ -79,9 +90,7 @@ async def test_round_trip_all_kinds_explicitly(repo: Repository, tmp_path: Path)
             "nested/up": "../small.txt",
         },
     )
-    weird = os.path.join(os.fsencode(source), b"\xff\xfe-not-utf8")
-    with open(weird, "wb") as f:
-        f.write(b"bytes name")
+    Path(os.fsdecode(os.path.join(os.fsencode(source), b"\xff\xfe-not-utf8"))).write_bytes(b"bytes name")
     os.symlink(b"\xff\xfe-not-utf8", os.path.join(os.fsencode(source), b"link-\xe9"))
     os.chmod(source / "small.txt", 0o600)
     os.chmod(source / "nested" / "deeper" / "file.bin", 0o755)
@@ -147,15 +156,12 @@ async def test_incremental_edits_appends_renames_deletes(small_repo: Repository,
     assert await snap(expect_unchanged=total_files) < 16 * 1024
 
     # One byte in the middle of a 3 MB file: only the chunks around it are new.
-    with open(source / "big.bin", "r+b") as f:
-        f.seek(1_500_000)
-        f.write(b"X")
+    write_at(source / "big.bin", 1_500_000, b"X")
     set_mtime(source / "big.bin", t + 1)
     assert await snap(expect_unchanged=total_files - 1) < 400_000
 
     # Append to a log: the old chunks stay, the new tail is stored.
-    with open(source / "log.txt", "ab") as f:
-        f.write(random_bytes(50_000, 9))
+    append(source / "log.txt", random_bytes(50_000, 9))
     set_mtime(source / "log.txt", t + 2)
     assert await snap(expect_unchanged=total_files - 1) < 300_000
 
@@ -224,11 +230,16 @@ async def test_include_restores_only_chosen_paths(repo: Repository, tmp_path: Pa
 
 
 async def test_restore_into_existing_folder(repo: Repository, tmp_path: Path) -> None:
-    source = build_tree(tmp_path / "src", {"a.txt": "from snapshot", "d/b.txt": "b", "clash": "file in snapshot"})
+    source = build_tree(
+        tmp_path / "src", {"a.txt": "from snapshot", "d/b.txt": "b", "clash": "file in snapshot"}
+    )
     snapshot_id, _ = await backup(repo, [str(source)])
     target = tmp_path / "existing"
     out = restored_path(target, source)
-    build_tree(out, {"a.txt": "old local content", "local-only.txt": "keep me", "d/local.txt": "keep", "clash/x": "dir"})
+    build_tree(
+        out,
+        {"a.txt": "old local content", "local-only.txt": "keep me", "d/local.txt": "keep", "clash/x": "dir"},
+    )
     result = await restore(repo, snapshot_id, str(target))
     assert (out / "a.txt").read_text() == "from snapshot"
     assert (out / "d" / "b.txt").read_text() == "b"
@@ -287,8 +298,7 @@ async def test_file_changing_during_read_is_flagged(repo: Repository, tmp_path: 
         nonlocal grown
         if not grown:
             grown = True
-            with open(source / "b-large.bin", "ab") as f:
-                f.write(b"appended while backing up")
+            append(source / "b-large.bin", b"appended while backing up")
 
     snapshot_id, snapshot = await backup(repo, [str(source)], progress=progress)
     assert grown

@@ -64,7 +64,9 @@ def test_chunks_cover_input_within_bounds(data: bytes, params: ChunkerParams) ->
     extra=st.integers(0, 5000),
     short_reads=st.booleans(),
 )
-def test_stream_equals_whole_buffer(data: bytes, params: ChunkerParams, extra: int, short_reads: bool) -> None:
+def test_stream_equals_whole_buffer(
+    data: bytes, params: ChunkerParams, extra: int, short_reads: bool
+) -> None:
     """Segment boundaries (small segments, many per buffer) never change where chunks are cut."""
     chunker = Chunker(params, segment_size=params.max_size + extra)
     whole = [bytes(c) for c in chunker.chunks_of(data)]
@@ -75,7 +77,7 @@ def test_stream_equals_whole_buffer(data: bytes, params: ChunkerParams, extra: i
 
 
 class _ShortReads(io.RawIOBase):
-    """A stream that returns at most 700 bytes per read, like a pipe or a slow network file."""
+    """A stream that returns at most 700 bytes per call, like a pipe or a slow network file."""
 
     def __init__(self, data: bytes) -> None:
         self._data = io.BytesIO(data)
@@ -83,8 +85,9 @@ class _ShortReads(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def read(self, n: int = -1) -> bytes:
-        return self._data.read(min(n, 700) if n >= 0 else 700)
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        view = memoryview(buffer)
+        return self._data.readinto(view[: min(len(view), 700)])
 
 
 def test_stream_over_real_file_with_segments(tmp_path: os.PathLike[str]) -> None:

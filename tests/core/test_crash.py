@@ -33,15 +33,8 @@ def _first_index_file(repo_path: Path) -> bool:
     return index.is_dir() and any(".tmp-" not in p.name for p in index.iterdir())
 
 
-async def test_kill_9_mid_backup(tmp_path: Path, pw_file: Path) -> None:
-    repo_path = tmp_path / "repo"
-    await (await new_repo(repo_path)).close()  # a cheap KDF; the CLI below opens it with the password
-    source = tmp_path / "src"
-    source.mkdir()
-    for i in range(4):
-        (source / f"part{i}.bin").write_bytes(random_bytes(15 * MB, 100 + i))
-    data_size = 60 * MB
-
+def _backup_and_kill(repo_path: Path, source: Path, pw_file: Path) -> tuple[int, bytes]:
+    """Run `timevault repo backup`; SIGKILL it once its first pack and index file are durable."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TIMEVAULT_")}
     proc = subprocess.Popen(
         [str(TIMEVAULT), "repo", "backup", str(repo_path), str(source), "--password-file", str(pw_file)],
@@ -59,7 +52,20 @@ async def test_kill_9_mid_backup(tmp_path: Path, pw_file: Path) -> None:
         proc.send_signal(signal.SIGKILL)
     finally:
         _out, err = proc.communicate(timeout=30)
-    assert proc.returncode == -signal.SIGKILL, f"backup finished before it could be killed: {err!r}"
+    return proc.returncode, err
+
+
+async def test_kill_9_mid_backup(tmp_path: Path, pw_file: Path) -> None:
+    repo_path = tmp_path / "repo"
+    await (await new_repo(repo_path)).close()  # a cheap KDF; the CLI below opens it with the password
+    source = tmp_path / "src"
+    source.mkdir()
+    for i in range(4):
+        (source / f"part{i}.bin").write_bytes(random_bytes(15 * MB, 100 + i))
+    data_size = 60 * MB
+
+    returncode, err = _backup_and_kill(repo_path, source, pw_file)
+    assert returncode == -signal.SIGKILL, f"backup finished before it could be killed: {err!r}"
 
     storage = LocalStorage(repo_path)
     names = [info.name async for info in storage.list()]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -84,9 +83,20 @@ async def test_flipped_byte_in_a_pack(repo: Repository, tmp_path: Path) -> None:
     pw.write_text(PASSWORD)
     cli = run_cli("repo", "check", repo.storage.location, "--read-data", "--password-file", pw)
     assert cli.code == 1 and "Traceback" not in cli.stderr and "error:" in cli.stderr
-    cli = run_cli("repo", "restore", repo.storage.location, "latest", "--password-file", pw, "--target", tmp_path / "cli-out")
+    cli = run_cli(
+        "repo",
+        "restore",
+        repo.storage.location,
+        "latest",
+        "--password-file",
+        pw,
+        "--target",
+        tmp_path / "cli-out",
+    )
     assert cli.code == 1 and "victim.bin" in cli.stderr and "Traceback" not in cli.stderr
-    assert (restored_path(tmp_path / "cli-out", source) / "ok1.bin").read_bytes() == (source / "ok1.bin").read_bytes()
+    assert (restored_path(tmp_path / "cli-out", source) / "ok1.bin").read_bytes() == (
+        source / "ok1.bin"
+    ).read_bytes()
 
 
 async def test_truncated_pack(repo: Repository, tmp_path: Path) -> None:
@@ -139,7 +149,7 @@ async def test_deleted_tree_pack_fails_restore_clearly(repo: Repository, tmp_pat
 
 
 async def test_deleted_index_files(repo: Repository, tmp_path: Path) -> None:
-    source, snapshot_id = await _backed_up(repo, tmp_path)
+    _, snapshot_id = await _backed_up(repo, tmp_path)
     repo_path = Path(repo.storage.location)
     for index_file in (repo_path / "index").iterdir():
         index_file.unlink()
@@ -152,7 +162,9 @@ async def test_deleted_index_files(repo: Repository, tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
     pw = tmp_path / "pw"
     pw.write_text(PASSWORD)
-    cli = run_cli("repo", "restore", repo_path, snapshot_id[:10], "--password-file", pw, "--target", tmp_path / "o2")
+    cli = run_cli(
+        "repo", "restore", repo_path, snapshot_id[:10], "--password-file", pw, "--target", tmp_path / "o2"
+    )
     assert_clean_error(cli)
 
 

@@ -53,7 +53,9 @@ def test_master_keys_are_fresh_and_well_formed() -> None:
     assert len(a.write.meta_key) == 32 and a.write.chunker_seed > 0
 
 
-@pytest.mark.parametrize("wrong", ["correct horse battery stapl", "Correct horse battery staple", "xxxx", "ünïcödé"])
+@pytest.mark.parametrize(
+    "wrong", ["correct horse battery stapl", "Correct horse battery staple", "xxxx", "ünïcödé"]
+)
 def test_wrong_password(wrong: str) -> None:
     data = keys.wrap_keys(_master(), PASSWORD, FAST_KDF)
     with pytest.raises(keys.WrongPassword):
@@ -132,9 +134,14 @@ def _encode(data: bytes, blob_type: BlobType = BlobType.DATA) -> blobs.EncodedBl
     return blobs.encode(session, crypto.blob_id(ID_KEY, data), blob_type, data)
 
 
-def _decode(blob: blobs.EncodedBlob, payload: bytes | None = None, blob_type: BlobType | None = None) -> bytes:
+def _decode(
+    blob: blobs.EncodedBlob, payload: bytes | None = None, blob_type: BlobType | None = None
+) -> bytes:
     return blobs.decode(
-        crypto.Unsealer(PRIVATE), ID_KEY, blob.id, blob.type if blob_type is None else blob_type,
+        crypto.Unsealer(PRIVATE),
+        ID_KEY,
+        blob.id,
+        blob.type if blob_type is None else blob_type,
         blob.payload if payload is None else payload,
     )
 
@@ -165,7 +172,9 @@ def test_compressible_blobs_shrink_and_random_ones_are_stored_raw() -> None:
 
 
 @SETTINGS
-@given(data=st.binary(min_size=0, max_size=3000), where=st.floats(0, 1, exclude_max=True), bit=st.integers(0, 7))
+@given(
+    data=st.binary(min_size=0, max_size=3000), where=st.floats(0, 1, exclude_max=True), bit=st.integers(0, 7)
+)
 def test_tampered_blob_is_corrupt(data: bytes, where: float, bit: int) -> None:
     blob = _encode(data)
     payload = bytearray(blob.payload)
@@ -206,7 +215,9 @@ def test_blob_with_bad_inner_encoding_is_corrupt() -> None:
 @SETTINGS
 @given(contents=st.lists(st.binary(max_size=2000), max_size=12, unique=True))
 def test_pack_round_trip(contents: list[bytes]) -> None:
-    encoded = [_encode(data, BlobType.TREE if i % 3 == 0 else BlobType.DATA) for i, data in enumerate(contents)]
+    encoded = [
+        _encode(data, BlobType.TREE if i % 3 == 0 else BlobType.DATA) for i, data in enumerate(contents)
+    ]
     pack_id, data, entry = build_pack(META_KEY, encoded)
     assert pack_id == crypto.content_hash(data).hex()
     assert entry.id == pack_id and entry.size == len(data)
@@ -243,7 +254,9 @@ def test_damaged_pack_headers_are_rejected() -> None:
 
 def _index_pack(n: int, seed: int) -> IndexPack:
     rng = random.Random(seed)
-    blobs_ = [PackBlob(rng.randbytes(32), BlobType(i % 2), i * 100, 100, rng.randrange(1000)) for i in range(n)]
+    blobs_ = [
+        PackBlob(rng.randbytes(32), BlobType(i % 2), i * 100, 100, rng.randrange(1000)) for i in range(n)
+    ]
     return IndexPack(rng.randbytes(32).hex(), n * 100 + 50, blobs_)
 
 

@@ -19,6 +19,7 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from proto import subjects
+from proto.errors import ServiceError
 from proto.jobs import Job, JobCreate, JobRef, RestoreRequest
 from proto.plans import PlanDeleted, PlanDetail, PlanList, PlanListRequest, PlanRef
 from services.common import rpc
@@ -88,12 +89,14 @@ def _fill(folder: Path, tag: str, files: int = 12, size: int = 3 * MiB) -> None:
         (folder / f"{tag}-{i}.bin").write_bytes(os.urandom(size))
 
 
-async def _wait_running(nc: NATS, job_id: str, min_bytes: int) -> Job:
-    for _ in range(600):
+async def _wait_running(nc: NATS, job_id: str, then: float = 0.4) -> Job:
+    """Wait until a worker runs the job, let it work `then` seconds, and return its state."""
+    for _ in range(1000):
         job = await rpc.request(nc, subjects.JOB_GET, JobRef(job_id=job_id), Job)
-        if job.status != "pending" and (job.bytes_done >= min_bytes or job.status != "running"):
-            return job
-        await asyncio.sleep(0.02)
+        if job.status != "pending":
+            await asyncio.sleep(then)
+            return await rpc.request(nc, subjects.JOB_GET, JobRef(job_id=job_id), Job)
+        await asyncio.sleep(0.01)
     raise AssertionError("job never started")
 
 
@@ -121,10 +124,10 @@ async def test_kill_uploader_snapshotter_and_nats_mid_backup(stack: tuple[Stack,
     outcomes: list[Job] = []
 
     for victim, tag in (("uploader", "b"), ("snapshotter", "c"), ("nats", "d")):
-        _fill(src, tag, files=8)
+        _fill(src, tag, files=10, size=4 * MiB)
         job = await rpc.request(nc, subjects.JOB_CREATE, JobCreate(plan=plan.id), Job)
         states[job.id] = _tree_bytes(src)
-        seen = await _wait_running(nc, job.id, 4 * MiB)
+        seen = await _wait_running(nc, job.id)
         assert seen.status == "running", f"{victim}: job ended before the kill: {seen}"
         if victim == "nats":
             s.nats.kill()
@@ -174,11 +177,16 @@ async def test_plan_delete_during_running_backup_leaves_nothing(stack: tuple[Sta
     location = tmp_path / "repo"
     plan = await create_plan(nc, "doomed", [src], location)
     job = await rpc.request(nc, subjects.JOB_CREATE, JobCreate(plan=plan.id), Job)
-    seen = await _wait_running(nc, job.id, 4 * MiB)
+    seen = await _wait_running(nc, job.id)
     assert seen.status == "running"
     deleted = await rpc.request(nc, subjects.PLAN_DELETE, PlanRef(plan=plan.id), PlanDeleted, timeout=60)
     assert deleted.deleted_objects > 0
     await asyncio.sleep(1.5)  # anything still in flight would land now
     assert [str(p) for p in location.rglob("*")] == []
-    final = await rpc.request(nc, subjects.JOB_GET, JobRef(job_id=job.id), Job)
-    assert final.status == "canceled"
+    # The job was canceled first, then removed with the plan's other rows.
+    with pytest.raises(ServiceError) as info:
+        await rpc.request(nc, subjects.JOB_GET, JobRef(job_id=job.id), Job)
+    assert info.value.code == "not_found"
+    listed = await rpc.request(nc, subjects.PLAN_LIST, PlanListRequest(), PlanList)
+    assert plan.id not in {p.id for p in listed.plans}
+    assert "Traceback" not in s.procs["snapshotter"].output()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import filecmp
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -54,7 +55,7 @@ async def test_backup_change_backup_restore_each(catalog: NATS, workers: dict[st
     first = await backup_now(catalog, plan.id)
     assert first.status == "completed", first.error
     copy1 = tmp_path / "copy1"
-    os.system(f"cp -a {src} {copy1}")
+    shutil.copytree(src, copy1, symlinks=True)
 
     (src / "docs" / "a.txt").write_text("changed\n")
     (src / "new.bin").write_bytes(os.urandom(2 * 1024 * 1024))

@@ -33,7 +33,7 @@ def _children(pid: int) -> list[int]:
 async def test_up_runs_everything_and_stops_cleanly(tmp_path: Path) -> None:
     data = tmp_path / "data"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
+    proc = subprocess.Popen(  # noqa: ASYNC220 - a long-lived child we signal, not awaited output
         [sys.executable, "-c", "import sys; from shared.cli.main import main; sys.exit(main(sys.argv[1:]))",
          "up", "--data-dir", str(data), "--listen", "127.0.0.1:0"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

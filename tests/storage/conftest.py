@@ -19,7 +19,11 @@ BUCKET = "timevault-test"
 
 # Every location the conformance suite runs against. "s3-wrapped" is what open_location
 # gives users: Limited(Retrying(S3)).
-LOCATIONS = ["local", "s3", "s3-wrapped"]
+LOCATIONS = [
+    pytest.param("local"),
+    pytest.param("s3", marks=pytest.mark.s3),
+    pytest.param("s3-wrapped", marks=pytest.mark.s3),
+]
 
 
 @pytest.fixture(scope="session")

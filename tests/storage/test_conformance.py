@@ -212,7 +212,7 @@ async def test_list_paginates_and_batch_delete(storage: Storage) -> None:
 
 async def test_large_object_multipart(storage: Storage) -> None:
     # Above the 32 MiB multipart threshold on S3: several 8 MiB parts.
-    data = os.urandom(40 * MiB + 12345)
+    data = os.urandom(34 * MiB + 12345)
     await storage.put("data/ff/big", data)
     assert (await storage.stat("data/ff/big")).size == len(data)
     assert await storage.get("data/ff/big") == data
@@ -253,7 +253,7 @@ valid_names = st.lists(_name_segment.filter(lambda s: s not in (".", "..")), min
 
 
 @settings(
-    max_examples=15,
+    max_examples=10,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )

@@ -189,6 +189,6 @@ def test_wrapper_arguments_are_checked(local: LocalStorage) -> None:
 async def test_delete_many_reports_one_plain_error(local: LocalStorage) -> None:
     names = [f"locks/l{i}" for i in range(5)]
     faulty = FaultyStorage(local, [Fault("delete", error=StorageError("denied"), name="l3$")])
-    with pytest.raises(StorageError, match="^denied$"):
+    with pytest.raises(StorageError, match=r"^denied$"):
         await delete_many(faulty, names)
     faulty.assert_all_fired()

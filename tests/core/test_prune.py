@@ -1,0 +1,139 @@
+"""forget + prune: remaining snapshots stay whole, space is freed, locks are respected."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from shared.archiver import backup
+from shared.checker import check
+from shared.prune import forget, prune
+from shared.repository.format import BlobType
+from shared.repository.index import pack_object_name
+from shared.repository.pack import build_pack
+from shared.repository.repo import Repository, RepositoryError, RepositoryLocked
+from shared.restorer import restore
+
+from .conftest import (
+    assert_manifests_equal,
+    build_tree,
+    random_bytes,
+    reopen,
+    repo_bytes,
+    restored_path,
+    tree_manifest,
+)
+from .test_formats import _encode
+
+
+async def _three_snapshots(repo: Repository, tmp_path: Path) -> tuple[Path, list[tuple[str, dict]]]:
+    source = build_tree(
+        tmp_path / "src", {"shared.bin": random_bytes(800_000, 1), "v.bin": random_bytes(600_000, 2)}
+    )
+    states = []
+    for i in range(3):
+        (source / "v.bin").write_bytes(random_bytes(600_000, 10 + i))
+        (source / f"only-{i}.txt").write_text(f"snapshot {i}")
+        snapshot_id, _ = await backup(repo, [str(source)])
+        states.append((snapshot_id, tree_manifest(source)))
+        (source / f"only-{i}.txt").unlink()
+    return source, states
+
+
+async def test_forget_and_prune_keep_the_rest_restorable(small_repo: Repository, tmp_path: Path) -> None:
+    repo = small_repo
+    source, states = await _three_snapshots(repo, tmp_path)
+    repo_path = Path(repo.storage.location)
+    before = repo_bytes(repo_path)
+
+    removed = await forget(repo, [states[1][0][:10]])
+    assert removed == [states[1][0]]
+    assert [s for s, _ in await repo.list_snapshots()] == [states[0][0], states[2][0]]
+    result = await prune(repo)
+    assert result.bytes_freed > 500_000
+    after = repo_bytes(repo_path)
+    assert after < before - 500_000
+
+    fresh = await reopen(repo)
+    assert (await check(fresh, read_data=True)).errors == []
+    for i in (0, 2):
+        snapshot_id, expected = states[i]
+        target = tmp_path / f"out{i}"
+        assert (await restore(fresh, snapshot_id, str(target))).errors == []
+        assert_manifests_equal(tree_manifest(restored_path(target, source)), expected)
+
+    # Forget everything but the last, prune again: still whole, smaller still.
+    # Snapshot 0's data pack also holds shared.bin, still needed: it is repacked, not dropped.
+    await forget(fresh, [states[0][0]])
+    second = await prune(fresh)
+    assert second.packs_repacked >= 1
+    assert repo_bytes(repo_path) < after
+    final = await reopen(repo)
+    assert (await check(final, read_data=True)).errors == []
+    assert (await restore(final, "latest", str(tmp_path / "last"))).errors == []
+    assert_manifests_equal(tree_manifest(restored_path(tmp_path / "last", source)), states[2][1])
+
+
+async def test_prune_with_nothing_to_do_changes_nothing(repo: Repository, tmp_path: Path) -> None:
+    source = build_tree(tmp_path / "src", {"a": random_bytes(10_000, 1)})
+    await backup(repo, [str(source)])
+    before = {p.name for p in (Path(repo.storage.location) / "data").rglob("*") if p.is_file()}
+    result = await prune(repo)
+    assert result.packs_deleted == 0 and result.packs_repacked == 0
+    assert {p.name for p in (Path(repo.storage.location) / "data").rglob("*") if p.is_file()} == before
+    assert (await check(await reopen(repo), read_data=True)).errors == []
+
+
+async def test_prune_removes_unindexed_packs(repo: Repository, tmp_path: Path) -> None:
+    source = build_tree(tmp_path / "src", {"a": random_bytes(10_000, 1)})
+    snapshot_id, _ = await backup(repo, [str(source)])
+    # What a backup killed between writing a pack and its index file leaves behind.
+    pack_id, data, _ = build_pack(repo.write_keys.meta_key, [_encode(random_bytes(50_000, 7), BlobType.DATA)])
+    await repo.storage.put(pack_object_name(pack_id), data)
+    orphan = Path(repo.storage.location) / pack_object_name(pack_id)
+    assert any("not in the index" in n for n in (await check(await reopen(repo))).notes)
+
+    result = await prune(await reopen(repo))
+    assert not orphan.exists()
+    assert result.packs_deleted == 1 and result.bytes_freed == len(data)
+    fresh = await reopen(repo)
+    checked = await check(fresh, read_data=True)
+    assert checked.errors == [] and checked.notes == []
+    assert (await restore(fresh, snapshot_id, str(tmp_path / "out"))).errors == []
+
+
+async def test_prune_refuses_while_a_backup_holds_a_lock(repo: Repository, tmp_path: Path) -> None:
+    source = build_tree(tmp_path / "src", {"a": "x"})
+    await backup(repo, [str(source)])
+    await forget(repo, ["latest"])
+    other = await reopen(repo)
+    async with other.lock(exclusive=False):
+        with pytest.raises(RepositoryLocked, match="lock"):
+            await prune(repo)
+        # Other backups may run alongside.
+        await backup(repo, [str(source)])
+    # The refused prune left no lock of its own behind, and the backup's lock is gone too.
+    assert [p for p in (Path(repo.storage.location) / "locks").iterdir()] == []
+    await prune(repo)
+
+
+async def test_backup_refused_while_prune_holds_the_exclusive_lock(repo: Repository, tmp_path: Path) -> None:
+    source = build_tree(tmp_path / "src", {"a": "x"})
+    other = await reopen(repo)
+    async with other.lock(exclusive=True):
+        with pytest.raises(RepositoryLocked, match="exclusive"):
+            await backup(repo, [str(source)])
+    assert await repo.list_snapshots() == []
+
+
+async def test_prune_stops_on_damage(repo: Repository, tmp_path: Path) -> None:
+    source = build_tree(tmp_path / "src", {"a": random_bytes(10_000, 1), "b": random_bytes(10_000, 2)})
+    await backup(repo, [str(source)])
+    for index_file in (Path(repo.storage.location) / "index").iterdir():
+        index_file.unlink()
+    packs = {p for p in (Path(repo.storage.location) / "data").rglob("*") if p.is_file()}
+    with pytest.raises(RepositoryError, match="damage"):
+        await prune(await reopen(repo))
+    # Nothing was deleted: the data may still be recoverable.
+    assert {p for p in (Path(repo.storage.location) / "data").rglob("*") if p.is_file()} == packs

@@ -1,0 +1,81 @@
+"""A chunk at the maximum size over a NATS with the default 1 MiB max payload: split, never dropped.
+
+Runs the real `UploadSink` and `UploaderService` in-process against their own nats-server
+(default max_payload), with a stub catalog answering the two subjects the uploader needs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import nats
+import pytest
+from nats.aio.client import Client as NATS
+
+from proto import subjects
+from proto.chunks import ChunkAdd, ChunkAddReply
+from proto.plans import PlanRef, PlanSecrets
+from services.common import rpc
+from services.common.natsd import NatsServer
+from services.snapshotter.remote import UploadSink
+from services.uploader.service import UploaderService
+
+pytestmark = pytest.mark.timeout(60)
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+async def small_nats(tmp_path: Path) -> AsyncIterator[NATS]:
+    server = NatsServer(tmp_path / "nats", max_payload=1 * MiB)
+    server.start()
+    nc = await nats.connect(server.url)
+    yield nc
+    await nc.close()
+    server.stop()
+
+
+async def test_max_size_chunk_is_split_and_stored(small_nats: NATS, tmp_path: Path) -> None:
+    from shared.chunker import ChunkerParams
+    from shared.crypto import SealingSession, blob_id
+    from shared.repository import Repository
+    from shared.repository.blobs import encode
+    from shared.repository.format import BlobType
+    from shared.storage import open_location
+
+    nc = small_nats
+    assert nc.max_payload == 1 * MiB
+    location = tmp_path / "repo"
+    repo = await Repository.init(open_location(str(location)), "pass word")
+    keys = repo.export_write_keys()
+    recorded: list[ChunkAdd] = []
+
+    async def secrets(_req: PlanRef) -> PlanSecrets:
+        return PlanSecrets(plan_id="p_x", location=str(location), write_keys=keys)
+
+    async def chunks_add(req: ChunkAdd) -> ChunkAddReply:
+        recorded.append(req)
+        return ChunkAddReply(added=len(req.chunks))
+
+    await rpc.serve(nc, subjects.PLAN_SECRETS, PlanRef, secrets)
+    await rpc.serve(nc, subjects.CHUNKS_ADD, ChunkAdd, chunks_add)
+    uploader = UploaderService(nc)
+    await uploader.start()
+
+    data = os.urandom(ChunkerParams().max_size)  # the largest chunk, incompressible
+    blob = encode(SealingSession(repo.write_keys.public_key), blob_id(repo.write_keys.id_key, data),
+                  BlobType.DATA, data)
+    assert len(blob.payload) > 4 * MiB > nc.max_payload
+    sink = UploadSink(nc, "j_x", "p_x")
+    await sink.add(blob)
+    await sink.flush()
+    await sink.close()
+    assert sink.unconfirmed == {}
+    assert [c.id for add in recorded for c in add.chunks] == [blob.id.hex()]
+
+    index = await repo.index(reload=True)
+    assert blob.id in index
+    assert await repo.load_blob(blob.id, BlobType.DATA) == data
+    await uploader.stop()
+    await repo.close()
