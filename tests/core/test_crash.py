@@ -60,8 +60,9 @@ async def test_kill_9_mid_backup(tmp_path: Path, pw_file: Path) -> None:
     await (await new_repo(repo_path)).close()  # a cheap KDF; the CLI below opens it with the password
     source = tmp_path / "src"
     source.mkdir()
-    for i in range(4):
-        (source / f"part{i}.bin").write_bytes(random_bytes(15 * MB, 100 + i))
+    # 20 MB files: each is read in more than one 16 MiB segment.
+    for i in range(3):
+        (source / f"part{i}.bin").write_bytes(random_bytes(20 * MB, 100 + i))
     data_size = 60 * MB
 
     returncode, err = _backup_and_kill(repo_path, source, pw_file)

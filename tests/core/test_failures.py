@@ -9,6 +9,7 @@ import pytest
 
 from shared.archiver import BackupCanceled, backup
 from shared.checker import check
+from shared.repository.format import BlobType
 from shared.repository.repo import Repository
 from shared.restorer import RestoreCanceled, restore
 from shared.storage import LocalStorage, StorageError
@@ -33,7 +34,9 @@ def _locks(repo: Repository) -> list[Path]:
 @pytest.mark.parametrize("what", ["data/", "index/", "snapshots/"])
 async def test_storage_failure_fails_the_backup_cleanly(repo: Repository, tmp_path: Path, what: str) -> None:
     source = build_tree(tmp_path / "src", {"a": random_bytes(100_000, 1), "b/c": random_bytes(50_000, 2)})
-    faulty = FaultyStorage(LocalStorage(repo.storage.location), [Fault("put", StorageError("disk on fire"), name=f"^{what}")])
+    faulty = FaultyStorage(
+        LocalStorage(repo.storage.location), [Fault("put", StorageError("disk on fire"), name=f"^{what}")]
+    )
     failing = await Repository.open(faulty, PASSWORD)
     with pytest.raises(StorageError, match="disk on fire"):
         await backup(failing, [str(source)])
@@ -70,18 +73,22 @@ async def test_canceled_restore_leaves_no_target(repo: Repository, tmp_path: Pat
     assert [p.name for p in tmp_path.iterdir() if "restore-" in p.name] == []
 
 
-async def test_read_failure_during_restore_fails_only_affected_files(repo: Repository, tmp_path: Path) -> None:
-    source = build_tree(tmp_path / "src", {"a": random_bytes(100_000, 1), "b": "small"})
+async def test_unreadable_data_pack_fails_its_files_not_the_restore(repo: Repository, tmp_path: Path) -> None:
+    source = build_tree(tmp_path / "src", {"a": random_bytes(100_000, 1), "b": "small", "empty": ""})
     snapshot_id, _ = await backup(repo, [str(source)])
+    index = await repo.index()
+    data_packs = [p.id for p in index.packs.values() if all(b.type == BlobType.DATA for b in p.blobs)]
+    assert len(data_packs) == 1
     faulty = FaultyStorage(LocalStorage(repo.storage.location))
+    faulty.add(Fault("get", StorageError("network gone"), name=data_packs[0], times=None))
     reading = await Repository.open(faulty, PASSWORD)
-    await reading.index()  # trees load fine; then every read of a data pack fails
-    await reading.load_tree((await reading.load_snapshot(snapshot_id)).tree)
-    faulty.add(Fault("get", StorageError("network gone"), name="^data/", times=None))
-    with pytest.raises(StorageError):
-        # Trees live in packs as well: a restore that cannot read any pack fails clearly.
-        await restore(reading, snapshot_id, str(tmp_path / "out"))
-    assert not (tmp_path / "out").exists()
+    target = tmp_path / "out"
+    result = await restore(reading, snapshot_id, str(target))
+    faulty.assert_all_fired()
+    failed = sorted(e.split(":")[0].rsplit("/", 1)[-1] for e in result.errors)
+    assert failed == ["a", "b"], result.errors
+    out = restored_path(target, source)
+    assert sorted(p.name for p in out.iterdir()) == ["empty"]
 
 
 async def test_concurrent_backups_into_one_repository(repo: Repository, tmp_path: Path) -> None:
