@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from shared.checker import used_blobs
 from shared.repository.blobs import EncodedBlob
 from shared.repository.format import IndexPack
-from shared.repository.index import Index, pack_object_name, write_index_file
+from shared.repository.index import pack_object_name, write_index_file
 from shared.repository.pack import Packer
 from shared.repository.repo import ReadAccessRequired, Repository, RepositoryError
 
@@ -46,9 +46,8 @@ async def prune(repo: Repository) -> PruneResult:
         raise ReadAccessRequired("prune needs the password: it must read which data snapshots use")
     result = PruneResult()
     async with repo.lock(exclusive=True):
-        index = await Index.load(repo.storage, repo.write_keys.meta_key)
+        index = await repo.index(reload=True)
         errors: list[str] = []
-        repo._index = index
         used = await used_blobs(repo, index, errors)
         if errors:
             raise RepositoryError("prune stopped, the repository has damage (run check): " + errors[0])
@@ -90,5 +89,5 @@ async def prune(repo: Repository) -> PruneResult:
         result.packs_deleted = len(drop) + len(orphans)
         result.packs_repacked = len(repack)
         result.blobs_removed = sum(len(p.blobs) for p in drop + repack) - sum(len(p.blobs) for p in new_packs)
-        repo._index = None
+    await repo.index(reload=True)
     return result

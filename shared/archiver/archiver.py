@@ -315,6 +315,11 @@ class Archiver:
             full = os.path.join(path, name)
             st = await asyncio.to_thread(os.lstat, full)
             entry = Entry(name, full, st, kind_of(st.st_mode))
+            if trie[name] is not None and entry.kind == "symlink":
+                # A folder on the way to a source may be a symlink (/home -> /usr/home): follow
+                # it, or every source below it would silently be left out of the snapshot.
+                st = await asyncio.to_thread(os.stat, full)
+                entry = Entry(name, full, st, kind_of(st.st_mode))
             if trie[name] is not None and entry.kind == "dir":
                 node = node_for(entry)
                 node.subtree = await self._archive_level(full, trie[name])  # type: ignore[arg-type]

@@ -333,3 +333,19 @@ def test_walk_helpers_detect_changes(tmp_path: Path) -> None:
     while reader.next_batch():
         pass
     assert batch and reader.close() is True
+
+
+async def test_source_below_a_symlinked_folder(repo: Repository, tmp_path: Path) -> None:
+    """Backing up <link>/sub where <link> → a real folder must back up sub, not just the link."""
+    real = build_tree(tmp_path / "real", {"sub/f.txt": "content", "sub/g/h.bin": random_bytes(20_000, 3)})
+    (tmp_path / "link").symlink_to(real)
+    source = tmp_path / "link" / "sub"
+    snapshot_id, snapshot = await backup(repo, [str(source)])
+    assert snapshot.paths == [str(source)]
+    assert snapshot.stats.files == 2, "the files below the symlinked folder were left out"
+    target = tmp_path / "out"
+    assert (await restore(repo, snapshot_id, str(target))).errors == []
+    assert_manifests_equal(tree_manifest(restored_path(target, source)), tree_manifest(real / "sub"))
+    # The source itself being a symlink records the symlink (it is what was named).
+    _, linked = await backup(repo, [str(tmp_path / "link")])
+    assert linked.stats.files == 0

@@ -66,7 +66,9 @@ def test_nonces_are_unique() -> None:
     nonces = {crypto.encrypt(KEY, b"same plaintext")[: crypto.NONCE_SIZE] for _ in range(4000)}
     assert len(nonces) == 4000
     session = crypto.SealingSession(PUBLIC)
-    sealed = {session.seal(b"x", b"")[crypto.SEALED_KEY_SIZE :][: crypto.NONCE_SIZE] for _ in range(1000)}
+    sealed = {
+        bytes(session.seal(b"x", b"")[crypto.SEALED_KEY_SIZE :][: crypto.NONCE_SIZE]) for _ in range(1000)
+    }
     assert len(sealed) == 1000
 
 
@@ -166,3 +168,41 @@ def test_derive_key_depends_on_password_and_salt() -> None:
     assert base == crypto.derive_key("password", b"salt" * 8, params)
     assert base != crypto.derive_key("passwore", b"salt" * 8, params)
     assert base != crypto.derive_key("password", b"SALT" * 8, params)
+
+
+@pytest.fixture
+def pycryptodome_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Force the pure pycryptodome AES-GCM path (installs without `cryptography`)."""
+    monkeypatch.setattr(crypto, "_OpenSSLGCM", None)
+    monkeypatch.setattr(crypto, "_InvalidTag", ValueError)
+
+
+@pytest.mark.skipif(
+    crypto._OpenSSLGCM is None, reason="`cryptography` is not installed: one AES-GCM path only"
+)
+@SETTINGS
+@given(plaintext=st.binary(max_size=2048), aad=st.binary(max_size=8))
+def test_openssl_and_pycryptodome_paths_interoperate(plaintext: bytes, aad: bytes) -> None:
+    """Both AES-GCM back ends produce the same format: either reads what the other wrote."""
+    by_openssl = crypto.encrypt(KEY, plaintext, aad)
+    session = crypto.SealingSession(PUBLIC)
+    sealed_by_openssl = bytes(session.seal(plaintext, aad, b"H"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(crypto, "_OpenSSLGCM", None)
+        mp.setattr(crypto, "_InvalidTag", ValueError)
+        assert crypto.decrypt(KEY, by_openssl, aad) == plaintext
+        assert crypto.Unsealer(PRIVATE).open(sealed_by_openssl, aad, header_size=1) == plaintext
+        by_pycryptodome = crypto.encrypt(KEY, plaintext, aad)
+        sealed_by_pycryptodome = bytes(session.seal(plaintext, aad, b"H"))
+        with pytest.raises(Unauthenticated):
+            crypto.decrypt(OTHER_KEY, by_pycryptodome, aad)
+    assert crypto.decrypt(KEY, by_pycryptodome, aad) == plaintext
+    assert crypto.Unsealer(PRIVATE).open(sealed_by_pycryptodome, aad, header_size=1) == plaintext
+
+
+def test_pycryptodome_path_detects_tampering(pycryptodome_only: None) -> None:
+    message = bytearray(crypto.encrypt(KEY, b"hello world", b"aad"))
+    assert crypto.decrypt(KEY, bytes(message), b"aad") == b"hello world"
+    message[-1] ^= 1
+    with pytest.raises(Unauthenticated):
+        crypto.decrypt(KEY, bytes(message), b"aad")

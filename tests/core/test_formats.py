@@ -200,13 +200,24 @@ def test_blob_truncated_wrong_type_wrong_id_wrong_key() -> None:
 
 
 def test_blob_with_bad_inner_encoding_is_corrupt() -> None:
-    """A payload that authenticates but has an unknown flag or a broken zstd frame."""
+    """A payload that authenticates but has an unknown encoding or a broken zstd frame."""
     session = crypto.SealingSession(PUBLIC)
     blob_id = crypto.blob_id(ID_KEY, b"x")
-    for plaintext, message in [(b"\x07x", "unknown encoding"), (b"\x01not zstd", "does not decompress")]:
-        payload = session.seal(plaintext, bytes((BlobType.DATA,)))
+    for encoding, plaintext, message in [
+        (7, b"x", "unknown encoding"),
+        (1, b"not zstd", "does not decompress"),
+    ]:
+        aad = bytes((BlobType.DATA, encoding))
+        payload = session.seal(plaintext, aad, bytes((encoding,)))
         with pytest.raises(CorruptBlob, match=message):
             blobs.decode(crypto.Unsealer(PRIVATE), ID_KEY, blob_id, BlobType.DATA, payload)
+    # The clear encoding byte is authenticated: flipping it fails, it is not misread.
+    good = bytearray(_encode(b"some text " * 50).payload)
+    good[crypto.SEALED_KEY_SIZE] ^= 1
+    with pytest.raises(CorruptBlob, match="authentication"):
+        blobs.decode(
+            crypto.Unsealer(PRIVATE), ID_KEY, crypto.blob_id(ID_KEY, b"some text " * 50), BlobType.DATA, good
+        )
 
 
 # --- packs -------------------------------------------------------------------------------------

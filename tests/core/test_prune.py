@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from shared.archiver import backup
 from shared.checker import check
 from shared.prune import forget, prune
-from shared.repository.format import BlobType
+from shared.repository.format import BlobType, Lock
 from shared.repository.index import pack_object_name
 from shared.repository.pack import build_pack
 from shared.repository.repo import Repository, RepositoryError, RepositoryLocked
@@ -137,3 +139,15 @@ async def test_prune_stops_on_damage(repo: Repository, tmp_path: Path) -> None:
         await prune(await reopen(repo))
     # Nothing was deleted: the data may still be recoverable.
     assert {p for p in (Path(repo.storage.location) / "data").rglob("*") if p.is_file()} == packs
+
+
+async def test_stale_and_foreign_locks_do_not_block(repo: Repository, tmp_path: Path) -> None:
+    source = build_tree(tmp_path / "src", {"a": "x"})
+    past = time.time() - 3600
+    stale = Lock(exclusive=True, hostname="gone", pid=1, time=past - 60, expires=past)
+    await repo.storage.put("locks/" + "ab" * 16, repo.encrypt_meta(msgspec.msgpack.encode(stale), b"lock"))
+    await repo.storage.put("locks/" + "cd" * 16, b"not a lock of this repository")
+    snapshot_id, _ = await backup(repo, [str(source)])  # an expired exclusive lock is ignored
+    await forget(repo, [snapshot_id])
+    await prune(repo)
+    assert await repo.list_snapshots() == []

@@ -78,6 +78,7 @@ function timeEl(iso) {
 function formatDuration(start, end) {
   if (!start || !end) return "";
   const secs = Math.max(0, Math.round((new Date(end) - new Date(start)) / 1000));
+  if (secs < 1) return "under 1 s";
   if (secs < 60) return `${secs} s`;
   if (secs < 3600) return `${Math.floor(secs / 60)} min ${secs % 60} s`;
   return `${Math.floor(secs / 3600)} h ${Math.floor((secs % 3600) / 60)} min`;
@@ -637,8 +638,8 @@ function fillSnapshots(state) {
       : null;
     const duration = formatDuration(snap.started_at, snap.finished_at);
     return el("tr", { "data-snapshot": snap.id, "data-status": snap.status },
-      el("td", { "data-label": "Time" }, timeEl(snap.started_at),
-        duration ? el("span", { class: "muted small-text", text: ` · ${duration}` }) : null),
+      el("td", { "data-label": "Time" }, el("span", {}, timeEl(snap.started_at),
+        duration ? el("span", { class: "muted small-text", text: ` · ${duration}` }) : null)),
       el("td", { "data-label": "Size", class: "num", text: snap.status === "completed" ? formatSize(snap.size) : "—" }),
       el("td", { "data-label": "Added", class: "num", text: snap.status === "completed" ? formatSize(snap.added_size) : "—" }),
       el("td", { "data-label": "Files", class: "num", text: snap.status === "completed" ? snap.files.toLocaleString() : "—" }),
