@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from services.common.natsd import NatsServer
+from services.common.natsd import NatsServer, free_port
 
 log = logging.getLogger("timevault.up")
 DEFAULT_LISTEN = "127.0.0.1:7480"
@@ -96,6 +96,8 @@ async def up(data_dir: Path, listen: str = DEFAULT_LISTEN, nats_url: str | None 
     host, _, port = listen.rpartition(":")
     if not host or not port.isdigit():
         raise UpError(f"--listen must be HOST:PORT, got {listen!r}")
+    if port == "0":  # "any free port": choose it here so gateway.json can name it
+        listen = f"{host}:{free_port(host.strip('[]'))}"
 
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()

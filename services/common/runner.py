@@ -77,6 +77,7 @@ async def _run(name: str, args: argparse.Namespace, main: ServiceMain) -> None:
         nc = await connect(args.nats, f"timevault-{name}", stop)
         stack.push_async_callback(_close, nc)
         await main(args, nc, stack, stop)
+        log.info("%s: ready (NATS %s)", name, nc.connected_url.netloc if nc.connected_url else args.nats)
         await stop.wait()
         log.info("%s: stopping", name)
 

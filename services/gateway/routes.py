@@ -1,6 +1,6 @@
 """The ``/api/v1`` endpoints: each one parses the path and body, makes one NATS request, replies.
 
-`ENDPOINTS` is the single table the router and the OpenAPI document are both built from,
+`endpoints()` is the single table the router and the OpenAPI document are both built from,
 so a route cannot exist without being documented (and the reverse).
 """
 

@@ -139,10 +139,12 @@ class UploadSink:
         """A session request that fails fast when the uploader dies while handling it.
 
         A slow pack write may legitimately take long, so instead of a short timeout the sender
-        pings the session meanwhile; a ping nobody answers means the uploader is gone.
+        pings the session meanwhile; a ping nobody answers means the uploader is gone, and a
+        reconnect to NATS means the request may be lost: either way the caller resends.
         """
         assert self.session is not None
         session = self.session
+        reconnects = self.nc.stats["reconnects"]
         call = asyncio.create_task(rpc.request(self.nc, subjects.upload_session(session, op), message, UploadAck,
                                                msgpack=True, timeout=max(self.request_timeout, 300.0)))
         try:
@@ -150,6 +152,9 @@ class UploadSink:
                 done, _ = await asyncio.wait({call}, timeout=PING_EVERY)
                 if done:
                     return call.result()
+                if self.nc.stats["reconnects"] != reconnects:
+                    # The request or its reply may have been lost with the old connection.
+                    raise ServiceError("unavailable", "NATS connection was re-established")
                 await rpc.request(self.nc, subjects.upload_session(session, "ping"), UploadFlush(), UploadAck,
                                   msgpack=True, timeout=PING_EVERY)
         finally:

@@ -47,6 +47,7 @@ from shared.repository.repo import Repository, RepositoryError
 IN_FLIGHT_BYTES = 64 * 1024 * 1024
 ENCODE_BATCH_BYTES = 4 * 1024 * 1024
 DEDUP_BATCH = 500
+PREFETCH_SCANS = 3
 _tree_encoder = msgspec.msgpack.Encoder()
 
 
@@ -151,6 +152,7 @@ class Archiver:
         self.budget = _ByteBudget(IN_FLIGHT_BYTES)
         self.scheduled: set[bytes] = set()
         self._batch: list[tuple[bytes, BlobType, bytes]] = []
+        self._scans: dict[bytes, asyncio.Task[tuple[list[Entry], list[str]]]] = {}
         self._batch_bytes = 0
         self.tasks: set[asyncio.Task[None]] = set()
         self.failure: BaseException | None = None
@@ -231,15 +233,28 @@ class Archiver:
             self.progress.current = os.fsdecode(path)
             self._on_progress(self.progress)
 
+    async def _scan(self, path: bytes) -> tuple[list[Entry], list[str]]:
+        previous = await self.parent.previous_dir(path)
+        return await asyncio.to_thread(scan_dir, path, previous, self.params, self.id_key)
+
+    def _prefetch_scans(self, entries: list[Entry]) -> None:
+        """Scan the next few subfolders in the background while this one is processed."""
+        for entry in entries:
+            if len(self._scans) >= PREFETCH_SCANS:
+                return
+            if entry.kind == "dir" and entry.path not in self._scans:
+                self._scans[entry.path] = asyncio.create_task(self._scan(entry.path))
+
     async def archive_dir(self, path: bytes) -> bytes:
         self._raise_if_failed()
-        previous = await self.parent.previous_dir(path)
+        scan = self._scans.pop(path, None) or asyncio.create_task(self._scan(path))
         try:
-            entries, warnings = await asyncio.to_thread(scan_dir, path, previous, self.params, self.id_key)
+            entries, warnings = await scan
         except OSError as exc:
             self.warnings.append(f"skipped {os.fsdecode(path)}: {exc.strerror}")
             return await self._store_tree([])
         self.warnings.extend(warnings)
+        self._prefetch_scans(entries)
         nodes: list[Node] = []
         for entry in entries:
             node = await self.archive_entry(entry)
@@ -349,9 +364,9 @@ class Archiver:
         await self.sink.flush()
 
     async def abort(self) -> None:
-        for task in list(self.tasks):
+        for task in [*self.tasks, *self._scans.values()]:
             task.cancel()
-        await asyncio.gather(*list(self.tasks), return_exceptions=True)
+        await asyncio.gather(*self.tasks, *self._scans.values(), return_exceptions=True)
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -442,6 +457,7 @@ async def backup(
             raise
         finally:
             counter.cancel()
+            parent.close()
             archiver.close()
         snapshot = Snapshot(
             time=started,

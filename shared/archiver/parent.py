@@ -11,6 +11,7 @@ blob ids are then reused without reading it. The previous state comes from:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 
@@ -42,6 +43,9 @@ class ParentLookup:
         if self._cache_path is not None:
             self._recorded[path] = [node for node in nodes if node.type == "file"]
 
+    def close(self) -> None:
+        """Stop any background work (see _TreeLookup)."""
+
     async def save(self, snapshot_id: str) -> None:
         if self._cache_path is None:
             return
@@ -62,7 +66,7 @@ class ParentLookup:
         cache_path = os.path.join(cache_dir, f"{repo.config.id}.files") if cache_dir else None
         candidates = [
             (snapshot_id, snapshot)
-            for snapshot_id, snapshot in await repo.list_snapshots()
+            for snapshot_id, snapshot in await repo.list_snapshots(damaged=[])
             if snapshot.paths == paths and (plan is None or snapshot.plan == plan)
         ]
         if not candidates:
@@ -91,6 +95,8 @@ class _TreeLookup(ParentLookup):
         super().__init__(repo, cache_path)
         self._root = root
         self._dirs: dict[bytes, dict[bytes, Node]] = {}
+        self._prefetched: dict[bytes, asyncio.Task[dict[bytes, Node]]] = {}
+        self._prefetch_slots = asyncio.Semaphore(8)
 
     async def previous_dir(self, path: bytes) -> dict[bytes, Node]:
         if path in self._dirs:
@@ -104,12 +110,29 @@ class _TreeLookup(ParentLookup):
         self._dirs[path] = found
         return found
 
+    def close(self) -> None:
+        for task in self._prefetched.values():
+            task.cancel()
+        self._prefetched.clear()
+
     async def _load(self, tree_id: bytes) -> dict[bytes, Node]:
+        task = self._prefetched.pop(tree_id, None)
+        return await task if task is not None else await self._fetch(tree_id)
+
+    async def _fetch(self, tree_id: bytes) -> dict[bytes, Node]:
         try:
             tree = await self._repo.load_tree(tree_id)
         except (CorruptBlob, RepositoryError):
             return {}  # a damaged parent only costs re-reading files
+        # The walk will ask for the subfolders next: fetch their trees meanwhile.
+        for node in tree.nodes:
+            if node.type == "dir" and node.subtree and node.subtree not in self._prefetched:
+                self._prefetched[node.subtree] = asyncio.create_task(self._fetch_limited(node.subtree))
         return {node.name: node for node in tree.nodes}
+
+    async def _fetch_limited(self, tree_id: bytes) -> dict[bytes, Node]:
+        async with self._prefetch_slots:
+            return await self._fetch(tree_id)
 
 
 def _load_cache(repo: Repository, path: str) -> _FilesCache | None:

@@ -83,13 +83,22 @@ async def cmd_backup(args: argparse.Namespace) -> None:
 
 async def cmd_snapshots(args: argparse.Namespace) -> None:
     repo = await _open(args)
+    damaged: list[str] = []
     try:
-        snapshots = await repo.list_snapshots()
+        snapshots = await repo.list_snapshots(damaged=damaged)
     finally:
         await repo.close()
+    for message in damaged:
+        print(f"warning: {message} (run `timevault repo check`)", file=sys.stderr)
     if args.json:
         print(json.dumps([snapshot_json(i, s) for i, s in snapshots]))
-        return
+    else:
+        _print_snapshot_table(snapshots)
+    if damaged:
+        raise CommandFailed(f"{len(damaged)} snapshot(s) are damaged and were left out")
+
+
+def _print_snapshot_table(snapshots: list[tuple[str, Snapshot]]) -> None:
     print(f"{'ID':<10}{'TIME':<27}{'FILES':>8}{'SIZE':>12}{'ADDED':>12}  PATHS")
     for snapshot_id, s in snapshots:
         print(

@@ -189,16 +189,26 @@ class Repository:
         except (crypto.Unauthenticated, msgspec.DecodeError) as exc:
             raise RepositoryError(f"snapshot {snapshot_id[:12]} is damaged") from exc
 
-    async def list_snapshots(self) -> list[tuple[str, Snapshot]]:
-        """Every snapshot, oldest first."""
+    async def list_snapshots(self, damaged: list[str] | None = None) -> list[tuple[str, Snapshot]]:
+        """Every snapshot, oldest first.
+
+        A damaged snapshot raises RepositoryError, or, when `damaged` is given, is left out and
+        its message appended there (so one bad object does not stop later backups).
+        """
         names = [info.name.removeprefix("snapshots/") async for info in self.storage.list("snapshots/")]
         sem = asyncio.Semaphore(16)
 
-        async def load(snapshot_id: str) -> tuple[str, Snapshot]:
+        async def load(snapshot_id: str) -> tuple[str, Snapshot] | None:
             async with sem:
-                return snapshot_id, await self.load_snapshot(snapshot_id)
+                try:
+                    return snapshot_id, await self.load_snapshot(snapshot_id)
+                except RepositoryError as exc:
+                    if damaged is None:
+                        raise
+                    damaged.append(str(exc))
+                    return None
 
-        found = await asyncio.gather(*(load(name) for name in names))
+        found = [item for item in await asyncio.gather(*(load(name) for name in names)) if item]
         return sorted(found, key=lambda item: (item[1].time, item[0]))
 
     async def resolve_snapshot(self, ref: str) -> str:
@@ -298,9 +308,22 @@ class Repository:
                 continue
             except (crypto.Unauthenticated, msgspec.DecodeError):
                 continue  # not ours to judge; an unreadable lock cannot protect anything
-            if lock.expires > now:
+            if lock.expires > now and not _dead_local_process(lock):
                 live.append((info.name, lock))
         return live
+
+
+def _dead_local_process(lock: Lock) -> bool:
+    """A lock of this host whose process is gone (killed, crashed) protects nothing."""
+    if lock.hostname != socket.gethostname():
+        return False
+    try:
+        os.kill(lock.pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 async def _load_config(storage: Storage) -> Config:

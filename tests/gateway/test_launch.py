@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from proto.errors import ServiceError
 from services.common.natsd import free_port
 from services.gateway.config import ConfigError, GatewayConfig, load_token, parse_listen
 from services.gateway.security import bearer_ok, check_restore_target
@@ -65,7 +66,7 @@ def test_restore_target_rules(tmp_path: Path) -> None:
     (tmp_path / "link").symlink_to("/etc")
     for bad in ("/", "//", "/etc", "/usr/lib", "/var/lib/x", "/proc/self", str(tmp_path / "link" / "x"), "x",
                 "/tmp/\x00"):
-        with pytest.raises(Exception, match="target|restore"):
+        with pytest.raises(ServiceError, match=r"target|restore"):
             check_restore_target(bad)
 
 

@@ -146,7 +146,11 @@ async def test_scheduler_process_runs_alone(nats_server: object, catalog: NATS, 
 
     proc = ServiceProc("scheduler", nats_server.url, tmp_path, "--poll", "1").start()  # type: ignore[attr-defined]
     try:
-        await asyncio.sleep(1.5)
-        assert proc.proc is not None and proc.proc.poll() is None, proc.output()
+        for _ in range(300):
+            if "ready" in proc.output():
+                break
+            assert proc.proc is not None and proc.proc.poll() is None, proc.output()
+            await asyncio.sleep(0.05)
+        assert "scheduler: ready" in proc.output()
     finally:
         assert proc.stop() == 0, proc.output()

@@ -19,6 +19,7 @@ from proto import subjects
 from proto.jobs import Job, JobCreate
 from proto.plans import PlanList, PlanListRequest
 from services.common import rpc
+from services.up import gateway_available
 from tests.services.conftest import ROOT
 from tests.services.helpers import create_plan, wait_job
 
@@ -69,6 +70,8 @@ async def test_up_runs_everything_and_stops_cleanly(tmp_path: Path) -> None:
             assert done.status == "completed", done.error
         finally:
             await nc.close()
+        if gateway_available():
+            await _cli_through_gateway(data, tmp_path)
         assert (data / "catalog.db").exists() and (data / "nats" / "jetstream").is_dir()
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -78,3 +81,53 @@ async def test_up_runs_everything_and_stops_cleanly(tmp_path: Path) -> None:
         with pytest.raises(ProcessLookupError):
             os.kill(child, 0)
     assert not info_path.exists()
+
+
+async def _cli(*argv: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", "import sys; from shared.cli.main import main; sys.exit(main(sys.argv[1:]))", *argv],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+
+
+async def _cli_through_gateway(data: Path, tmp_path: Path) -> None:
+    """The CLI contract end to end: create, back up, change, back up, show --json, restore each."""
+    deadline = time.monotonic() + 20
+    while (result := await _cli("plan", "list", "--data-dir", str(data))).returncode != 0:
+        assert time.monotonic() < deadline, result.stderr
+        await asyncio.sleep(0.3)
+    src = tmp_path / "cli-src"
+    src.mkdir()
+    (src / "a.txt").write_text("first\n")
+    pw = tmp_path / "pw"
+    pw.write_text("cli password\n")
+    pw.chmod(0o600)
+    d = ("--data-dir", str(data))
+    r = await _cli("plan", "create", "cli plan", "--source", str(src), "--weekly", "sunday", "--at", "04:00",
+                   "--location", str(tmp_path / "cli-repo"), "--timezone", "Europe/Berlin", "--password-file",
+                   str(pw), *d)
+    assert r.returncode == 0, r.stderr
+    r = await _cli("plan", "create", "cli plan", "--source", str(src), "--daily", "--at", "04:00",
+                   "--location", str(tmp_path / "cli-repo2"), "--password-file", str(pw), *d)
+    assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert (await _cli("backup", "cli plan", "--wait", *d)).returncode == 0
+    (src / "a.txt").write_text("second\n")
+    assert (await _cli("backup", "cli plan", "--wait", *d)).returncode == 0
+    r = await _cli("plan", "show", "cli plan", "--json", *d)
+    assert r.returncode == 0, r.stderr
+    shown = json.loads(r.stdout)
+    assert shown["name"] == "cli plan" and shown["schedule"]["weekday"] == 7
+    snaps = shown["snapshots"]
+    assert [s["status"] for s in snaps] == ["completed", "completed"]
+    for key in ("id", "started_at", "finished_at", "size", "added_size", "files", "status"):
+        assert key in snaps[0]
+    for snap, expected in zip(snaps, ("first\n", "second\n"), strict=True):
+        out = tmp_path / f"cli-out-{snap['id'][:8]}"
+        r = await _cli("restore", "cli plan", snap["id"], "--target", str(out), "--password-file", str(pw),
+                       "--wait", *d)
+        assert r.returncode == 0, r.stderr
+        assert next(out.rglob("a.txt")).read_text() == expected
+    r = await _cli("plan", "delete", "cli plan", "--yes", *d)
+    assert r.returncode == 0, r.stderr
+    assert not [p for p in (tmp_path / "cli-repo").rglob("*") if p.is_file()]

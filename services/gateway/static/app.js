@@ -874,8 +874,9 @@ function restoreUpdate(state, job) {
     $("#restore-submit").hidden = true;
   } else if (job.status === "completed") {
     box.classList.add("ok");
-    box.textContent = `Restore completed: ${job.files_done.toLocaleString()} files ` +
-      `(${formatSize(job.bytes_done)}) restored into ${job.target}.`;
+    // Short jobs can end before their first progress report, so counts may still be zero.
+    const amount = job.files_done ? `${job.files_done.toLocaleString()} files (${formatSize(job.bytes_done)}) ` : "";
+    box.textContent = `Restore completed: ${amount}restored into ${job.target}.`;
     state.restoreJob = null;
   } else {
     box.classList.add("error");
