@@ -77,7 +77,7 @@ class Snapshotter:
 
     async def _subscribe(self, stop: asyncio.Event) -> object:
         config = ConsumerConfig(durable_name=subjects.SNAPSHOTTER_DURABLE, ack_policy=AckPolicy.EXPLICIT,
-                                ack_wait=self.ack_wait, max_deliver=5, filter_subject=subjects.WORK_BACKUP)
+                                ack_wait=self.ack_wait, max_deliver=50, filter_subject=subjects.WORK_BACKUP)
         while True:
             try:
                 return await self.js.pull_subscribe(subjects.WORK_BACKUP, durable=subjects.SNAPSHOTTER_DURABLE,
@@ -101,6 +101,10 @@ class Snapshotter:
         except ServiceError as exc:
             if exc.code == "unavailable":
                 await msg.nak(delay=1)  # catalog down: try again later
+            elif exc.code == "busy":
+                # Redelivered while the catalog still sees the old worker's heartbeat: if that
+                # worker died, its heartbeat goes stale and a later delivery takes the job over.
+                await msg.nak(delay=2)
             else:
                 log.info("job %s not taken: %s", work.job_id, exc)  # finished, canceled or running elsewhere
                 await msg.ack()

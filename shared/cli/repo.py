@@ -88,14 +88,12 @@ async def cmd_snapshots(args: argparse.Namespace) -> None:
         snapshots = await repo.list_snapshots(damaged=damaged)
     finally:
         await repo.close()
-    for message in damaged:
-        print(f"warning: {message} (run `timevault repo check`)", file=sys.stderr)
     if args.json:
         print(json.dumps([snapshot_json(i, s) for i, s in snapshots]))
     else:
         _print_snapshot_table(snapshots)
     if damaged:
-        raise CommandFailed(f"{len(damaged)} snapshot(s) are damaged and were left out")
+        raise CommandFailed("; ".join(damaged) + " (left out of the list; run `timevault repo check`)")
 
 
 def _print_snapshot_table(snapshots: list[tuple[str, Snapshot]]) -> None:
