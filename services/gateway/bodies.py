@@ -32,7 +32,7 @@ class RestoreBody(msgspec.Struct, kw_only=True):
 
 
 class PayloadTooLarge(ServiceError):
-    """The body is over the gateway's limit (HTTP 413)."""
+    """The body is over the gateway's limit (HTTP 400, code too_large)."""
 
 
 async def read_json(request: web.Request, type_: type[T], max_body: int) -> T:

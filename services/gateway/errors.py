@@ -19,7 +19,8 @@ log = logging.getLogger("timevault.gateway")
 _encoder = msgspec.json.Encoder()
 
 # Codes for the HTTP-level failures aiohttp raises itself (no route, wrong method, ...).
-_STATUS = {**HTTP_STATUS, "too_large": 413, "forbidden": 403}
+# The issue lists an oversized body with the other validation errors: 400, code too_large.
+_STATUS = {**HTTP_STATUS, "too_large": 400, "forbidden": 403}
 _HTTP_CODES = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
                413: "too_large", 415: "invalid"}
 

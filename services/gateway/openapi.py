@@ -21,7 +21,7 @@ from services.gateway.routes import Endpoint
 REF = "#/components/schemas/{name}"
 ERROR_TEXT = {400: "Invalid input (the body names the field)", 401: "Missing or wrong bearer token",
               403: "Cross-origin request refused", 404: "No such plan, snapshot or job",
-              409: "Duplicate name, or the plan is busy", 413: "Request body too large",
+              409: "Duplicate name, or the plan is busy",
               500: "Internal error", 503: "A needed service or the location is unreachable"}
 REQUEST_TYPES = ("PlanCreate", "PlanUpdate", "Schedule", "ScheduleUpdate", "Location", "RestoreBody")
 

@@ -211,7 +211,7 @@ async def test_bodies_that_are_not_a_json_object(http: aiohttp.ClientSession, da
 async def test_body_over_the_size_limit(http: aiohttp.ClientSession, tree: Path, tmp_path: Path) -> None:
     body = plan_body("big", tree, tmp_path / "repo", sources=[str(tree)] * 20_000)
     async with http.post("/api/v1/plans", json=body) as resp:
-        assert "larger than" in await expect_error(resp, 413, "too_large")
+        assert "larger than" in await expect_error(resp, 400, "too_large")
 
     async def chunks() -> Any:  # no Content-Length: the limit applies while reading
         for _ in range(100):
@@ -219,7 +219,7 @@ async def test_body_over_the_size_limit(http: aiohttp.ClientSession, tree: Path,
         yield b"{}"
 
     async with http.post("/api/v1/plans", data=chunks(), headers={"Content-Type": "application/json"}) as resp:
-        await expect_error(resp, 413, "too_large")
+        await expect_error(resp, 400, "too_large")
 
 
 async def test_patch_schedule_and_sources(http: aiohttp.ClientSession, plan: dict[str, Any], tree: Path) -> None:
