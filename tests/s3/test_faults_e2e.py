@@ -249,6 +249,7 @@ async def test_concurrency_parameter_bounds_requests_in_flight(
     moto_endpoint: str,
     s3_bucket: str,
     prefix: str,
+    direct_s3: S3Storage,
     proxy: CountingProxy,
     new_machine: Callable[[str], Machine],
     tmp_path: Path,
@@ -275,9 +276,13 @@ async def test_concurrency_parameter_bounds_requests_in_flight(
     assert backup_peak == 2, f"{backup_peak} requests were in flight at once during the backup"
 
     proxy.reset_peak()
+    proxy.requests.clear()
     target = tmp_path / "restored"
     (await laptop.run("repo", "restore", bounded, "latest", "--target", target)).ok()
     assert proxy.peak <= 2, f"{proxy.peak} requests were in flight at once during the restore"
+    # Each pack is read at most once: trees come from whole tree packs, not one request per folder.
+    packs = await stored(direct_s3, "data/")
+    assert proxy.count("GET", PACK) <= len(packs), (proxy.count("GET", PACK), len(packs))
     assert_same_tree(source, target)
 
     # The control: with room for more, the same proxy does see more at once.

@@ -10,11 +10,12 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from proto import subjects
-from proto.jobs import Job, JobCreate, JobList, JobListRequest, JobRef
+from proto.errors import ServiceError
+from proto.jobs import Job, JobClaim, JobCreate, JobList, JobListRequest, JobRef
 from proto.plans import Plan, PlanDetail, PlanRef, PlanUpdate, PlanUpdateRequest, ScheduleUpdate
 from services.common import rpc
 from services.scheduler.service import Scheduler
-from tests.services.helpers import create_plan
+from tests.services.helpers import create_plan, wait_job
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -35,10 +36,11 @@ async def _jobs(nc: NATS, plan_id: str) -> list[Job]:
 
 
 async def _finish_all(nc: NATS, plan_id: str) -> None:
-    """No snapshotter runs here: cancel pending jobs so the plan is not busy."""
+    """End the plan's jobs (a session snapshotter may be running them) so it is not busy."""
     for job in await _jobs(nc, plan_id):
-        if job.status == "pending":
+        if job.status in ("pending", "running"):
             await rpc.request(nc, subjects.JOB_CANCEL, JobRef(job_id=job.id), Job)
+            await wait_job(nc, job.id, 30)
 
 
 async def _plan_at(nc: NATS, tmp_path: Path, name: str, **schedule: object) -> tuple[Plan, datetime]:
@@ -110,7 +112,14 @@ async def test_two_schedulers_fire_each_slot_exactly_once(catalog: NATS, tmp_pat
 
 async def test_busy_plan_skips_the_slot_with_a_reason(catalog: NATS, tmp_path: Path) -> None:
     plan, created = await _plan_at(catalog, tmp_path, "sched-busy", time="06:00")
-    await rpc.request(catalog, subjects.JOB_CREATE, JobCreate(plan=plan.id), Job)
+    # Hold a backup ourselves (a session snapshotter may otherwise run and finish it first).
+    for _ in range(20):
+        job = await rpc.request(catalog, subjects.JOB_CREATE, JobCreate(plan=plan.id), Job)
+        try:
+            await rpc.request(catalog, subjects.JOB_CLAIM, JobClaim(job_id=job.id, worker="holder"), Job)
+            break
+        except ServiceError:
+            await wait_job(catalog, job.id, 30)
     clock = FakeClock(created + timedelta(days=1))
     replies, _ = await Scheduler(catalog, clock=clock).tick()
     mine = [r for r in replies if r.fired and r.job is None and "busy" in (r.reason or "")]
