@@ -61,6 +61,7 @@ MESSAGES: tuple[type[msgspec.Struct], ...] = (
     upload.UploadOpen,
     upload.UploadOpened,
     upload.BlobPart,
+    upload.BlobBatch,
     upload.UploadFlush,
     upload.UploadClose,
     upload.UploadAck,

@@ -7,7 +7,10 @@
 3. ``tv.upload.session.<sid>.flush`` (`UploadFlush`) writes every open pack and its index, records
    the chunks in the catalog, then acks with ``durable_seq`` = the last blob seq now durable.
 4. ``tv.upload.session.<sid>.close`` (`UploadClose`) ends the session (``discard`` drops open packs).
-5. ``tv.upload.session.<sid>.ping`` (`UploadFlush`, empty) answers at once: while a slow blob or
+5. ``tv.upload.session.<sid>.blobs`` carries a `BlobBatch`: several whole small blobs in one
+   request (one round trip and one reply instead of one per blob), when the uploader said
+   ``batch=true`` in `UploadOpened`. Handled in order with ``blob``: the sender waits for each reply.
+6. ``tv.upload.session.<sid>.ping`` (`UploadFlush`, empty) answers at once: while a slow blob or
    flush request is outstanding, the sender pings to notice a dead uploader within seconds.
 
 Redelivery is harmless: a blob id added twice is packed once, and packs are content addressed.
@@ -34,6 +37,8 @@ class UploadOpened(msgspec.Struct, kw_only=True):
     """Use in ``tv.upload.session.<session_id>.*``."""
     uploader: str
     """Instance id of the uploader."""
+    batch: bool = False
+    """The uploader accepts `BlobBatch` on ``blobs`` (older uploaders do not; senders then send one by one)."""
 
 
 class BlobPart(msgspec.Struct, kw_only=True):
@@ -53,6 +58,13 @@ class BlobPart(msgspec.Struct, kw_only=True):
     """Index of this part."""
     parts: int = 1
     """Number of parts."""
+
+
+class BlobBatch(msgspec.Struct, kw_only=True):
+    """Several whole blobs in one request (MessagePack); the reply is one `UploadAck`."""
+
+    blobs: list[BlobPart]
+    """Blobs in seq order, each with ``parts == 1``."""
 
 
 class UploadFlush(msgspec.Struct, kw_only=True):

@@ -106,28 +106,29 @@ async def up(data_dir: Path, listen: str = DEFAULT_LISTEN, nats_url: str | None 
 
     nats_server: NatsServer | None = None
     if nats_url is None:
-        nats_server = NatsServer(data_dir / "nats", log_file=logs / "nats-server.log")
+        nats_server = NatsServer(data_dir / "nats", log_file=logs / "nats-server.log",
+                                 token=secrets.token_urlsafe(32))
         try:
             await asyncio.to_thread(nats_server.start)
         except (OSError, RuntimeError, TimeoutError) as exc:
             raise UpError(f"cannot start nats-server: {exc}") from exc
-        nats_url = nats_server.url
-        log.info("nats-server listening on %s (JetStream in %s)", nats_url, data_dir / "nats")
+        nats_url = nats_server.client_url
+        log.info("nats-server listening on %s (JetStream in %s)", nats_server.url, data_dir / "nats")
 
     token = secrets.token_urlsafe(32)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(_ROOT), os.environ.get("PYTHONPATH")])),
-           "TIMEVAULT_DATA_DIR": str(data_dir)}
+           "TIMEVAULT_DATA_DIR": str(data_dir), "TIMEVAULT_NATS": nats_url}
     extra_args = extra_args or {}
     children: list[Child] = []
     for name in SERVICES:
-        args = ["--nats", nats_url]
+        args: list[str] = []  # NATS URL (maybe with its token) goes by environment, not argv (ps)
         if name == "catalog":
             args += ["--db", str(data_dir / "catalog.db")]
         if name == "snapshotter":
             args += ["--data-dir", str(data_dir)]
         children.append(Child(name, args + extra_args.get(name, []), env, logs / f"{name}.log"))
     if gateway_available():
-        children.append(Child("gateway", ["--nats", nats_url, "--listen", listen, "--data-dir", str(data_dir),
+        children.append(Child("gateway", ["--listen", listen, "--data-dir", str(data_dir),
                                           *extra_args.get("gateway", [])],
                               {**env, "TIMEVAULT_TOKEN": token}, logs / "gateway.log"))
     else:
@@ -139,8 +140,11 @@ async def up(data_dir: Path, listen: str = DEFAULT_LISTEN, nats_url: str | None 
             await child.start()
         write_private_json(info_path, {"url": f"http://{listen}", "token": token, "nats": nats_url,
                                        "pid": os.getpid()})
-        print(f"timevault: up (data dir {data_dir}, gateway http://{listen}, NATS {nats_url}); "
+        print(f"timevault: up (data dir {data_dir}, gateway http://{listen}, NATS {_without_credentials(nats_url)}); "
               "Ctrl-C to stop", file=sys.stderr, flush=True)
+        # The token itself is not printed: terminals end up in logs (journald, CI output).
+        print(f"timevault: web UI at http://{listen}/ — sign in with the token in {info_path} "
+              "(mode 0600); the CLI finds it there by itself", file=sys.stderr, flush=True)
         await _supervise(children, stop)
     finally:
         for child in reversed(children):
@@ -153,6 +157,11 @@ async def up(data_dir: Path, listen: str = DEFAULT_LISTEN, nats_url: str | None 
         lock_file.close()
         print("timevault: stopped", file=sys.stderr, flush=True)
     return 0
+
+
+def _without_credentials(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme}{sep}{rest.rpartition('@')[2]}" if sep else url
 
 
 async def _supervise(children: list[Child], stop: asyncio.Event) -> None:

@@ -18,26 +18,20 @@ import shutil
 import stat
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import msgspec
-
 from shared.archiver.archiver import Progress
 from shared.repository.blobs import CorruptBlob
-from shared.repository.format import BlobType, Node, Tree
+from shared.repository.format import BlobType, Node
 from shared.repository.index import BlobLocation, pack_object_name
 from shared.repository.repo import Repository, RepositoryError
-from shared.storage import ObjectNotFound, StorageError
+from shared.storage import StorageError
 
 PARALLEL_PACKS = 3
 # Planning reads every tree of the snapshot. Tree packs hold only trees, and one backup's trees
 # sit together in a few of them, so each is read whole, once, and kept while the walk needs it:
 # one request per tree pack instead of one per folder (a round trip each on S3).
-TREE_PACKS_KEPT = 4
-TREE_PACK_MAX = 32 * 1024 * 1024
-_tree_decoder = msgspec.msgpack.Decoder(Tree)
 
 
 class RestoreError(RepositoryError):
@@ -101,51 +95,6 @@ def _wanted(parts: tuple[bytes, ...], includes: list[tuple[bytes, ...]]) -> tupl
     return inside, on_path
 
 
-class _TreeReader:
-    """`repo.load_tree`, reading tree packs whole through a small LRU of packs."""
-
-    def __init__(self, repo: Repository) -> None:
-        self.repo = repo
-        self._packs: OrderedDict[str, asyncio.Task[bytes]] = OrderedDict()
-
-    async def _pack(self, pack_id: str) -> bytes:
-        task = self._packs.get(pack_id)
-        if task is None:
-            task = asyncio.ensure_future(self.repo.storage.get(pack_object_name(pack_id)))
-            self._packs[pack_id] = task
-            while len(self._packs) > TREE_PACKS_KEPT:
-                self._packs.popitem(last=False)
-        else:
-            self._packs.move_to_end(pack_id)
-        try:
-            return await asyncio.shield(task)
-        except BaseException:
-            if self._packs.get(pack_id) is task and task.done():
-                del self._packs[pack_id]  # a failed read is not kept
-            raise
-
-    async def load_tree(self, tree_id: bytes) -> Tree:
-        index = await self.repo.index()
-        location = index.blobs.get(tree_id)
-        pack = index.packs.get(location.pack) if location is not None else None
-        if location is None or pack is None or location.type != BlobType.TREE or pack.size > TREE_PACK_MAX:
-            return await self.repo.load_tree(tree_id)  # the usual path and its usual errors
-        try:
-            data = await self._pack(location.pack)
-        except ObjectNotFound as exc:
-            raise CorruptBlob(
-                f"pack {location.pack[:12]} holding blob {tree_id.hex()[:16]} is missing"
-            ) from exc
-        payload = memoryview(data)[location.offset : location.offset + location.length]
-        if len(payload) != location.length:
-            raise CorruptBlob(f"pack {location.pack[:12]} is truncated")
-        plaintext = self.repo.decode_blob(tree_id, BlobType.TREE, payload)
-        try:
-            return _tree_decoder.decode(plaintext)
-        except msgspec.DecodeError as exc:
-            raise CorruptBlob(f"tree {tree_id.hex()[:16]} does not decode") from exc
-
-
 class Restorer:
     def __init__(
         self, repo: Repository, progress: Callable[[Progress], None] | None, cancel: asyncio.Event | None
@@ -160,10 +109,9 @@ class Restorer:
 
     async def plan(self, tree_id: bytes, includes: list[tuple[bytes, ...]]) -> list[_Item]:
         items: list[_Item] = []
-        trees = _TreeReader(self.repo)
 
         async def visit(tree_id: bytes, parents: tuple[bytes, ...]) -> None:
-            tree = await trees.load_tree(tree_id)
+            tree = await self.repo.load_tree(tree_id)
             seen: set[bytes] = set()
             for node in tree.nodes:
                 name_text = os.fsdecode(node.name)
@@ -232,7 +180,9 @@ class Restorer:
             _apply_metadata(os.path.join(root, *map(os.fsdecode, item.parts)), item.node)
         self._report(force=True)
 
-    async def _group_by_pack(self, files: list[_FileJob]) -> dict[str, dict[bytes, list[tuple[_FileJob, int]]]]:
+    async def _group_by_pack(
+        self, files: list[_FileJob]
+    ) -> dict[str, dict[bytes, list[tuple[_FileJob, int]]]]:
         """pack → blob → every (file, offset) that needs it: each pack is read once."""
         index = await self.repo.index()
         by_pack: dict[str, dict[bytes, list[tuple[_FileJob, int]]]] = {}
@@ -261,8 +211,13 @@ class Restorer:
             return
         await asyncio.to_thread(self._write_blobs, span, start, locations, wanted)
 
-    def _write_blobs(self, span: bytes, start: int, locations: list[tuple[BlobLocation, bytes]],
-                     wanted: dict[bytes, list[tuple[_FileJob, int]]]) -> None:
+    def _write_blobs(
+        self,
+        span: bytes,
+        start: int,
+        locations: list[tuple[BlobLocation, bytes]],
+        wanted: dict[bytes, list[tuple[_FileJob, int]]],
+    ) -> None:
         view = memoryview(span)
         for location, blob_id in locations:
             targets = [(job, offset) for job, offset in wanted[blob_id] if job.error is None]

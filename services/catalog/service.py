@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -72,6 +73,7 @@ from services.scheduler.slots import next_run
 
 log = logging.getLogger(__name__)
 ACTIVE = ("pending", "running")
+_PLAN_ID = re.compile(r"p_[0-9a-f]{16}")  # services.common.util.new_id("p")
 
 
 @dataclass
@@ -223,7 +225,8 @@ class CatalogService:
         if not sources:
             raise ServiceError("invalid", "the repository has no snapshots; give the sources", "sources")
         now = utcnow()
-        row = PlanRow(id=new_id("p"), name=name, sources=sources, schedule=schedule, location=location,
+        plan_id = await self._attached_plan_id(snapshots)
+        row = PlanRow(id=plan_id, name=name, sources=sources, schedule=schedule, location=location,
                       write_keys=write_keys, paused=False, deleting=False, created_at=now, updated_at=now,
                       resumed_at=None, last_slot=None, total_size=sum(size for _, _, size in chunks))
         async with self.lock:
@@ -237,6 +240,18 @@ class CatalogService:
             await self._event(row.id, "attached", f"attached with {len(snapshots)} snapshots")
             await self.db.conn.commit()
         return await self.plan_get(PlanRef(plan=row.id))
+
+    async def _attached_plan_id(self, snapshots: list[tuple[str, object]]) -> str:
+        """The plan id the repository's snapshots were made under, when this catalog does not use it.
+
+        Keeping the id keeps the next backup incremental: the archiver picks its parent snapshot
+        by plan id, and a new id would make it read and chunk every file again.
+        """
+        old = getattr(snapshots[-1][1], "plan", None) if snapshots else None
+        if isinstance(old, str) and _PLAN_ID.fullmatch(old):
+            if all(other.id != old for other in await self.db.list_plans()):
+                return old
+        return new_id("p")
 
     async def plan_list(self, _req: PlanListRequest) -> PlanList:
         return PlanList(plans=[await self._plan_view(row) for row in await self.db.list_plans()

@@ -33,8 +33,9 @@ class NatsServer:
 
     def __init__(self, store_dir: str | os.PathLike[str], *, port: int | None = None,
                  max_payload: int = MAX_PAYLOAD, host: str = "127.0.0.1",
-                 log_file: str | os.PathLike[str] | None = None) -> None:
+                 log_file: str | os.PathLike[str] | None = None, token: str | None = None) -> None:
         self.store_dir = Path(store_dir)
+        self.token = token
         self.host = host
         self.port = port or free_port(host)
         self.monitor_port = free_port(host)
@@ -44,16 +45,29 @@ class NatsServer:
 
     @property
     def url(self) -> str:
+        """The address without credentials (safe to print)."""
         return f"nats://{self.host}:{self.port}"
 
+    @property
+    def client_url(self) -> str:
+        """The address clients connect to: with the token when the server requires one."""
+        return f"nats://{self.token}@{self.host}:{self.port}" if self.token else self.url
+
     def _config(self) -> Path:
-        self.store_dir.mkdir(parents=True, exist_ok=True)
+        self.store_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         conf = self.store_dir / "nats-server.conf"
-        conf.write_text(
+        text = (
             f"host: {self.host}\nport: {self.port}\nhttp_port: {self.monitor_port}\n"
             f"max_payload: {self.max_payload}\n"
             f'jetstream {{\n  store_dir: "{self.store_dir / "jetstream"}"\n}}\n'
         )
+        if self.token:
+            # Loopback is shared by every local user: without this, any of them could ask the
+            # services to back up or restore anything the services can reach.
+            text += f'authorization {{\n  token: "{self.token}"\n}}\n'
+        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
         return conf
 
     def start(self, timeout: float = 15.0) -> None:

@@ -23,7 +23,7 @@ ERROR_TEXT = {400: "Invalid input (the body names the field)", 401: "Missing or 
               403: "Cross-origin request refused", 404: "No such plan, snapshot or job",
               409: "Duplicate name, or the plan is busy",
               500: "Internal error", 503: "A needed service or the location is unreachable"}
-REQUEST_TYPES = ("PlanCreate", "PlanUpdate", "Schedule", "ScheduleUpdate", "Location", "RestoreBody")
+REQUEST_TYPES = ("PlanCreate", "PlanAttach", "PlanUpdate", "Schedule", "ScheduleUpdate", "Location", "RestoreBody")
 
 
 def build(table: list[Endpoint], version: str = "1") -> dict[str, Any]:
@@ -109,6 +109,9 @@ def _constrain(components: dict[str, Any]) -> None:
         props("PlanCreate")["name"].update(minLength=1, maxLength=NAME_MAX)
         props("PlanCreate")["password"].update(minLength=PASSWORD_MIN)
         props("PlanCreate")["sources"].update(minItems=1)
+    if "PlanAttach" in components:
+        props("PlanAttach")["name"].update(minLength=1, maxLength=NAME_MAX)
+        props("PlanAttach")["password"].update(minLength=PASSWORD_MIN)
     for name in ("Schedule",):
         if name in components:
             props(name)["time"].update(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")

@@ -18,6 +18,7 @@ from proto.errors import ServiceError, invalid
 from proto.jobs import Job, JobCreate, JobList, JobListRequest, JobRef, RestoreRequest
 from proto.plans import (
     Plan,
+    PlanAttach,
     PlanCreate,
     PlanDeleted,
     PlanDetail,
@@ -136,6 +137,12 @@ async def create_plan(request: web.Request) -> web.Response:
     return reply(plan, 201, {"Location": f"/api/v1/plans/{plan.id}"})
 
 
+async def attach_plan(request: web.Request) -> web.Response:
+    req = await body(request, PlanAttach)
+    plan = await call(request, subjects.PLAN_ATTACH, req, PlanDetail, SLOW)
+    return reply(plan, 201, {"Location": f"/api/v1/plans/{plan.id}"})
+
+
 async def get_plan(request: web.Request) -> web.Response:
     return reply(await call(request, subjects.PLAN_GET, PlanRef(plan=ref(request, "plan_id")), PlanDetail))
 
@@ -215,6 +222,10 @@ def endpoints() -> list[Endpoint]:
         Endpoint("GET", "/api/v1/openapi.json", openapi, "This document (no auth)", auth=False),
         Endpoint("GET", "/api/v1/plans", list_plans, "List plans", list[Plan]),
         Endpoint("POST", "/api/v1/plans", create_plan, "Create a plan", Plan, 201, PlanCreate, (400, 409, 503)),
+        # Before the {plan_id} routes, so "attach" is never taken for a plan name.
+        Endpoint("POST", "/api/v1/plans/attach", attach_plan, "Attach an existing repository (a new machine): "
+                 "the plan's snapshots and dedup index are read from the location with the password",
+                 PlanDetail, 201, PlanAttach, (400, 401, 409, 503)),
         Endpoint("GET", plan, get_plan, "A plan with its backup log (settings, total size, snapshots)",
                  PlanDetail, errors=(404,)),
         Endpoint("PATCH", plan, update_plan, "Change schedule or sources (never the name)", Plan, 200, PlanUpdate,

@@ -20,7 +20,7 @@ from proto import subjects
 from proto.chunks import ChunkAdd, ChunkAddReply, ChunkRef
 from proto.errors import ServiceError
 from proto.plans import PlanRef, PlanSecrets
-from proto.upload import BlobPart, UploadAck, UploadClose, UploadFlush, UploadOpen, UploadOpened
+from proto.upload import BlobBatch, BlobPart, UploadAck, UploadClose, UploadFlush, UploadOpen, UploadOpened
 from services.common import rpc
 from services.common.util import instance_id, new_id
 
@@ -103,6 +103,14 @@ class Session:
             await self.packer.add(EncodedBlob(part.id, BlobType(part.type), part.raw_length, data))
         return UploadAck(durable_seq=self.durable_seq)
 
+    async def blobs(self, batch: BlobBatch) -> UploadAck:
+        """Several small blobs in one request: one NATS round trip instead of one per blob."""
+        for part in batch.blobs:
+            if part.parts != 1:
+                raise ServiceError("invalid", "a batch carries whole blobs only")
+            await self.blob(part)
+        return UploadAck(durable_seq=self.durable_seq)
+
     async def flush(self, _req: UploadFlush) -> UploadAck:
         self.touched = time.monotonic()
         async with self.lock:
@@ -150,15 +158,16 @@ class UploaderService:
     async def open(self, req: UploadOpen) -> UploadOpened:
         secrets = await rpc.request(self.nc, subjects.PLAN_SECRETS, PlanRef(plan=req.plan_id), PlanSecrets)
         session = Session(self, new_id("u"), req, secrets)
-        for op, kind, handler in (("blob", BlobPart, session.blob), ("flush", UploadFlush, session.flush),
+        for op, kind, handler in (("blob", BlobPart, session.blob), ("blobs", BlobBatch, session.blobs),
+                                  ("flush", UploadFlush, session.flush),
                                   ("close", UploadClose, session.close), ("ping", UploadFlush, session.ping)):
             # Blobs of one session are handled in order (no concurrent=True): ordering keeps
             # durable_seq meaningful and bounds this session's memory to one message.
             session.subs.append(await rpc.serve(self.nc, subjects.upload_session(session.id, op), kind,
-                                                handler, msgpack=True, concurrent=op != "blob"))
+                                                handler, msgpack=True, concurrent=op not in ("blob", "blobs")))
         self.sessions[session.id] = session
         log.info("session %s opened for job %s", session.id, req.job_id)
-        return UploadOpened(session_id=session.id, uploader=self.instance)
+        return UploadOpened(session_id=session.id, uploader=self.instance, batch=True)
 
     async def end(self, session: Session) -> None:
         self.sessions.pop(session.id, None)

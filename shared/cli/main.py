@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import inspect
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -60,6 +61,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     tune_allocator()
+    # Warnings (e.g. a storage retry) show as one short line each; TIMEVAULT_LOG_LEVEL=INFO for more.
+    level = logging.getLevelName(os.environ.get("TIMEVAULT_LOG_LEVEL", "WARNING").upper())
+    level = level if isinstance(level, int) else logging.WARNING
+    logging.basicConfig(
+        level=level,
+        format="timevault: warning: %(message)s"
+        if level >= logging.WARNING
+        else "timevault: %(levelname)s: %(message)s",
+    )
     func = args.func
     try:
         result = asyncio.run(func(args)) if inspect.iscoroutinefunction(func) else func(args)

@@ -197,6 +197,38 @@ def cmd_plan_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan_attach(args: argparse.Namespace) -> int:
+    """A new machine takes over an existing repository: snapshots and dedup index come from it."""
+    from shared.cli.passwords import get_password
+
+    name = validate_name(args.name)
+    paths = [os.path.abspath(os.path.expanduser(s)) for s in args.source or []]
+    sources = validate_sources(paths) if paths else []
+    weekday = parse_weekday(args.weekly) if args.weekly else None
+    schedule = validate_schedule(Schedule(frequency="weekly" if args.weekly else "daily", time=args.at,
+                                          weekday=weekday, timezone=args.timezone or _local_timezone()))
+    location = validate_location(parse_location(args.location), sources)
+    gateway = Gateway.find(args.data_dir)
+    # The repository exists already: the password is checked against it, so one prompt suffices.
+    password = get_password(args.password_file, prompt="Backup password")
+    body: dict[str, Any] = {
+        "name": name,
+        "schedule": {k: v for k, v in (("frequency", schedule.frequency), ("time", schedule.time),
+                                       ("weekday", schedule.weekday), ("timezone", schedule.timezone)) if v},
+        "location": {k: v for k, v in vars_of(location).items() if v is not None},
+        "password": password,
+    }
+    if sources:
+        body["sources"] = sources
+    plan = gateway.call("POST", "/plans/attach", body)
+    if args.json:
+        _print_json(plan)
+    else:
+        print(f"attached plan {plan['name']!r} ({plan['id']}) with {len(plan.get('snapshots', []))} snapshots, "
+              f"{_size(plan.get('total_size'))} stored: {_schedule_text(plan['schedule'])}")
+    return 0
+
+
 def vars_of(struct: Any) -> dict[str, Any]:
     import msgspec
 
@@ -290,6 +322,8 @@ def _wait(gateway: Gateway, job: dict[str, Any], as_json: bool) -> int:
     """Poll the job until it ends, with a progress bar on a terminal; 0 only if it completed."""
     tty = sys.stderr.isatty() and not as_json
     shown = False
+    # Short jobs end within a second: poll fast at first, then settle at 0.5 s.
+    delay = 0.1
     while job.get("status") not in TERMINAL:
         if tty:
             done, total = job.get("bytes_done", 0), job.get("bytes_total", 0)
@@ -302,7 +336,8 @@ def _wait(gateway: Gateway, job: dict[str, Any], as_json: bool) -> int:
                              f"{_size(job.get('rate', 0))}/s")
             sys.stderr.flush()
             shown = True
-        time.sleep(0.5)
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.5)
         job = gateway.call("GET", f"/jobs/{_q(job['id'])}")
     if shown:
         sys.stderr.write("\n")
@@ -418,6 +453,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     create.add_argument("--password-file", metavar="F")
     _common(create)
     create.set_defaults(func=_guard(cmd_plan_create))
+
+    attach = plans.add_parser("attach", help="attach an existing repository (a new machine, or a new data dir)")
+    attach.add_argument("name")
+    attach.add_argument("--location", required=True, help="folder path or s3://bucket/prefix?endpoint=&region=")
+    attach.add_argument("--source", action="append", metavar="PATH",
+                        help="paths for future backups (default: those of the latest snapshot)")
+    afreq = attach.add_mutually_exclusive_group(required=True)
+    afreq.add_argument("--daily", action="store_true")
+    afreq.add_argument("--weekly", metavar="DAY", help="monday..sunday")
+    attach.add_argument("--at", required=True, metavar="HH:MM")
+    attach.add_argument("--timezone", metavar="TZ", help="IANA zone (default: this machine's)")
+    attach.add_argument("--password-file", metavar="F")
+    _common(attach)
+    attach.set_defaults(func=_guard(cmd_plan_attach))
 
     lst = plans.add_parser("list", help="list plans")
     _common(lst)

@@ -12,6 +12,7 @@ import os
 import secrets
 import socket
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
@@ -35,6 +36,8 @@ from shared.repository.format import (
 from shared.repository.index import Index, pack_object_name
 from shared.storage import ObjectNotFound, Storage, StorageError
 
+TREE_PACKS_KEPT = 4
+TREE_PACK_MAX = 32 * 1024 * 1024
 LOCK_STALE_AFTER = 30 * 60
 LOCK_REFRESH_EVERY = 5 * 60
 
@@ -75,6 +78,7 @@ class Repository:
         self._unsealer = crypto.Unsealer(private_key) if private_key else None
         self._key_name = key_name
         self._index: Index | None = None
+        self._tree_packs: OrderedDict[str, asyncio.Future[bytes]] = OrderedDict()
 
     # --- creating and opening ------------------------------------------------------------
 
@@ -171,6 +175,7 @@ class Repository:
     async def index(self, *, reload: bool = False) -> Index:
         if self._index is None or reload:
             self._index = await Index.load(self.storage, self.write_keys.meta_key)
+            self._tree_packs.clear()
         return self._index
 
     async def save_snapshot(self, snapshot: Snapshot) -> str:
@@ -251,11 +256,43 @@ class Repository:
         return await asyncio.to_thread(self.decode_blob, blob_id, blob_type, payload)
 
     async def load_tree(self, tree_id: bytes) -> Tree:
-        data = await self.load_blob(tree_id, BlobType.TREE)
+        """A directory listing. Tree packs are read whole and a few are kept: walking a snapshot
+        touches thousands of trees, and one request each is slow on S3."""
+        index = await self.index()
+        location = index.blobs.get(tree_id)
+        pack = index.packs.get(location.pack) if location is not None else None
+        if location is None or pack is None or location.type != BlobType.TREE or pack.size > TREE_PACK_MAX:
+            data = await self.load_blob(tree_id, BlobType.TREE)  # the usual path and its errors
+        else:
+            payload = memoryview(await self._tree_pack(location.pack))[
+                location.offset : location.offset + location.length
+            ]
+            if len(payload) != location.length:
+                raise CorruptBlob(f"pack {location.pack[:12]} is truncated")
+            data = await asyncio.to_thread(self.decode_blob, tree_id, BlobType.TREE, payload)
         try:
             return _tree_decoder.decode(data)
         except msgspec.DecodeError as exc:
             raise CorruptBlob(f"tree {tree_id.hex()[:16]} does not decode") from exc
+
+    async def _tree_pack(self, pack_id: str) -> bytes:
+        task = self._tree_packs.get(pack_id)
+        if task is None:
+            task = asyncio.ensure_future(self.storage.get(pack_object_name(pack_id)))
+            self._tree_packs[pack_id] = task
+            while len(self._tree_packs) > TREE_PACKS_KEPT:
+                self._tree_packs.popitem(last=False)
+        else:
+            self._tree_packs.move_to_end(pack_id)
+        try:
+            return await asyncio.shield(task)
+        except ObjectNotFound as exc:
+            self._tree_packs.pop(pack_id, None)
+            raise CorruptBlob(f"pack {pack_id[:12]} holding trees is missing") from exc
+        except BaseException:
+            if self._tree_packs.get(pack_id) is task and task.done():
+                del self._tree_packs[pack_id]  # a failed read is not kept
+            raise
 
     # --- locks ---------------------------------------------------------------------------
 

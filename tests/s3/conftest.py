@@ -99,7 +99,6 @@ class Machine:
 
     async def run(self, *args: str | Path, limit: float = CLI_TIMEOUT) -> CliResult:
         """`timevault ARGS --password-file F` as a subprocess; the event loop keeps running."""
-        started = asyncio.get_running_loop().time()
         cmd = [*timevault_command(), *map(str, args), "--password-file", str(self.password_file)]
         proc = await asyncio.create_subprocess_exec(
             *cmd,
@@ -116,8 +115,6 @@ class Machine:
             await proc.wait()
             raise AssertionError(f"timevault {' '.join(map(str, args))} ran over {limit} s") from None
         assert proc.returncode is not None
-        if os.environ.get("TV_TIMING"):
-            print(f"{asyncio.get_running_loop().time() - started:6.2f}s  {' '.join(map(str, args[:2]))}")
         return CliResult(proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
 
     def leftovers(self) -> list[str]:
@@ -242,4 +239,8 @@ def assert_same_tree(expected_root: Path, target: Path, source: Path | None = No
 
 
 def error_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.startswith("timevault: ")]
+    return [
+        line
+        for line in stderr.splitlines()
+        if line.startswith("timevault: ") and not line.startswith("timevault: warning: ")
+    ]

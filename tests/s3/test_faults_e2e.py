@@ -141,7 +141,7 @@ async def test_permanent_failure_leaves_no_snapshot_and_next_backup_reuses_packs
     # Anything else on stderr is a retry notice naming the location and the operation.
     for line in failed.stderr.splitlines():
         assert line == errors[0] or (
-            line.startswith(f"s3://{s3_bucket}/{prefix}: put data/") and "retrying" in line
+            line.startswith(f"timevault: warning: s3://{s3_bucket}/{prefix}: put data/") and "retrying" in line
         )
     assert broken.fired >= 5
 
