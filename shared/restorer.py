@@ -28,7 +28,7 @@ from shared.repository.index import BlobLocation, pack_object_name
 from shared.repository.repo import Repository, RepositoryError
 from shared.storage import StorageError
 
-PARALLEL_PACKS = 3
+PARALLEL_PACKS = 4
 # Planning reads every tree of the snapshot. Tree packs hold only trees, and one backup's trees
 # sit together in a few of them, so each is read whole, once, and kept while the walk needs it:
 # one request per tree pack instead of one per folder (a round trip each on S3).

@@ -24,7 +24,7 @@ from services.common import rpc
 log = logging.getLogger(__name__)
 LOOKUP_BATCH = 500
 PING_EVERY = 2.0
-MAX_IN_FLIGHT = 64 * 1024 * 1024
+MAX_IN_FLIGHT = 32 * 1024 * 1024
 # Room for the MessagePack envelope and NATS headers around a part's bytes.
 _ENVELOPE = 16 * 1024
 # Small blobs (most files are small) travel together: each request costs a round trip and
