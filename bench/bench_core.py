@@ -261,6 +261,7 @@ def bench(args: argparse.Namespace) -> dict:
     results = {t.name: ToolResult(version=t.version()) for t in tools}
     corpus = run_dir / "corpus"
     cold: list[bool] = []
+    floor_seconds = 0.0
     try:
         print(f"generating {args.size_mb} MiB corpus in {corpus} ...", flush=True)
         gen = make_corpus(script, "--out", str(corpus), "--size-mb", str(args.size_mb), "--seed", "42")
@@ -303,6 +304,8 @@ def bench(args: argparse.Namespace) -> dict:
             return step.seconds
 
         timed("restore", tools, restore, cold)
+        floor_seconds = write_floor(corpus, run_dir / "floor")
+        print(f"  write floor  (same files, zeros) {floor_seconds:6.2f} s", flush=True)
     finally:
         if not args.keep:
             for path in [corpus, *(p for t in tools for p in (t.repo, t.restore_dir))]:
@@ -335,7 +338,36 @@ def bench(args: argparse.Namespace) -> dict:
         "tools": {name: asdict(r) | {"peak_rss_kib": r.peak_rss_kib} for name, r in results.items()},
         "warnings": warnings,
         "run_dir": str(run_dir),
+        "write_floor_seconds": floor_seconds,
     }
+
+
+def write_floor(corpus: Path, out: Path) -> float:
+    """Seconds to create the corpus's files with zeros: what any restore pays to the file system.
+
+    On a slow or shared disk both tools can sit on this floor, and then no ratio between them
+    says anything about their own code.
+    """
+    zeros = bytes(8 * MiB)
+    drop_caches()
+    start = time.monotonic()
+    for folder, _dirs, files in os.walk(corpus):
+        target = out / os.path.relpath(folder, corpus)
+        target.mkdir(parents=True, exist_ok=True)
+        for name in files:
+            path = os.path.join(folder, name)
+            if os.path.islink(path):
+                continue
+            size = os.path.getsize(path)
+            fd = os.open(target / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                for offset in range(0, size, len(zeros)):
+                    os.pwrite(fd, memoryview(zeros)[: min(len(zeros), size - offset)], offset)
+            finally:
+                os.close(fd)
+    seconds = time.monotonic() - start
+    shutil.rmtree(out, ignore_errors=True)
+    return seconds
 
 
 def metrics(res: dict, name: str) -> dict[str, float]:
@@ -406,6 +438,11 @@ def report(res: dict) -> str:
         lines.append(
             f"  [{'PASS' if peak < RSS_LIMIT_MIB else 'FAIL'}] peak RSS < {RSS_LIMIT_MIB} MiB: {peak:.0f} MiB"
         )
+    floor = res.get("write_floor_seconds")
+    if floor:
+        restores = ", ".join(f"{n} {m[n]['restore_seconds'] / floor:.2f}x" for n in names)
+        lines.append(f"file-system floor for the restore (writing the same files): {floor:.2f} s; "
+                     f"restore time / floor: {restores}")
     for w in res["warnings"]:
         lines.append(f"warning: {w}")
     return "\n".join(lines)
