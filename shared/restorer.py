@@ -64,12 +64,20 @@ class _FileJob:
     remaining: int
     error: str | None = None
     created: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def create(self) -> None:
-        """Create the file once; O_EXCL|O_NOFOLLOW never writes through what was already there."""
-        if not self.created:
-            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+        os.close(self.open())
+
+    def open(self) -> int:
+        """Open for writing; the first open creates the file with O_EXCL|O_NOFOLLOW, so a restore
+        never writes through anything that was already there (or that another entry made)."""
+        with self.lock:
+            if self.created:
+                return os.open(self.path, os.O_WRONLY | os.O_NOFOLLOW)
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             self.created = True
+            return fd
 
 
 def _safe_name(name: bytes) -> bool:
@@ -234,9 +242,7 @@ class Restorer:
                 continue
             for job, offset in targets:
                 try:
-                    with self._lock:
-                        job.create()
-                    fd = os.open(job.path, os.O_WRONLY | os.O_NOFOLLOW)
+                    fd = job.open()
                     try:
                         _pwrite_all(fd, data, offset)
                     finally:

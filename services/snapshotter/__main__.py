@@ -28,6 +28,7 @@ def parser() -> argparse.ArgumentParser:
 
 async def main(args: argparse.Namespace, nc: NATS, stack: contextlib.AsyncExitStack,
                stop: asyncio.Event) -> None:
+    from services.snapshotter._exp_hook import apply; apply()
     snapshotter = Snapshotter(nc, concurrency=args.concurrency, ack_wait=args.ack_wait,
                               cache_dir=os.path.join(args.data_dir, "cache"), max_in_flight=args.max_in_flight)
     task = asyncio.create_task(snapshotter.run(stop))

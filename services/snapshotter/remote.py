@@ -12,12 +12,15 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict, deque
 
+import msgspec
+import nats.errors
 from nats.aio.client import Client as NATS
 
-from proto import subjects
+from proto import subjects, wire
 from proto.chunks import ChunkLookup, ChunkLookupReply
-from proto.errors import ServiceError
+from proto.errors import ERROR_HEADER, ServiceError
 from proto.upload import BlobBatch, BlobPart, UploadAck, UploadClose, UploadFlush, UploadOpen, UploadOpened
 from services.common import rpc
 
@@ -29,8 +32,15 @@ MAX_IN_FLIGHT = 32 * 1024 * 1024
 _ENVELOPE = 16 * 1024
 # Small blobs (most files are small) travel together: each request costs a round trip and
 # event-loop work on both sides, so one per blob made the hop, not the bytes, the bottleneck.
-BATCH_BYTES = 1024 * 1024
-BATCH_BLOBS = 128
+# Up to a whole maximum-size chunk (4 MiB plus sealing), so large files' chunks travel in
+# batches too, and a batch is filled until the next blob would not fit.
+BATCH_BYTES = 4 * 1024 * 1024 + 64 * 1024
+BATCH_BLOBS = 256
+# Batches on the wire at once, awaiting their replies (each still bounded by `max_in_flight`).
+MAX_REQUESTS = 3
+# MessagePack room per blob in a batch besides its payload (keys, seq, id, lengths).
+_BLOB_OVERHEAD = 96
+_encoder = msgspec.msgpack.Encoder()
 
 
 class CatalogKnownBlobs:
@@ -53,11 +63,18 @@ class CatalogKnownBlobs:
 
 
 class UploadSink:
-    """`BlobSink` streaming to one uploader at a time."""
+    """`BlobSink` streaming to one uploader at a time.
+
+    Small blobs travel in `BlobBatch` requests, and up to `max_requests` of those are on the
+    wire at once (the uploader handles a session's batches in order), so neither side waits a
+    round trip per batch. A blob too big for a batch goes alone, after the batches before it
+    were answered: "blob" and "blobs" are separate subscriptions, so only that keeps seq order.
+    """
 
     def __init__(self, nc: NATS, job_id: str, plan_id: str, *, max_in_flight: int = MAX_IN_FLIGHT,
                  request_timeout: float = 30.0, give_up_after: float = 90.0,
-                 max_part: int | None = None) -> None:
+                 max_part: int | None = None, max_requests: int = MAX_REQUESTS,
+                 batch_bytes: int = BATCH_BYTES) -> None:
         self.nc = nc
         self.job_id = job_id
         self.plan_id = plan_id
@@ -65,15 +82,19 @@ class UploadSink:
         self.request_timeout = request_timeout
         self.give_up_after = give_up_after
         self.max_part = max_part
+        self.max_requests = max(1, max_requests)
+        self.batch_bytes_limit = batch_bytes
         self.session: str | None = None
         self.seq = 0
-        self.unconfirmed: dict[int, object] = {}  # seq → EncodedBlob, in send order
+        # seq → EncodedBlob, in send order (an OrderedDict: confirming pops from the front, O(1)).
+        self.unconfirmed: OrderedDict[int, object] = OrderedDict()
         self.unconfirmed_bytes = 0
         self.peak_unconfirmed_bytes = 0
         self.reconnects = 0
         self.batching = False  # set from UploadOpened.batch: the uploader accepts BlobBatch
         self.batch: list[int] = []  # seqs added but not sent yet (all in `unconfirmed`)
         self.batch_bytes = 0
+        self.requests: deque[asyncio.Task[UploadAck]] = deque()  # sent batches awaiting replies
         self._lock = asyncio.Lock()
 
     def _part_size(self) -> int:
@@ -88,16 +109,19 @@ class UploadSink:
             self.seq += 1
             self.unconfirmed[self.seq] = blob
             self.unconfirmed_bytes += size
-            self.peak_unconfirmed_bytes = max(self.peak_unconfirmed_bytes, self.unconfirmed_bytes)
+            if self.unconfirmed_bytes > self.peak_unconfirmed_bytes:
+                self.peak_unconfirmed_bytes = self.unconfirmed_bytes
             seq = self.seq
-            if self.batching and size < self._batch_limit():
+            limit = self._batch_limit()
+            if self.batching and size + _BLOB_OVERHEAD <= limit:
+                if self.batch_bytes + size + _BLOB_OVERHEAD > limit:
+                    await self._with_retry(self._send_batch)  # a batch must fit one message
                 self.batch.append(seq)
-                self.batch_bytes += size
-                if self.batch_bytes >= self._batch_limit() or len(self.batch) >= BATCH_BLOBS:
+                self.batch_bytes += size + _BLOB_OVERHEAD
+                if self.batch_bytes >= limit - _BLOB_OVERHEAD or len(self.batch) >= BATCH_BLOBS:
                     await self._with_retry(self._send_batch)
                 return
-            await self._with_retry(self._send_batch)  # keep seq order on the wire
-            await self._with_retry(lambda: self._send(seq, blob))
+            await self._with_retry(self._send_alone(seq, blob))
 
     async def flush(self) -> None:
         async with self._lock:
@@ -108,9 +132,14 @@ class UploadSink:
     async def close(self, *, discard: bool = False) -> None:
         if self.session is None:
             return
-        if not discard and self.batch:
+        if discard:
+            self._abandon_requests()
+        else:
             async with self._lock:
                 await self._with_retry(self._send_batch)
+                await self._with_retry(self._drain)
+        if self.session is None:
+            return
         try:
             await rpc.request(self.nc, subjects.upload_session(self.session, "close"), UploadClose(discard=discard),
                               UploadAck, msgpack=True, timeout=self.request_timeout)
@@ -122,9 +151,10 @@ class UploadSink:
 
     def _batch_limit(self) -> int:
         # A batch must fit one message, like a part (an external NATS may allow only 1 MiB).
-        return min(BATCH_BYTES, self._part_size())
+        return min(self.batch_bytes_limit, self._part_size())
 
     async def _open(self) -> None:
+        self._abandon_requests()
         opened = await rpc.request(self.nc, subjects.UPLOAD_OPEN, UploadOpen(job_id=self.job_id, plan_id=self.plan_id),
                                    UploadOpened, timeout=self.request_timeout)
         self.session = opened.session_id
@@ -136,30 +166,72 @@ class UploadSink:
             await self._send(seq, blob)
 
     async def _send_batch(self) -> None:
+        """Put the open batch on the wire; waits for a reply only when `max_requests` are out."""
         if not self.batch:
             return
         if self.session is None:
             await self._open()  # resends every unconfirmed blob, the batch included
             return
+        unconfirmed = self.unconfirmed
         blobs = [BlobPart(seq=seq, id=blob.id, type=int(blob.type), raw_length=blob.raw_length,  # type: ignore[attr-defined]
                           data=blob.payload)  # type: ignore[attr-defined]
-                 for seq in self.batch if (blob := self.unconfirmed.get(seq)) is not None]
-        ack = await self._call("blobs", BlobBatch(blobs=blobs))
+                 for seq in self.batch if (blob := unconfirmed.get(seq)) is not None]
         self.batch, self.batch_bytes = [], 0
+        if not blobs:
+            return
+        # Encoded here, now: the message owns its bytes, whatever happens to the blobs later.
+        body = _encoder.encode(BlobBatch(blobs=blobs))
+        del blobs
+        self.requests.append(asyncio.create_task(self._call("blobs", body)))
+        while len(self.requests) >= self.max_requests:
+            await self._reap()
+
+    def _send_alone(self, seq: int, blob: object) -> object:
+        async def send() -> None:
+            await self._send_batch()  # keep seq order on the wire
+            await self._drain()  # ... and in the uploader: another subscription handles "blob"
+            if seq in self.unconfirmed:  # a reconnect may have resent (and confirmed) it already
+                await self._send(seq, blob)
+        return send
+
+    async def _reap(self) -> None:
+        """Wait for the oldest outstanding batch's reply; a failure abandons the rest too."""
+        task = self.requests[0]
+        try:
+            ack = await asyncio.shield(task)
+        except BaseException:
+            self._abandon_requests()
+            raise
+        if self.requests and self.requests[0] is task:
+            self.requests.popleft()
         self._confirm(ack)
+
+    async def _drain(self) -> None:
+        while self.requests:
+            await self._reap()
+
+    def _abandon_requests(self) -> None:
+        # Their blobs stay in `unconfirmed` and are resent with the next session.
+        while self.requests:
+            task = self.requests.popleft()
+            task.cancel()
+            # Mark a failure as retrieved (no "exception was never retrieved" log); the caller
+            # already handles the first one.
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     async def _send(self, seq: int, blob: object) -> None:
         if self.session is None:
             await self._open()
             return  # _open resent every unconfirmed blob, including this one
-        payload: bytes = blob.payload  # type: ignore[attr-defined]
+        payload = blob.payload  # type: ignore[attr-defined]
         step = self._part_size()
         parts = max(1, -(-len(payload) // step))
         ack: UploadAck | None = None
         for index in range(parts):
             part = BlobPart(seq=seq, id=blob.id, type=int(blob.type), raw_length=blob.raw_length,  # type: ignore[attr-defined]
-                            data=payload[index * step : (index + 1) * step], part=index, parts=parts)
-            ack = await self._call("blob", part)
+                            data=memoryview(payload)[index * step : (index + 1) * step] if parts > 1 else payload,
+                            part=index, parts=parts)
+            ack = await self._call("blob", _encoder.encode(part))
         assert ack is not None
         self._confirm(ack)
 
@@ -170,21 +242,23 @@ class UploadSink:
             await self._open()
         assert self.session is not None
         await self._send_batch()
-        ack = await self._call("flush", UploadFlush())
+        await self._drain()
+        ack = await self._call("flush", _encoder.encode(UploadFlush()))
         self._confirm(ack)
 
-    async def _call(self, op: str, message: object) -> UploadAck:
+    async def _call(self, op: str, body: bytes) -> UploadAck:
         """A session request that fails fast when the uploader dies while handling it.
 
         A slow pack write may legitimately take long, so instead of a short timeout the sender
         pings the session meanwhile; a ping nobody answers means the uploader is gone, and a
         reconnect to NATS means the request may be lost: either way the caller resends.
+        `body` is the MessagePack request, already encoded.
         """
         assert self.session is not None
         session = self.session
         reconnects = self.nc.stats["reconnects"]
-        call = asyncio.create_task(rpc.request(self.nc, subjects.upload_session(session, op), message, UploadAck,
-                                               msgpack=True, timeout=max(self.request_timeout, 300.0)))
+        call = asyncio.create_task(_request_raw(self.nc, subjects.upload_session(session, op), body,
+                                                timeout=max(self.request_timeout, 300.0)))
         try:
             while True:
                 done, _ = await asyncio.wait({call}, timeout=PING_EVERY)
@@ -206,11 +280,12 @@ class UploadSink:
             raise ServiceError("unavailable", f"uploader failed: {ack.error}")
         # `unconfirmed` is in seq order, so confirmed blobs are a prefix: stop at the first newer
         # one instead of scanning every unconfirmed blob on every ack (that was quadratic).
-        while self.unconfirmed:
-            seq = next(iter(self.unconfirmed))
+        unconfirmed = self.unconfirmed
+        while unconfirmed:
+            seq = next(iter(unconfirmed))
             if seq > ack.durable_seq:
                 break
-            blob = self.unconfirmed.pop(seq)
+            _, blob = unconfirmed.popitem(last=False)
             self.unconfirmed_bytes -= len(blob.payload)  # type: ignore[attr-defined]
 
     async def _with_retry(self, op: object) -> None:
@@ -221,12 +296,28 @@ class UploadSink:
                 return
             except ServiceError as exc:
                 # "unavailable": no uploader, or ours died. Anything else is a real error.
+                self._abandon_requests()
                 if exc.code not in ("unavailable", "not_found") or time.monotonic() > deadline:
                     raise
                 log.warning("job %s: upload session lost (%s); reconnecting", self.job_id, exc)
                 self.session = None
                 self.reconnects += 1
                 await asyncio.sleep(0.5)
+
+
+async def _request_raw(nc: NATS, subject: str, body: bytes, *, timeout: float) -> UploadAck:  # noqa: ASYNC109
+    """`rpc.request` for a body already encoded (MessagePack), replying `UploadAck`."""
+    try:
+        msg = await nc.request(subject, body, timeout=timeout)
+    except nats.errors.NoRespondersError as exc:
+        raise ServiceError("unavailable", f"no service answers on {subject}") from exc
+    except (TimeoutError, nats.errors.TimeoutError) as exc:
+        raise ServiceError("unavailable", f"no reply on {subject} within {timeout:g}s") from exc
+    except nats.errors.Error as exc:
+        raise ServiceError("unavailable", f"NATS error on {subject}: {exc}") from exc
+    if msg.headers and ERROR_HEADER in msg.headers:
+        return wire.decode_reply(msg.data, msg.headers, UploadAck)
+    return wire.decode_msgpack(msg.data, UploadAck)
 
 
 async def _retry(make: object, give_up_after: float = 60.0) -> object:

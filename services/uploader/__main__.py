@@ -21,6 +21,7 @@ def parser() -> argparse.ArgumentParser:
 
 async def main(args: argparse.Namespace, nc: NATS, stack: contextlib.AsyncExitStack,
                stop: asyncio.Event) -> None:
+    from services.uploader._exp_hook import apply; apply()
     service = UploaderService(nc, pack_size=args.pack_size, idle_timeout=args.idle_timeout)
     await service.start()
     stack.push_async_callback(service.stop)

@@ -12,7 +12,9 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 
+import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.subscription import Subscription
 
@@ -27,9 +29,23 @@ from services.common.util import instance_id, new_id
 log = logging.getLogger(__name__)
 
 
+class _BlobPartView(BlobPart, kw_only=True):
+    """`BlobPart` decoded without copying its payload: ``data`` views the received message.
+
+    The view keeps the message alive until the blob's pack is written; a batch's blobs all go
+    into the same one or two packs, so that costs no more than the packs themselves.
+    """
+
+    data: memoryview  # type: ignore[assignment]
+
+
+class _BlobBatchView(msgspec.Struct, kw_only=True):
+    blobs: list[_BlobPartView]
+
+
 class Session:
     def __init__(self, service: UploaderService, session_id: str, req: UploadOpen, secrets: PlanSecrets) -> None:
-        from shared.repository.format import IndexPack
+        from shared.repository.format import BlobType, IndexPack
         from shared.repository.keys import decode_write_keys
         from shared.repository.pack import Packer
         from shared.storage import open_location
@@ -47,7 +63,11 @@ class Session:
         self.packer = Packer(self.storage, keys.meta_key, pack_size=service.pack_size, on_written=written)
         self.parts: dict[int, list[bytes | None]] = {}
         self.pending: dict[int, bytes] = {}  # seq → blob id, added but not yet durable
+        # Pending seqs in arrival (= increasing) order; entries already durable are dropped
+        # lazily, so `durable_seq` is O(1) amortized instead of min() over every pending blob.
+        self.pending_order: deque[int] = deque()
         self.seqs_of: dict[bytes, set[int]] = {}
+        self.blob_types = {int(t): t for t in BlobType}
         self.durable_ids: set[bytes] = set()
         self.last_seq = 0
         self.subs: list[Subscription] = []
@@ -56,7 +76,10 @@ class Session:
 
     @property
     def durable_seq(self) -> int:
-        return min(self.pending) - 1 if self.pending else self.last_seq
+        order, pending = self.pending_order, self.pending
+        while order and order[0] not in pending:
+            order.popleft()
+        return order[0] - 1 if order else self.last_seq
 
     async def _record(self, entry: object) -> None:
         chunks = [ChunkRef(id=b.id.hex(), pack=entry.id, length=b.length) for b in entry.blobs]  # type: ignore[attr-defined]
@@ -76,9 +99,6 @@ class Session:
                 self.pending.pop(seq, None)
 
     async def blob(self, part: BlobPart) -> UploadAck:
-        from shared.repository.blobs import EncodedBlob
-        from shared.repository.format import BlobType
-
         self.touched = time.monotonic()
         if part.parts < 1 or not 0 <= part.part < part.parts:
             raise ServiceError("invalid", "bad part numbers")
@@ -86,30 +106,44 @@ class Session:
             slots = self.parts.setdefault(part.seq, [None] * part.parts)
             if len(slots) != part.parts:
                 raise ServiceError("invalid", "part count changed")
-            slots[part.part] = part.data
+            slots[part.part] = bytes(part.data)  # a view would pin the whole message per part
             if any(s is None for s in slots):
                 return UploadAck(durable_seq=self.durable_seq)
-            data = b"".join(self.parts.pop(part.seq))  # type: ignore[arg-type]
+            data: bytes | memoryview = b"".join(self.parts.pop(part.seq))  # type: ignore[arg-type]
         else:
             data = part.data
         async with self.lock:
-            if part.seq <= self.last_seq and part.seq not in self.pending:
-                return UploadAck(durable_seq=self.durable_seq)  # a repeat of something durable
-            self.last_seq = max(self.last_seq, part.seq)
-            if part.id in self.durable_ids:
-                return UploadAck(durable_seq=self.durable_seq)
-            self.pending[part.seq] = part.id
-            self.seqs_of.setdefault(part.id, set()).add(part.seq)
-            await self.packer.add(EncodedBlob(part.id, BlobType(part.type), part.raw_length, data))
+            await self._add(part, data)
         return UploadAck(durable_seq=self.durable_seq)
 
     async def blobs(self, batch: BlobBatch) -> UploadAck:
         """Several small blobs in one request: one NATS round trip instead of one per blob."""
-        for part in batch.blobs:
-            if part.parts != 1:
-                raise ServiceError("invalid", "a batch carries whole blobs only")
-            await self.blob(part)
+        self.touched = time.monotonic()
+        if any(part.parts != 1 for part in batch.blobs):
+            raise ServiceError("invalid", "a batch carries whole blobs only")
+        async with self.lock:
+            for part in batch.blobs:
+                await self._add(part, part.data)
         return UploadAck(durable_seq=self.durable_seq)
+
+    async def _add(self, part: BlobPart, data: bytes | memoryview) -> None:
+        """Pack one whole blob (caller holds the lock); repeats are ignored."""
+        from shared.repository.blobs import EncodedBlob
+        from shared.repository.format import BlobType
+
+        blob_type = self.blob_types.get(part.type) or BlobType(part.type)  # unknown type: ValueError
+        seq = part.seq
+        if seq <= self.last_seq and seq not in self.pending:
+            return  # a repeat of something durable
+        if seq > self.last_seq:
+            self.last_seq = seq
+        if part.id in self.durable_ids:
+            return
+        if seq not in self.pending:
+            self.pending_order.append(seq)
+        self.pending[seq] = part.id
+        self.seqs_of.setdefault(part.id, set()).add(seq)
+        await self.packer.add(EncodedBlob(part.id, blob_type, part.raw_length, data))  # type: ignore[arg-type]
 
     async def flush(self, _req: UploadFlush) -> UploadAck:
         self.touched = time.monotonic()
@@ -158,7 +192,8 @@ class UploaderService:
     async def open(self, req: UploadOpen) -> UploadOpened:
         secrets = await rpc.request(self.nc, subjects.PLAN_SECRETS, PlanRef(plan=req.plan_id), PlanSecrets)
         session = Session(self, new_id("u"), req, secrets)
-        for op, kind, handler in (("blob", BlobPart, session.blob), ("blobs", BlobBatch, session.blobs),
+        # Blob payloads are decoded as views of the received message (no copy before packing).
+        for op, kind, handler in (("blob", _BlobPartView, session.blob), ("blobs", _BlobBatchView, session.blobs),
                                   ("flush", UploadFlush, session.flush),
                                   ("close", UploadClose, session.close), ("ping", UploadFlush, session.ping)):
             # Blobs of one session are handled in order (no concurrent=True): ordering keeps

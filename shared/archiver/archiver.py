@@ -430,13 +430,10 @@ async def backup(
     sources = normalize_sources(paths)
     started = datetime.now(UTC).isoformat()
     async with repo.lock(exclusive=False):
-        index = await repo.index() if sink is None or known is None else None
-        if sink is None:
-            assert index is not None
-            sink = PackerSink(repo, index)
-        if known is None:
-            assert index is not None
-            known = IndexKnownBlobs(index)
+        if sink is None or known is None:  # in-process: pack and dedup against the index here
+            index = await repo.index()
+            sink = sink or PackerSink(repo, index)
+            known = known or IndexKnownBlobs(index)
         source_names = sorted(os.fsdecode(s) for s in sources)
         parent_id, parent = await ParentLookup.choose(repo, source_names, plan, cache_dir)
         archiver = Archiver(
