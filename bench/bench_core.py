@@ -404,6 +404,22 @@ ROWS = [
 ]
 
 
+def ratio_table(names: list[str], rows: list[tuple[str, str, list[float]]]) -> list[str]:
+    """Rows of (label, unit, one value per tool); with two tools, a first/second ratio column."""
+    both = len(names) == 2
+    lines = [
+        f"{'step':<18}{'unit':<7}"
+        + "".join(f"{n:>12}" for n in names)
+        + (f"{'TV/restic':>12}" if both else "")
+    ]
+    for label, unit, vals in rows:
+        row = f"{label:<18}{unit:<7}" + "".join(f"{v:>12.2f}" for v in vals)
+        if both:
+            row += f"{vals[0] / vals[1]:>12.2f}" if vals[1] else f"{'-':>12}"
+        lines.append(row)
+    return lines
+
+
 def report(res: dict) -> str:
     names = list(res["tools"])
     m = {n: metrics(res, n) for n in names}
@@ -413,16 +429,18 @@ def report(res: dict) -> str:
         f"corpus: {c['full_files']} files, {c['full_bytes'] / MiB:.1f} MiB; after {res['mutate_pct']} % "
         f"mutation {c['incr_files']} files, {c['incr_bytes'] / MiB:.1f} MiB; page cache: {res['cache']}",
         "",
-        f"{'step':<18}{'unit':<7}"
-        + "".join(f"{n:>12}" for n in names)
-        + (f"{'TV/restic':>12}" if both else ""),
+        *ratio_table(
+            names,
+            [
+                (
+                    label,
+                    unit,
+                    [m[n][key] / (MiB if unit == "MiB" and key.startswith("repo") else 1) for n in names],
+                )
+                for label, key, unit in ROWS
+            ],
+        ),
     ]
-    for label, key, unit in ROWS:
-        vals = [m[n][key] / (MiB if unit == "MiB" and key.startswith("repo") else 1) for n in names]
-        row = f"{label:<18}{unit:<7}" + "".join(f"{v:>12.2f}" for v in vals)
-        if both:
-            row += f"{vals[0] / vals[1]:>12.2f}" if vals[1] else f"{'-':>12}"
-        lines.append(row)
     if "timevault" in names:
         lines.append("")
         lines.append("targets:")
@@ -441,8 +459,10 @@ def report(res: dict) -> str:
     floor = res.get("write_floor_seconds")
     if floor:
         restores = ", ".join(f"{n} {m[n]['restore_seconds'] / floor:.2f}x" for n in names)
-        lines.append(f"file-system floor for the restore (writing the same files): {floor:.2f} s; "
-                     f"restore time / floor: {restores}")
+        lines.append(
+            f"file-system floor for the restore (writing the same files): {floor:.2f} s; "
+            f"restore time / floor: {restores}"
+        )
     for w in res["warnings"]:
         lines.append(f"warning: {w}")
     return "\n".join(lines)

@@ -40,6 +40,7 @@ from bench_core import (
     drop_caches,
     last_json,
     make_corpus,
+    ratio_table,
     run,
     tree_size,
 )
@@ -308,16 +309,8 @@ def report(res: dict) -> str:
         f"corpus: {c['files']} files, {c['bytes'] / MiB:.1f} MiB; S3: {res['server']}, TimeVault "
         f"concurrency={res['concurrency']}; page cache: {res['cache']}",
         "",
-        f"{'step':<18}{'unit':<7}"
-        + "".join(f"{n:>12}" for n in names)
-        + (f"{'TV/restic':>12}" if both else ""),
+        *ratio_table(names, [(label, unit, [m[n][key] for n in names]) for label, key, unit in ROWS]),
     ]
-    for label, key, unit in ROWS:
-        vals = [m[n][key] for n in names]
-        row = f"{label:<18}{unit:<7}" + "".join(f"{v:>12.2f}" for v in vals)
-        if both:
-            row += f"{vals[0] / vals[1]:>12.2f}" if vals[1] else f"{'-':>12}"
-        lines.append(row)
     if both:
         lines += ["", "targets:"]
         for key, bound, text in TARGETS:
