@@ -6,10 +6,13 @@
    the uploader reassembles; only the last part's ack covers the blob.
 3. ``tv.upload.session.<sid>.flush`` (`UploadFlush`) writes every open pack and its index, records
    the chunks in the catalog, then acks with ``durable_seq`` = the last blob seq now durable.
+   With ``partial`` (a sender's window is full) it waits for a pack already being written instead,
+   when there is one.
 4. ``tv.upload.session.<sid>.close`` (`UploadClose`) ends the session (``discard`` drops open packs).
 5. ``tv.upload.session.<sid>.blobs`` carries a `BlobBatch`: several whole small blobs in one
    request (one round trip and one reply instead of one per blob), when the uploader said
-   ``batch=true`` in `UploadOpened`. Handled in order with ``blob``: the sender waits for each reply.
+   ``batch=true`` in `UploadOpened`. A session's batches are handled in order, so a sender may
+   keep a few on the wire; before a ``blob`` (another subscription) it waits for their replies.
 6. ``tv.upload.session.<sid>.ping`` (`UploadFlush`, empty) answers at once: while a slow blob or
    flush request is outstanding, the sender pings to notice a dead uploader within seconds.
 
@@ -69,6 +72,11 @@ class BlobBatch(msgspec.Struct, kw_only=True):
 
 class UploadFlush(msgspec.Struct, kw_only=True):
     """Make every blob sent so far durable."""
+
+    partial: bool = False
+    """Backpressure only: when packs are being written, just wait until one of them is durable
+    (no small pack is sealed); seal and write the open packs only when none is. Uploaders that
+    predate the field flush everything, which is also correct."""
 
 
 class UploadClose(msgspec.Struct, kw_only=True):

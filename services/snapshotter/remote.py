@@ -105,7 +105,7 @@ class UploadSink:
         async with self._lock:
             size = len(blob.payload)  # type: ignore[attr-defined]
             if self.unconfirmed and self.unconfirmed_bytes + size > self.max_in_flight:
-                await self._with_retry(self._flush_once)
+                await self._with_retry(self._make_room)
             self.seq += 1
             self.unconfirmed[self.seq] = blob
             self.unconfirmed_bytes += size
@@ -234,6 +234,16 @@ class UploadSink:
             ack = await self._call("blob", _encoder.encode(part))
         assert ack is not None
         self._confirm(ack)
+
+    async def _make_room(self) -> None:
+        """The window is full: wait for durable progress (a pack being written), not a flush."""
+        if self.session is None:
+            await self._open()
+        assert self.session is not None
+        await self._send_batch()
+        await self._drain()
+        if self.unconfirmed_bytes >= self.max_in_flight // 2:
+            self._confirm(await self._call("flush", _encoder.encode(UploadFlush(partial=True))))
 
     async def _flush_once(self) -> None:
         if self.session is None:

@@ -145,11 +145,27 @@ class Session:
         self.seqs_of.setdefault(part.id, set()).add(seq)
         await self.packer.add(EncodedBlob(part.id, blob_type, part.raw_length, data))  # type: ignore[arg-type]
 
-    async def flush(self, _req: UploadFlush) -> UploadAck:
+    async def flush(self, req: UploadFlush) -> UploadAck:
         self.touched = time.monotonic()
         async with self.lock:
-            await self.packer.flush()
+            if not (req.partial and await self._wait_for_a_pack()):
+                await self.packer.flush()
         return UploadAck(durable_seq=self.durable_seq)
+
+    async def _wait_for_a_pack(self) -> bool:
+        """Wait until one pack being written is durable; False when none is being written.
+
+        A sender whose window is full asks for this: sealing the open pack instead would write
+        a small pack and wait for every write, each time the window fills.
+        """
+        writes = set(getattr(self.packer, "_writes", ()))  # TODO: a public Packer API for this
+        if not writes:
+            return False
+        done, _ = await asyncio.wait(writes, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                raise ServiceError("unavailable", f"writing a pack failed: {task.exception()}")
+        return True
 
     async def ping(self, _req: UploadFlush) -> UploadAck:
         self.touched = time.monotonic()

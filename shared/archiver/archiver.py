@@ -44,7 +44,7 @@ from shared.repository.index import Index
 from shared.repository.pack import Packer
 from shared.repository.repo import Repository, RepositoryError
 
-IN_FLIGHT_BYTES = 64 * 1024 * 1024
+IN_FLIGHT_BYTES = 48 * 1024 * 1024
 ENCODE_BATCH_BYTES = 4 * 1024 * 1024
 DEDUP_BATCH = 500
 PREFETCH_SCANS = 3

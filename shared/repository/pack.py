@@ -111,6 +111,7 @@ class Packer:
     async def _write(self, blobs: list[EncodedBlob]) -> None:
         try:
             pack_id, data, entry = await asyncio.to_thread(build_pack, self._meta_key, blobs)
+            blobs.clear()  # the pack holds the bytes now; don't keep them twice while it uploads
             await self._storage.put(pack_object_name(pack_id), data)
             await write_index_file(self._storage, self._meta_key, [entry])
             self.written.append(entry)
