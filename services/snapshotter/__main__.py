@@ -13,7 +13,6 @@ from services.common.paths import default_data_dir
 from services.common.runner import base_parser, run_service
 from services.snapshotter.remote import MAX_IN_FLIGHT
 from services.snapshotter.service import Snapshotter
-from shared.memory import MESSAGE_BUFFERS, tune_allocator
 
 
 def parser() -> argparse.ArgumentParser:
@@ -29,7 +28,6 @@ def parser() -> argparse.ArgumentParser:
 
 async def main(args: argparse.Namespace, nc: NATS, stack: contextlib.AsyncExitStack,
                stop: asyncio.Event) -> None:
-    tune_allocator(**MESSAGE_BUFFERS)  # after run_service's default: these copy big messages
     snapshotter = Snapshotter(nc, concurrency=args.concurrency, ack_wait=args.ack_wait,
                               cache_dir=os.path.join(args.data_dir, "cache"), max_in_flight=args.max_in_flight)
     task = asyncio.create_task(snapshotter.run(stop))

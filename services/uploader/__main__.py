@@ -10,7 +10,6 @@ from nats.aio.client import Client as NATS
 
 from services.common.runner import base_parser, run_service
 from services.uploader.service import UploaderService
-from shared.memory import MESSAGE_BUFFERS, tune_allocator
 
 
 def parser() -> argparse.ArgumentParser:
@@ -22,7 +21,6 @@ def parser() -> argparse.ArgumentParser:
 
 async def main(args: argparse.Namespace, nc: NATS, stack: contextlib.AsyncExitStack,
                stop: asyncio.Event) -> None:
-    tune_allocator(**MESSAGE_BUFFERS)  # after run_service's default: these copy big messages
     service = UploaderService(nc, pack_size=args.pack_size, idle_timeout=args.idle_timeout)
     await service.start()
     stack.push_async_callback(service.stop)

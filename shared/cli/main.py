@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from shared.archiver import BackupCanceled
 from shared.cli import repo as repo_commands
 from shared.cli.passwords import PasswordError
-from shared.memory import CHUNK_BUFFERS, tune_allocator
+from shared.memory import tune_allocator
 from shared.repository import RepositoryError, WeakPassword, WrongPassword
 from shared.repository.blobs import CorruptBlob
 from shared.repository.index import CorruptIndex
@@ -60,7 +60,7 @@ def _message(exc: BaseException) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    tune_allocator(**CHUNK_BUFFERS)
+    tune_allocator()
     # Warnings (e.g. a storage retry) show as one short line each; TIMEVAULT_LOG_LEVEL=INFO for more.
     level = logging.getLevelName(os.environ.get("TIMEVAULT_LOG_LEVEL", "WARNING").upper())
     level = level if isinstance(level, int) else logging.WARNING

@@ -273,7 +273,7 @@ class Repository:
         try:
             return _tree_decoder.decode(data)
         except msgspec.DecodeError as exc:
-            raise CorruptBlob(f"tree {tree_id.hex()[:16]} does not decode") from exc
+            raise CorruptBlob(f"tree {tree_id.hex()[:16]} does not decode: {exc}") from exc
 
     async def _tree_pack(self, pack_id: str) -> bytes:
         task = self._tree_packs.get(pack_id)

@@ -349,3 +349,19 @@ async def test_source_below_a_symlinked_folder(repo: Repository, tmp_path: Path)
     # The source itself being a symlink records the symlink (it is what was named).
     _, linked = await backup(repo, [str(tmp_path / "link")])
     assert linked.stats.files == 0
+
+
+async def test_large_files_read_side_by_side_keep_their_metadata(repo: Repository, tmp_path: Path) -> None:
+    # Several files above the small-file limit in one folder are read concurrently; each node must
+    # still carry its own size, mtime and mode (a regression once lost mtimes of such files).
+    source = tmp_path / "src"
+    source.mkdir()
+    for i in range(3):
+        path = source / f"big{i}.bin"
+        path.write_bytes(random_bytes(5 * 1024 * 1024 + i, seed=40 + i))
+        path.chmod(0o640 + i)
+        set_mtime(path, 1_600_000_000_000_000_000 + i * 1_000_000_007)
+    manifest = tree_manifest(source)
+    snapshot_id, snapshot = await backup(repo, [str(source)])
+    assert snapshot.stats.files == 3
+    await restore_and_compare(repo, snapshot_id, tmp_path / "out", manifest, source)
