@@ -132,6 +132,8 @@ class JobFinish(msgspec.Struct, kw_only=True):
     """Why it failed."""
     snapshot: SnapshotInfo | None = None
     """Backup: the committed snapshot (only with ``completed``)."""
+    progress: JobProgress | None = None
+    """The final counters, so a job that ends between two heartbeats still reports them."""
 
 
 class JobProgress(msgspec.Struct, kw_only=True):

@@ -463,6 +463,11 @@ class CatalogService:
                 raise ServiceError("conflict", f"job {job.id} is already {job.status}", "job_id")
             if job.worker != req.worker:
                 raise ServiceError("conflict", f"job {job.id} is held by another worker", "worker")
+            if req.progress is not None:
+                job = msgspec.structs.replace(job, files_done=req.progress.files_done,
+                                              bytes_done=req.progress.bytes_done,
+                                              files_total=req.progress.files_total,
+                                              bytes_total=req.progress.bytes_total)
             return await self._finish(job, req.status, req.error, snapshot=req.snapshot, locked=True)
 
     async def _finish(self, job: Job, status: str, error: str | None, *,

@@ -82,7 +82,7 @@ class JobContext:
                      snapshot: SnapshotInfo | None = None) -> Job | None:
         """Report the outcome; retried while the catalog is unreachable (e.g. NATS restarting)."""
         request = JobFinish(job_id=self.job.id, worker=self.worker, status=status,  # type: ignore[arg-type]
-                            error=error, snapshot=snapshot)
+                            error=error, snapshot=snapshot, progress=self.progress)
         deadline = time.monotonic() + 120
         while True:
             try:

@@ -74,6 +74,8 @@ async def test_backup_change_backup_restore_each(catalog: NATS, workers: dict[st
     out1, out2 = tmp_path / "out1", tmp_path / "out2"
     r1 = await restore(catalog, plan.id, s1.id, out1)
     assert r1.status == "completed", r1.error
+    # The final counters arrive with the finish, even when the job ends between two heartbeats.
+    assert (r1.files_done, r1.bytes_done) == (s1.files, s1.size), r1
     r2 = await restore(catalog, plan.id, s2.id[:12], out2)
     assert r2.status == "completed", r2.error
     restored1 = out1 / str(src).lstrip("/")
