@@ -153,19 +153,12 @@ class Session:
         return UploadAck(durable_seq=self.durable_seq)
 
     async def _wait_for_a_pack(self) -> bool:
-        """Wait until one pack being written is durable; False when none is being written.
-
-        A sender whose window is full asks for this: sealing the open pack instead would write
-        a small pack and wait for every write, each time the window fills.
-        """
-        writes = set(getattr(self.packer, "_writes", ()))  # TODO: a public Packer API for this
-        if not writes:
-            return False
-        done, _ = await asyncio.wait(writes, return_when=asyncio.FIRST_COMPLETED)
-        for task in done:
-            if not task.cancelled() and task.exception() is not None:
-                raise ServiceError("unavailable", f"writing a pack failed: {task.exception()}")
-        return True
+        """A sender whose window is full asks for this: sealing the open pack instead would
+        write a small pack and wait for every write, each time the window fills."""
+        try:
+            return await self.packer.wait_for_one_write()
+        except Exception as exc:
+            raise ServiceError("unavailable", f"writing a pack failed: {exc}") from exc
 
     async def ping(self, _req: UploadFlush) -> UploadAck:
         self.touched = time.monotonic()

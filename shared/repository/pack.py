@@ -123,6 +123,20 @@ class Packer:
         finally:
             self._slots.release()
 
+    async def wait_for_one_write(self) -> bool:
+        """Wait until one pack being written is durable; False when none is being written.
+
+        Raises that write's failure. Lets a sender with a full window make room without sealing
+        a small pack early.
+        """
+        if not self._writes:
+            return False
+        done, _ = await asyncio.wait(set(self._writes), return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+        return True
+
     async def flush(self) -> list[IndexPack]:
         """Write every open pack and wait until all packs are durable. Raises the first failure."""
         for blob_type in (BlobType.DATA, BlobType.TREE):
