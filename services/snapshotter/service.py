@@ -30,6 +30,9 @@ from services.common.jobs import JobContext
 from services.common.util import instance_id
 from services.snapshotter.remote import MAX_IN_FLIGHT, CatalogKnownBlobs, UploadSink
 
+# The upload window (remote.MAX_IN_FLIGHT) holds sent-but-unconfirmed blobs on top of this.
+ARCHIVER_IN_FLIGHT = 32 * 1024 * 1024
+
 log = logging.getLogger(__name__)
 
 
@@ -143,7 +146,7 @@ class Snapshotter:
                     snapshot_id, snap = await backup(repo, plan.sources, sink=sink,
                                                      known=CatalogKnownBlobs(self.nc, job.plan_id),
                                                      progress=progress, cancel=ctx.cancel, cache_dir=cache,
-                                                     plan=job.plan_id)
+                                                     plan=job.plan_id, in_flight=ARCHIVER_IN_FLIGHT)
                     await sink.close()
                 finally:
                     await repo.close()
