@@ -486,13 +486,19 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as exc:
         print(f"\nbench_core: {exc}", file=sys.stderr)
         return 1
-    out = Path(res["run_dir"]) / "results.json"
-    out.write_text(json.dumps(res, indent=2) + "\n")
-    (Path(args.workdir) / "latest.json").write_text(json.dumps(res, indent=2) + "\n")
-    print()
-    print(report(res))
-    print(f"\nresults: {out}")
+    save_and_print(res, Path(args.workdir) / "latest.json", report(res))
     return 0
+
+
+def save_and_print(res: dict, latest: Path, table: str) -> None:
+    """Write results.json into the run folder and a copy to `latest`, then print the table."""
+    text = json.dumps(res, indent=2) + "\n"
+    out = Path(res["run_dir"]) / "results.json"
+    out.write_text(text)
+    latest.write_text(text)
+    print()
+    print(table)
+    print(f"\nresults: {out}")
 
 
 if __name__ == "__main__":

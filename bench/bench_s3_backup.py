@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import json
 import os
 import platform
 import shutil
@@ -42,6 +41,7 @@ from bench_core import (
     make_corpus,
     ratio_table,
     run,
+    save_and_print,
     tree_size,
 )
 
@@ -344,12 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as exc:
         print(f"\nbench_s3_backup: {exc}", file=sys.stderr)
         return 1
-    out = Path(res["run_dir"]) / "results.json"
-    out.write_text(json.dumps(res, indent=2) + "\n")
-    (Path(args.workdir) / "latest-s3.json").write_text(json.dumps(res, indent=2) + "\n")
-    print()
-    print(report(res))
-    print(f"\nresults: {out}")
+    save_and_print(res, Path(args.workdir) / "latest-s3.json", report(res))
     return 0 if not res["warnings"] else 1
 
 

@@ -51,6 +51,7 @@ from bench_core import (
     last_json,
     make_corpus,
     metrics,
+    save_and_print,
     tree_size,
 )
 
@@ -459,13 +460,7 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as exc:
         print(f"\nbench_services: {exc}", file=sys.stderr)
         return 1
-    text = json.dumps(res, indent=2) + "\n"
-    out = Path(res["run_dir"]) / "results.json"
-    out.write_text(text)
-    (Path(args.workdir) / "latest-services.json").write_text(text)
-    print()
-    print(report(res))
-    print(f"\nresults: {out}")
+    save_and_print(res, Path(args.workdir) / "latest-services.json", report(res))
     return 0
 
 
