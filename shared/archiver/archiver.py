@@ -463,13 +463,15 @@ async def backup(
             workers=workers,
             in_flight=in_flight,
         )
-        counter = asyncio.create_task(asyncio.to_thread(count_tree, sources))
+        # Totals only matter to someone watching; counting competes with the backup for I/O.
+        counter = asyncio.create_task(asyncio.to_thread(count_tree, sources)) if progress else None
 
         def totals_known(task: asyncio.Task[tuple[int, int]]) -> None:
             if not task.cancelled() and task.exception() is None:
                 archiver.progress.files_total, archiver.progress.bytes_total = task.result()
 
-        counter.add_done_callback(totals_known)
+        if counter is not None:
+            counter.add_done_callback(totals_known)
         try:
             root = await archiver.archive_roots(sources)
             await archiver.finish()
@@ -477,7 +479,8 @@ async def backup(
             await archiver.abort()
             raise
         finally:
-            counter.cancel()
+            if counter is not None:
+                counter.cancel()
             parent.close()
             archiver.close()
         snapshot = Snapshot(

@@ -190,22 +190,35 @@ class LargeFileReader:
 
 
 def count_tree(paths: list[bytes]) -> tuple[int, int]:
-    """(files, bytes) below `paths`, for progress totals."""
+    """(files, bytes) below `paths`, for progress totals.
+
+    Runs beside the backup, so it stays cheap: folder entries' types come from the directory
+    listing itself, and only regular files are stat'ed (for their size).
+    """
     files = size = 0
-    stack = list(paths)
-    while stack:
-        path = stack.pop()
+    stack: list[bytes] = []
+    for path in paths:
         try:
             st = os.lstat(path)
         except OSError:
             continue
         if stat.S_ISDIR(st.st_mode):
-            try:
-                with os.scandir(path) as it:
-                    stack.extend(os.path.join(path, e.name) for e in it)
-            except OSError:
-                continue
+            stack.append(path)
         elif stat.S_ISREG(st.st_mode):
             files += 1
             size += st.st_size
+    while stack:
+        try:
+            with os.scandir(stack.pop()) as it:
+                for entry in it:
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            stack.append(entry.path)
+                        elif entry.is_file(follow_symlinks=False):
+                            files += 1
+                            size += entry.stat(follow_symlinks=False).st_size
+                    except OSError:
+                        continue
+        except OSError:
+            continue
     return files, size

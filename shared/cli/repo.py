@@ -65,7 +65,7 @@ async def cmd_backup(args: argparse.Namespace) -> None:
     repo = await _open(args)
     bar = ProgressBar("backup")
     try:
-        snapshot_id, snapshot = await backup(repo, args.paths, progress=bar)
+        snapshot_id, snapshot = await backup(repo, args.paths, progress=bar if bar.enabled else None)
     finally:
         bar.done()
         await repo.close()
@@ -111,7 +111,8 @@ async def cmd_restore(args: argparse.Namespace) -> None:
     bar = ProgressBar("restore")
     try:
         result = await restore(
-            repo, args.snapshot, os.path.abspath(args.target), includes=args.include, progress=bar
+            repo, args.snapshot, os.path.abspath(args.target), includes=args.include,
+            progress=bar if bar.enabled else None
         )
     finally:
         bar.done()
