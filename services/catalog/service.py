@@ -176,11 +176,6 @@ class CatalogService:
         with contextlib.suppress(Exception):  # events are best effort; state is in the DB
             await self.nc.publish(subject, wire.encode(message))
 
-    async def _set_job(self, job: Job, **kwargs: object) -> None:
-        await self.db.save_job(job, **kwargs)  # type: ignore[arg-type]
-        await self.db.conn.commit()
-        await self._publish(subjects.job_event(job.id), JobEvent(job=job))
-
     # --- plans ---------------------------------------------------------------------------
 
     async def plan_create(self, req: PlanCreate) -> Plan:
