@@ -103,6 +103,19 @@ async def request(
 ) -> R:
     """Send a request and decode its reply; raises ServiceError (``unavailable`` when nobody answers)."""
     body = wire.encode_msgpack(message) if msgpack else wire.encode(message)
+    return await request_encoded(nc, subject, body, reply_type, timeout=timeout, msgpack=msgpack)
+
+
+async def request_encoded(
+    nc: NATS,
+    subject: str,
+    body: bytes,
+    reply_type: type[R],
+    *,
+    timeout: float = 10.0,  # noqa: ASYNC109 - passed to nats-py's request
+    msgpack: bool = False,
+) -> R:
+    """`request` for a body that is already encoded (e.g. a batch built once, without a copy)."""
     try:
         msg = await nc.request(subject, body, timeout=timeout)
     except nats.errors.NoRespondersError as exc:

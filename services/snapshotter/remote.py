@@ -15,12 +15,11 @@ import time
 from collections import OrderedDict, deque
 
 import msgspec
-import nats.errors
 from nats.aio.client import Client as NATS
 
-from proto import subjects, wire
+from proto import subjects
 from proto.chunks import ChunkLookup, ChunkLookupReply
-from proto.errors import ERROR_HEADER, ServiceError
+from proto.errors import ServiceError
 from proto.upload import BlobBatch, BlobPart, UploadAck, UploadClose, UploadFlush, UploadOpen, UploadOpened
 from services.common import rpc
 
@@ -267,8 +266,9 @@ class UploadSink:
         assert self.session is not None
         session = self.session
         reconnects = self.nc.stats["reconnects"]
-        call = asyncio.create_task(_request_raw(self.nc, subjects.upload_session(session, op), body,
-                                                timeout=max(self.request_timeout, 300.0)))
+        call = asyncio.create_task(rpc.request_encoded(
+            self.nc, subjects.upload_session(session, op), body, UploadAck,
+            timeout=max(self.request_timeout, 300.0), msgpack=True))
         try:
             while True:
                 done, _ = await asyncio.wait({call}, timeout=PING_EVERY)
@@ -313,21 +313,6 @@ class UploadSink:
                 self.session = None
                 self.reconnects += 1
                 await asyncio.sleep(0.5)
-
-
-async def _request_raw(nc: NATS, subject: str, body: bytes, *, timeout: float) -> UploadAck:  # noqa: ASYNC109
-    """`rpc.request` for a body already encoded (MessagePack), replying `UploadAck`."""
-    try:
-        msg = await nc.request(subject, body, timeout=timeout)
-    except nats.errors.NoRespondersError as exc:
-        raise ServiceError("unavailable", f"no service answers on {subject}") from exc
-    except (TimeoutError, nats.errors.TimeoutError) as exc:
-        raise ServiceError("unavailable", f"no reply on {subject} within {timeout:g}s") from exc
-    except nats.errors.Error as exc:
-        raise ServiceError("unavailable", f"NATS error on {subject}: {exc}") from exc
-    if msg.headers and ERROR_HEADER in msg.headers:
-        return wire.decode_reply(msg.data, msg.headers, UploadAck)
-    return wire.decode_msgpack(msg.data, UploadAck)
 
 
 async def _retry(make: object, give_up_after: float = 60.0) -> object:
