@@ -99,6 +99,7 @@ def scan_dir(
     with os.scandir(path) as it:
         dir_entries = sorted(it, key=lambda e: e.name)
     budget = SCAN_BATCH_BYTES
+    to_read: list[Entry] = []
     for dir_entry in dir_entries:
         full = os.path.join(path, dir_entry.name)
         try:
@@ -122,12 +123,37 @@ def scan_dir(
                 entry.unchanged = prev
             elif st.st_size <= SMALL_FILE and st.st_size <= budget:
                 budget -= st.st_size
-                read_file(entry, params, id_key)
-                if entry.error:
-                    warnings.append(entry.error)
-                    continue
+                to_read.append(entry)
         entries.append(entry)
+    if to_read:
+        _read_ahead(to_read)
+        for entry in to_read:
+            read_file(entry, params, id_key)
+            if entry.error:
+                warnings.append(entry.error)
+        entries = [entry for entry in entries if entry.error is None]
     return entries, warnings
+
+
+def _read_ahead(entries: list[Entry]) -> None:
+    """Ask the kernel to start reading these files now, all at once.
+
+    On a cold cache, reading many small files one after the other waits for the disk once per
+    file; queued together, the disk serves them in parallel and in its own order.
+    """
+    if not hasattr(os, "posix_fadvise"):
+        return
+    for entry in entries:
+        try:
+            fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            continue  # read_file reports it
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
 
 def read_file(entry: Entry, params: ChunkerParams, id_key: bytes) -> None:
