@@ -13,6 +13,7 @@ Authentication failure is a value (`Unauthenticated`), never a crash.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from threading import Lock
 
@@ -111,6 +112,14 @@ def blob_id(id_key: bytes, data: bytes | memoryview) -> bytes:
 def content_hash(data: bytes | memoryview) -> bytes:
     """Unkeyed BLAKE3, used only for names of objects that hold ciphertext (packs)."""
     return blake3.blake3(data).digest()
+
+
+def content_hash_of_parts(parts: Iterable[bytes | bytearray | memoryview]) -> bytes:
+    """`content_hash` of the parts' concatenation, without concatenating them."""
+    hasher = blake3.blake3()
+    for part in parts:
+        hasher.update(part)
+    return hasher.digest()
 
 
 def new_keypair() -> tuple[bytes, bytes]:

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from shared.storage.base import ObjectInfo, Storage, TransientStorageError
+from shared.storage.base import ObjectInfo, Payload, Storage, TransientStorageError
 
 Method = Literal["put", "get", "stat", "list", "delete"]
 ErrorSpec = BaseException | Callable[[str, str], BaseException] | None
@@ -127,7 +127,7 @@ class FaultyStorage:
             if error is not None:
                 raise error
 
-    async def put(self, name: str, data: bytes) -> None:
+    async def put(self, name: str, data: Payload) -> None:
         fault = await self._before("put", name)
         await self._inner.put(name, data)
         self._after(fault, name)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterable
 
-from shared.storage.base import ObjectInfo, Storage
+from shared.storage.base import ObjectInfo, Payload, Storage
 from shared.storage.batch import delete_each, supports_delete_many
 
 
@@ -55,7 +55,7 @@ class LimitedStorage:
         self._active -= 1
         self._gate.release()
 
-    async def put(self, name: str, data: bytes) -> None:
+    async def put(self, name: str, data: Payload) -> None:
         await self._enter()
         try:
             await self._inner.put(name, data)

@@ -9,11 +9,20 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from stat import S_ISREG
 
-from shared.storage.base import ObjectInfo, ObjectNotFound, StorageError, check_name, check_range
+from shared.storage.base import (
+    ObjectInfo,
+    ObjectNotFound,
+    Payload,
+    StorageError,
+    check_name,
+    check_range,
+    payload_parts,
+)
 
 _TEMP_SUFFIX = ".tmp-"
 # A name whose path is a folder, or runs through a file, names no object: S3 would say 404 too.
 _MISSING = (FileNotFoundError, IsADirectoryError, NotADirectoryError)
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
 
 
 class LocalStorage:
@@ -34,18 +43,16 @@ class LocalStorage:
     def _path(self, name: str) -> Path:
         return self._root / check_name(name)
 
-    async def put(self, name: str, data: bytes) -> None:
+    async def put(self, name: str, data: Payload) -> None:
         await asyncio.to_thread(self._put_sync, self._path(name), data)
 
-    def _put_sync(self, path: Path, data: bytes) -> None:
+    def _put_sync(self, path: Path, data: Payload) -> None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             temp = path.with_name(path.name + _TEMP_SUFFIX + secrets.token_hex(6))
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
+                _write_all(fd, payload_parts(data))
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -116,3 +123,16 @@ class LocalStorage:
 
     async def close(self) -> None:
         return None
+
+
+def _write_all(fd: int, parts: list[memoryview]) -> None:
+    """Gathered write of every part, in order, resuming after short writes."""
+    parts = [part for part in parts if part.nbytes]
+    while parts:
+        written = os.writev(fd, parts[:_IOV_MAX])
+        while written and parts:
+            if written >= parts[0].nbytes:
+                written -= parts.pop(0).nbytes
+            else:
+                parts[0] = parts[0][written:]
+                written = 0

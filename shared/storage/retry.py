@@ -17,7 +17,7 @@ import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import TypeVar
 
-from shared.storage.base import ObjectInfo, Storage, StorageError, TransientStorageError
+from shared.storage.base import ObjectInfo, Payload, Storage, StorageError, TransientStorageError
 from shared.storage.batch import delete_each, supports_delete_many
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ class RetryingStorage:
                 await self._sleep(delay)
         raise AssertionError("unreachable")
 
-    async def put(self, name: str, data: bytes) -> None:
+    async def put(self, name: str, data: Payload) -> None:
         await self._call("put", name, lambda: self._inner.put(name, data))
 
     async def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:

@@ -33,14 +33,17 @@ from aiobotocore.session import AioSession
 from botocore import exceptions as boto
 
 from shared.storage.base import (
+    BytesLike,
     InvalidObjectName,
     LocationError,
     ObjectInfo,
     ObjectNotFound,
+    Payload,
     StorageError,
     TransientStorageError,
     check_name,
     check_range,
+    payload_bytes,
 )
 
 MiB = 1024 * 1024
@@ -340,7 +343,8 @@ class S3Storage:
         except boto.BotoCoreError as exc:
             raise StorageError(f"{where}: {type(exc).__name__}: {exc}") from exc
 
-    async def put(self, name: str, data: bytes) -> None:
+    async def put(self, name: str, data: Payload) -> None:
+        data = payload_bytes(data)  # one request body (parts are a local-disk optimisation)
         key = self._key(name)
         s3 = await self._s3()
         if len(data) > self._multipart_threshold:
@@ -350,7 +354,7 @@ class S3Storage:
         with self._errors("put", name):
             await s3.put_object(Bucket=self._options.bucket, Key=key, Body=data, ContentMD5=md5)
 
-    async def _put_multipart(self, s3: Any, key: str, name: str, data: bytes) -> None:
+    async def _put_multipart(self, s3: Any, key: str, name: str, data: BytesLike) -> None:
         bucket = self._options.bucket
         with self._errors("put", name):
             upload = await s3.create_multipart_upload(Bucket=bucket, Key=key)

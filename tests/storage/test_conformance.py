@@ -18,6 +18,7 @@ from shared.storage import (
     InvalidObjectName,
     InvalidRange,
     LimitedStorage,
+    LocalStorage,
     ObjectInfo,
     ObjectNotFound,
     RetryingStorage,
@@ -70,6 +71,24 @@ async def test_round_trip(storage: Storage) -> None:
     await storage.put("data/ab/pack1", data)
     assert await storage.get("data/ab/pack1") == data
     assert await storage.stat("data/ab/pack1") == ObjectInfo("data/ab/pack1", len(data))
+
+
+async def test_put_of_parts_stores_their_concatenation(storage: Storage) -> None:
+    parts = [os.urandom(70_000), b"", bytearray(os.urandom(5)), memoryview(os.urandom(3000))[100:]]
+    await storage.put("data/cd/parts", parts)
+    expected = b"".join(parts)
+    assert await storage.get("data/cd/parts") == expected
+    assert (await storage.stat("data/cd/parts")).size == len(expected)
+
+
+@given(sizes=st.lists(st.integers(0, 5000), max_size=40))
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+async def test_local_gathered_write_matches_joined_bytes(tmp_path_factory: pytest.TempPathFactory, sizes: list[int]) -> None:
+    # Many parts (more than one writev call can take on some systems) in any sizes, empty included.
+    storage = LocalStorage(tmp_path_factory.mktemp("parts"))
+    parts = [os.urandom(size) for size in sizes] * 30
+    await storage.put("data/ef/many", parts)
+    assert await storage.get("data/ef/many") == b"".join(parts)
 
 
 async def test_empty_object(storage: Storage) -> None:
