@@ -13,16 +13,43 @@ Authentication failure is a value (`Unauthenticated`), never a crash.
 from __future__ import annotations
 
 import secrets
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from threading import Lock
 
 import blake3
-from Crypto.Cipher import AES
-from Crypto.Hash import SHA256
-from Crypto.Protocol.DH import import_x25519_private_key, import_x25519_public_key, key_agreement
-from Crypto.Protocol.KDF import HKDF, scrypt
-from Crypto.PublicKey import ECC
+
+
+def _pycryptodome_binds_with_ctypes() -> None:
+    """Make pycryptodome load its C code through ctypes, not cffi.
+
+    pycryptodome uses cffi whenever it can be imported, and then parses C declarations for each
+    of its libraries at import: ~40 ms at the start of every command. With cffi out of sight it
+    takes ctypes, its binding on systems without cffi, which loads the same compiled code
+    without parsing. The choice is made once, in `Crypto.Util._raw_api`.
+    """
+    if "Crypto.Util._raw_api" in sys.modules:
+        return
+    hidden = sys.modules.get("cffi", _NOT_IMPORTED)
+    sys.modules["cffi"] = None  # type: ignore[assignment]  # "import cffi" raises ImportError
+    try:
+        import Crypto.Util._raw_api  # noqa: F401
+    finally:
+        if hidden is _NOT_IMPORTED:
+            del sys.modules["cffi"]
+        else:
+            sys.modules["cffi"] = hidden  # type: ignore[assignment]
+
+
+_NOT_IMPORTED = object()
+_pycryptodome_binds_with_ctypes()
+
+from Crypto.Cipher import AES  # noqa: E402
+from Crypto.Hash import SHA256  # noqa: E402
+from Crypto.Protocol.DH import import_x25519_private_key, import_x25519_public_key, key_agreement  # noqa: E402
+from Crypto.Protocol.KDF import HKDF, scrypt  # noqa: E402
+from Crypto.PublicKey import ECC  # noqa: E402
 
 # The same AES-256-GCM bytes either way. pycryptodome builds GCM's hash tables in Python for
 # every message (~110 µs holding the GIL); OpenSSL (via `cryptography`) takes ~3 µs. With

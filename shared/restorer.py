@@ -67,7 +67,12 @@ class _FileJob:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def create(self) -> None:
-        os.close(self.open())
+        """Create an empty file, with its metadata."""
+        fd = self.open()
+        try:
+            _apply_file_metadata(fd, self.item.node)
+        finally:
+            os.close(fd)
 
     def open(self) -> int:
         """Open for writing; the first open creates the file with O_EXCL|O_NOFOLLOW, so a restore
@@ -183,8 +188,11 @@ class Restorer:
             else:
                 self.result.files += 1
                 self.result.bytes += job.item.node.size
-        # Metadata last, deepest first, so writing children does not bump folder mtimes.
+        # Folders' and symlinks' metadata last, deepest first, so creating children does not
+        # bump folder mtimes. Files got theirs when their last byte was written.
         for item in sorted(items, key=lambda i: len(i.parts), reverse=True):
+            if item.node.type == "file":
+                continue
             _apply_metadata(os.path.join(root, *map(os.fsdecode, item.parts)), item.node)
         self._report(force=True)
 
@@ -245,16 +253,18 @@ class Restorer:
                     fd = job.open()
                     try:
                         _pwrite_all(fd, data, offset)
+                        with self._lock:
+                            job.remaining -= len(data)
+                            self.progress.bytes_done += len(data)
+                            complete = job.remaining == 0
+                            if complete:
+                                self.progress.files_done += 1
+                        if complete:  # here, on its open fd, rather than by path at the end
+                            _apply_file_metadata(fd, job.item.node)
                     finally:
                         os.close(fd)
                 except OSError as exc:
                     job.error = job.error or exc.strerror or str(exc)
-                    continue
-                with self._lock:
-                    job.remaining -= len(data)
-                    self.progress.bytes_done += len(data)
-                    if job.remaining == 0:
-                        self.progress.files_done += 1
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
@@ -263,6 +273,17 @@ def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
         written = os.pwrite(fd, view, offset)
         view = view[written:]
         offset += written
+
+
+def _apply_file_metadata(fd: int, node: Node) -> None:
+    """Owner (as root), mode and mtime of a restored file, through its descriptor."""
+    with contextlib.suppress(OSError):
+        if os.geteuid() == 0:
+            os.fchown(fd, node.uid, node.gid)
+    with contextlib.suppress(OSError):
+        os.fchmod(fd, stat.S_IMODE(node.mode))
+    with contextlib.suppress(OSError):
+        os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
 
 
 def _apply_metadata(path: str, node: Node) -> None:

@@ -32,9 +32,11 @@ from shared.archiver.walk import (
     LargeFileReader,
     count_tree,
     kind_of,
+    list_dir,
     node_for,
+    read_small_files,
     same_file,
-    scan_dir,
+    same_metadata,
 )
 from shared.repository import blobs
 from shared.repository.blobs import EncodedBlob
@@ -240,7 +242,11 @@ class Archiver:
 
     async def _scan(self, path: bytes) -> tuple[list[Entry], list[str]]:
         previous = await self.parent.previous_dir(path)
-        return await asyncio.to_thread(scan_dir, path, previous, self.params, self.id_key)
+        entries, to_read, warnings = list_dir(path, previous)
+        if to_read:
+            warnings += await asyncio.to_thread(read_small_files, to_read, self.params, self.id_key)
+            entries = [entry for entry in entries if entry.error is None]
+        return entries, warnings
 
     def _prefetch_scans(self, entries: list[Entry]) -> None:
         """Scan the next few subfolders in the background while this one is processed."""
@@ -281,6 +287,9 @@ class Archiver:
             return await self._read_large(entry)
 
     async def archive_entry(self, entry: Entry) -> Node | None:
+        if entry.unchanged is not None and same_metadata(entry.unchanged, entry.st):
+            self.stats.unchanged_files += 1
+            return self._counted(entry, entry.unchanged)  # the previous node, as it was
         node = node_for(entry)
         if entry.kind == "dir":
             node.subtree = await self.archive_dir(entry.path)
@@ -305,6 +314,9 @@ class Archiver:
         if entry.changed_while_reading:
             node.changed_while_reading = True
             self.warnings.append(f"{os.fsdecode(entry.path)} changed while it was read")
+        return self._counted(entry, node)
+
+    def _counted(self, entry: Entry, node: Node) -> Node:
         self.stats.files += 1
         self.stats.size += node.size
         self.progress.files_done += 1

@@ -81,29 +81,47 @@ def node_for(entry: Entry) -> Node:
 
 
 def same_file(previous: Node | None, st: os.stat_result) -> bool:
+    """Whether the file's content can be taken from the previous snapshot without reading it.
+
+    A file that changed while it was read last time is read again: its stored content may be torn.
+    """
     return (
         previous is not None
         and previous.type == "file"
         and previous.size == st.st_size
         and previous.mtime_ns == st.st_mtime_ns
         and previous.inode == st.st_ino
+        and not previous.changed_while_reading
     )
 
 
-def scan_dir(
-    path: bytes, previous: dict[bytes, Node], params: ChunkerParams, id_key: bytes
-) -> tuple[list[Entry], list[str]]:
-    """List a directory sorted by name; read small changed files whole while here."""
+def same_metadata(previous: Node, st: os.stat_result) -> bool:
+    """Whether `node_for` would describe this unchanged file exactly as `previous` does."""
+    return (
+        previous.mode == stat.S_IMODE(st.st_mode)
+        and previous.uid == st.st_uid
+        and previous.gid == st.st_gid
+        and previous.device == st.st_dev
+    )
+
+
+def list_dir(path: bytes, previous: dict[bytes, Node]) -> tuple[list[Entry], list[Entry], list[str]]:
+    """List a directory sorted by name: (entries, small changed files to read, warnings).
+
+    Only metadata: cheap enough to run on the event loop, which saves a thread hop per folder.
+    Most folders of an incremental backup have nothing to read, and hops cost more than the
+    listing (threads contending for the GIL at every system call).
+    """
     warnings: list[str] = []
     entries: list[Entry] = []
+    to_read: list[Entry] = []
     with os.scandir(path) as it:
         dir_entries = sorted(it, key=lambda e: e.name)
     budget = SCAN_BATCH_BYTES
-    to_read: list[Entry] = []
     for dir_entry in dir_entries:
-        full = os.path.join(path, dir_entry.name)
+        full = dir_entry.path
         try:
-            st = os.lstat(full)
+            st = dir_entry.stat(follow_symlinks=False)
         except OSError as exc:
             warnings.append(f"skipped {os.fsdecode(full)}: {exc.strerror}")
             continue
@@ -125,14 +143,21 @@ def scan_dir(
                 budget -= st.st_size
                 to_read.append(entry)
         entries.append(entry)
-    if to_read:
-        _read_ahead(to_read)
-        for entry in to_read:
-            read_file(entry, params, id_key)
-            if entry.error:
-                warnings.append(entry.error)
-        entries = [entry for entry in entries if entry.error is None]
-    return entries, warnings
+    return entries, to_read, warnings
+
+
+def read_small_files(entries: list[Entry], params: ChunkerParams, id_key: bytes) -> list[str]:
+    """Read and chunk small files whole (in a thread, many per hop); returns warnings.
+
+    A file that cannot be read gets `error` set and must be left out of the snapshot.
+    """
+    _read_ahead(entries)
+    warnings: list[str] = []
+    for entry in entries:
+        read_file(entry, params, id_key)
+        if entry.error:
+            warnings.append(entry.error)
+    return warnings
 
 
 def _read_ahead(entries: list[Entry]) -> None:

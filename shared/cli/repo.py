@@ -46,6 +46,12 @@ def snapshot_json(snapshot_id: str, snapshot: Snapshot) -> dict[str, Any]:
     }
 
 
+def default_cache_dir() -> str:
+    """``$XDG_CACHE_HOME/timevault``: per repository, what the last backup knew of each file."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "timevault")
+
+
 async def _open(args: argparse.Namespace) -> Repository:
     password = get_password(args.password_file)
     return await Repository.open(open_location(args.location), password)
@@ -65,7 +71,12 @@ async def cmd_backup(args: argparse.Namespace) -> None:
     repo = await _open(args)
     bar = ProgressBar("backup")
     try:
-        snapshot_id, snapshot = await backup(repo, args.paths, progress=bar if bar.enabled else None)
+        snapshot_id, snapshot = await backup(
+            repo,
+            args.paths,
+            progress=bar if bar.enabled else None,
+            cache_dir=None if args.no_cache else args.cache_dir or default_cache_dir(),
+        )
     finally:
         bar.done()
         await repo.close()
@@ -212,6 +223,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p = add("backup", cmd_backup, "back up PATHs into a new snapshot")
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.add_argument("--json", action="store_true", help="print the snapshot as JSON")
+    p.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help="keep the files cache here (default $XDG_CACHE_HOME/timevault); it is encrypted and "
+        "only saves re-reading the previous snapshot's folders",
+    )
+    p.add_argument("--no-cache", action="store_true", help="neither read nor write the files cache")
     p = add("snapshots", cmd_snapshots, "list snapshots, oldest first")
     p.add_argument("--json", action="store_true", help="print a JSON list")
     p = add("restore", cmd_restore, "restore a snapshot into a folder")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from shared.archiver import backup
-from shared.archiver.walk import Entry, LargeFileReader, kind_of, read_file
+from shared.archiver.walk import Entry, LargeFileReader, kind_of, read_file, same_file
 from shared.repository.format import Node
 from shared.repository.repo import Repository
 from shared.restorer import RestoreError, restore
@@ -365,3 +365,28 @@ async def test_large_files_read_side_by_side_keep_their_metadata(repo: Repositor
     snapshot_id, snapshot = await backup(repo, [str(source)])
     assert snapshot.stats.files == 3
     await restore_and_compare(repo, snapshot_id, tmp_path / "out", manifest, source)
+
+
+async def test_metadata_only_change_is_recorded_without_reading(repo: Repository, tmp_path: Path) -> None:
+    source = build_tree(tmp_path / "s", {"a.txt": "alpha", "b.bin": random_bytes(30_000, 8)})
+    first_id, _ = await backup(repo, [str(source)])
+    (source / "a.txt").chmod(0o600)
+    second_id, second = await backup(repo, [str(source)])
+    assert second.stats.unchanged_files == 2, "a mode change alone must not make the file be read"
+    before = await find_node(repo, first_id, source / "a.txt")
+    after = await find_node(repo, second_id, source / "a.txt")
+    assert after.mode == 0o600 and before.mode != 0o600
+    assert after.content == before.content
+    await restore_and_compare(repo, second_id, tmp_path / "out", tree_manifest(source), source)
+
+
+def test_file_torn_last_time_is_read_again(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"data")
+    st = os.lstat(path)
+    previous = Node(
+        name=b"f", type="file", mode=0o644, mtime_ns=st.st_mtime_ns, size=st.st_size, inode=st.st_ino
+    )
+    assert same_file(previous, st)
+    previous.changed_while_reading = True
+    assert not same_file(previous, st), "content read while the file changed must not be reused"

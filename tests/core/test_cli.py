@@ -247,3 +247,42 @@ async def test_passwd(tmp_path: Path, pw_file: Path) -> None:
     ok = run_cli("repo", "restore", location, "latest", "--target", target, "--password-file", new_pw)
     assert ok.code == 0, ok.stderr
     assert (restored_path(target, source) / "f").read_bytes() == random_bytes(30_000, 3)
+
+
+def test_files_cache_spares_reading_unchanged_files(tmp_path: Path, pw_file: Path) -> None:
+    repo, cache = tmp_path / "repo", tmp_path / "cache"
+    assert run_cli("repo", "init", repo, "--password-file", pw_file).code == 0
+    source = build_tree(tmp_path / "src", {"keep.txt": "same", "d/edit.txt": "v1", "d/big.bin": random_bytes(70_000, 5)})
+
+    def backup_json(*flags: str | Path) -> dict:
+        result = run_cli("repo", "backup", repo, source, "--json", "--password-file", pw_file, *flags)
+        assert result.code == 0, result.stderr
+        return json.loads(result.stdout)
+
+    first = backup_json("--cache-dir", cache)
+    [cache_file] = list(cache.iterdir())
+    assert cache_file.name.endswith(".files") and cache_file.stat().st_mode & 0o777 == 0o600
+    content = cache_file.read_bytes()
+    assert b"keep.txt" not in content and b"edit.txt" not in content, "the cache must be encrypted"
+
+    (source / "d" / "edit.txt").write_text("version two")
+    second = backup_json("--cache-dir", cache)
+    assert second["parent"] == first["id"]
+    assert second["unchanged_files"] == 2 and second["files"] == 3
+    assert cache_file.read_bytes() != content, "the cache follows the newest snapshot"
+
+    # Without the cache the parent's trees serve the same purpose; nothing is written.
+    third = backup_json("--no-cache", "--cache-dir", tmp_path / "unused")
+    assert third["unchanged_files"] == 3
+    assert not (tmp_path / "unused").exists()
+
+    # A cache left from another snapshot is not trusted: the trees are used instead.
+    shutil.copy(cache_file, tmp_path / "stale")
+    (source / "keep.txt").write_text("changed")
+    backup_json("--cache-dir", cache)
+    shutil.copy(tmp_path / "stale", cache_file)
+    fifth = backup_json("--cache-dir", cache)
+    assert fifth["unchanged_files"] == 3
+    target = tmp_path / "out"
+    assert run_cli("repo", "restore", repo, "latest", "--target", target, "--password-file", pw_file).code == 0
+    assert_manifests_equal(tree_manifest(restored_path(target, source)), tree_manifest(source))
