@@ -19,6 +19,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from shared.archiver.archiver import Progress
@@ -57,11 +58,55 @@ class _Item:
     node: Node
 
 
+@dataclass(frozen=True)
+class _Creator:
+    """Who creates the restored files: lets a restore skip system calls that would change nothing.
+
+    Every system call releases and retakes the GIL, and with several writer threads each one is a
+    hand-over between threads; a restore of 25,000 files made ~870,000 futex calls.
+    """
+
+    uid: int
+    gid: int
+    umask: int | None  # None when unknown: then modes are always set explicitly
+
+    @classmethod
+    def current(cls) -> _Creator:
+        umask = None
+        with contextlib.suppress(OSError, ValueError):
+            with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+                for line in status:
+                    if line.startswith("Umask:"):
+                        umask = int(line.split()[1], 8)
+        return cls(os.geteuid(), os.getegid(), umask)
+
+    def creation_mode(self, node: Node) -> int:
+        """The mode to create a file with: its own when the owner may write it (later blobs reopen
+        it), else owner read/write until it is complete. The folder is private meanwhile."""
+        mode = node.mode
+        return mode if mode & 0o200 and not mode & ~0o777 else 0o600
+
+    def finish(self, fd: int, node: Node) -> None:
+        """Owner (as root), mode and mtime of a completely written file, through its descriptor."""
+        chowned = False
+        if self.uid == 0 and (node.uid, node.gid) != (self.uid, self.gid):
+            with contextlib.suppress(OSError):
+                os.fchown(fd, node.uid, node.gid)  # before chmod: chown clears set-id bits
+                chowned = True
+        wanted = stat.S_IMODE(node.mode)
+        if chowned or self.umask is None or self.creation_mode(node) & ~self.umask != wanted:
+            with contextlib.suppress(OSError):
+                os.fchmod(fd, wanted)
+        with contextlib.suppress(OSError):
+            os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
+
+
 @dataclass
 class _FileJob:
     item: _Item
     path: str
     remaining: int
+    creator: _Creator
     error: str | None = None
     created: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -70,7 +115,7 @@ class _FileJob:
         """Create an empty file, with its metadata."""
         fd = self.open()
         try:
-            _apply_file_metadata(fd, self.item.node)
+            self.creator.finish(fd, self.item.node)
         finally:
             os.close(fd)
 
@@ -80,7 +125,8 @@ class _FileJob:
         with self.lock:
             if self.created:
                 return os.open(self.path, os.O_WRONLY | os.O_NOFOLLOW)
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            mode = self.creator.creation_mode(self.item.node)
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
             self.created = True
             return fd
 
@@ -119,6 +165,7 @@ class Restorer:
         self._cancel = cancel
         self._last_report = 0.0
         self._lock = threading.Lock()
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="restore-writer")
 
     async def plan(self, tree_id: bytes, includes: list[tuple[bytes, ...]]) -> list[_Item]:
         items: list[_Item] = []
@@ -152,6 +199,7 @@ class Restorer:
 
     async def run(self, items: list[_Item], root: str) -> None:
         files: list[_FileJob] = []
+        creator = _Creator.current()
         for item in items:
             path = os.path.join(root, *map(os.fsdecode, item.parts))
             if item.node.type == "dir":
@@ -160,7 +208,7 @@ class Restorer:
             elif item.node.type == "symlink" and item.node.target is not None:
                 os.symlink(item.node.target, path)
             elif item.node.type == "file":
-                job = _FileJob(item, path, item.node.size)
+                job = _FileJob(item, path, item.node.size, creator)
                 if not item.node.content:
                     job.create()
                 files.append(job)
@@ -176,7 +224,11 @@ class Restorer:
                 await self._restore_pack(pack_id, wanted)
                 self._report()
 
-        await asyncio.gather(*(restore_pack(pack_id, wanted) for pack_id, wanted in by_pack.items()))
+        try:
+            await asyncio.gather(*(restore_pack(pack_id, wanted) for pack_id, wanted in by_pack.items()))
+        finally:
+            # A canceled restore must not leave a write running into the folder being removed.
+            self._writer.shutdown(wait=True, cancel_futures=True)
         for job in files:
             if job.error is None and job.remaining != 0:
                 job.error = f"restored {job.item.node.size - job.remaining} of {job.item.node.size} bytes"
@@ -225,16 +277,21 @@ class Restorer:
                 for job, _ in targets:
                     job.error = job.error or f"pack {pack_id[:12]} cannot be read: {exc}"
             return
-        await asyncio.to_thread(self._write_blobs, span, start, locations, wanted)
+        decoded = await asyncio.to_thread(self._decode_blobs, span, start, locations, wanted)
+        del span
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._writer, self._write_decoded, decoded)
 
-    def _write_blobs(
+    def _decode_blobs(
         self,
         span: bytes,
         start: int,
         locations: list[tuple[BlobLocation, bytes]],
         wanted: dict[bytes, list[tuple[_FileJob, int]]],
-    ) -> None:
+    ) -> list[tuple[bytes, list[tuple[_FileJob, int]]]]:
+        """Decrypt, decompress and verify a pack's wanted blobs (mostly C code without the GIL)."""
         view = memoryview(span)
+        decoded = []
         for location, blob_id in locations:
             targets = [(job, offset) for job, offset in wanted[blob_id] if job.error is None]
             if not targets:
@@ -243,24 +300,34 @@ class Restorer:
             try:
                 if len(payload) != location.length:
                     raise CorruptBlob(f"pack {location.pack[:12]} is truncated")
-                data = self.repo.decode_blob(blob_id, BlobType.DATA, payload)
+                decoded.append((self.repo.decode_blob(blob_id, BlobType.DATA, payload), targets))
             except CorruptBlob as exc:
                 for job, _ in targets:
                     job.error = job.error or str(exc)
-                continue
+        return decoded
+
+    def _write_decoded(self, decoded: list[tuple[bytes, list[tuple[_FileJob, int]]]]) -> None:
+        """Write decoded blobs into their files; runs in the one writer thread.
+
+        All file system calls of a restore happen in this thread. Each call releases and retakes
+        the GIL; spread over several threads, every one of them became a hand-over between
+        threads (futex waits and context switches), which cost more than the calls themselves.
+        """
+        for data, targets in decoded:
             for job, offset in targets:
+                if job.error is not None:
+                    continue
                 try:
                     fd = job.open()
                     try:
                         _pwrite_all(fd, data, offset)
+                        job.remaining -= len(data)
                         with self._lock:
-                            job.remaining -= len(data)
                             self.progress.bytes_done += len(data)
-                            complete = job.remaining == 0
-                            if complete:
+                            if job.remaining == 0:
                                 self.progress.files_done += 1
-                        if complete:  # here, on its open fd, rather than by path at the end
-                            _apply_file_metadata(fd, job.item.node)
+                        if job.remaining == 0:  # here, on its open fd, rather than by path at the end
+                            job.creator.finish(fd, job.item.node)
                     finally:
                         os.close(fd)
                 except OSError as exc:
@@ -273,17 +340,6 @@ def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
         written = os.pwrite(fd, view, offset)
         view = view[written:]
         offset += written
-
-
-def _apply_file_metadata(fd: int, node: Node) -> None:
-    """Owner (as root), mode and mtime of a restored file, through its descriptor."""
-    with contextlib.suppress(OSError):
-        if os.geteuid() == 0:
-            os.fchown(fd, node.uid, node.gid)
-    with contextlib.suppress(OSError):
-        os.fchmod(fd, stat.S_IMODE(node.mode))
-    with contextlib.suppress(OSError):
-        os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
 
 
 def _apply_metadata(path: str, node: Node) -> None:
