@@ -174,9 +174,8 @@ class Restorer:
             tree = await self.repo.load_tree(tree_id)
             seen: set[bytes] = set()
             for node in tree.nodes:
-                name_text = os.fsdecode(node.name)
                 if not _safe_name(node.name) or node.name in seen:
-                    raise RestoreError(f"the snapshot holds an unsafe or repeated name {name_text!r}")
+                    raise RestoreError(f"the snapshot holds an unsafe or repeated name {os.fsdecode(node.name)!r}")
                 seen.add(node.name)
                 parts = (*parents, node.name)
                 inside, on_path = _wanted(parts, includes)
@@ -201,7 +200,7 @@ class Restorer:
         files: list[_FileJob] = []
         creator = _Creator.current()
         for item in items:
-            path = os.path.join(root, *map(os.fsdecode, item.parts))
+            path = os.path.join(root, item.relative)  # names were checked: no '/', '.', '..'
             if item.node.type == "dir":
                 os.mkdir(path, 0o700)
                 self.result.dirs += 1
@@ -245,7 +244,7 @@ class Restorer:
         for item in sorted(items, key=lambda i: len(i.parts), reverse=True):
             if item.node.type == "file":
                 continue
-            _apply_metadata(os.path.join(root, *map(os.fsdecode, item.parts)), item.node)
+            _apply_metadata(os.path.join(root, item.relative), item.node)
         self._report(force=True)
 
     async def _group_by_pack(

@@ -91,5 +91,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     return result if isinstance(result, int) else 0
 
 
+def run() -> None:
+    """The console script: `main`, then exit without tearing the interpreter down.
+
+    Everything is written and closed by then; freeing every module and object one by one
+    (the index, caches, imported libraries) added ~50 ms to every command, a few percent of an
+    incremental backup.
+    """
+    code = main()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            code = code or 1  # e.g. stdout closed by the reader: the output was not delivered
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -286,3 +286,11 @@ def test_files_cache_spares_reading_unchanged_files(tmp_path: Path, pw_file: Pat
     target = tmp_path / "out"
     assert run_cli("repo", "restore", repo, "latest", "--target", target, "--password-file", pw_file).code == 0
     assert_manifests_equal(tree_manifest(restored_path(target, source)), tree_manifest(source))
+
+
+def test_exit_status_and_output_survive_the_fast_exit(cli_repo: CliRepo, tmp_path: Path) -> None:
+    # The console script leaves with os._exit: output must still be complete and the code right.
+    listed = run_cli("repo", "snapshots", cli_repo.path, "--json", "--password-file", cli_repo.pw)
+    assert listed.code == 0 and len(json.loads(listed.stdout)) == len(cli_repo.snapshots)
+    missing = run_cli("repo", "snapshots", tmp_path / "nothing-here", "--password-file", cli_repo.pw)
+    assert_clean_error(missing, "not a TimeVault repository")

@@ -124,10 +124,12 @@ async def test_kill_uploader_snapshotter_and_nats_mid_backup(stack: tuple[Stack,
     outcomes: list[Job] = []
 
     for victim, tag in (("uploader", "b"), ("snapshotter", "c"), ("nats", "d")):
-        _fill(src, tag, files=10, size=4 * MiB)
+        # Enough new data that the backup is still running when the victim dies (backups of
+        # 40 MiB finished within the 0.4 s this test used to wait).
+        _fill(src, tag, files=20, size=4 * MiB)
         job = await rpc.request(nc, subjects.JOB_CREATE, JobCreate(plan=plan.id), Job)
         states[job.id] = _tree_bytes(src)
-        seen = await _wait_running(nc, job.id)
+        seen = await _wait_running(nc, job.id, then=0.15)
         assert seen.status == "running", f"{victim}: job ended before the kill: {seen}"
         if victim == "nats":
             s.nats.kill()
