@@ -22,7 +22,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from shared.archiver.archiver import Progress
+from shared.archiver.archiver import ByteBudget, Progress
 from shared.repository.blobs import CorruptBlob
 from shared.repository.format import BlobType, Node
 from shared.repository.index import BlobLocation, pack_object_name
@@ -30,6 +30,8 @@ from shared.repository.repo import Repository, RepositoryError
 from shared.storage import StorageError
 
 PARALLEL_PACKS = 4
+DECODE_GROUP_BYTES = 4 * 1024 * 1024
+DECODED_BYTES = 48 * 1024 * 1024
 # Planning reads every tree of the snapshot. Tree packs hold only trees, and one backup's trees
 # sit together in a few of them, so each is read whole, once, and kept while the walk needs it:
 # one request per tree pack instead of one per folder (a round trip each on S3).
@@ -166,6 +168,7 @@ class Restorer:
         self._last_report = 0.0
         self._lock = threading.Lock()
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="restore-writer")
+        self._decoded = ByteBudget(DECODED_BYTES)
 
     async def plan(self, tree_id: bytes, includes: list[tuple[bytes, ...]]) -> list[_Item]:
         items: list[_Item] = []
@@ -276,10 +279,24 @@ class Restorer:
                 for job, _ in targets:
                     job.error = job.error or f"pack {pack_id[:12]} cannot be read: {exc}"
             return
-        decoded = await asyncio.to_thread(self._decode_blobs, span, start, locations, wanted)
-        del span
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._writer, self._write_decoded, decoded)
+
+        async def write(decoded: list[tuple[bytes, list[tuple[_FileJob, int]]]], size: int) -> None:
+            try:
+                await loop.run_in_executor(self._writer, self._write_decoded, decoded)
+            finally:
+                await self._decoded.release(size)
+
+        # A pack is decoded a few MiB at a time, each part handed to the writer as it is ready;
+        # the bytes decoded but not yet written stay within DECODED_BYTES (memory stays flat).
+        writes = []
+        for group in _groups(locations, DECODE_GROUP_BYTES):
+            decoded = await asyncio.to_thread(self._decode_blobs, span, start, group, wanted)
+            size = sum(len(data) for data, _ in decoded)
+            await self._decoded.acquire(size)
+            writes.append(asyncio.create_task(write(decoded, size)))
+        del span
+        await asyncio.gather(*writes)
 
     def _decode_blobs(
         self,
@@ -331,6 +348,21 @@ class Restorer:
                         os.close(fd)
                 except OSError as exc:
                     job.error = job.error or exc.strerror or str(exc)
+
+
+def _groups(
+    locations: list[tuple[BlobLocation, bytes]], limit: int
+) -> list[list[tuple[BlobLocation, bytes]]]:
+    """Consecutive runs of blobs of about `limit` stored bytes each."""
+    groups: list[list[tuple[BlobLocation, bytes]]] = [[]]
+    size = 0
+    for item in locations:
+        if groups[-1] and size + item[0].length > limit:
+            groups.append([])
+            size = 0
+        groups[-1].append(item)
+        size += item[0].length
+    return groups
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:

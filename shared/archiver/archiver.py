@@ -114,7 +114,7 @@ class PackerSink:
         await self.packer.flush()
 
 
-class _ByteBudget:
+class ByteBudget:
     """Bounds the bytes of chunks read but not yet packed (memory does not grow with data)."""
 
     def __init__(self, limit: int) -> None:
@@ -154,7 +154,7 @@ class Archiver:
         self.id_key = repo.write_keys.id_key
         self.session = crypto.SealingSession(repo.write_keys.public_key)
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="encode")
-        self.budget = _ByteBudget(in_flight)
+        self.budget = ByteBudget(in_flight)
         self.scheduled: set[bytes] = set()
         self._batch: list[tuple[bytes, BlobType, bytes]] = []
         self._scans: dict[bytes, asyncio.Task[tuple[list[Entry], list[str]]]] = {}
@@ -269,6 +269,12 @@ class Archiver:
         self._start_large_reads(entries)
         nodes: list[Node] = []
         for entry in entries:
+            previous = entry.unchanged
+            if previous is not None and same_metadata(previous, entry.st):
+                # Most files of an incremental backup: no coroutine, no new node.
+                self.stats.unchanged_files += 1
+                nodes.append(self._counted(entry, previous))
+                continue
             node = await self.archive_entry(entry)
             if node is not None:
                 nodes.append(node)
@@ -321,7 +327,8 @@ class Archiver:
         self.stats.size += node.size
         self.progress.files_done += 1
         self.progress.bytes_done += node.size
-        self._report(entry.path)
+        if self._on_progress is not None:
+            self._report(entry.path)
         return node
 
     async def _read_large(self, entry: Entry) -> tuple[list[bytes], int] | None:

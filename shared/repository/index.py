@@ -41,10 +41,10 @@ class Index:
 
     def add_pack(self, pack: IndexPack) -> None:
         self.packs[pack.id] = pack
+        blobs, pack_id = self.blobs, pack.id
         for blob in pack.blobs:
-            self.blobs.setdefault(
-                blob.id, BlobLocation(pack.id, blob.type, blob.offset, blob.length, blob.raw_length)
-            )
+            if blob.id not in blobs:  # the first pack named keeps the blob
+                blobs[blob.id] = BlobLocation(pack_id, blob.type, blob.offset, blob.length, blob.raw_length)
 
     def stored_size(self) -> int:
         return sum(pack.size for pack in self.packs.values())
