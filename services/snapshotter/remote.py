@@ -26,7 +26,10 @@ from services.common import rpc
 log = logging.getLogger(__name__)
 LOOKUP_BATCH = 500
 PING_EVERY = 2.0
-MAX_IN_FLIGHT = 32 * 1024 * 1024
+# Unconfirmed bytes: the uploader's open pack, the packs it is writing, and what is on the way.
+# Blobs are confirmed only once their pack is durable (16 MiB fsync'd, ~66 ms here); with 32 MiB
+# the window was full whenever a pack was being written, and a full backup took ~7 % longer.
+MAX_IN_FLIGHT = 48 * 1024 * 1024
 # Room for the MessagePack envelope and NATS headers around a part's bytes.
 _ENVELOPE = 16 * 1024
 # Small blobs (most files are small) travel together: each request costs a round trip and

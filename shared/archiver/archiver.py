@@ -48,7 +48,7 @@ from shared.repository.repo import Repository, RepositoryError
 IN_FLIGHT_BYTES = 48 * 1024 * 1024
 ENCODE_BATCH_BYTES = 4 * 1024 * 1024
 DEDUP_BATCH = 500
-PREFETCH_SCANS = 3
+PREFETCH_SCANS = 2
 # One reader: a second one pinned another file's 16 MiB segments while their chunks waited to be
 # encoded, and peak RSS grew by ~100 MiB for no measurable gain on this machine.
 LARGE_READERS = 1
@@ -211,6 +211,9 @@ class Archiver:
                 return
             loop = asyncio.get_running_loop()
             encoded = await loop.run_in_executor(self.pool, _encode_many, self.session, batch)
+            # The plaintext chunks (views that keep 16 MiB file segments alive) are not needed
+            # while the sink takes its time: over NATS it may wait for the upload window.
+            del batch
             for blob in encoded:
                 await self.sink.add(blob)
                 self.stats.added_size += len(blob.payload)
