@@ -200,22 +200,18 @@ class Restorer:
             self._on_progress(self.progress)
 
     async def run(self, items: list[_Item], root: str) -> None:
-        files: list[_FileJob] = []
         creator = _Creator.current()
-        for item in items:
-            path = os.path.join(root, item.relative)  # names were checked: no '/', '.', '..'
-            if item.node.type == "dir":
-                os.mkdir(path, 0o700)
-                self.result.dirs += 1
-            elif item.node.type == "symlink" and item.node.target is not None:
-                os.symlink(item.node.target, path)
-            elif item.node.type == "file":
-                job = _FileJob(item, path, item.node.size, creator)
-                if not item.node.content:
-                    job.create()
-                files.append(job)
+        files = [
+            _FileJob(item, os.path.join(root, item.relative), item.node.size, creator)  # names were checked
+            for item in items
+            if item.node.type == "file"
+        ]
         self.progress.files_total = len(files)
         self.progress.bytes_total = sum(job.remaining for job in files)
+        # Folders, symlinks and empty files are made by the writer thread, first in its queue, so
+        # every file's folder exists before its first write; packs are read and decoded meanwhile.
+        loop = asyncio.get_running_loop()
+        created = loop.run_in_executor(self._writer, self._create_entries, items, root, files)
         by_pack = await self._group_by_pack(files)
         sem = asyncio.Semaphore(PARALLEL_PACKS)
 
@@ -228,6 +224,7 @@ class Restorer:
 
         try:
             await asyncio.gather(*(restore_pack(pack_id, wanted) for pack_id, wanted in by_pack.items()))
+            await created  # its failure (none expected: names were checked) is the restore's
         finally:
             # A canceled restore must not leave a write running into the folder being removed.
             self._writer.shutdown(wait=True, cancel_futures=True)
@@ -249,6 +246,17 @@ class Restorer:
                 continue
             _apply_metadata(os.path.join(root, item.relative), item.node)
         self._report(force=True)
+
+    def _create_entries(self, items: list[_Item], root: str, files: list[_FileJob]) -> None:
+        empty = {id(job.item): job for job in files if not job.item.node.content}
+        for item in items:
+            if item.node.type == "dir":
+                os.mkdir(os.path.join(root, item.relative), 0o700)
+                self.result.dirs += 1
+            elif item.node.type == "symlink" and item.node.target is not None:
+                os.symlink(item.node.target, os.path.join(root, item.relative))
+            elif id(item) in empty:
+                empty[id(item)].create()
 
     async def _group_by_pack(
         self, files: list[_FileJob]
