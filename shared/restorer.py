@@ -173,7 +173,7 @@ class Restorer:
     async def plan(self, tree_id: bytes, includes: list[tuple[bytes, ...]]) -> list[_Item]:
         items: list[_Item] = []
 
-        async def visit(tree_id: bytes, parents: tuple[bytes, ...]) -> None:
+        async def visit(tree_id: bytes, parents: tuple[bytes, ...], prefix: str) -> None:
             tree = await self.repo.load_tree(tree_id)
             seen: set[bytes] = set()
             for node in tree.nodes:
@@ -181,16 +181,18 @@ class Restorer:
                     raise RestoreError(f"the snapshot holds an unsafe or repeated name {os.fsdecode(node.name)!r}")
                 seen.add(node.name)
                 parts = (*parents, node.name)
-                inside, on_path = _wanted(parts, includes)
-                if not inside and not on_path:
-                    continue
-                if on_path and node.type != "dir":
-                    continue
-                items.append(_Item(os.fsdecode(b"/".join(parts)), parts, node))
+                if includes:
+                    inside, on_path = _wanted(parts, includes)
+                    if not inside and not on_path:
+                        continue
+                    if on_path and node.type != "dir":
+                        continue
+                relative = prefix + os.fsdecode(node.name)
+                items.append(_Item(relative, parts, node))
                 if node.type == "dir" and node.subtree is not None:
-                    await visit(node.subtree, parts)
+                    await visit(node.subtree, parts, relative + "/")
 
-        await visit(tree_id, ())
+        await visit(tree_id, (), "")
         return items
 
     def _report(self, force: bool = False) -> None:
