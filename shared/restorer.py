@@ -31,7 +31,7 @@ from shared.storage import StorageError
 
 PARALLEL_PACKS = 4
 DECODE_GROUP_BYTES = 4 * 1024 * 1024
-DECODED_BYTES = 48 * 1024 * 1024
+DECODED_BYTES = 32 * 1024 * 1024
 # Planning reads every tree of the snapshot. Tree packs hold only trees, and one backup's trees
 # sit together in a few of them, so each is read whole, once, and kept while the walk needs it:
 # one request per tree pack instead of one per folder (a round trip each on S3).
