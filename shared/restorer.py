@@ -111,7 +111,6 @@ class _FileJob:
     creator: _Creator
     error: str | None = None
     created: bool = False
-    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def create(self) -> None:
         """Create an empty file, with its metadata."""
@@ -123,14 +122,15 @@ class _FileJob:
 
     def open(self) -> int:
         """Open for writing; the first open creates the file with O_EXCL|O_NOFOLLOW, so a restore
-        never writes through anything that was already there (or that another entry made)."""
-        with self.lock:
-            if self.created:
-                return os.open(self.path, os.O_WRONLY | os.O_NOFOLLOW)
-            mode = self.creator.creation_mode(self.item.node)
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
-            self.created = True
-            return fd
+        never writes through anything that was already there (or that another entry made).
+
+        Only the restore's one writer thread opens files, so `created` needs no lock."""
+        if self.created:
+            return os.open(self.path, os.O_WRONLY | os.O_NOFOLLOW)
+        mode = self.creator.creation_mode(self.item.node)
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+        self.created = True
+        return fd
 
 
 def _safe_name(name: bytes) -> bool:
@@ -225,8 +225,8 @@ class Restorer:
                 self._report()
 
         try:
-            await asyncio.gather(*(restore_pack(pack_id, wanted) for pack_id, wanted in by_pack.items()))
-            await created  # its failure (none expected: names were checked) is the restore's
+            # A failure to create (none expected: names were checked) is the restore's failure.
+            await asyncio.gather(created, *(restore_pack(pack_id, wanted) for pack_id, wanted in by_pack.items()))
         finally:
             # A canceled restore must not leave a write running into the folder being removed.
             self._writer.shutdown(wait=True, cancel_futures=True)

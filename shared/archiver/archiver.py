@@ -276,13 +276,10 @@ class Archiver:
         self._start_large_reads(entries)
         nodes: list[Node] = []
         for entry in entries:
-            previous = entry.unchanged
-            if previous is not None and same_metadata(previous, entry.st):
-                # Most files of an incremental backup: no coroutine, no new node.
-                self.stats.unchanged_files += 1
-                nodes.append(self._counted(entry, previous))
-                continue
-            node = await self.archive_entry(entry)
+            # Most files of an incremental backup are reused as they were: no coroutine for them.
+            node = self._reused(entry)
+            if node is None:
+                node = await self.archive_entry(entry)
             if node is not None:
                 nodes.append(node)
         self.parent.record(path, nodes)
@@ -300,9 +297,9 @@ class Archiver:
             return await self._read_large(entry)
 
     async def archive_entry(self, entry: Entry) -> Node | None:
-        if entry.unchanged is not None and same_metadata(entry.unchanged, entry.st):
-            self.stats.unchanged_files += 1
-            return self._counted(entry, entry.unchanged)  # the previous node, as it was
+        reused = self._reused(entry)
+        if reused is not None:
+            return reused
         node = node_for(entry)
         if entry.kind == "dir":
             node.subtree = await self.archive_dir(entry.path)
@@ -328,6 +325,14 @@ class Archiver:
             node.changed_while_reading = True
             self.warnings.append(f"{os.fsdecode(entry.path)} changed while it was read")
         return self._counted(entry, node)
+
+    def _reused(self, entry: Entry) -> Node | None:
+        """The previous node, as it was, for an unchanged file whose metadata matches too."""
+        previous = entry.unchanged
+        if previous is None or not same_metadata(previous, entry.st):
+            return None
+        self.stats.unchanged_files += 1
+        return self._counted(entry, previous)
 
     def _counted(self, entry: Entry, node: Node) -> Node:
         self.stats.files += 1
