@@ -34,6 +34,7 @@ from proto.plans import (
 from services.common.paths import default_data_dir
 
 TERMINAL = ("completed", "failed", "canceled")
+EVENTS_QUIET = 20.0
 
 
 class CommandError(Exception):
@@ -82,6 +83,17 @@ class Gateway:
                                "is `timevault up` running?") from None
         except (TimeoutError, OSError) as exc:
             raise CommandError(f"gateway at {self.url} did not answer: {exc}") from None
+
+    def open_events(self, job_id: str) -> Any:
+        """The job's Server-Sent Events stream (an open response), or None if it cannot be had."""
+        req = urllib.request.Request(f"{self.url}/api/v1/events?job={_q(job_id)}")
+        req.add_header("Authorization", f"Bearer {self.token}")
+        req.add_header("Accept", "text/event-stream")
+        try:
+            # Quiet for longer than the gateway's keep-alive (15 s) means the stream is dead.
+            return urllib.request.urlopen(req, timeout=EVENTS_QUIET)
+        except (urllib.error.URLError, OSError):
+            return None
 
     def plan_id(self, name: str) -> str:
         for plan in self.call("GET", "/plans") or []:
@@ -319,28 +331,40 @@ def cmd_plan_resume(args: argparse.Namespace) -> int:
 
 
 def _wait(gateway: Gateway, job: dict[str, Any], as_json: bool) -> int:
-    """Poll the job until it ends, with a progress bar on a terminal; 0 only if it completed."""
-    tty = sys.stderr.isatty() and not as_json
-    shown = False
-    # Short jobs end within a second: poll fast at first, then settle at 0.5 s.
-    delay = 0.1
+    """Follow the job until it ends, with a progress bar on a terminal; 0 only if it completed.
+
+    The job's live events (``/events?job=ID``) say at once when it ends; polling every half
+    second instead made each short job look up to 0.5 s slower. The stream is re-checked with a
+    GET whenever it is quiet or drops, so a lost event or a restarted gateway costs only time.
+    """
+    bar = _ProgressBar(sys.stderr.isatty() and not as_json)
+    job_id = job["id"]
     while job.get("status") not in TERMINAL:
-        if tty:
-            done, total = job.get("bytes_done", 0), job.get("bytes_total", 0)
-            bar = ""
-            if total:
-                filled = int(24 * min(done / total, 1.0))
-                bar = f"[{'#' * filled}{'.' * (24 - filled)}] {100 * min(done / total, 1.0):3.0f}%  "
-            sys.stderr.write(f"\r\x1b[2K{job['kind']} {job['status']}  {bar}{_size(done)}/{_size(total)}  "
-                             f"{job.get('files_done', 0)}/{job.get('files_total', 0)} files  "
-                             f"{_size(job.get('rate', 0))}/s")
-            sys.stderr.flush()
-            shown = True
-        time.sleep(delay)
-        delay = min(delay * 1.5, 0.5)
-        job = gateway.call("GET", f"/jobs/{_q(job['id'])}")
-    if shown:
-        sys.stderr.write("\n")
+        bar.show(job)
+        events = gateway.open_events(job_id)
+        try:
+            # The job may have ended before the stream was open: ask once it is.
+            job = gateway.call("GET", f"/jobs/{_q(job_id)}")
+            if job.get("status") in TERMINAL:
+                break
+            if events is None:
+                time.sleep(0.5)  # no stream from this gateway: plain polling
+                continue
+            for kind, data in _sse_events(events):
+                if kind == "progress":
+                    job |= {k: data[k] for k in _PROGRESS_FIELDS if k in data}
+                elif kind == "job" and isinstance(data.get("job"), dict):
+                    job |= data["job"]
+                    if job.get("status") in TERMINAL:
+                        break
+                bar.show(job)
+        except (OSError, ValueError):
+            pass  # a dropped or silent stream: ask, then listen again
+        finally:
+            if events is not None:
+                events.close()
+        job = gateway.call("GET", f"/jobs/{_q(job_id)}")
+    bar.done()
     if as_json:
         _print_json(job)
     elif job["status"] == "completed":
@@ -350,6 +374,53 @@ def _wait(gateway: Gateway, job: dict[str, Any], as_json: bool) -> int:
         print(f"{job['kind']} {job['id']} {job['status']}: {job.get('error') or 'no reason given'}",
               file=sys.stderr)
     return 0 if job["status"] == "completed" else 1
+
+
+_PROGRESS_FIELDS = ("files_done", "files_total", "bytes_done", "bytes_total", "rate")
+
+
+def _sse_events(stream: Any) -> Any:
+    """(event kind, decoded JSON data) for each Server-Sent Event on an open HTTP response."""
+    kind, data = "", []
+    for raw in stream:
+        line = raw.decode("utf-8", "replace").rstrip("\r\n")
+        if not line:
+            if kind and data:
+                yield kind, json.loads("\n".join(data))
+            kind, data = "", []
+        elif line.startswith("event:"):
+            kind = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].removeprefix(" "))
+
+
+class _ProgressBar:
+    """One status line on stderr, redrawn at most ten times a second (only on a terminal)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.shown = False
+        self.last = 0.0
+
+    def show(self, job: dict[str, Any]) -> None:
+        now = time.monotonic()
+        if not self.enabled or now - self.last < 0.1:
+            return
+        self.last = now
+        done, total = job.get("bytes_done", 0), job.get("bytes_total", 0)
+        bar = ""
+        if total:
+            filled = int(24 * min(done / total, 1.0))
+            bar = f"[{'#' * filled}{'.' * (24 - filled)}] {100 * min(done / total, 1.0):3.0f}%  "
+        sys.stderr.write(f"\r\x1b[2K{job['kind']} {job['status']}  {bar}{_size(done)}/{_size(total)}  "
+                         f"{job.get('files_done', 0)}/{job.get('files_total', 0)} files  "
+                         f"{_size(job.get('rate', 0))}/s")
+        sys.stderr.flush()
+        self.shown = True
+
+    def done(self) -> None:
+        if self.shown:
+            sys.stderr.write("\n")
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
