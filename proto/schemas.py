@@ -62,6 +62,8 @@ MESSAGES: tuple[type[msgspec.Struct], ...] = (
     upload.UploadOpened,
     upload.BlobPart,
     upload.BlobBatch,
+    upload.BlobFrame,
+    upload.BlobFrames,
     upload.UploadFlush,
     upload.UploadClose,
     upload.UploadAck,

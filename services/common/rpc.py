@@ -19,6 +19,7 @@ from nats.aio.subscription import Subscription
 
 from proto import wire
 from proto.errors import ERROR_HEADER, ErrorReply, ServiceError
+from services.common.natsio import Parts
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -58,10 +59,17 @@ async def serve(
     stats: Stats | None = None,
     msgpack: bool = False,
     concurrent: bool = True,
+    raw: bool = False,
 ) -> Subscription:
-    """Subscribe `handler` on `subject`; every message gets exactly one reply (result or error)."""
+    """Subscribe `handler` on `subject`; every message gets exactly one reply (result or error).
+
+    With `raw`, the handler gets the message body as received (`request_type` is ignored) and
+    decodes it itself; replies are still encoded as `msgpack` says.
+    """
     tasks: set[asyncio.Task[None]] = set()
-    decode = wire.decode_msgpack if msgpack else wire.decode
+    decode: Callable[[Any, Any], Any] = wire.decode_msgpack if msgpack else wire.decode
+    if raw:
+        decode = _undecoded
     encode = wire.encode_msgpack if msgpack else wire.encode
 
     async def handle(msg: Msg) -> None:
@@ -92,6 +100,10 @@ async def serve(
     return await nc.subscribe(subject, queue=queue, cb=callback, pending_bytes_limit=256 * 1024 * 1024)
 
 
+def _undecoded(data: Any, _type: Any) -> Any:
+    return data
+
+
 async def request(
     nc: NATS,
     subject: str,
@@ -109,13 +121,13 @@ async def request(
 async def request_encoded(
     nc: NATS,
     subject: str,
-    body: bytes,
+    body: bytes | Parts,
     reply_type: type[R],
     *,
     timeout: float = 10.0,  # noqa: ASYNC109 - passed to nats-py's request
     msgpack: bool = False,
 ) -> R:
-    """`request` for a body that is already encoded (e.g. a batch built once, without a copy)."""
+    """`request` for a body that is already encoded (e.g. a batch built once, or `Parts`)."""
     try:
         msg = await nc.request(subject, body, timeout=timeout)
     except nats.errors.NoRespondersError as exc:

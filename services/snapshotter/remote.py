@@ -20,8 +20,19 @@ from nats.aio.client import Client as NATS
 from proto import subjects
 from proto.chunks import ChunkLookup, ChunkLookupReply
 from proto.errors import ServiceError
-from proto.upload import BlobBatch, BlobPart, UploadAck, UploadClose, UploadFlush, UploadOpen, UploadOpened
+from proto.upload import (
+    BlobFrame,
+    BlobFrames,
+    BlobPart,
+    UploadAck,
+    UploadClose,
+    UploadFlush,
+    UploadOpen,
+    UploadOpened,
+    frames_message,
+)
 from services.common import rpc
+from services.common.natsio import Parts
 
 log = logging.getLogger(__name__)
 LOOKUP_BATCH = 500
@@ -67,10 +78,10 @@ class CatalogKnownBlobs:
 class UploadSink:
     """`BlobSink` streaming to one uploader at a time.
 
-    Small blobs travel in `BlobBatch` requests, and up to `max_requests` of those are on the
+    Small blobs travel together in ``frames`` requests, and up to `max_requests` of those are on the
     wire at once (the uploader handles a session's batches in order), so neither side waits a
     round trip per batch. A blob too big for a batch goes alone, after the batches before it
-    were answered: "blob" and "blobs" are separate subscriptions, so only that keeps seq order.
+    were answered: "blob" and "frames" are separate subscriptions, so only that keeps seq order.
     """
 
     def __init__(self, nc: NATS, job_id: str, plan_id: str, *, max_in_flight: int = MAX_IN_FLIGHT,
@@ -93,7 +104,7 @@ class UploadSink:
         self.unconfirmed_bytes = 0
         self.peak_unconfirmed_bytes = 0
         self.reconnects = 0
-        self.batching = False  # set from UploadOpened.batch: the uploader accepts BlobBatch
+        self.batching = False  # set from UploadOpened.frames: the uploader accepts BlobFrames
         self.batch: list[int] = []  # seqs added but not sent yet (all in `unconfirmed`)
         self.batch_bytes = 0
         self.requests: deque[asyncio.Task[UploadAck]] = deque()  # sent batches awaiting replies
@@ -160,7 +171,7 @@ class UploadSink:
         opened = await rpc.request(self.nc, subjects.UPLOAD_OPEN, UploadOpen(job_id=self.job_id, plan_id=self.plan_id),
                                    UploadOpened, timeout=self.request_timeout)
         self.session = opened.session_id
-        self.batching = opened.batch
+        self.batching = opened.frames
         # A fresh uploader knows nothing: resend what the old one had not made durable
         # (the unsent batch too: it is part of `unconfirmed`).
         self.batch, self.batch_bytes = [], 0
@@ -175,16 +186,17 @@ class UploadSink:
             await self._open()  # resends every unconfirmed blob, the batch included
             return
         unconfirmed = self.unconfirmed
-        blobs = [BlobPart(seq=seq, id=blob.id, type=int(blob.type), raw_length=blob.raw_length,  # type: ignore[attr-defined]
-                          data=blob.payload)  # type: ignore[attr-defined]
-                 for seq in self.batch if (blob := unconfirmed.get(seq)) is not None]
+        sent = [(seq, blob) for seq in self.batch if (blob := unconfirmed.get(seq)) is not None]
         self.batch, self.batch_bytes = [], 0
-        if not blobs:
+        if not sent:
             return
-        # Encoded here, now: the message owns its bytes, whatever happens to the blobs later.
-        body = _encoder.encode(BlobBatch(blobs=blobs))
-        del blobs
-        self.requests.append(asyncio.create_task(self._call("blobs", body)))
+        head = BlobFrames(blobs=[BlobFrame(seq=seq, id=blob.id, type=int(blob.type),  # type: ignore[attr-defined]
+                                           raw_length=blob.raw_length, size=len(blob.payload))  # type: ignore[attr-defined]
+                                 for seq, blob in sent])
+        # The blobs' own (immutable) bytes go on the wire after the head, never joined.
+        body = Parts(frames_message(head, [blob.payload for _, blob in sent]))  # type: ignore[attr-defined]
+        del sent
+        self.requests.append(asyncio.create_task(self._call("frames", body)))
         while len(self.requests) >= self.max_requests:
             await self._reap()
 
@@ -258,13 +270,13 @@ class UploadSink:
         ack = await self._call("flush", _encoder.encode(UploadFlush()))
         self._confirm(ack)
 
-    async def _call(self, op: str, body: bytes) -> UploadAck:
+    async def _call(self, op: str, body: bytes | Parts) -> UploadAck:
         """A session request that fails fast when the uploader dies while handling it.
 
         A slow pack write may legitimately take long, so instead of a short timeout the sender
         pings the session meanwhile; a ping nobody answers means the uploader is gone, and a
         reconnect to NATS means the request may be lost: either way the caller resends.
-        `body` is the MessagePack request, already encoded.
+        `body` is the request, already encoded.
         """
         assert self.session is not None
         session = self.session

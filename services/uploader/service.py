@@ -22,7 +22,17 @@ from proto import subjects
 from proto.chunks import ChunkAdd, ChunkAddReply, ChunkRef
 from proto.errors import ServiceError
 from proto.plans import PlanRef, PlanSecrets
-from proto.upload import BlobBatch, BlobPart, UploadAck, UploadClose, UploadFlush, UploadOpen, UploadOpened
+from proto.upload import (
+    BlobBatch,
+    BlobFrame,
+    BlobPart,
+    UploadAck,
+    UploadClose,
+    UploadFlush,
+    UploadOpen,
+    UploadOpened,
+    read_frames,
+)
 from services.common import rpc
 from services.common.util import instance_id, new_id
 
@@ -126,7 +136,16 @@ class Session:
                 await self._add(part, part.data)
         return UploadAck(durable_seq=self.durable_seq)
 
-    async def _add(self, part: BlobPart, data: bytes | memoryview) -> None:
+    async def frames(self, data: bytes | bytearray) -> UploadAck:
+        """Several whole blobs in one `BlobFrames` message; packed as views of the message."""
+        self.touched = time.monotonic()
+        blobs = read_frames(data)
+        async with self.lock:
+            for blob, payload in blobs:
+                await self._add(blob, payload)
+        return UploadAck(durable_seq=self.durable_seq)
+
+    async def _add(self, part: BlobPart | BlobFrame, data: bytes | memoryview) -> None:
         """Pack one whole blob (caller holds the lock); repeats are ignored."""
         from shared.repository.blobs import EncodedBlob
         from shared.repository.format import BlobType
@@ -203,15 +222,16 @@ class UploaderService:
         session = Session(self, new_id("u"), req, secrets)
         # Blob payloads are decoded as views of the received message (no copy before packing).
         for op, kind, handler in (("blob", _BlobPartView, session.blob), ("blobs", _BlobBatchView, session.blobs),
-                                  ("flush", UploadFlush, session.flush),
+                                  ("frames", bytes, session.frames), ("flush", UploadFlush, session.flush),
                                   ("close", UploadClose, session.close), ("ping", UploadFlush, session.ping)):
             # Blobs of one session are handled in order (no concurrent=True): ordering keeps
             # durable_seq meaningful and bounds this session's memory to one message.
             session.subs.append(await rpc.serve(self.nc, subjects.upload_session(session.id, op), kind,
-                                                handler, msgpack=True, concurrent=op not in ("blob", "blobs")))
+                                                handler, msgpack=True, raw=op == "frames",
+                                                concurrent=op not in ("blob", "blobs", "frames")))
         self.sessions[session.id] = session
         log.info("session %s opened for job %s", session.id, req.job_id)
-        return UploadOpened(session_id=session.id, uploader=self.instance, batch=True)
+        return UploadOpened(session_id=session.id, uploader=self.instance, batch=True, frames=True)
 
     async def end(self, session: Session) -> None:
         self.sessions.pop(session.id, None)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from proto import schemas, subjects, wire
+from proto import schemas, subjects, upload, wire
 from proto.errors import ServiceError
 from proto.jobs import Job
 from proto.plans import (
@@ -125,3 +127,43 @@ def test_subjects_reject_wildcards_in_tokens() -> None:
     for bad in ("a.b", "*", ">", "a b", ""):
         with pytest.raises(ValueError):
             subjects.job_event(bad)
+
+
+# --- the ``frames`` message of the chunk stream ----------------------------------------------
+
+_frame_payloads = st.lists(st.binary(max_size=300), max_size=12)
+
+
+@given(_frame_payloads)
+@settings(max_examples=60, deadline=None)
+def test_frames_message_round_trips(payloads: list[bytes]) -> None:
+    head = upload.BlobFrames(blobs=[
+        upload.BlobFrame(seq=i + 1, id=bytes([i]) * 32, type=i % 2, raw_length=3 * len(p), size=len(p))
+        for i, p in enumerate(payloads)])
+    buffers = upload.frames_message(head, [memoryview(p) for p in payloads])
+    assert buffers[1:] == payloads  # the payloads themselves, not copies joined together
+    blobs = upload.read_frames(b"".join(buffers))
+    assert [(b.seq, b.id, b.type, b.raw_length) for b, _ in blobs] == \
+        [(f.seq, f.id, f.type, f.raw_length) for f in head.blobs]
+    assert [bytes(data) for _, data in blobs] == payloads
+
+
+@given(_frame_payloads.filter(bool), st.data())
+@settings(max_examples=60, deadline=None)
+def test_frames_message_cut_or_padded_is_refused(payloads: list[bytes], data: st.DataObject) -> None:
+    head = upload.BlobFrames(blobs=[upload.BlobFrame(seq=1, id=b"i" * 32, type=0, raw_length=1, size=len(p))
+                                    for p in payloads])
+    message = b"".join(upload.frames_message(head, payloads))
+    cut = data.draw(st.integers(0, len(message) - 1))
+    with pytest.raises(ServiceError) as cut_error:
+        upload.read_frames(message[:cut])
+    assert cut_error.value.code == "invalid"
+    with pytest.raises(ServiceError, match="longer than its head"):
+        upload.read_frames(message + b"x")
+
+
+def test_frames_message_with_a_bad_head_is_refused() -> None:
+    for message in (b"", b"\x00\x00", b"\x00\x00\x00\x03abc", b"\x00\x00\x00\x01\xc0"):
+        with pytest.raises(ServiceError) as error:
+            upload.read_frames(message)
+        assert error.value.code == "invalid"
