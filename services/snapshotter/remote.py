@@ -109,6 +109,9 @@ class UploadSink:
         self.batch_bytes = 0
         self.requests: deque[asyncio.Task[UploadAck]] = deque()  # sent batches awaiting replies
         self._lock = asyncio.Lock()
+        # Seconds `add` waited: for a full window to free up, and for batch replies.
+        self.waited_for_room = 0.0
+        self.waited_for_replies = 0.0
 
     def _part_size(self) -> int:
         limit = max(self.nc.max_payload - _ENVELOPE, 64 * 1024)
@@ -118,7 +121,9 @@ class UploadSink:
         async with self._lock:
             size = len(blob.payload)  # type: ignore[attr-defined]
             if self.unconfirmed and self.unconfirmed_bytes + size > self.max_in_flight:
+                started = time.monotonic()
                 await self._with_retry(self._make_room)
+                self.waited_for_room += time.monotonic() - started
             self.seq += 1
             self.unconfirmed[self.seq] = blob
             self.unconfirmed_bytes += size
@@ -197,8 +202,10 @@ class UploadSink:
         body = Parts(frames_message(head, [blob.payload for _, blob in sent]))  # type: ignore[attr-defined]
         del sent
         self.requests.append(asyncio.create_task(self._call("frames", body)))
+        started = time.monotonic()
         while len(self.requests) >= self.max_requests:
             await self._reap()
+        self.waited_for_replies += time.monotonic() - started
 
     def _send_alone(self, seq: int, blob: object) -> object:
         async def send() -> None:

@@ -148,6 +148,9 @@ class Snapshotter:
                                                      progress=progress, cancel=ctx.cancel, cache_dir=cache,
                                                      plan=job.plan_id, in_flight=ARCHIVER_IN_FLIGHT)
                     await sink.close()
+                    log.info("job %s: waited %.2f s for the upload window, %.2f s for batch replies; "
+                             "peak %d MiB unconfirmed", job.id, sink.waited_for_room, sink.waited_for_replies,
+                             sink.peak_unconfirmed_bytes >> 20)
                 finally:
                     await repo.close()
             except (BackupCanceled, asyncio.CancelledError) as exc:
