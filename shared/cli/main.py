@@ -3,35 +3,33 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
+import importlib
 import inspect
 import logging
 import os
 import sys
 from collections.abc import Sequence
 
-from shared.archiver import BackupCanceled
-from shared.cli import repo as repo_commands
-from shared.cli.passwords import PasswordError
+from shared.cli import repo_parser
+from shared.cli.errors import CommandFailed
 from shared.memory import tune_allocator
-from shared.repository import RepositoryError, WeakPassword, WrongPassword
-from shared.repository.blobs import CorruptBlob
-from shared.repository.index import CorruptIndex
-from shared.storage import LocationError, StorageError
 
-EXPECTED_ERRORS: tuple[type[BaseException], ...] = (
-    RepositoryError,
-    WrongPassword,
-    WeakPassword,
-    PasswordError,
-    StorageError,
-    LocationError,
-    CorruptBlob,
-    CorruptIndex,
-    BackupCanceled,
-    repo_commands.CommandFailed,
-    OSError,
-)
+
+def expected_errors() -> tuple[type[BaseException], ...]:
+    """Errors reported as one line (not as an internal error).
+
+    Imported when needed, not at start: a system command never loads the engine, so none of
+    these can come from it.
+    """
+    from shared.archiver import BackupCanceled
+    from shared.cli.passwords import PasswordError
+    from shared.repository import RepositoryError, WeakPassword, WrongPassword
+    from shared.repository.blobs import CorruptBlob
+    from shared.repository.index import CorruptIndex
+    from shared.storage import LocationError, StorageError
+
+    return (RepositoryError, WrongPassword, WeakPassword, PasswordError, StorageError, LocationError,
+            CorruptBlob, CorruptIndex, BackupCanceled, CommandFailed, OSError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="TimeVault: encrypted, deduplicated backups you can restore anywhere.",
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    repo_commands.register(subparsers)
+    repo_parser.register(subparsers)
     try:
         from shared.cli import system
     except ImportError:
@@ -71,15 +69,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         else "timevault: %(levelname)s: %(message)s",
     )
     func = args.func
+    if isinstance(func, str):  # "module:function", imported only now (see shared.cli.repo_parser)
+        module, name = func.split(":")
+        func = getattr(importlib.import_module(module), name)
     try:
-        result = asyncio.run(func(args)) if inspect.iscoroutinefunction(func) else func(args)
+        if inspect.iscoroutinefunction(func):
+            import asyncio  # ~50 ms of imports that the HTTP-only system commands do without
+
+            result = asyncio.run(func(args))
+        else:
+            result = func(args)
     except KeyboardInterrupt:
         print("timevault: interrupted", file=sys.stderr)
         return 130
-    except EXPECTED_ERRORS as exc:
-        print(f"timevault: error: {_message(exc)}", file=sys.stderr)
-        return 1
-    except Exception as exc:  # the last guard: a clear line, the traceback only on request
+    except Exception as exc:
+        if isinstance(exc, expected_errors()):
+            print(f"timevault: error: {_message(exc)}", file=sys.stderr)
+            return 1
+        # The last guard: a clear line, the traceback only on request.
         if os.environ.get("TIMEVAULT_DEBUG"):
             raise
         print(

@@ -9,21 +9,17 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from shared.archiver import backup
 from shared.checker import check
+from shared.cli.errors import CommandFailed
 from shared.cli.passwords import get_password
 from shared.cli.progress import ProgressBar, human_bytes
 from shared.prune import forget, prune
 from shared.repository import Repository, Snapshot
 from shared.restorer import restore
 from shared.storage import open_location
-
-
-class CommandFailed(Exception):
-    """The command ran but its result is a failure (already reported); exit 1."""
 
 
 def snapshot_json(snapshot_id: str, snapshot: Snapshot) -> dict[str, Any]:
@@ -195,62 +191,3 @@ async def cmd_passwd(args: argparse.Namespace) -> None:
     finally:
         await repo.close()
     print("password changed (keys rewrapped; no data was rewritten)")
-
-
-Command = Callable[[argparse.Namespace], Awaitable[None]]
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    repo = subparsers.add_parser("repo", help="work on a repository location directly (no services)")
-    commands = repo.add_subparsers(dest="repo_command", required=True, metavar="COMMAND")
-
-    def add(name: str, func: Command, help_text: str) -> argparse.ArgumentParser:
-        parser = commands.add_parser(name, help=help_text, description=help_text)
-        parser.add_argument(
-            "location",
-            metavar="LOCATION",
-            help="folder path, file:///abs/path or s3://bucket/prefix?endpoint=...",
-        )
-        parser.add_argument(
-            "--password-file",
-            metavar="F",
-            help="read the password from F (else $TIMEVAULT_PASSWORD_FILE, else prompt)",
-        )
-        parser.set_defaults(func=func)
-        return parser
-
-    add("init", cmd_init, "create a new encrypted repository")
-    p = add("backup", cmd_backup, "back up PATHs into a new snapshot")
-    p.add_argument("paths", nargs="+", metavar="PATH")
-    p.add_argument("--json", action="store_true", help="print the snapshot as JSON")
-    p.add_argument(
-        "--cache-dir",
-        metavar="DIR",
-        help="keep the files cache here (default $XDG_CACHE_HOME/timevault); it is encrypted and "
-        "only saves re-reading the previous snapshot's folders",
-    )
-    p.add_argument("--no-cache", action="store_true", help="neither read nor write the files cache")
-    p = add("snapshots", cmd_snapshots, "list snapshots, oldest first")
-    p.add_argument("--json", action="store_true", help="print a JSON list")
-    p = add("restore", cmd_restore, "restore a snapshot into a folder")
-    p.add_argument("snapshot", metavar="SNAPSHOT", help="id, unique id prefix, or 'latest'")
-    p.add_argument("--target", required=True, metavar="DIR")
-    p.add_argument(
-        "--include",
-        action="append",
-        default=[],
-        metavar="PATH",
-        help="restore only this path of the snapshot (repeatable)",
-    )
-    p.add_argument("--json", action="store_true")
-    p = add("check", cmd_check, "verify the repository's structure (and all data with --read-data)")
-    p.add_argument("--read-data", action="store_true", help="download, decrypt and verify every blob")
-    p = add("forget", cmd_forget, "remove snapshots (their data stays until prune)")
-    p.add_argument("snapshots", nargs="+", metavar="SNAPSHOT")
-    p = add("prune", cmd_prune, "remove data that no snapshot needs")
-    p = add("passwd", cmd_passwd, "change the password (rewraps keys, never rewrites data)")
-    p.add_argument(
-        "--new-password-file",
-        metavar="F",
-        help="read the new password from F (else $TIMEVAULT_NEW_PASSWORD_FILE, else prompt)",
-    )

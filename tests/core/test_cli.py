@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -294,3 +296,20 @@ def test_exit_status_and_output_survive_the_fast_exit(cli_repo: CliRepo, tmp_pat
     assert listed.code == 0 and len(json.loads(listed.stdout)) == len(cli_repo.snapshots)
     missing = run_cli("repo", "snapshots", tmp_path / "nothing-here", "--password-file", cli_repo.pw)
     assert_clean_error(missing, "not a TimeVault repository")
+
+
+def test_system_commands_do_not_load_the_engine() -> None:
+    """`timevault backup` and friends only talk HTTP; the engine's imports cost ~0.2 s each time."""
+    code = (
+        "import sys; from shared.cli.main import build_parser; "
+        "args = build_parser().parse_args(['backup', 'x']); "
+        "print(sorted(m for m in ('asyncio', 'shared.archiver', 'shared.crypto', 'shared.restorer') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    # The repo commands are all still there, and run.
+    help_text = subprocess.run([sys.executable, "-m", "shared.cli.main", "repo", "--help"],
+                               capture_output=True, text=True, check=True).stdout
+    for command in ("init", "backup", "snapshots", "restore", "check", "forget", "prune", "passwd"):
+        assert command in help_text
