@@ -155,3 +155,27 @@ def test_shift_resistance_default_params(where: int, big_buffer: tuple[bytes, se
     shared = len(before & after)
     assert shared >= 0.95 * len(before), f"only {shared}/{len(before)} chunks survived the insert"
     assert len(after - before) <= 3
+
+
+def test_segments_are_reused_only_when_no_chunk_of_them_is_left() -> None:
+    """File segments are pooled: a chunk still held must never see its bytes overwritten."""
+    from shared import chunker as chunker_module
+
+    rng = random.Random(11)
+    files = [rng.randbytes(rng.randint(3_000, 40_000)) for _ in range(60)]
+    chunker = Chunker(TINY, segment_size=4096)
+    held: list[tuple[memoryview, bytes]] = []
+    for i, data in enumerate(files):
+        for j, chunk in enumerate(chunker.chunks_of_stream(io.BytesIO(data))):
+            if (i + j) % 7 == 0:  # keep some chunks alive across later files, drop the rest
+                held.append((chunk, bytes(chunk)))
+    assert len(held) > 50
+    assert all(bytes(view) == copy for view, copy in held)
+    del held, chunk
+    for data in files:  # each chunk dropped once used: segments come back from the pool
+        copy = bytearray()
+        for chunk in chunker.chunks_of_stream(io.BytesIO(data)):
+            copy += chunk
+        assert copy == data
+    # The segment in use, the one before it (its last chunk is carried over) and `keep` free.
+    assert len(chunker_module._segments._handed_out) <= chunker_module._segments._keep + 2
