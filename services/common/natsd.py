@@ -28,6 +28,20 @@ def find_nats_server() -> str:
     raise FileNotFoundError("nats-server not found; install it or pass --nats URL")
 
 
+def _server_env() -> dict[str, str]:
+    """nats-server's environment: Go's collector tuned for a stream of megabyte messages.
+
+    Each blob message is a fresh multi-MiB buffer in the server, so with Go's default (GOGC=100)
+    it collected garbage, and faulted fresh pages in, all through a backup. GOGC=400 cut the
+    server's CPU for a 1 GiB backup by ~25 % (1.76 -> 1.33 s) for ~50 MiB more RSS; the soft
+    limit makes it collect harder before growing past 256 MiB. Set values are kept.
+    """
+    env = dict(os.environ)
+    env.setdefault("GOGC", "400")
+    env.setdefault("GOMEMLIMIT", "256MiB")
+    return env
+
+
 class NatsServer:
     """A nats-server child bound to loopback, with JetStream storing under `store_dir`."""
 
@@ -74,7 +88,7 @@ class NatsServer:
         conf = self._config()
         with open(self.log_file, "ab") as log:
             self.proc = subprocess.Popen([find_nats_server(), "-c", str(conf)], stdout=log, stderr=log,
-                                        stdin=subprocess.DEVNULL, start_new_session=True)
+                                        stdin=subprocess.DEVNULL, start_new_session=True, env=_server_env())
         self.wait_ready(timeout)
 
     def wait_ready(self, timeout: float) -> None:
