@@ -101,13 +101,9 @@ class _SegmentPool:
 
     def take(self, size: int) -> mmap.mmap:
         with self._lock:
-            # References to a free segment: the list's, the loop variable's and getrefcount's own.
-            free = [segment for segment in self._handed_out if sys.getrefcount(segment) == 3]
+            free = self._free()
             reused = next((segment for segment in free if len(segment) == size), None)
-            # Free segments beyond `keep` are dropped (unmapped when `free` goes), oldest first.
-            for segment in free[: max(0, len(free) - self._keep)]:
-                if segment is not reused:
-                    self._handed_out.remove(segment)
+            self._drop(free, keep=self._keep + (reused is not None), spare=reused)
             del free
             if reused is None:
                 reused = mmap.mmap(-1, size)
@@ -116,8 +112,31 @@ class _SegmentPool:
             self._handed_out.append(reused)  # most recently used last
             return reused
 
+    def trim(self) -> None:
+        """Unmap free segments beyond `keep` (they are otherwise dropped only by `take`)."""
+        with self._lock:
+            self._drop(self._free(), keep=self._keep)
+
+    def _free(self) -> list[mmap.mmap]:
+        # References to a free segment: the list's, the loop variable's and getrefcount's own.
+        return [segment for segment in self._handed_out if sys.getrefcount(segment) == 3]
+
+    def _drop(self, free: list[mmap.mmap], keep: int, spare: mmap.mmap | None = None) -> None:
+        for segment in free[: max(0, len(free) - keep)]:  # the least recently used first
+            if segment is not spare:
+                self._handed_out.remove(segment)
+
 
 _segments = _SegmentPool()
+
+
+def trim_segments() -> None:
+    """Let go of file segments no chunk needs any more, but the one kept for reuse.
+
+    Called when a batch of chunks is done with: otherwise the segments of a large file stay
+    mapped until the next large file needs one.
+    """
+    _segments.trim()
 
 
 def _read_into(stream: BinaryIO, target: memoryview) -> int:

@@ -38,6 +38,7 @@ from shared.archiver.walk import (
     same_file,
     same_metadata,
 )
+from shared.chunker import trim_segments
 from shared.repository import blobs
 from shared.repository.blobs import EncodedBlob
 from shared.repository.format import BlobType, IndexPack, Node, Snapshot, SnapshotStats, Tree
@@ -213,7 +214,7 @@ class Archiver:
             encoded = await loop.run_in_executor(self.pool, _encode_many, self.session, batch)
             # The plaintext chunks (views that keep 16 MiB file segments alive) are not needed
             # while the sink takes its time: over NATS it may wait for the upload window.
-            del batch
+            batch.clear()
             for blob in encoded:
                 await self.sink.add(blob)
                 self.stats.added_size += len(blob.payload)
@@ -222,6 +223,8 @@ class Archiver:
             if self.failure is None:
                 self.failure = exc
         finally:
+            del batch
+            trim_segments()
             await self.budget.release(size)
 
     def _raise_if_failed(self) -> None:

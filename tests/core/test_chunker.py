@@ -179,3 +179,6 @@ def test_segments_are_reused_only_when_no_chunk_of_them_is_left() -> None:
         assert copy == data
     # The segment in use, the one before it (its last chunk is carried over) and `keep` free.
     assert len(chunker_module._segments._handed_out) <= chunker_module._segments._keep + 2
+    del chunk
+    chunker_module.trim_segments()  # what the archiver does after each batch
+    assert len(chunker_module._segments._handed_out) == chunker_module._segments._keep
