@@ -50,7 +50,7 @@ IN_FLIGHT_BYTES = 48 * 1024 * 1024
 ENCODE_BATCH_BYTES = 4 * 1024 * 1024
 DEDUP_BATCH = 500
 PREFETCH_SCANS = 2
-# One reader: a second one pinned another file's 16 MiB segments while their chunks waited to be
+# One reader: a second one pinned another file's segments while their chunks waited to be
 # encoded, and peak RSS grew by ~100 MiB for no measurable gain on this machine.
 LARGE_READERS = 1
 _tree_encoder = msgspec.msgpack.Encoder()
@@ -212,7 +212,7 @@ class Archiver:
                 return
             loop = asyncio.get_running_loop()
             encoded = await loop.run_in_executor(self.pool, _encode_many, self.session, batch)
-            # The plaintext chunks (views that keep 16 MiB file segments alive) are not needed
+            # The plaintext chunks (views that keep file segments alive) are not needed
             # while the sink takes its time: over NATS it may wait for the upload window.
             batch.clear()
             for blob in encoded:
