@@ -9,11 +9,17 @@ import getpass
 import os
 import sys
 
-from shared.repository.keys import check_password
-
 
 class PasswordError(Exception):
     pass
+
+
+def check_password(password: str) -> None:
+    """The repository's rule for new passwords (imported here only when a password is set:
+    it loads the crypto stack, which `timevault restore` through the services does not need)."""
+    from shared.repository.keys import check_password as check
+
+    check(password)
 
 
 def read_password_file(path: str) -> str:

@@ -298,11 +298,12 @@ def test_exit_status_and_output_survive_the_fast_exit(cli_repo: CliRepo, tmp_pat
     assert_clean_error(missing, "not a TimeVault repository")
 
 
-def test_system_commands_do_not_load_the_engine() -> None:
+def test_system_commands_do_not_load_the_engine(pw_file: Path) -> None:
     """`timevault backup` and friends only talk HTTP; the engine's imports cost ~0.2 s each time."""
     code = (
         "import sys; from shared.cli.main import build_parser; "
-        "args = build_parser().parse_args(['backup', 'x']); "
+        "args = build_parser().parse_args(['restore', 'x', 'latest', '--target', 't']); "
+        f"from shared.cli.passwords import get_password; get_password({str(pw_file)!r}); "
         "print(sorted(m for m in ('asyncio', 'shared.archiver', 'shared.crypto', 'shared.restorer') "
         "if m in sys.modules))"
     )
