@@ -138,6 +138,9 @@ async def up(data_dir: Path, listen: str = DEFAULT_LISTEN, nats_url: str | None 
     try:
         for child in children:
             await child.start()
+        if gateway_available():
+            # gateway.json is the CLI's (and scripts') sign that the system is ready to use.
+            await _wait_until_serving(f"http://{listen}", token, stop)
         write_private_json(info_path, {"url": f"http://{listen}", "token": token, "nats": nats_url,
                                        "pid": os.getpid()})
         print(f"timevault: up (data dir {data_dir}, gateway http://{listen}, NATS {_without_credentials(nats_url)}); "
@@ -157,6 +160,33 @@ async def up(data_dir: Path, listen: str = DEFAULT_LISTEN, nats_url: str | None 
         lock_file.close()
         print("timevault: stopped", file=sys.stderr, flush=True)
     return 0
+
+
+async def _wait_until_serving(url: str, token: str, stop: asyncio.Event, patience: float = 30.0) -> None:
+    """Wait until the gateway answers a plan list: gateway, NATS and catalog are all up.
+
+    Without this, a command run right after `up` wrote gateway.json could find nobody
+    listening yet. After `patience` seconds (or Ctrl-C) it stops waiting; the services keep starting.
+    """
+    import urllib.request
+
+    request = urllib.request.Request(url + "/api/v1/plans", headers={"Authorization": f"Bearer {token}"})
+
+    def answers() -> bool:
+        try:
+            with urllib.request.urlopen(request, timeout=2) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    deadline = time.monotonic() + patience
+    while not stop.is_set():
+        if await asyncio.to_thread(answers):
+            return
+        if time.monotonic() > deadline:
+            log.warning("the gateway did not answer within %.0f s; starting anyway", patience)
+            return
+        await asyncio.sleep(0.1)
 
 
 def _without_credentials(url: str) -> str:

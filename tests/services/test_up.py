@@ -46,6 +46,10 @@ async def test_up_runs_everything_and_stops_cleanly(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, "gateway.json not written"
             await asyncio.sleep(0.1)
         assert stat.S_IMODE(info_path.stat().st_mode) == 0o600
+        if gateway_available():
+            # gateway.json appears only once the system answers: the very first command works.
+            first = await _cli("plan", "list", "--json", "--data-dir", str(data))
+            assert first.returncode == 0, first.stderr
         info = json.loads(info_path.read_text())
         assert info["url"].startswith("http://") and len(info["token"]) >= 32
         children = _children(proc.pid)
