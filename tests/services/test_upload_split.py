@@ -1,4 +1,5 @@
-"""A chunk at the maximum size over a NATS with the default 1 MiB max payload: split, never dropped.
+"""The chunk stream's edges: a chunk at the maximum size over a NATS with the default 1 MiB max
+payload (split, never dropped), and an older snapshotter's `BlobBatch` requests.
 
 Runs the real `UploadSink` and `UploaderService` in-process against their own nats-server
 (default max_payload), with a stub catalog answering the two subjects the uploader needs.
@@ -17,6 +18,7 @@ from nats.aio.client import Client as NATS
 from proto import subjects
 from proto.chunks import ChunkAdd, ChunkAddReply
 from proto.plans import PlanRef, PlanSecrets
+from proto.upload import BlobBatch, BlobPart, UploadAck, UploadFlush, UploadOpen, UploadOpened
 from services.common import rpc
 from services.common.natsd import NatsServer
 from services.snapshotter.remote import UploadSink
@@ -77,5 +79,48 @@ async def test_max_size_chunk_is_split_and_stored(small_nats: NATS, tmp_path: Pa
     index = await repo.index(reload=True)
     assert blob.id in index
     assert await repo.load_blob(blob.id, BlobType.DATA) == data
+    await uploader.stop()
+    await repo.close()
+
+
+async def test_blob_batches_of_older_senders_are_still_stored(small_nats: NATS, tmp_path: Path) -> None:
+    """Snapshotters from before ``frames`` send `BlobBatch` on ``blobs``; uploaders still take it."""
+    from shared.crypto import SealingSession, blob_id
+    from shared.repository import Repository
+    from shared.repository.blobs import encode
+    from shared.repository.format import BlobType
+    from shared.storage import open_location
+
+    nc = small_nats
+    location = tmp_path / "repo"
+    repo = await Repository.init(open_location(str(location)), "pass word")
+    keys = repo.export_write_keys()
+
+    async def secrets(_req: PlanRef) -> PlanSecrets:
+        return PlanSecrets(plan_id="p_x", location=str(location), write_keys=keys)
+
+    async def chunks_add(req: ChunkAdd) -> ChunkAddReply:
+        return ChunkAddReply(added=len(req.chunks))
+
+    await rpc.serve(nc, subjects.PLAN_SECRETS, PlanRef, secrets)
+    await rpc.serve(nc, subjects.CHUNKS_ADD, ChunkAdd, chunks_add)
+    uploader = UploaderService(nc)
+    await uploader.start()
+
+    sealing = SealingSession(repo.write_keys.public_key)
+    datas = [os.urandom(1000 + i) for i in range(5)]
+    blobs = [encode(sealing, blob_id(repo.write_keys.id_key, d), BlobType.DATA, d) for d in datas]
+    opened = await rpc.request(nc, subjects.UPLOAD_OPEN, UploadOpen(job_id="j_x", plan_id="p_x"), UploadOpened)
+    assert opened.batch and opened.frames
+    batch = BlobBatch(blobs=[BlobPart(seq=i + 1, id=b.id, type=int(b.type), raw_length=b.raw_length, data=b.payload)
+                             for i, b in enumerate(blobs)])
+    await rpc.request(nc, subjects.upload_session(opened.session_id, "blobs"), batch, UploadAck, msgpack=True)
+    ack = await rpc.request(nc, subjects.upload_session(opened.session_id, "flush"), UploadFlush(), UploadAck,
+                            msgpack=True)
+    assert ack.durable_seq == len(blobs)
+
+    await repo.index(reload=True)
+    for blob, data in zip(blobs, datas, strict=True):
+        assert await repo.load_blob(blob.id, BlobType.DATA) == data
     await uploader.stop()
     await repo.close()
