@@ -19,6 +19,9 @@ from proto.errors import invalid
 from services.gateway.keys import CONFIG, NATS_CLIENT, STOPPING
 
 QUEUE_SIZE = 1000
+# How often a quiet stream checks that its client is still there (`timevault backup --wait`
+# closes its stream when the job ends; the subscription should not outlive it by a heartbeat).
+CLIENT_CHECK = 1.0
 KINDS = {"job": "job", "progress": "progress", "plan": "plan"}
 
 
@@ -68,21 +71,27 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
 async def _pump(request: web.Request, response: web.StreamResponse, queue: asyncio.Queue[Msg]) -> None:
     stopping = request.app[STOPPING]
     heartbeat = request.app[CONFIG].sse_heartbeat
+    loop = asyncio.get_running_loop()
+    last_write = loop.time()
     stop_wait = asyncio.ensure_future(stopping.wait())
     try:
         while not stopping.is_set():
             get = asyncio.ensure_future(queue.get())
-            done, _ = await asyncio.wait({get, stop_wait}, timeout=heartbeat,
+            done, _ = await asyncio.wait({get, stop_wait}, timeout=min(heartbeat, CLIENT_CHECK),
                                          return_when=asyncio.FIRST_COMPLETED)
             if get not in done:
                 get.cancel()
-                if not stopping.is_set():
+                if request.transport is None or request.transport.is_closing():
+                    return  # the client left: end the subscription now, not at the next write
+                if not stopping.is_set() and loop.time() - last_write >= heartbeat:
                     await response.write(b": keep-alive\n\n")
+                    last_write = loop.time()
                 continue
             msg = get.result()
             kind = _kind(msg.subject)
             if kind is not None:
                 await response.write(sse_frame(kind, msg.data))
+                last_write = loop.time()
     except ConnectionResetError:
         pass  # the client went away
     finally:

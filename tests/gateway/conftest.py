@@ -40,6 +40,7 @@ class Stack:
     root: Path
     services: Services
     procs: dict[str, ServiceProc] = field(default_factory=dict)
+    nats_monitor: str = ""  # nats-server's monitoring address (http://host:port)
 
     @property
     def headers(self) -> dict[str, str]:
@@ -93,7 +94,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "gateway": services.start("gateway", "--listen", f"127.0.0.1:{port}", "--token-file", str(token_file)),
     }
     s = Stack(url=f"http://127.0.0.1:{port}", token=token, nats_url=nats.url, root=root, services=services,
-              procs=procs)
+              procs=procs, nats_monitor=f"http://{nats.host}:{nats.monitor_port}")
     try:
         _wait_http(f"{s.url}/api/v1/plans", s.headers, procs["gateway"])
         yield s

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -364,6 +366,29 @@ async def test_backup_busy_cancel_snapshot_restore_delete(http: aiohttp.ClientSe
         assert resp.status == 404
     async with http.delete(f"/api/v1/plans/{pid}") as resp:
         assert resp.status == 404
+
+
+def _nats_subscriptions(stack: Stack) -> int:
+    with urllib.request.urlopen(f"{stack.nats_monitor}/subsz", timeout=5) as resp:
+        return int(json.loads(resp.read())["num_subscriptions"])
+
+
+async def test_events_stream_ends_soon_after_its_client_leaves(app_url: str, stack: Stack) -> None:
+    """`--wait` closes its stream when the job ends; the gateway must not keep the subscription
+    until its next keep-alive (15 s)."""
+    before = _nats_subscriptions(stack)
+    host, port = app_url.removeprefix("http://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(f"GET /api/v1/events?job=j_gone HTTP/1.1\r\nHost: {host}\r\n"
+                 f"Authorization: Bearer {stack.token}\r\n\r\n".encode())
+    await writer.drain()
+    await asyncio.wait_for(reader.readuntil(b": connected\n\n"), 10)
+    assert _nats_subscriptions(stack) == before + 2  # the job's status and progress subjects
+    writer.close()
+    deadline = time.monotonic() + 5
+    while _nats_subscriptions(stack) != before:
+        assert time.monotonic() < deadline, "the stream's subscriptions outlived their client"
+        await asyncio.sleep(0.2)
 
 
 async def test_events_stream_job_progress(http: aiohttp.ClientSession, anon: aiohttp.ClientSession,
