@@ -26,6 +26,17 @@ class Stub:
     def __init__(self) -> None:
         self.requests: list[tuple[str, str, Any]] = []
         self.job_polls = 0
+        # When set: GET /jobs/j_1 answers these statuses in turn, and /events streams `events`.
+        self.job_statuses: list[str] | None = None
+        self.events: list[tuple[str, dict[str, Any]]] | None = None
+
+    async def stream_events(self, request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(b": connected\n\n")
+        for kind, data in self.events or []:
+            await response.write(f"event: {kind}\ndata: {json.dumps(data)}\n\n".encode())
+        return response  # the stream ends here, as when a gateway goes away
 
     async def handle(self, request: web.Request) -> web.Response:
         if request.headers.get("Authorization") != f"Bearer {TOKEN}":
@@ -45,6 +56,12 @@ class Stub:
         if (request.method, path) == ("POST", "/plans/p_1/backups"):
             return web.json_response({"id": "j_1", "kind": "backup", "status": "pending", "plan_id": "p_1"},
                                      status=202)
+        if (request.method, path) == ("GET", "/events") and self.events is not None:
+            return await self.stream_events(request)
+        if (request.method, path) == ("GET", "/jobs/j_1") and self.job_statuses is not None:
+            self.job_polls += 1
+            status = self.job_statuses[min(self.job_polls, len(self.job_statuses)) - 1]
+            return web.json_response({"id": "j_1", "kind": "backup", "status": status, "snapshot_id": "cd" * 32})
         if (request.method, path) == ("GET", "/jobs/j_1"):
             self.job_polls += 1
             status = "running" if self.job_polls < 2 else "failed"
@@ -126,6 +143,33 @@ async def test_backup_wait_exit_code_follows_the_job(stub: tuple[Stub, Path],
     _, data = stub
     assert await run("backup", "Photos", "--wait", "--data-dir", str(data)) == 1
     assert "disk full" in capsys.readouterr().err
+
+
+_PROGRESS = ("progress", {"job_id": "j_1", "bytes_done": 5, "bytes_total": 10, "files_done": 1, "files_total": 2})
+
+
+async def test_backup_wait_ends_on_the_jobs_final_event(stub: tuple[Stub, Path],
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    s, data = stub
+    s.job_statuses = ["running", "completed"]
+    s.events = [_PROGRESS, ("job", {"job": {"id": "j_1", "status": "completed"}}),
+                _PROGRESS]  # anything after the final event is not waited for
+    assert await run("backup", "Photos", "--wait", "--json", "--data-dir", str(data)) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "completed"
+    # One stream; one GET once it was open (the job might have ended before), one for the result.
+    assert [p for m, p, _ in s.requests if p.startswith(("/events", "/jobs"))] == ["/events", "/jobs/j_1", "/jobs/j_1"]
+
+
+async def test_backup_wait_survives_a_dropped_event_stream(stub: tuple[Stub, Path],
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    s, data = stub
+    s.job_statuses = ["running", "running", "running", "completed"]
+    s.events = [_PROGRESS]  # then the stream ends without the job's final event
+    assert await run("backup", "Photos", "--wait", "--json", "--data-dir", str(data)) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "completed"
+    # Each dropped stream: a GET, then a new stream, until a GET finds the job ended.
+    assert [p for m, p, _ in s.requests if p.startswith(("/events", "/jobs"))] == \
+        ["/events", "/jobs/j_1", "/jobs/j_1", "/events", "/jobs/j_1", "/jobs/j_1"]
 
 
 async def test_restore_sends_password_in_body_only(stub: tuple[Stub, Path], tmp_path: Path) -> None:
