@@ -105,28 +105,29 @@ class _SegmentPool:
         with self._lock:
             free = self._free()
             reused = next((segment for segment in free if len(segment) == size), None)
-            self._drop(free, keep=self._keep + (reused is not None), spare=reused)
-            del free
             if reused is None:
                 reused = mmap.mmap(-1, size)
             else:
+                free.remove(reused)
                 self._handed_out.remove(reused)
+            self._drop(free)
+            del free
             self._handed_out.append(reused)  # most recently used last
             return reused
 
     def trim(self) -> None:
         """Unmap free segments beyond `keep` (they are otherwise dropped only by `take`)."""
         with self._lock:
-            self._drop(self._free(), keep=self._keep)
+            self._drop(self._free())
 
     def _free(self) -> list[mmap.mmap]:
         # References to a free segment: the list's, the loop variable's and getrefcount's own.
         return [segment for segment in self._handed_out if sys.getrefcount(segment) == 3]
 
-    def _drop(self, free: list[mmap.mmap], keep: int, spare: mmap.mmap | None = None) -> None:
-        for segment in free[: max(0, len(free) - keep)]:  # the least recently used first
-            if segment is not spare:
-                self._handed_out.remove(segment)
+    def _drop(self, free: list[mmap.mmap]) -> None:
+        """Forget all but the `keep` most recently used free segments (unmapped once `free` goes)."""
+        for segment in free[: max(0, len(free) - self._keep)]:
+            self._handed_out.remove(segment)
 
 
 _segments = _SegmentPool()
