@@ -25,9 +25,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from shared.storage import LimitedStorage, LocalStorage, Storage, open_location
-from shared.storage.s3 import S3Options, S3Storage
-from shared.testing.moto_server import DUMMY_AWS_ENV, create_bucket, start_moto_server
+from tests.support.moto_server import DUMMY_AWS_ENV, create_bucket, start_moto_server
+from timevault.core.storage import LimitedStorage, LocalStorage, Storage, open_location
+from timevault.core.storage.s3 import S3Options, S3Storage
 
 MiB = 1024 * 1024
 

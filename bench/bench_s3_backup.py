@@ -45,7 +45,7 @@ from bench_core import (
     tree_size,
 )
 
-from shared.testing.moto_server import DUMMY_AWS_ENV, create_bucket, start_moto_server
+from tests.support.moto_server import DUMMY_AWS_ENV, create_bucket, start_moto_server
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MiB = 1 << 20

@@ -90,8 +90,8 @@ def _service_name(pid: int) -> str | None:
         return "nats-server"
     if "-m" in args:
         module = args[args.index("-m") + 1] if args.index("-m") + 1 < len(args) else ""
-        if module.startswith("services."):
-            return module.removeprefix("services.")
+        if module.startswith("timevault.services."):
+            return module.removeprefix("timevault.services.")
     return None
 
 

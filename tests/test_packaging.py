@@ -27,7 +27,7 @@ def _script_commands(path: Path) -> list[str]:
 
 def test_timevault_entry_point_declared() -> None:
     (ep,) = entry_points(group="console_scripts", name="timevault")
-    assert ep.value == "shared.cli.main:run"
+    assert ep.value == "timevault.cli.main:run"
 
 
 def test_timevault_help_exits_zero() -> None:

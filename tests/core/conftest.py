@@ -20,14 +20,14 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from shared import crypto
-from shared.chunker import ChunkerParams
-from shared.repository import blobs
-from shared.repository.format import BlobType, Node, Snapshot, SnapshotStats, Tree
-from shared.repository.pack import Packer
-from shared.repository.repo import Repository
-from shared.restorer import restore
-from shared.storage import LocalStorage
+from timevault.core import crypto
+from timevault.core.chunker import ChunkerParams
+from timevault.core.repository import blobs
+from timevault.core.repository.format import BlobType, Node, Snapshot, SnapshotStats, Tree
+from timevault.core.repository.pack import Packer
+from timevault.core.repository.repo import Repository
+from timevault.core.restorer import restore
+from timevault.core.storage import LocalStorage
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TIMEVAULT = REPO_ROOT / ".venv" / "bin" / "timevault"
@@ -330,7 +330,7 @@ def run_cli(
     """Run `timevault` in a subprocess (no TIMEVAULT_* variables inherited unless given)."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("TIMEVAULT_")}
     full_env.update(env or {})
-    exe = [str(TIMEVAULT)] if TIMEVAULT.exists() else [sys.executable, "-m", "shared.cli.main"]
+    exe = [str(TIMEVAULT)] if TIMEVAULT.exists() else [sys.executable, "-m", "timevault.cli.main"]
     proc = subprocess.run(
         [*exe, *map(str, args)],
         capture_output=True,

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from shared.archiver import backup
-from shared.archiver.walk import Entry, LargeFileReader, kind_of, read_file, same_file
-from shared.repository.format import Node
-from shared.repository.repo import Repository
-from shared.restorer import RestoreError, restore
+from timevault.core.archiver import backup
+from timevault.core.archiver.walk import Entry, LargeFileReader, kind_of, read_file, same_file
+from timevault.core.repository.format import Node
+from timevault.core.repository.repo import Repository
+from timevault.core.restorer import RestoreError, restore
 
 from .conftest import (
     SMALL_CHUNKS,

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shared import crypto
-from shared.chunker import MIB, Chunker, ChunkerParams
+from timevault.core import crypto
+from timevault.core.chunker import MIB, Chunker, ChunkerParams
 
 # The smallest bounds pyfastcdc accepts: min >= 64, avg >= 256, max >= 1024.
 TINY = ChunkerParams(min_size=64, avg_size=256, max_size=1024)
@@ -159,7 +159,7 @@ def test_shift_resistance_default_params(where: int, big_buffer: tuple[bytes, se
 
 def test_segments_are_reused_only_when_no_chunk_of_them_is_left() -> None:
     """File segments are pooled: a chunk still held must never see its bytes overwritten."""
-    from shared import chunker as chunker_module
+    from timevault.core import chunker as chunker_module
 
     rng = random.Random(11)
     files = [rng.randbytes(rng.randint(3_000, 40_000)) for _ in range(60)]

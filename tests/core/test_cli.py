@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from shared.archiver import backup
-from shared.repository import WrongPassword
-from shared.repository.repo import Repository, RepositoryError
+from timevault.core.archiver import backup
+from timevault.core.repository import WrongPassword
+from timevault.core.repository.repo import Repository, RepositoryError
 
 from .conftest import (
     PASSWORD,
@@ -178,7 +178,7 @@ def test_bad_and_ambiguous_snapshot_references(cli_repo: CliRepo, tmp_path: Path
 
 
 async def test_snapshot_references_in_process(cli_repo: CliRepo) -> None:
-    from shared.storage import LocalStorage
+    from timevault.core.storage import LocalStorage
 
     repo = await Repository.open(LocalStorage(cli_repo.path), PASSWORD)
     first, second = (s["id"] for s in cli_repo.snapshots)
@@ -301,16 +301,16 @@ def test_exit_status_and_output_survive_the_fast_exit(cli_repo: CliRepo, tmp_pat
 def test_system_commands_do_not_load_the_engine(pw_file: Path) -> None:
     """`timevault backup` and friends only talk HTTP; the engine's imports cost ~0.2 s each time."""
     code = (
-        "import sys; from shared.cli.main import build_parser; "
+        "import sys; from timevault.cli.main import build_parser; "
         "args = build_parser().parse_args(['restore', 'x', 'latest', '--target', 't']); "
-        f"from shared.cli.passwords import get_password; get_password({str(pw_file)!r}); "
-        "print(sorted(m for m in ('asyncio', 'shared.archiver', 'shared.crypto', 'shared.restorer') "
+        f"from timevault.cli.passwords import get_password; get_password({str(pw_file)!r}); "
+        "print(sorted(m for m in ('asyncio', 'timevault.core.archiver', 'timevault.core.crypto', 'timevault.core.restorer') "
         "if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
     # The repo commands are all still there, and run.
-    help_text = subprocess.run([sys.executable, "-m", "shared.cli.main", "repo", "--help"],
+    help_text = subprocess.run([sys.executable, "-m", "timevault.cli.main", "repo", "--help"],
                                capture_output=True, text=True, check=True).stdout
     for command in ("init", "backup", "snapshots", "restore", "check", "forget", "prune", "passwd"):
         assert command in help_text

@@ -8,11 +8,11 @@ import subprocess
 import time
 from pathlib import Path
 
-from shared.archiver import backup
-from shared.checker import check
-from shared.repository.index import Index
-from shared.restorer import restore
-from shared.storage import LocalStorage, check_name
+from timevault.core.archiver import backup
+from timevault.core.checker import check
+from timevault.core.repository.index import Index
+from timevault.core.restorer import restore
+from timevault.core.storage import LocalStorage, check_name
 
 from .conftest import (
     REPO_ROOT,

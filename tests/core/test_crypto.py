@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared import crypto
-from shared.crypto import Unauthenticated
+from timevault.core import crypto
+from timevault.core.crypto import Unauthenticated
 
 SETTINGS = settings(max_examples=40, deadline=None)
 KEY = b"\x11" * crypto.KEY_SIZE

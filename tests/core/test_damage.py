@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from shared.archiver import backup
-from shared.checker import check
-from shared.repository import CorruptBlob
-from shared.repository.index import pack_object_name
-from shared.repository.repo import Repository, RepositoryError
-from shared.restorer import restore
+from timevault.core.archiver import backup
+from timevault.core.checker import check
+from timevault.core.repository import CorruptBlob
+from timevault.core.repository.index import pack_object_name
+from timevault.core.repository.repo import Repository, RepositoryError
+from timevault.core.restorer import restore
 
 from .conftest import (
     PASSWORD,

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from shared.archiver import BackupCanceled, backup
-from shared.checker import check
-from shared.repository.format import BlobType
-from shared.repository.repo import Repository
-from shared.restorer import RestoreCanceled, restore
-from shared.storage import LocalStorage, StorageError
-from shared.storage.faulty import Fault, FaultyStorage
+from tests.support.faulty_storage import Fault, FaultyStorage
+from timevault.core.archiver import BackupCanceled, backup
+from timevault.core.checker import check
+from timevault.core.repository.format import BlobType
+from timevault.core.repository.repo import Repository
+from timevault.core.restorer import RestoreCanceled, restore
+from timevault.core.storage import LocalStorage, StorageError
 
 from .conftest import (
     PASSWORD,

@@ -11,14 +11,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared import crypto
-from shared.repository import blobs, keys
-from shared.repository.blobs import CorruptBlob
-from shared.repository.format import BlobType, IndexPack, KeyFile, Node, PackBlob, Tree
-from shared.repository.index import CorruptIndex, Index, decode_index_file, write_index_file
-from shared.repository.pack import CorruptPack, build_pack, read_pack_header
-from shared.repository.repo import Repository
-from shared.storage import LocalStorage
+from timevault.core import crypto
+from timevault.core.repository import blobs, keys
+from timevault.core.repository.blobs import CorruptBlob
+from timevault.core.repository.format import BlobType, IndexPack, KeyFile, Node, PackBlob, Tree
+from timevault.core.repository.index import CorruptIndex, Index, decode_index_file, write_index_file
+from timevault.core.repository.pack import CorruptPack, build_pack, read_pack_header
+from timevault.core.repository.repo import Repository
+from timevault.core.storage import LocalStorage
 
 from .conftest import FAST_KDF, PASSWORD
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from shared.repository.format import Node
-from shared.repository.repo import Repository
-from shared.restorer import RestoreError, restore
+from timevault.core.repository.format import Node
+from timevault.core.repository.repo import Repository
+from timevault.core.restorer import RestoreError, restore
 
 from .conftest import SnapshotWriter, reopen
 

@@ -8,14 +8,14 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from shared.archiver import backup
-from shared.checker import check
-from shared.prune import forget, prune
-from shared.repository.format import BlobType, Lock
-from shared.repository.index import pack_object_name
-from shared.repository.pack import build_pack
-from shared.repository.repo import Repository, RepositoryError, RepositoryLocked
-from shared.restorer import restore
+from timevault.core.archiver import backup
+from timevault.core.checker import check
+from timevault.core.prune import forget, prune
+from timevault.core.repository.format import BlobType, Lock
+from timevault.core.repository.index import pack_object_name
+from timevault.core.repository.pack import build_pack
+from timevault.core.repository.repo import Repository, RepositoryError, RepositoryLocked
+from timevault.core.restorer import restore
 
 from .conftest import (
     assert_manifests_equal,

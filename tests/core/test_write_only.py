@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from shared.archiver import backup
-from shared.checker import check
-from shared.prune import prune
-from shared.repository.repo import ReadAccessRequired, Repository, RepositoryError
-from shared.restorer import restore
-from shared.storage import LocalStorage
+from timevault.core.archiver import backup
+from timevault.core.checker import check
+from timevault.core.prune import prune
+from timevault.core.repository.repo import ReadAccessRequired, Repository, RepositoryError
+from timevault.core.restorer import restore
+from timevault.core.storage import LocalStorage
 
 from .conftest import (
     assert_manifests_equal,

@@ -1,6 +1,6 @@
 """Fixtures: the real services and a real gateway as processes on a private nats-server.
 
-`stack` starts nats-server, catalog, uploader, snapshotter, restorer and ``python -m services.gateway``
+`stack` starts nats-server, catalog, uploader, snapshotter, restorer and ``python -m timevault.services.gateway``
 (token file mode 0600, free loopback port) once per session. `app_url` additionally serves
 `create_app(config)` in this test process (so API tests exercise the factory itself); both
 talk to the same services. Browser and schemathesis tests use the gateway process, because
@@ -24,10 +24,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from services.common.natsd import NatsServer, free_port
-from services.gateway.app import create_app
-from services.gateway.config import GatewayConfig
 from tests.services.conftest import ServiceProc, Services
+from timevault.services.common.natsd import NatsServer, free_port
+from timevault.services.gateway.app import create_app
+from timevault.services.gateway.config import GatewayConfig
 
 PASSWORD = "correct horse"
 

@@ -13,9 +13,9 @@ import aiohttp
 import msgspec
 import pytest
 
-from proto.plans import PlanCreate
-from services.gateway.routes import endpoints
 from tests.gateway.conftest import PASSWORD, Stack, plan_body, source_tree, wait_job
+from timevault.proto.plans import PlanCreate
+from timevault.services.gateway.routes import endpoints
 
 pytestmark = pytest.mark.timeout(120)
 

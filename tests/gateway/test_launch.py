@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from proto.errors import ServiceError
-from services.common.natsd import free_port
-from services.gateway.config import ConfigError, GatewayConfig, load_token, parse_listen
-from services.gateway.security import bearer_ok, check_restore_target
 from tests.gateway.conftest import Stack
 from tests.services.conftest import ROOT
+from timevault.proto.errors import ServiceError
+from timevault.services.common.natsd import free_port
+from timevault.services.gateway.config import ConfigError, GatewayConfig, load_token, parse_listen
+from timevault.services.gateway.security import bearer_ok, check_restore_target
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -72,13 +72,13 @@ def test_restore_target_rules(tmp_path: Path) -> None:
 
 def test_gateway_refuses_to_start_without_a_private_token(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "TIMEVAULT_TOKEN"} | {"PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, "-m", "services.gateway", "--listen", "127.0.0.1:0"], cwd=ROOT, env=env,
+    out = subprocess.run([sys.executable, "-m", "timevault.services.gateway", "--listen", "127.0.0.1:0"], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 2 and "no access token" in out.stderr
     token_file = tmp_path / "token"
     token_file.write_text("t" * 32)
     token_file.chmod(0o644)
-    out = subprocess.run([sys.executable, "-m", "services.gateway", "--token-file", str(token_file)], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "timevault.services.gateway", "--token-file", str(token_file)], cwd=ROOT,
                          env=env, capture_output=True, text=True, timeout=30)
     assert out.returncode == 2 and "chmod 600" in out.stderr
 
@@ -128,7 +128,7 @@ def test_timevault_up_starts_the_gateway(tmp_path: Path) -> None:
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from shared.cli.main import main; sys.exit(main(sys.argv[1:]))",
+        [sys.executable, "-c", "import sys; from timevault.cli.main import main; sys.exit(main(sys.argv[1:]))",
          "up", "--data-dir", str(data), "--listen", f"127.0.0.1:{port}"],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:

@@ -23,12 +23,12 @@ from typing import Any
 
 import pytest
 
-from shared import crypto
-from shared.storage.s3 import S3Options, S3Storage
-from shared.testing.moto_server import DUMMY_AWS_ENV
 from tests.s3.proxy import CountingProxy
 from tests.storage import conftest as storage_fixtures
 from tests.storage.conftest import unique_prefix
+from tests.support.moto_server import DUMMY_AWS_ENV
+from timevault.core import crypto
+from timevault.core.storage.s3 import S3Options, S3Storage
 
 # The session's moto server, its bucket and dummy credentials: tests/storage's fixtures.
 aws_env = storage_fixtures.aws_env
@@ -47,7 +47,7 @@ CLI_TIMEOUT = 60.0
 
 def timevault_command() -> list[str]:
     exe = REPO_ROOT / ".venv" / "bin" / "timevault"
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "shared.cli.main"]
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "timevault.cli.main"]
 
 
 def s3_location(endpoint: str, bucket: str, prefix: str, **params: object) -> str:

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from shared.archiver import backup
-from shared.checker import check
-from shared.repository import Repository
-from shared.restorer import restore
-from shared.storage import open_location
-from shared.storage.s3 import S3Storage
+from timevault.core.archiver import backup
+from timevault.core.checker import check
+from timevault.core.repository import Repository
+from timevault.core.restorer import restore
+from timevault.core.storage import open_location
+from timevault.core.storage.s3 import S3Storage
 
 from .conftest import (
     BIG_FILE_MIB,

@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from shared.archiver import backup
-from shared.checker import check
-from shared.repository import Repository
-from shared.restorer import restore
-from shared.storage import LimitedStorage, RetryingStorage, StorageError, open_location
-from shared.storage.faulty import Fault, FaultyStorage, transient
-from shared.storage.s3 import S3Options, S3Storage
 from tests.storage.fault_proxy import Rule
+from tests.support.faulty_storage import Fault, FaultyStorage, transient
+from timevault.core.archiver import backup
+from timevault.core.checker import check
+from timevault.core.repository import Repository
+from timevault.core.restorer import restore
+from timevault.core.storage import LimitedStorage, RetryingStorage, StorageError, open_location
+from timevault.core.storage.s3 import S3Options, S3Storage
 
 from .conftest import (
     FAST_KDF,

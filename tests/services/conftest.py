@@ -14,7 +14,7 @@ import nats
 import pytest
 from nats.aio.client import Client as NATS
 
-from services.common.natsd import NatsServer
+from timevault.services.common.natsd import NatsServer
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,7 +32,7 @@ class ServiceProc:
 
     def __init__(self, name: str, nats_url: str, log_dir: Path, *args: str) -> None:
         self.name = name
-        self.args = [sys.executable, "-m", f"services.{name}", "--nats", nats_url, "--log-level", "DEBUG",
+        self.args = [sys.executable, "-m", f"timevault.services.{name}", "--nats", nats_url, "--log-level", "DEBUG",
                      *args]
         self.log = log_dir / f"{name}-{time.monotonic_ns()}.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -108,9 +108,9 @@ async def nc(nats_server: NatsServer) -> AsyncIterator[NATS]:
 @pytest.fixture(scope="session")
 async def catalog(nc: NATS, catalog_proc: ServiceProc) -> NATS:
     """A NATS client with the catalog answering."""
-    from proto import subjects
-    from proto.plans import PlanList, PlanListRequest
-    from services.common import rpc
+    from timevault.proto import subjects
+    from timevault.proto.plans import PlanList, PlanListRequest
+    from timevault.services.common import rpc
 
     deadline = time.monotonic() + 20
     while True:

@@ -9,10 +9,10 @@ from typing import Any
 
 from nats.aio.client import Client as NATS
 
-from proto import subjects
-from proto.jobs import TERMINAL, Job, JobRef
-from proto.plans import Location, Plan, PlanCreate, Schedule
-from services.common import rpc
+from timevault.proto import subjects
+from timevault.proto.jobs import TERMINAL, Job, JobRef
+from timevault.proto.plans import Location, Plan, PlanCreate, Schedule
+from timevault.services.common import rpc
 
 PASSWORD = "correct horse"
 

@@ -20,15 +20,15 @@ from pathlib import Path
 
 import pytest
 
-from services.up import gateway_available
 from tests.services.conftest import ROOT
+from timevault.cli.up import gateway_available
 
 pytestmark = [
     pytest.mark.timeout(120),
-    pytest.mark.skipif(not gateway_available(), reason="the CLI needs services.gateway"),
+    pytest.mark.skipif(not gateway_available(), reason="the CLI needs timevault.services.gateway"),
 ]
 PLAN = "laptop"
-CLI = "import sys; from shared.cli.main import main; sys.exit(main(sys.argv[1:]))"
+CLI = "import sys; from timevault.cli.main import main; sys.exit(main(sys.argv[1:]))"
 
 
 def _env() -> dict[str, str]:

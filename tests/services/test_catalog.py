@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client as NATS
 
-from proto import subjects, wire
-from proto.chunks import ChunkAdd, ChunkAddReply, ChunkLookup, ChunkLookupReply, ChunkRef
-from proto.errors import ServiceError
-from proto.jobs import Job, JobClaim, JobCreate, JobEvent, JobFinish, JobProgress, JobRef
-from proto.plans import (
+from tests.services.helpers import PASSWORD, create_plan, wait_job
+from timevault.proto import subjects, wire
+from timevault.proto.chunks import ChunkAdd, ChunkAddReply, ChunkLookup, ChunkLookupReply, ChunkRef
+from timevault.proto.errors import ServiceError
+from timevault.proto.jobs import Job, JobClaim, JobCreate, JobEvent, JobFinish, JobProgress, JobRef
+from timevault.proto.plans import (
     Location,
     Plan,
     PlanCreate,
@@ -32,9 +33,8 @@ from proto.plans import (
     ScheduleUpdate,
     SnapshotInfo,
 )
-from services.common import rpc
-from services.common.util import utcnow
-from tests.services.helpers import PASSWORD, create_plan, wait_job
+from timevault.services.common import rpc
+from timevault.services.common.util import utcnow
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from shared.cli.main import main
+from timevault.cli.main import main
 
 pytestmark = pytest.mark.timeout(30)
 TOKEN = "t" * 40

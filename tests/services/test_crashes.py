@@ -18,14 +18,14 @@ import nats
 import pytest
 from nats.aio.client import Client as NATS
 
-from proto import subjects
-from proto.errors import ServiceError
-from proto.jobs import Job, JobCreate, JobRef, RestoreRequest
-from proto.plans import PlanDeleted, PlanDetail, PlanList, PlanListRequest, PlanRef
-from services.common import rpc
-from services.common.natsd import NatsServer
 from tests.services.conftest import ServiceProc, Services
 from tests.services.helpers import PASSWORD, create_plan, wait_job
+from timevault.proto import subjects
+from timevault.proto.errors import ServiceError
+from timevault.proto.jobs import Job, JobCreate, JobRef, RestoreRequest
+from timevault.proto.plans import PlanDeleted, PlanDetail, PlanList, PlanListRequest, PlanRef
+from timevault.services.common import rpc
+from timevault.services.common.natsd import NatsServer
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 MiB = 1024 * 1024

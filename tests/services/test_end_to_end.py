@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client as NATS
 
-from proto import subjects
-from proto.errors import ServiceError
-from proto.jobs import Job, JobCreate, RestoreRequest
-from proto.plans import PlanDetail, PlanRef
-from services.common import rpc
 from tests.services.conftest import ServiceProc
 from tests.services.helpers import PASSWORD, create_plan, wait_job
+from timevault.proto import subjects
+from timevault.proto.errors import ServiceError
+from timevault.proto.jobs import Job, JobCreate, RestoreRequest
+from timevault.proto.plans import PlanDetail, PlanRef
+from timevault.services.common import rpc
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -14,8 +14,8 @@ import nats.protocol.parser
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.common import natsio
 from tests.services.conftest import NatsServer
+from timevault.services.common import natsio
 
 
 def test_pub_cmd_writes_what_nats_py_writes() -> None:

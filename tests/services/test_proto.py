@@ -7,10 +7,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proto import schemas, subjects, upload, wire
-from proto.errors import ServiceError
-from proto.jobs import Job
-from proto.plans import (
+from timevault.proto import schemas, subjects, upload, wire
+from timevault.proto.errors import ServiceError
+from timevault.proto.jobs import Job
+from timevault.proto.plans import (
     Location,
     PlanCreate,
     Schedule,
@@ -27,7 +27,7 @@ def test_checked_in_schemas_are_current() -> None:
     stale = sorted(name for name in expected if present.get(name) != expected[name])
     extra = sorted(set(present) - set(expected))
     assert not stale and not extra, (
-        f"proto/schemas is stale (run `python -m proto.schemas`): changed={stale} extra={extra}"
+        f"proto/schemas is stale (run `python -m timevault.proto.schemas`): changed={stale} extra={extra}"
     )
 
 
@@ -116,7 +116,7 @@ def test_every_struct_field_after_a_default_has_a_default() -> None:
 
 def test_bad_message_is_an_invalid_error() -> None:
     with pytest.raises(ServiceError) as info:
-        wire.decode(b'{"plan": 5}', __import__("proto.plans", fromlist=["PlanRef"]).PlanRef)
+        wire.decode(b'{"plan": 5}', __import__("timevault.proto.plans", fromlist=["PlanRef"]).PlanRef)
     assert info.value.code == "invalid"
     with pytest.raises(ServiceError):
         wire.decode(b"not json", Job)

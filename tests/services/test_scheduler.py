@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client as NATS
 
-from proto import subjects
-from proto.errors import ServiceError
-from proto.jobs import Job, JobClaim, JobCreate, JobList, JobListRequest, JobRef
-from proto.plans import Plan, PlanDetail, PlanRef, PlanUpdate, PlanUpdateRequest, ScheduleUpdate
-from services.common import rpc
-from services.scheduler.service import Scheduler
 from tests.services.helpers import create_plan, wait_job
+from timevault.proto import subjects
+from timevault.proto.errors import ServiceError
+from timevault.proto.jobs import Job, JobClaim, JobCreate, JobList, JobListRequest, JobRef
+from timevault.proto.plans import Plan, PlanDetail, PlanRef, PlanUpdate, PlanUpdateRequest, ScheduleUpdate
+from timevault.services.common import rpc
+from timevault.services.scheduler.service import Scheduler
 
 pytestmark = pytest.mark.timeout(60)
 

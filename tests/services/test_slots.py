@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proto.plans import Schedule
-from services.scheduler.slots import latest_due, next_run
+from timevault.proto.plans import Schedule
+from timevault.services.common.slots import latest_due, next_run
 
 BERLIN = ZoneInfo("Europe/Berlin")
 NEW_YORK = ZoneInfo("America/New_York")

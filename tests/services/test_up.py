@@ -15,13 +15,13 @@ from pathlib import Path
 import nats
 import pytest
 
-from proto import subjects
-from proto.jobs import Job, JobCreate
-from proto.plans import PlanList, PlanListRequest
-from services.common import rpc
-from services.up import gateway_available
 from tests.services.conftest import ROOT
 from tests.services.helpers import create_plan, wait_job
+from timevault.cli.up import gateway_available
+from timevault.proto import subjects
+from timevault.proto.jobs import Job, JobCreate
+from timevault.proto.plans import PlanList, PlanListRequest
+from timevault.services.common import rpc
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -35,7 +35,7 @@ async def test_up_runs_everything_and_stops_cleanly(tmp_path: Path) -> None:
     data = tmp_path / "data"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(  # noqa: ASYNC220 - a long-lived child we signal, not awaited output
-        [sys.executable, "-c", "import sys; from shared.cli.main import main; sys.exit(main(sys.argv[1:]))",
+        [sys.executable, "-c", "import sys; from timevault.cli.main import main; sys.exit(main(sys.argv[1:]))",
          "up", "--data-dir", str(data), "--listen", "127.0.0.1:0"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     info_path = data / "gateway.json"
@@ -91,7 +91,7 @@ async def _cli(*argv: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-c", "import sys; from shared.cli.main import main; sys.exit(main(sys.argv[1:]))", *argv],
+        [sys.executable, "-c", "import sys; from timevault.cli.main import main; sys.exit(main(sys.argv[1:]))", *argv],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
 
 

@@ -15,14 +15,14 @@ import nats
 import pytest
 from nats.aio.client import Client as NATS
 
-from proto import subjects
-from proto.chunks import ChunkAdd, ChunkAddReply
-from proto.plans import PlanRef, PlanSecrets
-from proto.upload import BlobBatch, BlobPart, UploadAck, UploadFlush, UploadOpen, UploadOpened
-from services.common import rpc
-from services.common.natsd import NatsServer
-from services.snapshotter.remote import UploadSink
-from services.uploader.service import UploaderService
+from timevault.proto import subjects
+from timevault.proto.chunks import ChunkAdd, ChunkAddReply
+from timevault.proto.plans import PlanRef, PlanSecrets
+from timevault.proto.upload import BlobBatch, BlobPart, UploadAck, UploadFlush, UploadOpen, UploadOpened
+from timevault.services.common import rpc
+from timevault.services.common.natsd import NatsServer
+from timevault.services.snapshotter.remote import UploadSink
+from timevault.services.uploader.service import UploaderService
 
 pytestmark = pytest.mark.timeout(60)
 MiB = 1024 * 1024
@@ -39,12 +39,12 @@ async def small_nats(tmp_path: Path) -> AsyncIterator[NATS]:
 
 
 async def test_max_size_chunk_is_split_and_stored(small_nats: NATS, tmp_path: Path) -> None:
-    from shared.chunker import ChunkerParams
-    from shared.crypto import SealingSession, blob_id
-    from shared.repository import Repository
-    from shared.repository.blobs import encode
-    from shared.repository.format import BlobType
-    from shared.storage import open_location
+    from timevault.core.chunker import ChunkerParams
+    from timevault.core.crypto import SealingSession, blob_id
+    from timevault.core.repository import Repository
+    from timevault.core.repository.blobs import encode
+    from timevault.core.repository.format import BlobType
+    from timevault.core.storage import open_location
 
     nc = small_nats
     assert nc.max_payload == 1 * MiB
@@ -85,11 +85,11 @@ async def test_max_size_chunk_is_split_and_stored(small_nats: NATS, tmp_path: Pa
 
 async def test_blob_batches_of_older_senders_are_still_stored(small_nats: NATS, tmp_path: Path) -> None:
     """Snapshotters from before ``frames`` send `BlobBatch` on ``blobs``; uploaders still take it."""
-    from shared.crypto import SealingSession, blob_id
-    from shared.repository import Repository
-    from shared.repository.blobs import encode
-    from shared.repository.format import BlobType
-    from shared.storage import open_location
+    from timevault.core.crypto import SealingSession, blob_id
+    from timevault.core.repository import Repository
+    from timevault.core.repository.blobs import encode
+    from timevault.core.repository.format import BlobType
+    from timevault.core.storage import open_location
 
     nc = small_nats
     location = tmp_path / "repo"

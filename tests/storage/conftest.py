@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from shared.storage import Storage, open_location
-from shared.storage.local import LocalStorage
-from shared.storage.s3 import S3Options, S3Storage
-from shared.testing.moto_server import DUMMY_AWS_ENV, create_bucket, start_moto_server
 from tests.storage.fault_proxy import FaultProxy
+from tests.support.moto_server import DUMMY_AWS_ENV, create_bucket, start_moto_server
+from timevault.core.storage import Storage, open_location
+from timevault.core.storage.local import LocalStorage
+from timevault.core.storage.s3 import S3Options, S3Storage
 
 BUCKET = "timevault-test"
 

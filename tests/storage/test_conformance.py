@@ -14,7 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shared.storage import (
+from tests.storage.conftest import StorageFactory
+from timevault.core.storage import (
     InvalidObjectName,
     InvalidRange,
     LimitedStorage,
@@ -25,7 +26,6 @@ from shared.storage import (
     Storage,
     delete_many,
 )
-from tests.storage.conftest import StorageFactory
 
 pytestmark = pytest.mark.timeout(60)
 

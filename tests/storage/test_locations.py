@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.storage import (
+from timevault.core.storage import (
     InvalidObjectName,
     LimitedStorage,
     LocalStorage,
@@ -19,7 +19,7 @@ from shared.storage import (
     check_name,
     open_location,
 )
-from shared.storage.s3 import DEFAULT_CONCURRENCY, S3Options, S3Storage, parse_s3_location
+from timevault.core.storage.s3 import DEFAULT_CONCURRENCY, S3Options, S3Storage, parse_s3_location
 
 SECRET = "wJalrXUtnFEMIK7MDENGbPxRfiCYEXAMPLEKEY"
 

@@ -14,10 +14,10 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 from aiobotocore.session import get_session
 
-from shared.storage import RetryingStorage, StorageError, TransientStorageError, delete_many
-from shared.storage.s3 import MiB, S3Options, S3Storage
 from tests.storage.conftest import unique_prefix
 from tests.storage.fault_proxy import FaultProxy, Rule
+from timevault.core.storage import RetryingStorage, StorageError, TransientStorageError, delete_many
+from timevault.core.storage.s3 import MiB, S3Options, S3Storage
 
 pytestmark = [pytest.mark.s3, pytest.mark.timeout(30)]
 

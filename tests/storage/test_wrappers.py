@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.storage import (
+from tests.support.faulty_storage import Fault, FaultyStorage, transient
+from timevault.core.storage import (
     InvalidObjectName,
     LimitedStorage,
     LocalStorage,
@@ -17,7 +18,6 @@ from shared.storage import (
     TransientStorageError,
     delete_many,
 )
-from shared.storage.faulty import Fault, FaultyStorage, transient
 
 pytestmark = pytest.mark.timeout(20)
 

@@ -1,0 +1,426 @@
+"""Backup plans: the settings a user creates, their validation, and what the catalog reports.
+
+All validation lives here so the catalog, the gateway and the CLI give the same answers.
+Each `validate_*` returns a normalised value or raises `ServiceError("invalid", ..., field)`.
+The JSON field names are the HTTP API's (the gateway serves these Structs as they are).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import unicodedata
+from datetime import datetime
+from typing import Literal
+from urllib.parse import quote, urlencode
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import msgspec
+
+from timevault.proto.errors import invalid
+
+NAME_MAX = 64
+PASSWORD_MIN = 4
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+_TIME = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+
+
+class Schedule(msgspec.Struct, kw_only=True):
+    """When a plan runs: local wall-clock time in the plan's time zone."""
+
+    frequency: Literal["daily", "weekly"]
+    """``daily`` or ``weekly``."""
+    time: str
+    """Local start time ``HH:MM`` (24 h)."""
+    weekday: int | None = None
+    """ISO day of week, Monday=1 .. Sunday=7; required for weekly, absent for daily."""
+    timezone: str = "UTC"
+    """IANA time zone name, e.g. ``Europe/Berlin``."""
+
+
+class ScheduleUpdate(msgspec.Struct, kw_only=True):
+    """A partial schedule change; absent fields keep their value."""
+
+    frequency: Literal["daily", "weekly"] | None = None
+    """New frequency."""
+    time: str | None = None
+    """New ``HH:MM``."""
+    weekday: int | None = None
+    """New ISO weekday (1..7)."""
+    timezone: str | None = None
+    """New IANA time zone."""
+
+
+class Location(msgspec.Struct, kw_only=True):
+    """Where the plan's repository is stored."""
+
+    type: Literal["local", "s3"]
+    """``local`` (a folder on this machine's disks) or ``s3`` (AWS S3 or compatible)."""
+    path: str | None = None
+    """Absolute folder path, for ``local``."""
+    bucket: str | None = None
+    """Bucket name, for ``s3``."""
+    prefix: str | None = None
+    """Key prefix inside the bucket, for ``s3``."""
+    endpoint: str | None = None
+    """Endpoint URL for S3-compatible services (absent for AWS)."""
+    region: str | None = None
+    """Region, for ``s3``."""
+
+
+class PlanCreate(msgspec.Struct, kw_only=True):
+    """Request to create a plan (subject ``tv.catalog.plan.create``, HTTP ``POST /api/v1/plans``)."""
+
+    name: str
+    """1..64 visible characters, unique, never changed afterwards."""
+    sources: list[str]
+    """Absolute paths of the folders and files to back up."""
+    schedule: Schedule
+    """When to run."""
+    location: Location
+    """Where to store the repository."""
+    password: str
+    """Encryption password, at least 4 characters; used once to create the repository, never stored."""
+    password_confirm: str
+    """Must equal `password` (the user typed it twice)."""
+
+
+class PlanUpdate(msgspec.Struct, kw_only=True):
+    """A partial plan change (HTTP ``PATCH``). The name and location cannot change."""
+
+    name: str | None = None
+    """Only accepted when equal to the current name."""
+    sources: list[str] | None = None
+    """New list of absolute source paths."""
+    schedule: ScheduleUpdate | None = None
+    """Schedule fields to change."""
+    location: Location | None = None
+    """Only accepted when equal to the current location."""
+
+
+class PlanUpdateRequest(msgspec.Struct, kw_only=True):
+    """Subject ``tv.catalog.plan.update``: `update` applied to `plan`."""
+
+    plan: str
+    """Plan id or name."""
+    update: PlanUpdate
+    """The change."""
+
+
+class PlanRef(msgspec.Struct, kw_only=True):
+    """Names one plan (by id, or by name)."""
+
+    plan: str
+    """Plan id (``p_...``) or plan name."""
+
+
+class PlanListRequest(msgspec.Struct, kw_only=True):
+    """Subject ``tv.catalog.plan.list``."""
+
+
+class SnapshotInfo(msgspec.Struct, kw_only=True):
+    """One backup run as shown in the plan's log: a snapshot, or a failed/canceled attempt."""
+
+    id: str
+    """Repository snapshot id for completed backups; the job id for failed or canceled ones."""
+    started_at: datetime | None = None
+    """When the backup started (UTC)."""
+    finished_at: datetime | None = None
+    """When it ended (UTC)."""
+    size: int = 0
+    """Logical size in bytes of the files in the snapshot."""
+    added_size: int = 0
+    """Bytes newly stored by this snapshot (after dedup and compression)."""
+    files: int = 0
+    """Number of files in the snapshot."""
+    status: Literal["completed", "failed", "canceled"] = "completed"
+    """Outcome of the run."""
+    error: str | None = None
+    """Why it failed, when it did."""
+    job_id: str | None = None
+    """The job that produced it."""
+    plan_id: str | None = None
+    """The plan it belongs to."""
+
+
+class Plan(msgspec.Struct, kw_only=True):
+    """A plan's settings and state, as listed (``GET /api/v1/plans``)."""
+
+    id: str
+    """Stable id, ``p_`` + hex."""
+    name: str
+    """The plan's name."""
+    sources: list[str]
+    """Absolute source paths."""
+    schedule: Schedule
+    """When it runs."""
+    location: Location
+    """Where it stores."""
+    paused: bool = False
+    """True while the schedule is paused (manual backups still work)."""
+    created_at: datetime | None = None
+    """When the plan was created (UTC)."""
+    updated_at: datetime | None = None
+    """Last settings change (UTC)."""
+    total_size: int = 0
+    """Bytes stored in the location for this plan (sum of added sizes)."""
+    next_run: datetime | None = None
+    """Next scheduled run (UTC), absent while paused."""
+    active_job: str | None = None
+    """Id of the plan's pending or running backup job, if any."""
+    last_status: str | None = None
+    """Status of the most recent backup, if any."""
+
+
+class PlanDetail(Plan, kw_only=True):
+    """A plan with its backup log (``GET /api/v1/plans/{plan_id}``)."""
+
+    snapshots: list[SnapshotInfo] = msgspec.field(default_factory=list)
+    """Backup runs, oldest first."""
+
+
+class PlanList(msgspec.Struct, kw_only=True):
+    """Reply to ``tv.catalog.plan.list``."""
+
+    plans: list[Plan]
+    """All plans, by name."""
+
+
+class PlanDeleted(msgspec.Struct, kw_only=True):
+    """Reply to ``tv.catalog.plan.delete``."""
+
+    plan_id: str
+    """The deleted plan."""
+    deleted_objects: int = 0
+    """How many stored objects were removed from the location."""
+
+
+class PlanAttach(msgspec.Struct, kw_only=True):
+    """Attach an existing repository (a new machine): rebuilds the catalog's view from the location."""
+
+    name: str
+    """Name for the plan on this machine."""
+    location: Location
+    """Where the existing repository is."""
+    password: str
+    """The repository password; used once, never stored."""
+    schedule: Schedule
+    """Schedule for future backups."""
+    sources: list[str] = msgspec.field(default_factory=list)
+    """Sources for future backups; taken from the latest snapshot when empty."""
+
+
+class PlanEvent(msgspec.Struct, kw_only=True):
+    """An entry of a plan's event log; also published on ``tv.events.plan.<plan_id>``."""
+
+    plan_id: str
+    """The plan."""
+    ts: datetime
+    """When (UTC)."""
+    kind: str
+    """e.g. ``created``, ``updated``, ``paused``, ``resumed``, ``deleted``, ``job``, ``slot_skipped``."""
+    message: str = ""
+    """Human-readable detail."""
+    job_id: str | None = None
+    """Related job, if any."""
+
+
+class PlanEventsRequest(msgspec.Struct, kw_only=True):
+    """Subject ``tv.catalog.plan.events``."""
+
+    plan: str
+    """Plan id or name."""
+    limit: int = 100
+    """Newest `limit` events."""
+
+
+class PlanEventList(msgspec.Struct, kw_only=True):
+    """Reply to ``tv.catalog.plan.events``, oldest first."""
+
+    events: list[PlanEvent]
+    """The events."""
+
+
+class PlanSecrets(msgspec.Struct, kw_only=True):
+    """Internal reply to ``tv.catalog.plan.secrets``: what a worker needs to write a backup.
+
+    Secret: restrict this subject to the backup services with NATS permissions; never log it.
+    """
+
+    plan_id: str
+    """The plan."""
+    location: str
+    """Location string for `timevault.core.storage.open_location`."""
+    write_keys: bytes
+    """The repository's write-tier keys (base64 in JSON)."""
+
+
+class SnapshotListRequest(msgspec.Struct, kw_only=True):
+    """Subject ``tv.catalog.snapshot.list``."""
+
+    plan: str
+    """Plan id or name."""
+
+
+class SnapshotList(msgspec.Struct, kw_only=True):
+    """Reply to ``tv.catalog.snapshot.list``, oldest first."""
+
+    snapshots: list[SnapshotInfo]
+    """Backup runs."""
+
+
+class SnapshotRef(msgspec.Struct, kw_only=True):
+    """Subject ``tv.catalog.snapshot.get``: a snapshot id, unique prefix, or ``latest``."""
+
+    plan: str
+    """Plan id or name."""
+    snapshot: str
+    """Snapshot id, unique id prefix, or ``latest`` (latest completed)."""
+
+
+# --- validation ------------------------------------------------------------------------
+
+
+def validate_name(name: str) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise invalid("name must contain at least one visible character", "name")
+    if len(name) > NAME_MAX:
+        raise invalid(f"name must be at most {NAME_MAX} characters", "name")
+    if name != name.strip():
+        raise invalid("name must not start or end with spaces", "name")
+    if any(unicodedata.category(c).startswith("C") for c in name):
+        raise invalid("name must not contain control characters", "name")
+    return name
+
+
+def validate_password(password: str, confirm: str | None) -> str:
+    if len(password) < PASSWORD_MIN:
+        raise invalid(f"password must be at least {PASSWORD_MIN} characters", "password")
+    if confirm is not None and password != confirm:
+        raise invalid("passwords do not match", "password_confirm")
+    return password
+
+
+def validate_timezone(tz: str) -> str:
+    try:
+        if not tz or tz.startswith("/") or ".." in tz:
+            raise ValueError
+        ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise invalid(f"unknown time zone {tz!r}", "schedule.timezone") from exc
+    return tz
+
+
+def parse_weekday(day: str) -> int:
+    """``monday``..``sunday`` (or a unique prefix like ``mon``, or 1..7) to ISO 1..7."""
+    text = day.strip().lower()
+    if text.isdigit() and 1 <= int(text) <= 7:
+        return int(text)
+    matches = [i for i, name in enumerate(WEEKDAYS, 1) if len(text) >= 3 and name.startswith(text)]
+    if len(matches) != 1:
+        raise invalid(f"unknown day {day!r}; use monday..sunday", "schedule.weekday")
+    return matches[0]
+
+
+def validate_time(value: str) -> str:
+    if not isinstance(value, str) or not _TIME.match(value):
+        raise invalid(f"time must be HH:MM (00:00..23:59), got {value!r}", "schedule.time")
+    return value
+
+
+def validate_schedule(schedule: Schedule) -> Schedule:
+    validate_time(schedule.time)
+    validate_timezone(schedule.timezone)
+    if schedule.frequency == "weekly":
+        if schedule.weekday is None:
+            raise invalid("a weekly schedule needs a day of week", "schedule.weekday")
+        if not 1 <= schedule.weekday <= 7:
+            raise invalid("weekday must be 1 (Monday) .. 7 (Sunday)", "schedule.weekday")
+        return schedule
+    if schedule.frequency == "daily":
+        return msgspec.structs.replace(schedule, weekday=None)
+    raise invalid("frequency must be daily or weekly", "schedule.frequency")
+
+
+def apply_schedule_update(current: Schedule, update: ScheduleUpdate) -> Schedule:
+    merged = Schedule(
+        frequency=update.frequency or current.frequency,
+        time=update.time if update.time is not None else current.time,
+        weekday=update.weekday if update.weekday is not None else current.weekday,
+        timezone=update.timezone if update.timezone is not None else current.timezone,
+    )
+    return validate_schedule(merged)
+
+
+def validate_sources(sources: list[str]) -> list[str]:
+    if not sources:
+        raise invalid("at least one source path is needed", "sources")
+    result: list[str] = []
+    for src in sources:
+        if not isinstance(src, str) or not os.path.isabs(src):
+            raise invalid(f"source must be an absolute path: {src!r}", "sources")
+        norm = os.path.normpath(src)
+        if norm not in result:
+            result.append(norm)
+    return result
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
+def validate_location(location: Location, sources: list[str]) -> Location:
+    if location.type == "local":
+        if not location.path or not os.path.isabs(location.path):
+            raise invalid("a local location needs an absolute folder path", "location.path")
+        path = os.path.normpath(location.path)
+        for src in sources:
+            if _inside(path, src):
+                raise invalid(f"the location must not be inside the source {src}", "location.path")
+        return Location(type="local", path=path)
+    if location.type == "s3":
+        if not location.bucket:
+            raise invalid("an s3 location needs a bucket", "location.bucket")
+        return location
+    raise invalid("location type must be local or s3", "location.type")
+
+
+def validate_create(req: PlanCreate) -> PlanCreate:
+    """Validate and normalise a create request (raises ServiceError on the first bad field)."""
+    name = validate_name(req.name)
+    validate_password(req.password, req.password_confirm)
+    sources = validate_sources(req.sources)
+    schedule = validate_schedule(req.schedule)
+    location = validate_location(req.location, sources)
+    return msgspec.structs.replace(req, name=name, sources=sources, schedule=schedule, location=location)
+
+
+def location_url(location: Location) -> str:
+    """The string `timevault.core.storage.open_location` understands for `location`."""
+    if location.type == "local":
+        return location.path or ""
+    query = {k: v for k, v in (("endpoint", location.endpoint), ("region", location.region)) if v}
+    prefix = quote((location.prefix or "").strip("/"))
+    url = f"s3://{location.bucket}/{prefix}" if prefix else f"s3://{location.bucket}"
+    return f"{url}?{urlencode(query)}" if query else url
+
+
+def parse_location(text: str) -> Location:
+    """Parse a CLI location: a folder path, ``file:///path`` or ``s3://bucket/prefix?endpoint=..&region=..``."""
+    from urllib.parse import parse_qs, unquote, urlparse
+
+    if text.startswith("s3://"):
+        parsed = urlparse(text)
+        query = parse_qs(parsed.query)
+        return Location(
+            type="s3",
+            bucket=parsed.netloc or None,
+            prefix=unquote(parsed.path.lstrip("/")) or None,
+            endpoint=query.get("endpoint", [None])[0],
+            region=query.get("region", [None])[0],
+        )
+    if text.startswith("file://"):
+        text = unquote(urlparse(text).path)
+    if "://" in text:
+        raise invalid(f"unsupported location {text!r}; use a folder path or s3://bucket/prefix", "location")
+    return Location(type="local", path=os.path.abspath(os.path.expanduser(text)))

@@ -1,4 +1,0 @@
-"""TimeVault HTTP gateway: the versioned ``/api/v1`` API, live events and the web UI.
-
-Run alone with ``python -m services.gateway``; build it in tests with `create_app`.
-"""

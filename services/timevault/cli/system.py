@@ -1,0 +1,588 @@
+"""CLI commands against the running system: ``up``, ``plan …``, ``backup``, ``restore``.
+
+Everything but ``up`` talks to the HTTP gateway (``/api/v1``) with the bearer token that ``up``
+wrote to ``<data-dir>/gateway.json``, or with ``TIMEVAULT_URL`` + ``TIMEVAULT_TOKEN``.
+Validation uses the same `timevault.proto.plans` rules as the services, so mistakes are caught before
+asking for a password. Errors are one line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from timevault.proto.errors import ServiceError
+from timevault.proto.plans import (
+    Schedule,
+    parse_location,
+    parse_weekday,
+    validate_location,
+    validate_name,
+    validate_schedule,
+    validate_sources,
+    validate_time,
+    validate_timezone,
+)
+from timevault.services.common.paths import default_data_dir
+
+TERMINAL = ("completed", "failed", "canceled")
+EVENTS_QUIET = 20.0
+
+
+class CommandError(Exception):
+    """A user-facing failure of a system command (printed as one line)."""
+
+
+# --- finding and calling the gateway -------------------------------------------------------
+
+
+class Gateway:
+    def __init__(self, url: str, token: str) -> None:
+        self.url = url.rstrip("/")
+        self.token = token
+
+    @classmethod
+    def find(cls, data_dir: str | None) -> Gateway:
+        url, token = os.environ.get("TIMEVAULT_URL"), os.environ.get("TIMEVAULT_TOKEN")
+        if url and token and not data_dir:
+            return cls(url, token)
+        path = Path(data_dir or default_data_dir()) / "gateway.json"
+        try:
+            info = json.loads(path.read_text())
+            return cls(info["url"], info["token"])
+        except FileNotFoundError:
+            if url and token:
+                return cls(url, token)
+            raise CommandError(f"TimeVault is not running (no {path}); start it with `timevault up`") from None
+        except (OSError, ValueError, KeyError) as exc:
+            raise CommandError(f"cannot read {path}: {exc}") from exc
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.url + "/api/v1" + path, data=data, method=method)
+        req.add_header("Authorization", f"Bearer {self.token}")
+        req.add_header("Accept", "application/json")
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=120) as resp:
+                text = resp.read()
+                return json.loads(text) if text else None
+        except urllib.error.HTTPError as exc:
+            raise CommandError(_error_message(exc)) from None
+        except urllib.error.URLError as exc:
+            raise CommandError(f"cannot reach the TimeVault gateway at {self.url} ({exc.reason}); "
+                               "is `timevault up` running?") from None
+        except (TimeoutError, OSError) as exc:
+            raise CommandError(f"gateway at {self.url} did not answer: {exc}") from None
+
+    def open_events(self, job_id: str) -> Any:
+        """The job's Server-Sent Events stream (an open response), or None if it cannot be had."""
+        req = urllib.request.Request(f"{self.url}/api/v1/events?job={_q(job_id)}")
+        req.add_header("Authorization", f"Bearer {self.token}")
+        req.add_header("Accept", "text/event-stream")
+        try:
+            # Quiet for longer than the gateway's keep-alive (15 s) means the stream is dead.
+            return urllib.request.urlopen(req, timeout=EVENTS_QUIET)
+        except (urllib.error.URLError, OSError):
+            return None
+
+    def plan_id(self, name: str) -> str:
+        for plan in self.call("GET", "/plans") or []:
+            if plan.get("name") == name:
+                return str(plan["id"])
+        raise CommandError(f"no plan named {name!r}")
+
+
+def _error_message(exc: urllib.error.HTTPError) -> str:
+    try:
+        error = json.loads(exc.read())["error"]
+        field = f" ({error['field']})" if error.get("field") else ""
+        return f"{error['message']}{field}"
+    except (ValueError, KeyError, TypeError):
+        return f"gateway answered HTTP {exc.code} {exc.reason}"
+
+
+def _q(value: str) -> str:
+    return urllib.parse.quote(value, safe="")
+
+
+# --- output ----------------------------------------------------------------------------------
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True))
+
+
+def _size(n: int | None) -> str:
+    value = float(n or 0)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
+def _schedule_text(schedule: dict[str, Any]) -> str:
+    from timevault.proto.plans import WEEKDAYS
+
+    when = "daily"
+    if schedule.get("frequency") == "weekly" and schedule.get("weekday"):
+        when = f"weekly on {WEEKDAYS[int(schedule['weekday']) - 1]}"
+    return f"{when} at {schedule.get('time')} ({schedule.get('timezone', 'UTC')})"
+
+
+def _location_text(location: dict[str, Any]) -> str:
+    if location.get("type") == "local":
+        return str(location.get("path"))
+    prefix = f"/{location['prefix']}" if location.get("prefix") else ""
+    return f"s3://{location.get('bucket')}{prefix}"
+
+
+def _show_plan(plan: dict[str, Any]) -> None:
+    print(f"name:       {plan['name']}")
+    print(f"id:         {plan['id']}")
+    print(f"sources:    {', '.join(plan.get('sources', []))}")
+    print(f"schedule:   {_schedule_text(plan.get('schedule', {}))}{'  [paused]' if plan.get('paused') else ''}")
+    print(f"location:   {_location_text(plan.get('location', {}))}")
+    print(f"total size: {_size(plan.get('total_size'))}")
+    print(f"next run:   {plan.get('next_run') or '-'}")
+    snapshots = plan.get("snapshots", [])
+    print(f"snapshots:  {len(snapshots)}")
+    for snap in snapshots:
+        error = f"  {snap['error']}" if snap.get("error") else ""
+        print(f"  {snap['id'][:12]}  {snap.get('started_at') or '-':32}  {snap.get('status', ''):9}  "
+              f"{_size(snap.get('size')):>10}  +{_size(snap.get('added_size')):>10}  {snap.get('files', 0)} files"
+              f"{error}")
+
+
+# --- commands --------------------------------------------------------------------------------
+
+
+def _local_timezone() -> str:
+    env = os.environ.get("TZ", "").lstrip(":")
+    if env:
+        return env
+    try:
+        link = os.readlink("/etc/localtime")
+        if "zoneinfo/" in link:
+            return link.split("zoneinfo/", 1)[1]
+    except OSError:
+        pass
+    try:
+        return Path("/etc/timezone").read_text().strip() or "UTC"
+    except OSError:
+        return "UTC"
+
+
+def cmd_plan_create(args: argparse.Namespace) -> int:
+    from timevault.cli.passwords import get_password
+
+    name = validate_name(args.name)
+    sources = validate_sources([os.path.abspath(os.path.expanduser(s)) for s in args.source])
+    weekday = parse_weekday(args.weekly) if args.weekly else None
+    schedule = validate_schedule(Schedule(frequency="weekly" if args.weekly else "daily", time=args.at,
+                                          weekday=weekday, timezone=args.timezone or _local_timezone()))
+    location = validate_location(parse_location(args.location), sources)
+    gateway = Gateway.find(args.data_dir)
+    password = get_password(args.password_file, confirm=True, prompt="Backup password")
+    body = {
+        "name": name, "sources": sources,
+        "schedule": {k: v for k, v in (("frequency", schedule.frequency), ("time", schedule.time),
+                                       ("weekday", schedule.weekday), ("timezone", schedule.timezone)) if v},
+        "location": {k: v for k, v in vars_of(location).items() if v is not None},
+        "password": password, "password_confirm": password,
+    }
+    plan = gateway.call("POST", "/plans", body)
+    if args.json:
+        _print_json(plan)
+    else:
+        print(f"created plan {plan['name']!r} ({plan['id']}): {_schedule_text(plan['schedule'])}")
+    return 0
+
+
+def cmd_plan_attach(args: argparse.Namespace) -> int:
+    """A new machine takes over an existing repository: snapshots and dedup index come from it."""
+    from timevault.cli.passwords import get_password
+
+    name = validate_name(args.name)
+    paths = [os.path.abspath(os.path.expanduser(s)) for s in args.source or []]
+    sources = validate_sources(paths) if paths else []
+    weekday = parse_weekday(args.weekly) if args.weekly else None
+    schedule = validate_schedule(Schedule(frequency="weekly" if args.weekly else "daily", time=args.at,
+                                          weekday=weekday, timezone=args.timezone or _local_timezone()))
+    location = validate_location(parse_location(args.location), sources)
+    gateway = Gateway.find(args.data_dir)
+    # The repository exists already: the password is checked against it, so one prompt suffices.
+    password = get_password(args.password_file, prompt="Backup password")
+    body: dict[str, Any] = {
+        "name": name,
+        "schedule": {k: v for k, v in (("frequency", schedule.frequency), ("time", schedule.time),
+                                       ("weekday", schedule.weekday), ("timezone", schedule.timezone)) if v},
+        "location": {k: v for k, v in vars_of(location).items() if v is not None},
+        "password": password,
+    }
+    if sources:
+        body["sources"] = sources
+    plan = gateway.call("POST", "/plans/attach", body)
+    if args.json:
+        _print_json(plan)
+    else:
+        print(f"attached plan {plan['name']!r} ({plan['id']}) with {len(plan.get('snapshots', []))} snapshots, "
+              f"{_size(plan.get('total_size'))} stored: {_schedule_text(plan['schedule'])}")
+    return 0
+
+
+def vars_of(struct: Any) -> dict[str, Any]:
+    import msgspec
+
+    return msgspec.structs.asdict(struct)
+
+
+def cmd_plan_list(args: argparse.Namespace) -> int:
+    plans = Gateway.find(args.data_dir).call("GET", "/plans") or []
+    if args.json:
+        _print_json(plans)
+        return 0
+    if not plans:
+        print("no plans")
+    for plan in plans:
+        state = "paused" if plan.get("paused") else (plan.get("last_status") or "never run")
+        print(f"{plan['name']:24}  {_schedule_text(plan['schedule']):40}  {_size(plan.get('total_size')):>10}  "
+              f"{state}")
+    return 0
+
+
+def cmd_plan_show(args: argparse.Namespace) -> int:
+    gateway = Gateway.find(args.data_dir)
+    plan = gateway.call("GET", f"/plans/{_q(gateway.plan_id(args.name))}")
+    if args.json:
+        _print_json(plan)
+    else:
+        _show_plan(plan)
+    return 0
+
+
+def cmd_plan_update(args: argparse.Namespace) -> int:
+    schedule: dict[str, Any] = {}
+    if args.daily:
+        schedule["frequency"] = "daily"
+    if args.weekly:
+        schedule["frequency"] = "weekly"
+        schedule["weekday"] = parse_weekday(args.weekly)
+    if args.at:
+        schedule["time"] = validate_time(args.at)
+    if args.timezone:
+        schedule["timezone"] = validate_timezone(args.timezone)
+    body: dict[str, Any] = {}
+    if schedule:
+        body["schedule"] = schedule
+    if args.source:
+        body["sources"] = validate_sources([os.path.abspath(os.path.expanduser(s)) for s in args.source])
+    if not body:
+        raise CommandError("nothing to change: give --daily, --weekly DAY, --at HH:MM, --timezone or --source")
+    gateway = Gateway.find(args.data_dir)
+    plan = gateway.call("PATCH", f"/plans/{_q(gateway.plan_id(args.name))}", body)
+    if args.json:
+        _print_json(plan)
+    else:
+        print(f"updated plan {plan['name']!r}: {_schedule_text(plan['schedule'])}")
+    return 0
+
+
+def cmd_plan_delete(args: argparse.Namespace) -> int:
+    if not args.yes:
+        raise CommandError(f"deleting plan {args.name!r} removes all its snapshots and stored data; "
+                           "add --yes to confirm")
+    gateway = Gateway.find(args.data_dir)
+    plan_id = gateway.plan_id(args.name)
+    result = gateway.call("DELETE", f"/plans/{_q(plan_id)}") or {"plan_id": plan_id}
+    if args.json:
+        _print_json(result)
+    else:
+        print(f"deleted plan {args.name!r} and its stored data")
+    return 0
+
+
+def _pause_resume(args: argparse.Namespace, action: str) -> int:
+    gateway = Gateway.find(args.data_dir)
+    plan = gateway.call("POST", f"/plans/{_q(gateway.plan_id(args.name))}/{action}")
+    if args.json:
+        _print_json(plan)
+    else:
+        print(f"plan {args.name!r} {'paused' if action == 'pause' else 'resumed'}")
+    return 0
+
+
+def cmd_plan_pause(args: argparse.Namespace) -> int:
+    return _pause_resume(args, "pause")
+
+
+def cmd_plan_resume(args: argparse.Namespace) -> int:
+    return _pause_resume(args, "resume")
+
+
+def _wait(gateway: Gateway, job: dict[str, Any], as_json: bool) -> int:
+    """Follow the job until it ends, with a progress bar on a terminal; 0 only if it completed.
+
+    The job's live events (``/events?job=ID``) say at once when it ends; polling every half
+    second instead made each short job look up to 0.5 s slower. The stream is re-checked with a
+    GET whenever it is quiet or drops, so a lost event or a restarted gateway costs only time.
+    """
+    bar = _ProgressBar(sys.stderr.isatty() and not as_json)
+    job_id = job["id"]
+    while job.get("status") not in TERMINAL:
+        bar.show(job)
+        events = gateway.open_events(job_id)
+        try:
+            # The job may have ended before the stream was open: ask once it is.
+            job = gateway.call("GET", f"/jobs/{_q(job_id)}")
+            if job.get("status") in TERMINAL:
+                break
+            if events is None:
+                time.sleep(0.5)  # no stream from this gateway: plain polling
+                continue
+            for kind, data in _sse_events(events):
+                if kind == "progress":
+                    job |= {k: data[k] for k in _PROGRESS_FIELDS if k in data}
+                elif kind == "job" and isinstance(data.get("job"), dict):
+                    job |= data["job"]
+                    if job.get("status") in TERMINAL:
+                        break
+                bar.show(job)
+        except (OSError, ValueError):
+            pass  # a dropped or silent stream: ask, then listen again
+        finally:
+            if events is not None:
+                events.close()
+        job = gateway.call("GET", f"/jobs/{_q(job_id)}")
+    bar.done()
+    if as_json:
+        _print_json(job)
+    elif job["status"] == "completed":
+        extra = f" (snapshot {job['snapshot_id'][:12]})" if job.get("snapshot_id") and job["kind"] == "backup" else ""
+        print(f"{job['kind']} {job['id']} completed{extra}")
+    else:
+        print(f"{job['kind']} {job['id']} {job['status']}: {job.get('error') or 'no reason given'}",
+              file=sys.stderr)
+    return 0 if job["status"] == "completed" else 1
+
+
+_PROGRESS_FIELDS = ("files_done", "files_total", "bytes_done", "bytes_total", "rate")
+
+
+def _sse_events(stream: Any) -> Any:
+    """(event kind, decoded JSON data) for each Server-Sent Event on an open HTTP response."""
+    kind, data = "", []
+    for raw in stream:
+        line = raw.decode("utf-8", "replace").rstrip("\r\n")
+        if not line:
+            if kind and data:
+                yield kind, json.loads("\n".join(data))
+            kind, data = "", []
+        elif line.startswith("event:"):
+            kind = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].removeprefix(" "))
+
+
+class _ProgressBar:
+    """One status line on stderr, redrawn at most ten times a second (only on a terminal)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.shown = False
+        self.last = 0.0
+
+    def show(self, job: dict[str, Any]) -> None:
+        now = time.monotonic()
+        if not self.enabled or now - self.last < 0.1:
+            return
+        self.last = now
+        done, total = job.get("bytes_done", 0), job.get("bytes_total", 0)
+        bar = ""
+        if total:
+            filled = int(24 * min(done / total, 1.0))
+            bar = f"[{'#' * filled}{'.' * (24 - filled)}] {100 * min(done / total, 1.0):3.0f}%  "
+        sys.stderr.write(f"\r\x1b[2K{job['kind']} {job['status']}  {bar}{_size(done)}/{_size(total)}  "
+                         f"{job.get('files_done', 0)}/{job.get('files_total', 0)} files  "
+                         f"{_size(job.get('rate', 0))}/s")
+        sys.stderr.flush()
+        self.shown = True
+
+    def done(self) -> None:
+        if self.shown:
+            sys.stderr.write("\n")
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    gateway = Gateway.find(args.data_dir)
+    job = gateway.call("POST", f"/plans/{_q(gateway.plan_id(args.name))}/backups")
+    if args.wait:
+        return _wait(gateway, job, args.json)
+    if args.json:
+        _print_json(job)
+    else:
+        print(f"backup {job['id']} started")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from timevault.cli.passwords import get_password
+
+    target = os.path.abspath(os.path.expanduser(args.target))
+    gateway = Gateway.find(args.data_dir)
+    plan_id = gateway.plan_id(args.name)
+    password = get_password(args.password_file, prompt="Backup password")
+    job = gateway.call("POST", f"/plans/{_q(plan_id)}/snapshots/{_q(args.snapshot)}/restore",
+                       {"target": target, "includes": args.include or [], "password": password})
+    if args.wait:
+        return _wait(gateway, job, args.json)
+    if args.json:
+        _print_json(job)
+    else:
+        print(f"restore {job['id']} started into {target}")
+    return 0
+
+
+async def cmd_up(args: argparse.Namespace) -> int:
+    from timevault.cli.up import UpError, up
+
+    try:
+        return await up(Path(args.data_dir or default_data_dir()), args.listen, args.nats)
+    except UpError as exc:
+        raise CommandError(str(exc)) from exc
+
+
+# --- registration ----------------------------------------------------------------------------
+
+
+def _guard(func: Any) -> Any:
+    """One clear line and exit code 1 for expected failures (the CLI's main handles the rest)."""
+    import inspect
+
+    def report(exc: BaseException) -> int:
+        message = exc.message if isinstance(exc, ServiceError) else str(exc)
+        print(f"timevault: error: {message}", file=sys.stderr)
+        return 1
+
+    if inspect.iscoroutinefunction(func):
+        async def run_async(args: argparse.Namespace) -> int:
+            try:
+                return await func(args)
+            except (CommandError, ServiceError) as exc:
+                return report(exc)
+        return run_async
+
+    def run(args: argparse.Namespace) -> int:
+        from timevault.cli.passwords import PasswordError
+
+        try:
+            return func(args)
+        except (CommandError, ServiceError, PasswordError) as exc:
+            return report(exc)
+        except ValueError as exc:  # e.g. WeakPassword from the password check
+            return report(exc)
+    return run
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", default=None,
+                        help="TimeVault data dir (default ~/.local/share/timevault); finds gateway.json")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add ``up``, ``plan``, ``backup`` and ``restore`` to the `timevault` command."""
+    p = subparsers.add_parser("up", help="start every service on this machine")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--listen", default="127.0.0.1:7480", metavar="HOST:PORT", help="gateway address")
+    p.add_argument("--nats", default=None, metavar="URL", help="use this NATS instead of a private nats-server")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_guard(cmd_up))
+
+    plan = subparsers.add_parser("plan", help="manage backup plans")
+    plans = plan.add_subparsers(dest="plan_command", required=True, metavar="ACTION")
+
+    create = plans.add_parser("create", help="create a plan (asks for the password twice)")
+    create.add_argument("name")
+    create.add_argument("--source", action="append", required=True, metavar="PATH")
+    freq = create.add_mutually_exclusive_group(required=True)
+    freq.add_argument("--daily", action="store_true")
+    freq.add_argument("--weekly", metavar="DAY", help="monday..sunday")
+    create.add_argument("--at", required=True, metavar="HH:MM")
+    create.add_argument("--location", required=True, help="folder path or s3://bucket/prefix?endpoint=&region=")
+    create.add_argument("--timezone", metavar="TZ", help="IANA zone (default: this machine's)")
+    create.add_argument("--password-file", metavar="F")
+    _common(create)
+    create.set_defaults(func=_guard(cmd_plan_create))
+
+    attach = plans.add_parser("attach", help="attach an existing repository (a new machine, or a new data dir)")
+    attach.add_argument("name")
+    attach.add_argument("--location", required=True, help="folder path or s3://bucket/prefix?endpoint=&region=")
+    attach.add_argument("--source", action="append", metavar="PATH",
+                        help="paths for future backups (default: those of the latest snapshot)")
+    afreq = attach.add_mutually_exclusive_group(required=True)
+    afreq.add_argument("--daily", action="store_true")
+    afreq.add_argument("--weekly", metavar="DAY", help="monday..sunday")
+    attach.add_argument("--at", required=True, metavar="HH:MM")
+    attach.add_argument("--timezone", metavar="TZ", help="IANA zone (default: this machine's)")
+    attach.add_argument("--password-file", metavar="F")
+    _common(attach)
+    attach.set_defaults(func=_guard(cmd_plan_attach))
+
+    lst = plans.add_parser("list", help="list plans")
+    _common(lst)
+    lst.set_defaults(func=_guard(cmd_plan_list))
+
+    show = plans.add_parser("show", help="settings, total size and snapshots of a plan")
+    show.add_argument("name")
+    _common(show)
+    show.set_defaults(func=_guard(cmd_plan_show))
+
+    update = plans.add_parser("update", help="change schedule or sources (never the name)")
+    update.add_argument("name")
+    ufreq = update.add_mutually_exclusive_group()
+    ufreq.add_argument("--daily", action="store_true")
+    ufreq.add_argument("--weekly", metavar="DAY")
+    update.add_argument("--at", metavar="HH:MM")
+    update.add_argument("--timezone", metavar="TZ")
+    update.add_argument("--source", action="append", metavar="PATH")
+    _common(update)
+    update.set_defaults(func=_guard(cmd_plan_update))
+
+    delete = plans.add_parser("delete", help="delete a plan, its snapshots and all its stored data")
+    delete.add_argument("name")
+    delete.add_argument("--yes", action="store_true", help="confirm")
+    _common(delete)
+    delete.set_defaults(func=_guard(cmd_plan_delete))
+
+    for action, func in (("pause", cmd_plan_pause), ("resume", cmd_plan_resume)):
+        sp = plans.add_parser(action, help=f"{action} the plan's schedule")
+        sp.add_argument("name")
+        _common(sp)
+        sp.set_defaults(func=_guard(func))
+
+    backup = subparsers.add_parser("backup", help="back up a plan now")
+    backup.add_argument("name")
+    backup.add_argument("--wait", action="store_true", help="show progress; exit 0 only if it completed")
+    _common(backup)
+    backup.set_defaults(func=_guard(cmd_backup))
+
+    restore = subparsers.add_parser("restore", help="restore a snapshot of a plan into a folder")
+    restore.add_argument("name")
+    restore.add_argument("snapshot", help="snapshot id, unique prefix, or 'latest'")
+    restore.add_argument("--target", required=True, metavar="DIR")
+    restore.add_argument("--include", action="append", metavar="PATH")
+    restore.add_argument("--password-file", metavar="F")
+    restore.add_argument("--wait", action="store_true")
+    _common(restore)
+    restore.set_defaults(func=_guard(cmd_restore))

@@ -1,0 +1,215 @@
+"""`timevault up`: everything on one machine, supervised, stopped cleanly by Ctrl-C or SIGTERM.
+
+Starts a private nats-server (JetStream under ``<data-dir>/nats``) unless ``--nats`` is given,
+then each service as its own process (catalog, scheduler, snapshotter, uploader, restorer, and
+the HTTP gateway when ``timevault.services.gateway`` exists). A service that exits unexpectedly is
+restarted with backoff. ``<data-dir>/gateway.json`` (mode 0600) tells the CLI where the gateway
+listens and which bearer token it accepts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import importlib.util
+import json
+import logging
+import os
+import secrets
+import signal
+import sys
+import time
+from pathlib import Path
+
+from timevault.services.common.natsd import NatsServer, free_port
+
+log = logging.getLogger("timevault.up")
+DEFAULT_LISTEN = "127.0.0.1:7480"
+SERVICES = ("catalog", "scheduler", "uploader", "snapshotter", "restorer")
+
+
+class UpError(Exception):
+    """`up` cannot start; the message says why."""
+
+
+def write_private_json(path: Path, data: dict[str, object]) -> None:
+    """Write JSON readable only by the owner (it holds the access token)."""
+    temp = path.with_name(path.name + ".tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2)
+    os.chmod(temp, 0o600)
+    os.replace(temp, path)
+
+
+class Child:
+    """One supervised service process."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.name = name
+        self.args = args
+        self.env = env
+        self.log_path = log_path
+        self.proc: asyncio.subprocess.Process | None = None
+        self.restarts = 0
+
+    async def start(self) -> None:
+        with open(self.log_path, "ab") as out:  # noqa: ASYNC230 - opening a local log file
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", f"timevault.services.{self.name}", *self.args, stdout=out, stderr=out,
+                stdin=asyncio.subprocess.DEVNULL, env=self.env)
+        log.info("started %s (pid %d)", self.name, self.proc.pid)
+
+    async def stop(self, grace: float = 10.0) -> None:
+        if self.proc is None or self.proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self.proc.wait(), grace)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+            await self.proc.wait()
+
+
+def gateway_available() -> bool:
+    try:
+        return importlib.util.find_spec("timevault.services.gateway") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+async def up(data_dir: Path, listen: str = DEFAULT_LISTEN, nats_url: str | None = None,
+             stop: asyncio.Event | None = None, extra_args: dict[str, list[str]] | None = None) -> int:
+    data_dir = data_dir.expanduser().absolute()
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    logs = data_dir / "logs"
+    logs.mkdir(exist_ok=True)
+    lock_file = open(data_dir / "up.lock", "w")  # noqa: ASYNC230 - local lock file held while up runs
+    try:
+        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        raise UpError(f"timevault is already running with data dir {data_dir}") from exc
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit():
+        raise UpError(f"--listen must be HOST:PORT, got {listen!r}")
+    if port == "0":  # "any free port": choose it here so gateway.json can name it
+        listen = f"{host}:{free_port(host.strip('[]'))}"
+
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    nats_server: NatsServer | None = None
+    if nats_url is None:
+        nats_server = NatsServer(data_dir / "nats", log_file=logs / "nats-server.log",
+                                 token=secrets.token_urlsafe(32))
+        try:
+            await asyncio.to_thread(nats_server.start)
+        except (OSError, RuntimeError, TimeoutError) as exc:
+            raise UpError(f"cannot start nats-server: {exc}") from exc
+        nats_url = nats_server.client_url
+        log.info("nats-server listening on %s (JetStream in %s)", nats_server.url, data_dir / "nats")
+
+    token = secrets.token_urlsafe(32)
+    env = {**os.environ, "TIMEVAULT_DATA_DIR": str(data_dir), "TIMEVAULT_NATS": nats_url}
+    extra_args = extra_args or {}
+    children: list[Child] = []
+    for name in SERVICES:
+        args: list[str] = []  # NATS URL (maybe with its token) goes by environment, not argv (ps)
+        if name == "catalog":
+            args += ["--db", str(data_dir / "catalog.db")]
+        if name == "snapshotter":
+            args += ["--data-dir", str(data_dir)]
+        children.append(Child(name, args + extra_args.get(name, []), env, logs / f"{name}.log"))
+    if gateway_available():
+        children.append(Child("gateway", ["--listen", listen, "--data-dir", str(data_dir),
+                                          *extra_args.get("gateway", [])],
+                              {**env, "TIMEVAULT_TOKEN": token}, logs / "gateway.log"))
+    else:
+        log.warning("timevault.services.gateway is not installed; the HTTP API and CLI plan commands are unavailable")
+
+    info_path = data_dir / "gateway.json"
+    try:
+        for child in children:
+            await child.start()
+        if gateway_available():
+            # gateway.json is the CLI's (and scripts') sign that the system is ready to use.
+            await _wait_until_serving(f"http://{listen}", token, stop)
+        write_private_json(info_path, {"url": f"http://{listen}", "token": token, "nats": nats_url,
+                                       "pid": os.getpid()})
+        print(f"timevault: up (data dir {data_dir}, gateway http://{listen}, NATS {_without_credentials(nats_url)}); "
+              "Ctrl-C to stop", file=sys.stderr, flush=True)
+        # The token itself is not printed: terminals end up in logs (journald, CI output).
+        print(f"timevault: web UI at http://{listen}/ — sign in with the token in {info_path} "
+              "(mode 0600); the CLI finds it there by itself", file=sys.stderr, flush=True)
+        await _supervise(children, stop)
+    finally:
+        for child in reversed(children):
+            await child.stop()
+        if nats_server is not None:
+            await asyncio.to_thread(nats_server.stop)
+        with contextlib.suppress(FileNotFoundError):
+            info_path.unlink()
+        fcntl.flock(lock_file, fcntl.LOCK_UN)
+        lock_file.close()
+        print("timevault: stopped", file=sys.stderr, flush=True)
+    return 0
+
+
+async def _wait_until_serving(url: str, token: str, stop: asyncio.Event, patience: float = 30.0) -> None:
+    """Wait until the gateway answers a plan list: gateway, NATS and catalog are all up.
+
+    Without this, a command run right after `up` wrote gateway.json could find nobody
+    listening yet. After `patience` seconds (or Ctrl-C) it stops waiting; the services keep starting.
+    """
+    import urllib.request
+
+    request = urllib.request.Request(url + "/api/v1/plans", headers={"Authorization": f"Bearer {token}"})
+
+    def answers() -> bool:
+        try:
+            with urllib.request.urlopen(request, timeout=2) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    deadline = time.monotonic() + patience
+    while not stop.is_set():
+        if await asyncio.to_thread(answers):
+            return
+        if time.monotonic() > deadline:
+            log.warning("the gateway did not answer within %.0f s; starting anyway", patience)
+            return
+        await asyncio.sleep(0.1)
+
+
+def _without_credentials(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme}{sep}{rest.rpartition('@')[2]}" if sep else url
+
+
+async def _supervise(children: list[Child], stop: asyncio.Event) -> None:
+    """Restart children that die, with backoff, until `stop` is set."""
+    last_start = {child.name: time.monotonic() for child in children}
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.5)
+        if stop.is_set():
+            return
+        for child in children:
+            if child.proc is not None and child.proc.returncode is not None:
+                # Back off when it keeps crashing; reset once it ran for a minute.
+                if time.monotonic() - last_start[child.name] > 60:
+                    child.restarts = 0
+                delay = min(2 ** child.restarts * 0.5, 30)
+                if time.monotonic() - last_start[child.name] < delay:
+                    continue
+                log.warning("%s exited with %s; restarting (see %s)", child.name, child.proc.returncode,
+                            child.log_path)
+                child.restarts += 1
+                last_start[child.name] = time.monotonic()
+                await child.start()

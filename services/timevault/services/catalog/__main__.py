@@ -1,0 +1,43 @@
+"""``python -m timevault.services.catalog --nats URL [--db PATH | --data-dir DIR]``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+
+from nats.aio.client import Client as NATS
+
+from timevault.services.catalog.db import CatalogDB
+from timevault.services.catalog.service import CatalogOptions, CatalogService
+from timevault.services.common.paths import default_data_dir
+from timevault.services.common.runner import base_parser, run_service
+
+
+def parser() -> argparse.ArgumentParser:
+    p = base_parser("catalog", "TimeVault catalog: the only writer of metadata.")
+    p.add_argument("--data-dir", default=os.environ.get("TIMEVAULT_DATA_DIR") or str(default_data_dir()))
+    p.add_argument("--db", help="SQLite file (default: <data-dir>/catalog.db)")
+    p.add_argument("--job-timeout", type=float, default=60.0,
+                   help="fail a running job after this many seconds without heartbeat")
+    p.add_argument("--pending-timeout", type=float, default=3600.0)
+    p.add_argument("--delete-wait", type=float, default=60.0)
+    p.add_argument("--reap-every", type=float, default=2.0)
+    p.add_argument("--kdf-n", type=int, default=None, help=argparse.SUPPRESS)  # tests: cheap scrypt
+    return p
+
+
+async def main(args: argparse.Namespace, nc: NATS, stack: contextlib.AsyncExitStack,
+               stop: asyncio.Event) -> None:
+    db = await CatalogDB.open(args.db or os.path.join(args.data_dir, "catalog.db"))
+    stack.push_async_callback(db.close)
+    options = CatalogOptions(job_timeout=args.job_timeout, pending_timeout=args.pending_timeout,
+                             delete_wait=args.delete_wait, reap_every=args.reap_every, kdf_n=args.kdf_n)
+    service = CatalogService(nc, db, options)
+    await service.start()
+    stack.push_async_callback(service.stop)
+
+
+if __name__ == "__main__":
+    run_service("catalog", parser(), main)

@@ -1,0 +1,280 @@
+"""The catalog's SQLite store (aiosqlite, WAL). Only the catalog service writes it.
+
+Rows keep their wire Struct as JSON in a ``data`` column plus the few columns that queries
+filter on, so adding a field to a Struct needs no migration.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+from pathlib import Path
+
+import aiosqlite
+import msgspec
+
+from timevault.proto.jobs import Job
+from timevault.proto.plans import Location, PlanEvent, Schedule, SnapshotInfo
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS plans (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    sources TEXT NOT NULL,
+    schedule TEXT NOT NULL,
+    location TEXT NOT NULL,
+    write_keys BLOB NOT NULL,
+    paused INTEGER NOT NULL DEFAULT 0,
+    deleting INTEGER NOT NULL DEFAULT 0,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    resumed_at TEXT,
+    last_slot TEXT,
+    total_size INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    plan_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    heartbeat REAL NOT NULL DEFAULT 0,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_plan_status ON jobs (plan_id, status);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
+CREATE TABLE IF NOT EXISTS snapshots (
+    plan_id TEXT NOT NULL,
+    id TEXT NOT NULL,
+    started_at TEXT,
+    data TEXT NOT NULL,
+    PRIMARY KEY (plan_id, id)
+);
+CREATE TABLE IF NOT EXISTS chunks (
+    plan_id TEXT NOT NULL,
+    id BLOB NOT NULL,
+    pack TEXT NOT NULL,
+    length INTEGER NOT NULL,
+    PRIMARY KEY (plan_id, id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    plan_id TEXT NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_plan ON events (plan_id, seq);
+"""
+
+
+class PlanRow(msgspec.Struct, kw_only=True):
+    id: str
+    name: str
+    sources: list[str]
+    schedule: Schedule
+    location: Location
+    write_keys: bytes
+    paused: bool
+    deleting: bool
+    created_at: datetime
+    updated_at: datetime
+    resumed_at: datetime | None
+    last_slot: datetime | None
+    total_size: int
+
+
+def _dt(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+class CatalogDB:
+    """Typed access to the catalog tables. Callers serialise writes with `CatalogService.lock`."""
+
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self.conn = conn
+
+    @classmethod
+    async def open(cls, path: str | os.PathLike[str]) -> CatalogDB:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # The DB holds write keys: create it private before SQLite opens it.
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+        os.close(fd)
+        os.chmod(path, 0o600)
+        conn = await aiosqlite.connect(path)
+        await conn.execute("PRAGMA journal_mode=WAL")
+        await conn.execute("PRAGMA synchronous=NORMAL")
+        await conn.execute("PRAGMA foreign_keys=ON")
+        await conn.executescript(SCHEMA)
+        await conn.commit()
+        return cls(conn)
+
+    async def close(self) -> None:
+        await self.conn.close()
+
+    # --- plans ---------------------------------------------------------------------------
+
+    _PLAN_COLS = ("id, name, sources, schedule, location, write_keys, paused, deleting, created_at, "
+                  "updated_at, resumed_at, last_slot, total_size")
+
+    def _plan(self, row: aiosqlite.Row) -> PlanRow:
+        return PlanRow(
+            id=row[0], name=row[1], sources=msgspec.json.decode(row[2], type=list[str]),
+            schedule=msgspec.json.decode(row[3], type=Schedule),
+            location=msgspec.json.decode(row[4], type=Location), write_keys=bytes(row[5]),
+            paused=bool(row[6]), deleting=bool(row[7]), created_at=datetime.fromisoformat(row[8]),
+            updated_at=datetime.fromisoformat(row[9]), resumed_at=_dt(row[10]), last_slot=_dt(row[11]),
+            total_size=row[12],
+        )
+
+    async def insert_plan(self, plan: PlanRow) -> None:
+        await self.conn.execute(
+            f"INSERT INTO plans ({self._PLAN_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (plan.id, plan.name, msgspec.json.encode(plan.sources), msgspec.json.encode(plan.schedule),
+             msgspec.json.encode(plan.location), plan.write_keys, int(plan.paused), int(plan.deleting),
+             _iso(plan.created_at), _iso(plan.updated_at), _iso(plan.resumed_at), _iso(plan.last_slot),
+             plan.total_size),
+        )
+
+    async def save_plan(self, plan: PlanRow) -> None:
+        await self.conn.execute(
+            "UPDATE plans SET sources=?, schedule=?, paused=?, deleting=?, updated_at=?, resumed_at=?, "
+            "last_slot=? WHERE id=?",
+            (msgspec.json.encode(plan.sources), msgspec.json.encode(plan.schedule), int(plan.paused),
+             int(plan.deleting), _iso(plan.updated_at), _iso(plan.resumed_at), _iso(plan.last_slot), plan.id),
+        )
+
+    async def get_plan(self, ref: str) -> PlanRow | None:
+        """By id first, then by name (names are never ``p_`` + 16 hex, ids always are)."""
+        for column in ("id", "name"):
+            sql = f"SELECT {self._PLAN_COLS} FROM plans WHERE {column}=?"
+            async with self.conn.execute(sql, (ref,)) as cur:
+                row = await cur.fetchone()
+            if row is not None:
+                return self._plan(row)
+        return None
+
+    async def list_plans(self) -> list[PlanRow]:
+        async with self.conn.execute(f"SELECT {self._PLAN_COLS} FROM plans ORDER BY name") as cur:
+            return [self._plan(row) for row in await cur.fetchall()]
+
+    async def claim_slot(self, plan_id: str, slot: datetime) -> bool:
+        """Compare-and-set: record `slot` as fired unless it (or a later one) already was."""
+        cur = await self.conn.execute(
+            "UPDATE plans SET last_slot=? WHERE id=? AND paused=0 AND deleting=0 "
+            "AND (last_slot IS NULL OR last_slot < ?)",
+            (_iso(slot), plan_id, _iso(slot)),
+        )
+        return cur.rowcount == 1
+
+    async def add_total_size(self, plan_id: str, delta: int) -> None:
+        await self.conn.execute("UPDATE plans SET total_size = total_size + ? WHERE id=?", (delta, plan_id))
+
+    async def delete_plan_rows(self, plan_id: str) -> None:
+        for table, column in (("chunks", "plan_id"), ("snapshots", "plan_id"), ("jobs", "plan_id"),
+                              ("events", "plan_id"), ("plans", "id")):
+            await self.conn.execute(f"DELETE FROM {table} WHERE {column}=?", (plan_id,))
+
+    # --- jobs ----------------------------------------------------------------------------
+
+    async def save_job(self, job: Job, *, heartbeat: float | None = None,
+                       cancel_requested: bool | None = None) -> None:
+        await self.conn.execute(
+            "INSERT INTO jobs (id, plan_id, kind, status, created_at, data) VALUES (?,?,?,?,?,?) "
+            "ON CONFLICT(id) DO UPDATE SET status=excluded.status, data=excluded.data",
+            (job.id, job.plan_id, job.kind, job.status, _iso(job.created_at), msgspec.json.encode(job)),
+        )
+        if heartbeat is not None:
+            await self.conn.execute("UPDATE jobs SET heartbeat=? WHERE id=?", (heartbeat, job.id))
+        if cancel_requested is not None:
+            await self.conn.execute("UPDATE jobs SET cancel_requested=? WHERE id=?",
+                                    (int(cancel_requested), job.id))
+
+    async def get_job(self, job_id: str) -> tuple[Job, float, bool] | None:
+        async with self.conn.execute(
+            "SELECT data, heartbeat, cancel_requested FROM jobs WHERE id=?", (job_id,)
+        ) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        return msgspec.json.decode(row[0], type=Job), row[1], bool(row[2])
+
+    async def list_jobs(self, *, plan_id: str | None = None, statuses: tuple[str, ...] = (),
+                        kind: str | None = None, limit: int = 100) -> list[Job]:
+        where, params = [], []
+        if plan_id is not None:
+            where.append("plan_id=?")
+            params.append(plan_id)
+        if statuses:
+            where.append(f"status IN ({','.join('?' * len(statuses))})")
+            params.extend(statuses)
+        if kind is not None:
+            where.append("kind=?")
+            params.append(kind)
+        sql = "SELECT data FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
+        sql += " ORDER BY created_at DESC LIMIT ?"
+        async with self.conn.execute(sql, (*params, limit)) as cur:
+            return [msgspec.json.decode(row[0], type=Job) for row in await cur.fetchall()]
+
+    async def stale_jobs(self, status: str, before: float, *, by_heartbeat: bool) -> list[tuple[Job, bool]]:
+        column = "heartbeat" if by_heartbeat else "strftime('%s', created_at)"
+        async with self.conn.execute(
+            f"SELECT data, cancel_requested FROM jobs WHERE status=? AND {column} < ?", (status, before)
+        ) as cur:
+            return [(msgspec.json.decode(r[0], type=Job), bool(r[1])) for r in await cur.fetchall()]
+
+    async def touch_job(self, job: Job, heartbeat: float) -> None:
+        await self.conn.execute("UPDATE jobs SET data=?, heartbeat=? WHERE id=?",
+                                (msgspec.json.encode(job), heartbeat, job.id))
+
+    # --- snapshots -----------------------------------------------------------------------
+
+    async def save_snapshot(self, plan_id: str, snap: SnapshotInfo) -> None:
+        await self.conn.execute(
+            "INSERT OR REPLACE INTO snapshots (plan_id, id, started_at, data) VALUES (?,?,?,?)",
+            (plan_id, snap.id, _iso(snap.started_at), msgspec.json.encode(snap)),
+        )
+
+    async def list_snapshots(self, plan_id: str) -> list[SnapshotInfo]:
+        async with self.conn.execute(
+            "SELECT data FROM snapshots WHERE plan_id=? ORDER BY started_at, id", (plan_id,)
+        ) as cur:
+            return [msgspec.json.decode(row[0], type=SnapshotInfo) for row in await cur.fetchall()]
+
+    # --- chunks --------------------------------------------------------------------------
+
+    async def known_chunks(self, plan_id: str, ids: list[bytes]) -> set[bytes]:
+        known: set[bytes] = set()
+        for start in range(0, len(ids), 500):  # stay below SQLite's bound-parameter limit
+            batch = ids[start : start + 500]
+            async with self.conn.execute(
+                f"SELECT id FROM chunks WHERE plan_id=? AND id IN ({','.join('?' * len(batch))})",
+                (plan_id, *batch),
+            ) as cur:
+                known.update(bytes(row[0]) for row in await cur.fetchall())
+        return known
+
+    async def add_chunks(self, plan_id: str, chunks: list[tuple[bytes, str, int]]) -> int:
+        before = self.conn.total_changes
+        await self.conn.executemany(
+            "INSERT OR IGNORE INTO chunks (plan_id, id, pack, length) VALUES (?,?,?,?)",
+            [(plan_id, cid, pack, length) for cid, pack, length in chunks],
+        )
+        return self.conn.total_changes - before
+
+    # --- events --------------------------------------------------------------------------
+
+    async def add_event(self, event: PlanEvent) -> None:
+        await self.conn.execute("INSERT INTO events (plan_id, data) VALUES (?,?)",
+                                (event.plan_id, msgspec.json.encode(event)))
+
+    async def list_events(self, plan_id: str, limit: int) -> list[PlanEvent]:
+        async with self.conn.execute(
+            "SELECT data FROM events WHERE plan_id=? ORDER BY seq DESC LIMIT ?", (plan_id, limit)
+        ) as cur:
+            rows = await cur.fetchall()
+        return [msgspec.json.decode(row[0], type=PlanEvent) for row in reversed(rows)]

@@ -1,0 +1,141 @@
+"""Request/reply over NATS with one error path.
+
+`serve` subscribes a typed handler: it decodes the request, runs the handler, encodes the reply,
+and turns a `ServiceError` (or any unexpected exception, as ``internal``) into an error reply.
+`request` is the matching client: it raises the `ServiceError` an error reply carries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from timevault.proto import wire
+from timevault.proto.errors import ERROR_HEADER, ErrorReply, ServiceError
+from timevault.services.common.natsio import Parts
+
+T = TypeVar("T")
+R = TypeVar("R")
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Any], Awaitable[Any]]
+
+
+class Stats:
+    """Counters for one service's handlers (requests and errors per subject)."""
+
+    def __init__(self) -> None:
+        self.requests: dict[str, int] = {}
+        self.errors: dict[str, int] = {}
+
+
+async def _reply(nc: NATS, msg: Msg, body: bytes, headers: dict[str, str] | None = None) -> None:
+    if not msg.reply:
+        return
+    try:
+        await nc.publish(msg.reply, body, headers=headers)
+    except nats.errors.Error as exc:  # the connection dropped; the caller will time out and retry
+        log.warning("cannot reply on %s: %s", msg.subject, exc)
+
+
+async def reply_error(nc: NATS, msg: Msg, error: ServiceError) -> None:
+    await _reply(nc, msg, wire.encode(ErrorReply(error=error.info())), {ERROR_HEADER: error.code})
+
+
+async def serve(
+    nc: NATS,
+    subject: str,
+    request_type: type[T],
+    handler: Callable[[T], Awaitable[Any]],
+    *,
+    queue: str = "",
+    stats: Stats | None = None,
+    msgpack: bool = False,
+    concurrent: bool = True,
+    raw: bool = False,
+) -> Subscription:
+    """Subscribe `handler` on `subject`; every message gets exactly one reply (result or error).
+
+    With `raw`, the handler gets the message body as received (`request_type` is ignored) and
+    decodes it itself; replies are still encoded as `msgpack` says.
+    """
+    tasks: set[asyncio.Task[None]] = set()
+    decode: Callable[[Any, Any], Any] = wire.decode_msgpack if msgpack else wire.decode
+    if raw:
+        decode = _undecoded
+    encode = wire.encode_msgpack if msgpack else wire.encode
+
+    async def handle(msg: Msg) -> None:
+        if stats is not None:
+            stats.requests[subject] = stats.requests.get(subject, 0) + 1
+        try:
+            result = await handler(decode(msg.data, request_type))
+            await _reply(nc, msg, encode(result))
+        except ServiceError as exc:
+            if stats is not None:
+                stats.errors[subject] = stats.errors.get(subject, 0) + 1
+            await reply_error(nc, msg, exc)
+        except Exception:
+            if stats is not None:
+                stats.errors[subject] = stats.errors.get(subject, 0) + 1
+            log.exception("handler for %s failed", subject)
+            await reply_error(nc, msg, ServiceError("internal", f"internal error in {subject}; see the log"))
+
+    async def callback(msg: Msg) -> None:
+        if not concurrent:
+            await handle(msg)
+            return
+        # Each request in its own task so one slow request does not hold up the subject.
+        task = asyncio.create_task(handle(msg))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    return await nc.subscribe(subject, queue=queue, cb=callback, pending_bytes_limit=256 * 1024 * 1024)
+
+
+def _undecoded(data: Any, _type: Any) -> Any:
+    return data
+
+
+async def request(
+    nc: NATS,
+    subject: str,
+    message: Any,
+    reply_type: type[R],
+    *,
+    timeout: float = 10.0,  # noqa: ASYNC109 - passed to nats-py's request
+    msgpack: bool = False,
+) -> R:
+    """Send a request and decode its reply; raises ServiceError (``unavailable`` when nobody answers)."""
+    body = wire.encode_msgpack(message) if msgpack else wire.encode(message)
+    return await request_encoded(nc, subject, body, reply_type, timeout=timeout, msgpack=msgpack)
+
+
+async def request_encoded(
+    nc: NATS,
+    subject: str,
+    body: bytes | Parts,
+    reply_type: type[R],
+    *,
+    timeout: float = 10.0,  # noqa: ASYNC109 - passed to nats-py's request
+    msgpack: bool = False,
+) -> R:
+    """`request` for a body that is already encoded (e.g. a batch built once, or `Parts`)."""
+    try:
+        msg = await nc.request(subject, body, timeout=timeout)
+    except nats.errors.NoRespondersError as exc:
+        raise ServiceError("unavailable", f"no service answers on {subject}") from exc
+    except (TimeoutError, nats.errors.TimeoutError) as exc:
+        raise ServiceError("unavailable", f"no reply on {subject} within {timeout:g}s") from exc
+    except nats.errors.Error as exc:
+        raise ServiceError("unavailable", f"NATS error on {subject}: {exc}") from exc
+    if msgpack and not (msg.headers and ERROR_HEADER in msg.headers):
+        return wire.decode_msgpack(msg.data, reply_type)
+    return wire.decode_reply(msg.data, msg.headers, reply_type)

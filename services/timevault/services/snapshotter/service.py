@@ -1,0 +1,182 @@
+"""The snapshotter: takes backup jobs from the JetStream work queue and runs them.
+
+Per job: claim it at the catalog, open the repository with the write tier only (it never sees
+the password), run `timevault.core.archiver.backup` with the catalog for dedup and uploaders as the sink,
+and report the snapshot to the catalog only after the sink confirmed every blob durable and the
+manifest was written. The work item is acked after the report, and kept alive with
+``in_progress`` while the job runs, so a snapshotter that dies mid-job has its job redelivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from datetime import datetime
+
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig
+
+from timevault.proto import subjects, wire
+from timevault.proto.errors import ServiceError
+from timevault.proto.jobs import BackupWork, Job, JobClaim
+from timevault.proto.plans import PlanDetail, PlanRef, PlanSecrets, SnapshotInfo
+from timevault.services.common import rpc
+from timevault.services.common.jobs import JobContext
+from timevault.services.common.util import instance_id
+from timevault.services.common.work import ensure_work_stream
+from timevault.services.snapshotter.remote import MAX_IN_FLIGHT, CatalogKnownBlobs, UploadSink
+
+# The upload window (remote.MAX_IN_FLIGHT) holds sent-but-unconfirmed blobs on top of this.
+ARCHIVER_IN_FLIGHT = 32 * 1024 * 1024
+
+log = logging.getLogger(__name__)
+
+
+class Snapshotter:
+    def __init__(self, nc: NATS, *, concurrency: int = 1, ack_wait: float = 30.0,
+                 cache_dir: str | None = None, max_in_flight: int = MAX_IN_FLIGHT,
+                 instance: str | None = None) -> None:
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.concurrency = concurrency
+        self.ack_wait = ack_wait
+        self.cache_dir = cache_dir
+        self.max_in_flight = max_in_flight
+        self.instance = instance or instance_id("snapshotter")
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await ensure_work_stream(self.nc)
+        sub = await self._subscribe(stop)
+        slots = asyncio.Semaphore(self.concurrency)
+        running: set[asyncio.Task[None]] = set()
+        while not stop.is_set():
+            await slots.acquire()
+            if stop.is_set():
+                break
+            try:
+                msgs = await sub.fetch(1, timeout=1.0)
+            except (nats.errors.TimeoutError, TimeoutError):
+                slots.release()
+                continue
+            except Exception as exc:  # NATS restarting: keep trying
+                slots.release()
+                log.debug("fetch failed: %s", exc)
+                await asyncio.sleep(0.5)
+                continue
+            for msg in msgs:
+                task = asyncio.create_task(self._handle(msg))
+                running.add(task)
+                task.add_done_callback(lambda t: (running.discard(t), slots.release()))
+        # Shutting down: cancel running jobs; their work items are redelivered to another copy.
+        for task in list(running):
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()  # type: ignore[attr-defined]
+
+    async def _subscribe(self, stop: asyncio.Event) -> object:
+        config = ConsumerConfig(durable_name=subjects.SNAPSHOTTER_DURABLE, ack_policy=AckPolicy.EXPLICIT,
+                                ack_wait=self.ack_wait, max_deliver=50, filter_subject=subjects.WORK_BACKUP)
+        while True:
+            try:
+                return await self.js.pull_subscribe(subjects.WORK_BACKUP, durable=subjects.SNAPSHOTTER_DURABLE,
+                                                    stream=subjects.WORK_STREAM, config=config)
+            except Exception as exc:
+                if stop.is_set():
+                    raise
+                log.info("waiting for JetStream: %s", exc)
+                await asyncio.sleep(0.5)
+
+    async def _handle(self, msg: Msg) -> None:
+        try:
+            work = wire.decode(msg.data, BackupWork)
+        except ServiceError:
+            log.error("dropping malformed work item")
+            await msg.term()
+            return
+        try:
+            job = await rpc.request(self.nc, subjects.JOB_CLAIM, JobClaim(job_id=work.job_id, worker=self.instance),
+                                    Job)
+        except ServiceError as exc:
+            if exc.code == "unavailable":
+                await msg.nak(delay=1)  # catalog down: try again later
+            elif exc.code == "busy":
+                # Redelivered while the catalog still sees the old worker's heartbeat: if that
+                # worker died, its heartbeat goes stale and a later delivery takes the job over.
+                await msg.nak(delay=2)
+            else:
+                log.info("job %s not taken: %s", work.job_id, exc)  # finished, canceled or running elsewhere
+                await msg.ack()
+            return
+        log.info("job %s: backup of plan %s (attempt %d)", job.id, job.plan_id, job.attempt)
+        try:
+            await self.run_job(job, msg)
+        finally:
+            with contextlib.suppress(Exception):
+                await msg.ack()
+
+    async def run_job(self, job: Job, msg: Msg | None = None) -> None:
+        from timevault.core.archiver import BackupCanceled, backup
+        from timevault.core.repository import Repository
+        from timevault.core.storage import open_location
+
+        async def keep_alive() -> None:
+            if msg is not None:
+                with contextlib.suppress(Exception):
+                    await msg.in_progress()
+
+        async with JobContext(self.nc, job, self.instance, on_beat=keep_alive) as ctx:
+            sink: UploadSink | None = None
+            try:
+                plan = await rpc.request(self.nc, subjects.PLAN_GET, PlanRef(plan=job.plan_id), PlanDetail)
+                secrets = await rpc.request(self.nc, subjects.PLAN_SECRETS, PlanRef(plan=job.plan_id), PlanSecrets)
+                repo = await Repository.open_write_only(open_location(secrets.location), secrets.write_keys)
+                try:
+                    sink = UploadSink(self.nc, job.id, job.plan_id, max_in_flight=self.max_in_flight)
+
+                    def progress(p: object) -> None:
+                        ctx.update(files_done=p.files_done, bytes_done=p.bytes_done,  # type: ignore[attr-defined]
+                                   files_total=p.files_total, bytes_total=p.bytes_total)  # type: ignore[attr-defined]
+
+                    cache = os.path.join(self.cache_dir, job.plan_id) if self.cache_dir else None
+                    snapshot_id, snap = await backup(repo, plan.sources, sink=sink,
+                                                     known=CatalogKnownBlobs(self.nc, job.plan_id),
+                                                     progress=progress, cancel=ctx.cancel, cache_dir=cache,
+                                                     plan=job.plan_id, in_flight=ARCHIVER_IN_FLIGHT)
+                    await sink.close()
+                    log.info("job %s: waited %.2f s for the upload window, %.2f s for batch replies; "
+                             "peak %d MiB unconfirmed", job.id, sink.waited_for_room, sink.waited_for_replies,
+                             sink.peak_unconfirmed_bytes >> 20)
+                finally:
+                    await repo.close()
+            except (BackupCanceled, asyncio.CancelledError) as exc:
+                if sink is not None:
+                    with contextlib.suppress(Exception):
+                        await sink.close(discard=True)
+                if isinstance(exc, asyncio.CancelledError) and not ctx.cancel.is_set():
+                    raise  # service shutting down: leave the job for redelivery
+                await ctx.finish("canceled", "canceled by user")
+                return
+            except Exception as exc:
+                if sink is not None:
+                    with contextlib.suppress(Exception):
+                        await sink.close(discard=True)
+                reason = exc.message if isinstance(exc, ServiceError) else f"{type(exc).__name__}: {exc}"
+                if ctx.cancel.is_set():
+                    await ctx.finish("canceled", "canceled by user")
+                else:
+                    log.warning("job %s failed: %s", job.id, reason)
+                    await ctx.finish("failed", reason)
+                return
+            info = SnapshotInfo(
+                id=snapshot_id, started_at=datetime.fromisoformat(snap.time),
+                finished_at=datetime.fromisoformat(snap.finished), size=snap.stats.size,
+                added_size=snap.stats.added_size, files=snap.stats.files, status="completed",
+            )
+            await ctx.finish("completed", snapshot=info)
+            log.info("job %s: snapshot %s (%d files, %d bytes added)", job.id, snapshot_id[:12],
+                     snap.stats.files, snap.stats.added_size)

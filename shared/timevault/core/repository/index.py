@@ -1,0 +1,116 @@
+"""The index: which pack holds each blob, merged from every `index/<id>` file."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import msgspec
+
+from timevault.core import crypto
+from timevault.core.repository.format import BlobType, IndexFile, IndexPack, PackBlob
+from timevault.core.storage import Storage
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(IndexFile)
+
+
+@dataclass(frozen=True, slots=True)
+class BlobLocation:
+    pack: str
+    type: BlobType
+    offset: int
+    length: int
+    raw_length: int
+
+
+def pack_object_name(pack_id: str) -> str:
+    return f"data/{pack_id[:2]}/{pack_id}"
+
+
+class Index:
+    """In-memory blob → location map. Built by `load`, grown as packs are written."""
+
+    def __init__(self) -> None:
+        self.blobs: dict[bytes, BlobLocation] = {}
+        self.packs: dict[str, IndexPack] = {}
+        self.files: set[str] = set()
+
+    def __contains__(self, blob_id: bytes) -> bool:
+        return blob_id in self.blobs
+
+    def add_pack(self, pack: IndexPack) -> None:
+        self.packs[pack.id] = pack
+        blobs, pack_id = self.blobs, pack.id
+        for blob in pack.blobs:
+            if blob.id not in blobs:  # the first pack named keeps the blob
+                blobs[blob.id] = BlobLocation(pack_id, blob.type, blob.offset, blob.length, blob.raw_length)
+
+    def stored_size(self) -> int:
+        return sum(pack.size for pack in self.packs.values())
+
+    @classmethod
+    async def load(cls, storage: Storage, meta_key: bytes, errors: list[str] | None = None) -> Index:
+        """Merge every index file. Damaged files raise CorruptIndex, or go to `errors` if given."""
+        names = [info.name async for info in storage.list("index/")]
+        sem = asyncio.Semaphore(16)
+
+        async def fetch(name: str) -> tuple[str, IndexFile | None]:
+            async with sem:
+                try:
+                    return name, decode_index_file(meta_key, await storage.get(name))
+                except CorruptIndex as exc:
+                    if errors is None:
+                        raise CorruptIndex(f"{storage.location}: {name}: {exc}") from exc
+                    errors.append(f"{name}: {exc}")
+                    return name, None
+
+        index = cls()
+        superseded: set[str] = set()
+        loaded = []
+        for name, file in await asyncio.gather(*(fetch(name) for name in names)):
+            if file is None:
+                continue
+            loaded.append((name, file))
+            superseded.update(file.supersedes)
+        for name, file in loaded:
+            file_id = name.removeprefix("index/")
+            if file_id in superseded:
+                continue
+            index.files.add(file_id)
+            for pack in file.packs:
+                index.add_pack(pack)
+        return index
+
+
+class CorruptIndex(Exception):
+    pass
+
+
+def decode_index_file(meta_key: bytes, data: bytes) -> IndexFile:
+    try:
+        return _decoder.decode(crypto.decrypt(meta_key, data, b"index"))
+    except (crypto.Unauthenticated, msgspec.DecodeError) as exc:
+        raise CorruptIndex(f"index file is damaged: {exc}") from exc
+
+
+async def write_index_file(
+    storage: Storage, meta_key: bytes, packs: list[IndexPack], supersedes: list[str] | None = None
+) -> str:
+    """Write one index file and return its id (a hash of its ciphertext)."""
+    plaintext = _encoder.encode(IndexFile(packs=packs, supersedes=supersedes or []))
+    data = crypto.encrypt(meta_key, plaintext, b"index")
+    file_id = crypto.content_hash(data).hex()
+    await storage.put(f"index/{file_id}", data)
+    return file_id
+
+
+__all__ = [
+    "BlobLocation",
+    "CorruptIndex",
+    "Index",
+    "PackBlob",
+    "decode_index_file",
+    "pack_object_name",
+    "write_index_file",
+]

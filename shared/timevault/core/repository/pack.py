@@ -1,0 +1,169 @@
+"""Packs: many encrypted blobs in one ~16 MiB object, plus an encrypted header.
+
+Layout: blob payloads back to back, then the header (AES-GCM with the metadata key, msgpack
+`PackHeader`), then the header's length as 4 bytes little-endian, then the magic ``TVP1``.
+A pack's id is the BLAKE3 hash of its bytes, so `check --read-data` can verify it whole.
+
+The `Packer` writes each pack and then an index file for it, in that order: a crash can leave
+a pack with no index (unused, removed by prune), never an index entry without its pack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections.abc import Awaitable, Callable
+
+import msgspec
+
+from timevault.core import crypto
+from timevault.core.repository.blobs import EncodedBlob
+from timevault.core.repository.format import PACK_MAGIC, BlobType, IndexPack, PackBlob, PackHeader
+from timevault.core.repository.index import pack_object_name, write_index_file
+from timevault.core.storage import Storage
+from timevault.core.storage.base import BytesLike
+
+PACK_SIZE = 16 * 1024 * 1024
+_TRAILER = struct.Struct("<I4s")
+_header_decoder = msgspec.msgpack.Decoder(PackHeader)
+
+
+class CorruptPack(Exception):
+    pass
+
+
+def pack_parts(meta_key: bytes, blobs: list[EncodedBlob]) -> tuple[str, list[BytesLike], IndexPack]:
+    """Assemble one pack as parts in storage order (payloads, header, trailer), not joined.
+
+    Returns (pack id, parts, its index entry). Storage writes the parts with one gathered
+    write; joining them first would copy 16 MiB into fresh pages while holding the GIL.
+    """
+    entries: list[PackBlob] = []
+    offset = 0
+    for blob in blobs:
+        entries.append(PackBlob(blob.id, blob.type, offset, len(blob.payload), blob.raw_length))
+        offset += len(blob.payload)
+    header = crypto.encrypt(meta_key, msgspec.msgpack.encode(PackHeader(entries)), b"pack")
+    parts: list[BytesLike] = [*(blob.payload for blob in blobs), header, _TRAILER.pack(len(header), PACK_MAGIC)]
+    pack_id = crypto.content_hash_of_parts(parts).hex()
+    return pack_id, parts, IndexPack(pack_id, offset + len(header) + _TRAILER.size, entries)
+
+
+def build_pack(meta_key: bytes, blobs: list[EncodedBlob]) -> tuple[str, bytes, IndexPack]:
+    """`pack_parts` joined into one buffer: (pack id, bytes, its index entry)."""
+    pack_id, parts, entry = pack_parts(meta_key, blobs)
+    return pack_id, b"".join(parts), entry
+
+
+def read_pack_header(meta_key: bytes, data: bytes) -> PackHeader:
+    """Parse the header from a whole pack (used to rebuild a lost index)."""
+    if len(data) < _TRAILER.size:
+        raise CorruptPack("pack too short")
+    header_len, magic = _TRAILER.unpack(data[-_TRAILER.size :])
+    if magic != PACK_MAGIC or header_len > len(data) - _TRAILER.size:
+        raise CorruptPack("pack trailer is damaged")
+    start = len(data) - _TRAILER.size - header_len
+    try:
+        plaintext = crypto.decrypt(meta_key, data[start : start + header_len], b"pack")
+        return _header_decoder.decode(plaintext)
+    except (crypto.Unauthenticated, msgspec.DecodeError) as exc:
+        raise CorruptPack("pack header is damaged") from exc
+
+
+class Packer:
+    """Collects encoded blobs into packs and writes them (pack, then its index file).
+
+    Safe to call `add` from many tasks. A blob id already added is ignored, so repeated
+    delivery of the same blob is harmless. At most `max_pending` packs are written at once;
+    `add` waits when that many are in flight (backpressure).
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        meta_key: bytes,
+        *,
+        pack_size: int = PACK_SIZE,
+        max_pending: int = 2,
+        on_written: Callable[[IndexPack], Awaitable[None] | None] | None = None,
+    ) -> None:
+        self._storage = storage
+        self._meta_key = meta_key
+        self._pack_size = pack_size
+        self._open: dict[BlobType, list[EncodedBlob]] = {BlobType.DATA: [], BlobType.TREE: []}
+        self._open_bytes: dict[BlobType, int] = {BlobType.DATA: 0, BlobType.TREE: 0}
+        self._seen: set[bytes] = set()
+        self._writes: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(max_pending)
+        self._on_written = on_written
+        self.written: list[IndexPack] = []
+        self.bytes_written = 0
+
+    async def add(self, blob: EncodedBlob) -> None:
+        if blob.id in self._seen:
+            return
+        self._seen.add(blob.id)
+        self._open[blob.type].append(blob)
+        self._open_bytes[blob.type] += len(blob.payload)
+        if self._open_bytes[blob.type] >= self._pack_size:
+            await self._seal(blob.type)
+
+    async def _seal(self, blob_type: BlobType) -> None:
+        blobs = self._open[blob_type]
+        if not blobs:
+            return
+        self._open[blob_type] = []
+        self._open_bytes[blob_type] = 0
+        await self._slots.acquire()
+        task = asyncio.create_task(self._write(blobs))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    async def _write(self, blobs: list[EncodedBlob]) -> None:
+        try:
+            pack_id, parts, entry = await asyncio.to_thread(pack_parts, self._meta_key, blobs)
+            blobs.clear()
+            await self._storage.put(pack_object_name(pack_id), parts)
+            del parts
+            await write_index_file(self._storage, self._meta_key, [entry])
+            self.written.append(entry)
+            self.bytes_written += entry.size
+            if self._on_written is not None:
+                result = self._on_written(entry)
+                if result is not None:
+                    await result
+        finally:
+            self._slots.release()
+
+    async def wait_for_one_write(self) -> bool:
+        """Wait until one pack being written is durable; False when none is being written.
+
+        Raises that write's failure. Lets a sender with a full window make room without sealing
+        a small pack early.
+        """
+        if not self._writes:
+            return False
+        done, _ = await asyncio.wait(set(self._writes), return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+        return True
+
+    async def flush(self) -> list[IndexPack]:
+        """Write every open pack and wait until all packs are durable. Raises the first failure."""
+        for blob_type in (BlobType.DATA, BlobType.TREE):
+            await self._seal(blob_type)
+        failures = []
+        while self._writes:
+            done = await asyncio.gather(*list(self._writes), return_exceptions=True)
+            failures.extend(result for result in done if isinstance(result, BaseException))
+        if failures:
+            raise failures[0]
+        return self.written
+
+    async def abort(self) -> None:
+        """Drop open blobs and cancel writes in flight (used when a job is canceled)."""
+        for task in list(self._writes):
+            task.cancel()
+        await asyncio.gather(*list(self._writes), return_exceptions=True)
+        self._open = {BlobType.DATA: [], BlobType.TREE: []}
