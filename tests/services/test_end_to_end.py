@@ -15,7 +15,7 @@ from tests.services.helpers import PASSWORD, create_plan, wait_job
 from timevault.proto import subjects
 from timevault.proto.errors import ServiceError
 from timevault.proto.jobs import Job, JobCreate, RestoreRequest
-from timevault.proto.plans import PlanDetail, PlanRef
+from timevault.proto.plans import PlanDetail, PlanList, PlanListRequest, PlanRef
 from timevault.services.common import rpc
 
 pytestmark = pytest.mark.timeout(120)
@@ -70,6 +70,11 @@ async def test_backup_change_backup_restore_each(catalog: NATS, workers: dict[st
     assert s1.started_at and s1.finished_at and s1.files == 2 and s1.size > 3 * 1024 * 1024
     assert s2.added_size < s1.added_size  # incremental: only the new chunks
     assert detail.total_size >= s1.added_size
+    # The plan list carries what a list of plans shows, so it needs no request per plan.
+    (listed,) = [p for p in (await rpc.request(catalog, subjects.PLAN_LIST, PlanListRequest(), PlanList)).plans
+                 if p.id == plan.id]
+    assert (listed.snapshot_count, listed.last_status, listed.last_error) == (2, "completed", None)
+    assert listed.last_snapshot_at == s2.finished_at
 
     out1, out2 = tmp_path / "out1", tmp_path / "out2"
     r1 = await restore(catalog, plan.id, s1.id, out1)

@@ -170,6 +170,12 @@ class Plan(msgspec.Struct, kw_only=True):
     """Id of the plan's pending or running backup job, if any."""
     last_status: str | None = None
     """Status of the most recent backup, if any."""
+    last_error: str | None = None
+    """Why the most recent backup failed, when it did."""
+    last_snapshot_at: datetime | None = None
+    """When the most recent completed snapshot finished (UTC), if any."""
+    snapshot_count: int = 0
+    """How many completed snapshots the plan has."""
 
 
 class PlanDetail(Plan, kw_only=True):

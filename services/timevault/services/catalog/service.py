@@ -164,6 +164,7 @@ class CatalogService:
     async def _plan_view(self, row: PlanRow) -> Plan:
         active = await self.db.list_jobs(plan_id=row.id, statuses=ACTIVE, kind="backup", limit=1)
         snaps = await self.db.list_snapshots(row.id)
+        completed = [snap for snap in snaps if snap.status == "completed"]
         return Plan(
             id=row.id, name=row.name, sources=row.sources, schedule=row.schedule, location=row.location,
             paused=row.paused, created_at=row.created_at, updated_at=row.updated_at,
@@ -171,6 +172,9 @@ class CatalogService:
             next_run=None if row.paused else next_run(row.schedule, max(utcnow(), row.last_slot or utcnow())),
             active_job=active[0].id if active else None,
             last_status=snaps[-1].status if snaps else None,
+            last_error=snaps[-1].error if snaps and snaps[-1].status == "failed" else None,
+            last_snapshot_at=completed[-1].finished_at or completed[-1].started_at if completed else None,
+            snapshot_count=len(completed),
         )
 
     async def _event(self, plan_id: str, kind: str, message: str = "", job_id: str | None = None) -> None:
