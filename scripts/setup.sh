@@ -8,6 +8,8 @@
 #                     `playwright install` is never run: it downloads a browser build)
 #   * .venv with `pip install -e '.[test]'`, redone only when pyproject.toml changed
 #     since the last successful install (hash kept in .venv/.setup-stamp).
+#   * a pinned TypeScript in .venv/node (from the npm registry), which type-checks the web UI's
+#     JavaScript (tests/gateway/test_ui_types.py); Node.js and npm come from apt only when missing.
 #
 # A second run with everything in place is silent and takes well under a second.
 # Environment: PYTHON (default python3, must be >= 3.11), SETUP_FORCE=1 reinstalls the venv packages.
@@ -19,6 +21,9 @@ PYTHON="${PYTHON:-python3}"
 VENV=.venv
 STAMP="$VENV/.setup-stamp"
 APT_PACKAGES=(nats-server restic chromium fonts-liberation)
+# Exact version: a newer compiler may report new errors, and CI must not change under a commit.
+TYPESCRIPT_VERSION=5.9.3
+NODE_PREFIX="$VENV/node"
 
 log() { printf 'setup: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -48,6 +53,10 @@ want=("${APT_PACKAGES[@]}")
 if ! "$PYTHON" -c 'import ensurepip' >/dev/null 2>&1; then
     want+=(python3-venv)
 fi
+# Checked by command, not by package: a Node.js from elsewhere (e.g. NodeSource's `nodejs`, which
+# ships npm itself and conflicts with Debian's `npm`) is used as it is.
+command -v node >/dev/null 2>&1 || want+=(nodejs)
+command -v npm >/dev/null 2>&1 || want+=(npm)
 
 if command -v dpkg-query >/dev/null 2>&1; then
     mapfile -t missing < <(apt_missing "${want[@]}")
@@ -82,4 +91,17 @@ if [ "${SETUP_FORCE:-0}" = 1 ] || [ "$want_stamp" != "$have_stamp" ] || [ ! -x "
         die "pip install failed (full log: $VENV/pip-install.log)"
     fi
     printf '%s\n' "$want_stamp" >"$STAMP"
+fi
+
+# --- TypeScript (type-checks static/*.js of the gateway; nothing is compiled or bundled) ----------
+# Kept inside .venv so the repository's top level stays clean and `make distclean` removes it.
+have_tsc="$(node -p "require('./$NODE_PREFIX/node_modules/typescript/package.json').version" 2>/dev/null || true)"
+if [ "${SETUP_FORCE:-0}" = 1 ] || [ "$have_tsc" != "$TYPESCRIPT_VERSION" ]; then
+    log "installing TypeScript $TYPESCRIPT_VERSION into $NODE_PREFIX (log: $VENV/npm-install.log)"
+    mkdir -p "$NODE_PREFIX"
+    if ! npm install --prefix "$NODE_PREFIX" --no-audit --no-fund --save-exact \
+            "typescript@$TYPESCRIPT_VERSION" >"$VENV/npm-install.log" 2>&1; then
+        tail -n 40 "$VENV/npm-install.log" >&2
+        die "npm install failed (full log: $VENV/npm-install.log)"
+    fi
 fi
