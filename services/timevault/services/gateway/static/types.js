@@ -1,0 +1,180 @@
+// @ts-check
+/**
+ * @file The JSON the UI exchanges with /api/v1, as JSDoc types; this module has no code.
+ *
+ * Each type mirrors the `timevault.proto` Struct of the same name (RestoreBody: the gateway's
+ * `bodies.py`), field for field: tests/gateway/test_ui_types.py compares the names. Times are
+ * RFC 3339 strings in UTC; a field the server has no value for is `null`.
+ */
+
+/**
+ * When a plan runs: local wall-clock time in the plan's time zone.
+ * @typedef {object} Schedule
+ * @property {"daily" | "weekly"} frequency
+ * @property {string} time "HH:MM", 24 h
+ * @property {number | null} [weekday] ISO day of week, Monday = 1 … Sunday = 7 (weekly only)
+ * @property {string} timezone IANA name, e.g. "Europe/Berlin"
+ */
+
+/**
+ * Where a plan's repository is stored.
+ * @typedef {object} Location
+ * @property {"local" | "s3"} type
+ * @property {string | null} [path] local: absolute folder
+ * @property {string | null} [bucket] s3
+ * @property {string | null} [prefix] s3: key prefix
+ * @property {string | null} [endpoint] s3: endpoint URL of an S3-compatible service
+ * @property {string | null} [region] s3
+ */
+
+/**
+ * A plan as listed (`GET /plans`): settings plus everything its card shows, so the list needs
+ * no request per plan.
+ * @typedef {object} Plan
+ * @property {string} id
+ * @property {string} name
+ * @property {string[]} sources
+ * @property {Schedule} schedule
+ * @property {Location} location
+ * @property {boolean} paused
+ * @property {string | null} created_at
+ * @property {string | null} updated_at
+ * @property {number} total_size bytes stored for this plan
+ * @property {string | null} next_run null while paused
+ * @property {string | null} active_job id of the pending or running backup
+ * @property {string | null} last_status status of the most recent backup run
+ * @property {string | null} last_error why the most recent run failed, when it did
+ * @property {string | null} last_snapshot_at when the latest completed snapshot finished
+ * @property {number} snapshot_count completed snapshots
+ */
+
+/**
+ * What a plan page adds to a listed plan.
+ * @typedef {object} PlanDetailFields
+ * @property {SnapshotInfo[]} snapshots backup runs, oldest first
+ */
+
+/**
+ * A plan with its backup log (`GET /plans/{id}`).
+ * @typedef {Plan & PlanDetailFields} PlanDetail
+ */
+
+/**
+ * One backup run: a snapshot, or a failed or canceled attempt.
+ * @typedef {object} SnapshotInfo
+ * @property {string} id snapshot id (the job id for a run that did not complete)
+ * @property {string | null} started_at
+ * @property {string | null} finished_at
+ * @property {number} size logical bytes of the files in the snapshot
+ * @property {number} added_size bytes newly stored by it
+ * @property {number} files
+ * @property {"completed" | "failed" | "canceled"} status
+ * @property {string | null} error
+ * @property {string | null} job_id
+ * @property {string | null} plan_id
+ */
+
+/**
+ * @typedef {"pending" | "running" | "completed" | "failed" | "canceled"} JobStatus
+ */
+
+/**
+ * A backup or restore run (`GET /jobs/{id}`).
+ * @typedef {object} Job
+ * @property {string} id
+ * @property {string} plan_id
+ * @property {"backup" | "restore"} kind
+ * @property {JobStatus} status
+ * @property {string} created_at
+ * @property {string | null} started_at
+ * @property {string | null} finished_at
+ * @property {"manual" | "schedule"} trigger
+ * @property {number} files_done
+ * @property {number} files_total 0 while unknown
+ * @property {number} bytes_done
+ * @property {number} bytes_total 0 while unknown
+ * @property {number} rate bytes per second, recently
+ * @property {string | null} error
+ * @property {string | null} snapshot_id
+ * @property {string | null} target restore: the target folder
+ * @property {string[]} includes restore: the chosen paths
+ * @property {string | null} worker
+ * @property {number} attempt
+ * @property {string | null} slot
+ * @property {number} added_size
+ */
+
+/**
+ * Live progress of a running job (event `progress`).
+ * @typedef {object} JobProgress
+ * @property {string} job_id
+ * @property {string} worker
+ * @property {string} ts
+ * @property {number} files_done
+ * @property {number} files_total
+ * @property {number} bytes_done
+ * @property {number} bytes_total
+ * @property {number} rate
+ * @property {number} added_size
+ */
+
+/**
+ * A job's status changed (event `job`).
+ * @typedef {object} JobEvent
+ * @property {Job} job
+ */
+
+/**
+ * An entry of a plan's event log (event `plan`).
+ * @typedef {object} PlanEvent
+ * @property {string} plan_id
+ * @property {string} ts
+ * @property {string} kind e.g. "created", "updated", "paused", "deleted", "job"
+ * @property {string} message
+ * @property {string | null} job_id
+ */
+
+/**
+ * `POST /plans`.
+ * @typedef {object} PlanCreate
+ * @property {string} name
+ * @property {string[]} sources
+ * @property {Schedule} schedule
+ * @property {Location} location
+ * @property {string} password
+ * @property {string} password_confirm
+ */
+
+/**
+ * `PATCH /plans/{id}`: absent fields keep their value.
+ * @typedef {object} PlanUpdate
+ * @property {string} [name] only the current one is accepted
+ * @property {string[]} [sources]
+ * @property {Partial<Schedule>} [schedule]
+ * @property {Location} [location] only the current one is accepted
+ */
+
+/**
+ * `DELETE /plans/{id}`.
+ * @typedef {object} PlanDeleted
+ * @property {string} plan_id
+ * @property {number} deleted_objects
+ */
+
+/**
+ * `POST /plans/{id}/snapshots/{snapshot_id}/restore`.
+ * @typedef {object} RestoreBody
+ * @property {string} target
+ * @property {string} password
+ * @property {string[]} includes
+ */
+
+/**
+ * The body of every error reply: `{"error": ErrorInfo}`.
+ * @typedef {object} ErrorInfo
+ * @property {string} code
+ * @property {string} message
+ * @property {string | null} [field] the input at fault, e.g. "schedule.time"
+ */
+
+export {};
