@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 import urllib.request
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 
 from tests.gateway.conftest import PASSWORD, Stack, plan_body, source_tree, wait_job
 from timevault.proto.plans import PlanCreate
+from timevault.services.gateway import app as gateway_app
 from timevault.services.gateway.routes import endpoints
 
 pytestmark = pytest.mark.timeout(120)
@@ -89,6 +91,27 @@ async def test_security_headers_and_ui_without_auth(anon: aiohttp.ClientSession)
             assert "Access-Control-Allow-Origin" not in resp.headers
     async with anon.get("/static/../conftest.py") as resp:
         assert resp.status in (403, 404)
+
+
+async def test_ui_modules_are_javascript_under_the_csp(anon: aiohttp.ClientSession) -> None:
+    """The UI is ES modules: each is served with a JavaScript type (browsers refuse a module
+    otherwise, nosniff too), and the page has no inline script for the CSP to allow."""
+    static = gateway_app.STATIC_DIR
+    async with anon.get("/") as resp:
+        page = await resp.text()
+        csp = resp.headers["Content-Security-Policy"]
+    assert "script-src 'self';" in csp and "unsafe-inline" not in csp and "unsafe-eval" not in csp
+    scripts = re.findall(r"<script\b([^>]*)>(.*?)</script>", page, re.S)
+    assert scripts == [(' type="module" src="/static/app.js"', "")]
+    modules = sorted(p.relative_to(static).as_posix() for p in static.rglob("*.js"))
+    assert "views/plans.js" in modules
+    for rel in modules:
+        async with anon.get(f"/static/{rel}") as resp:
+            assert resp.status == 200, rel
+            assert resp.content_type in ("text/javascript", "application/javascript"), (rel, resp.content_type)
+            assert resp.headers["X-Content-Type-Options"] == "nosniff"
+            assert resp.headers["Content-Security-Policy"] == csp
+            assert await resp.read() == (static / rel).read_bytes()
 
 
 async def test_no_cors_for_other_origins(http: aiohttp.ClientSession) -> None:
