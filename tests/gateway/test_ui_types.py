@@ -91,6 +91,35 @@ def test_the_checker_reports_type_errors(tmp_path: Path) -> None:
     assert re.search(r"mistakes\.js\(5,\d+\): error TS18047", result.stdout), result.stdout
 
 
+def test_module_imports_have_no_cycle() -> None:
+    """Imports point one way (views → api, events, helpers → session, dom); JSDoc type imports aside."""
+    graph: dict[str, set[str]] = {}
+    for path in modules():
+        targets = re.findall(r'^import\s[^;]*?from\s+"(\.[^"]+)";', path.read_text(), re.M | re.S)
+        graph[path.relative_to(STATIC).as_posix()] = {
+            (path.parent / t).resolve().relative_to(STATIC).as_posix() for t in targets}
+    assert graph["app.js"] and all(t in graph for ts in graph.values() for t in ts), graph
+    done: set[str] = set()
+
+    def visit(node: str, trail: list[str]) -> None:
+        assert node not in trail, f"import cycle: {' → '.join([*trail, node])}"
+        if node not in done:
+            for target in sorted(graph[node]):
+                visit(target, [*trail, node])
+            done.add(node)
+
+    for node in sorted(graph):
+        visit(node, [])
+    reachable: set[str] = set()
+    stack = ["app.js"]
+    while stack:
+        node = stack.pop()
+        if node not in reachable:
+            reachable.add(node)
+            stack.extend(graph[node])
+    assert reachable == set(graph) - {"types.js"}, "modules the page never loads"
+
+
 def typedefs() -> dict[str, set[str] | list[str]]:
     """typedef name → its @property names, or the names it intersects (``A & B``)."""
     text = (STATIC / "types.js").read_text()
