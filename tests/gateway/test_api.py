@@ -111,7 +111,11 @@ async def test_ui_modules_are_javascript_under_the_csp(anon: aiohttp.ClientSessi
             assert resp.content_type in ("text/javascript", "application/javascript"), (rel, resp.content_type)
             assert resp.headers["X-Content-Type-Options"] == "nosniff"
             assert resp.headers["Content-Security-Policy"] == csp
+            assert resp.headers["Cache-Control"] == "no-cache"  # never a mix of old and new modules
             assert await resp.read() == (static / rel).read_bytes()
+            etag = resp.headers["ETag"]
+        async with anon.get(f"/static/{rel}", headers={"If-None-Match": etag}) as resp:
+            assert resp.status == 304, rel
 
 
 async def test_no_cors_for_other_origins(http: aiohttp.ClientSession) -> None:

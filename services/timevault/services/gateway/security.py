@@ -83,6 +83,10 @@ def _secure(response: web.StreamResponse, path: str) -> None:
     headers.setdefault("Permissions-Policy", "camera=(), microphone=(), geolocation=()")
     if path.startswith("/api/"):
         headers.setdefault("Cache-Control", "no-store")
+    elif path.startswith("/static/"):
+        # Revalidate (a 304 when unchanged): the UI is many modules, and a browser that kept some
+        # from before an upgrade would mix two versions of it.
+        headers.setdefault("Cache-Control", "no-cache")
 
 
 async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
