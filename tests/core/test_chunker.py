@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from timevault.core import crypto
-from timevault.core.chunker import MIB, Chunker, ChunkerParams
+from timevault.core.chunker import MIB, Chunker, ChunkerParams, Readable
 
 # The smallest bounds pyfastcdc accepts: min >= 64, avg >= 256, max >= 1024.
 TINY = ChunkerParams(min_size=64, avg_size=256, max_size=1024)
@@ -70,22 +70,19 @@ def test_stream_equals_whole_buffer(
     """Segment boundaries (small segments, many per buffer) never change where chunks are cut."""
     chunker = Chunker(params, segment_size=params.max_size + extra)
     whole = [bytes(c) for c in chunker.chunks_of(data)]
-    stream: io.RawIOBase | io.BytesIO = _ShortReads(data) if short_reads else io.BytesIO(data)
-    streamed = list(chunker.chunks_of_stream(stream))  # type: ignore[arg-type]
+    stream: Readable = _ShortReads(data) if short_reads else io.BytesIO(data)
+    streamed = list(chunker.chunks_of_stream(stream))
     assert [len(c) for c in streamed] == [len(c) for c in whole]
     assert streamed == whole
 
 
-class _ShortReads(io.RawIOBase):
+class _ShortReads:
     """A stream that returns at most 700 bytes per call, like a pipe or a slow network file."""
 
     def __init__(self, data: bytes) -> None:
         self._data = io.BytesIO(data)
 
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+    def readinto(self, buffer: memoryview) -> int:
         view = memoryview(buffer)
         return self._data.readinto(view[: min(len(view), 700)])
 

@@ -16,11 +16,17 @@ import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Protocol
 
 from pyfastcdc import FastCDC
 
 MIB = 1024 * 1024
+
+
+class Readable(Protocol):
+    """What `Chunker.chunks_of_stream` reads: an unbuffered file, a pipe, an `io.BytesIO`."""
+
+    def readinto(self, buffer: memoryview, /) -> int | None: ...
 
 
 @dataclass(frozen=True)
@@ -54,7 +60,7 @@ class Chunker:
         for chunk in self._cdc.cut_buf(view):
             yield view[chunk.offset : chunk.offset + chunk.length]
 
-    def chunks_of_stream(self, stream: BinaryIO) -> Iterator[memoryview]:
+    def chunks_of_stream(self, stream: Readable) -> Iterator[memoryview]:
         """Chunks of a file object, as views into per-segment buffers (no copy per chunk).
 
         Each segment gets a fresh buffer, so views handed out stay valid while the caller
@@ -142,11 +148,11 @@ def trim_segments() -> None:
     _segments.trim()
 
 
-def _read_into(stream: BinaryIO, target: memoryview) -> int:
+def _read_into(stream: Readable, target: memoryview) -> int:
     """Fill `target` as far as the stream allows; returns the bytes read (short only at EOF)."""
     total = 0
     while total < len(target):
-        n = stream.readinto(target[total:])  # type: ignore[attr-defined]
+        n = stream.readinto(target[total:])
         if not n:
             break
         total += n

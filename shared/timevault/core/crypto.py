@@ -17,8 +17,15 @@ import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from threading import Lock
+from types import ModuleType
+from typing import TYPE_CHECKING, cast
 
 import blake3
+
+from timevault.core.buffers import BytesLike
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 
 def _pycryptodome_binds_with_ctypes() -> None:
@@ -31,18 +38,19 @@ def _pycryptodome_binds_with_ctypes() -> None:
     """
     if "Crypto.Util._raw_api" in sys.modules:
         return
-    hidden = sys.modules.get("cffi", _NOT_IMPORTED)
-    sys.modules["cffi"] = None  # type: ignore[assignment]  # "import cffi" raises ImportError
+    # The import system documents a None entry: "import cffi" then raises ImportError.
+    modules = cast("dict[str, ModuleType | None]", sys.modules)
+    had, hidden = "cffi" in modules, modules.get("cffi")
+    modules["cffi"] = None
     try:
         import Crypto.Util._raw_api  # noqa: F401
     finally:
-        if hidden is _NOT_IMPORTED:
-            del sys.modules["cffi"]
+        if had:
+            modules["cffi"] = hidden
         else:
-            sys.modules["cffi"] = hidden  # type: ignore[assignment]
+            del modules["cffi"]
 
 
-_NOT_IMPORTED = object()
 _pycryptodome_binds_with_ctypes()
 
 from Crypto.Cipher import AES  # noqa: E402
@@ -54,12 +62,14 @@ from Crypto.PublicKey import ECC  # noqa: E402
 # The same AES-256-GCM bytes either way. pycryptodome builds GCM's hash tables in Python for
 # every message (~110 µs holding the GIL); OpenSSL (via `cryptography`) takes ~3 µs. With
 # tens of thousands of small files per GiB, that is seconds of serialized CPU per backup.
+_OpenSSLGCM: type[AESGCM] | None
+_InvalidTag: type[Exception]
 try:
     from cryptography.exceptions import InvalidTag as _InvalidTag
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM as _OpenSSLGCM
 except ImportError:  # pragma: no cover - the pure pycryptodome path is tested explicitly
-    _OpenSSLGCM = None  # type: ignore[assignment,misc]
-    _InvalidTag = ValueError  # type: ignore[assignment,misc]
+    _OpenSSLGCM = None
+    _InvalidTag = ValueError
 
 KEY_SIZE = 32
 NONCE_SIZE = 12
@@ -83,10 +93,10 @@ class ScryptParams:
 
 
 def derive_key(password: str, salt: bytes, params: ScryptParams) -> bytes:
-    return scrypt(password.encode("utf-8"), salt, KEY_SIZE, N=params.n, r=params.r, p=params.p)  # type: ignore[return-value]
+    return scrypt(password.encode("utf-8"), salt, KEY_SIZE, N=params.n, r=params.r, p=params.p)
 
 
-def encrypt(key: bytes, plaintext: bytes | memoryview, aad: bytes = b"") -> bytes:
+def encrypt(key: bytes, plaintext: BytesLike, aad: bytes = b"") -> bytes:
     """AES-256-GCM: returns nonce || ciphertext || tag."""
     nonce = secrets.token_bytes(NONCE_SIZE)
     if _OpenSSLGCM is not None:
@@ -98,7 +108,7 @@ def encrypt(key: bytes, plaintext: bytes | memoryview, aad: bytes = b"") -> byte
     return b"".join((nonce, ciphertext, tag))
 
 
-def encrypt_into(key: bytes, plaintext: bytes | memoryview, aad: bytes, out: memoryview) -> None:
+def encrypt_into(key: bytes, plaintext: BytesLike, aad: bytes, out: memoryview) -> None:
     """Like `encrypt`, writing nonce ‖ ciphertext ‖ tag into `out` (exactly that long)."""
     nonce = secrets.token_bytes(NONCE_SIZE)
     out[:NONCE_SIZE] = nonce
@@ -112,7 +122,7 @@ def encrypt_into(key: bytes, plaintext: bytes | memoryview, aad: bytes, out: mem
     out[-TAG_SIZE:] = cipher.digest()
 
 
-def decrypt(key: bytes, message: bytes | memoryview, aad: bytes = b"") -> bytes:
+def decrypt(key: bytes, message: BytesLike, aad: bytes = b"") -> bytes:
     """Inverse of `encrypt`; raises Unauthenticated on any tampering or a wrong key."""
     if len(message) < AEAD_OVERHEAD:
         raise Unauthenticated("ciphertext too short")
@@ -131,17 +141,17 @@ def decrypt(key: bytes, message: bytes | memoryview, aad: bytes = b"") -> bytes:
         raise Unauthenticated("ciphertext failed authentication") from exc
 
 
-def blob_id(id_key: bytes, data: bytes | memoryview) -> bytes:
+def blob_id(id_key: bytes, data: BytesLike) -> bytes:
     """The keyed BLAKE3 id of a blob's plaintext (32 bytes)."""
     return blake3.blake3(data, key=id_key).digest()
 
 
-def content_hash(data: bytes | memoryview) -> bytes:
+def content_hash(data: BytesLike) -> bytes:
     """Unkeyed BLAKE3, used only for names of objects that hold ciphertext (packs)."""
     return blake3.blake3(data).digest()
 
 
-def content_hash_of_parts(parts: Iterable[bytes | bytearray | memoryview]) -> bytes:
+def content_hash_of_parts(parts: Iterable[BytesLike]) -> bytes:
     """`content_hash` of the parts' concatenation, without concatenating them."""
     hasher = blake3.blake3()
     for part in parts:
@@ -166,7 +176,7 @@ def _wrapping_key(shared_secret: bytes, ephemeral_public: bytes, recipient_publi
         b"",
         SHA256,
         context=b"timevault seal v1",
-    )  # type: ignore[return-value]
+    )
 
 
 def seal_key(recipient_public: bytes, data_key: bytes) -> bytes:
@@ -211,7 +221,7 @@ class SealingSession:
     def __post_init__(self) -> None:
         self.sealed = seal_key(self.public_key, self.data_key)
 
-    def seal(self, plaintext: bytes | memoryview, aad: bytes, header: bytes = b"") -> bytearray:
+    def seal(self, plaintext: BytesLike, aad: bytes, header: bytes = b"") -> bytearray:
         """sealed key ‖ header ‖ nonce ‖ ciphertext ‖ tag, built in one buffer (no copies).
 
         `header` is stored in clear; callers authenticate it by including it in `aad`.
@@ -231,7 +241,7 @@ class Unsealer:
         self._keys: dict[bytes, bytes] = {}
         self._lock = Lock()
 
-    def open(self, message: bytes | memoryview, aad: bytes, header_size: int = 0) -> bytes:
+    def open(self, message: BytesLike, aad: bytes, header_size: int = 0) -> bytes:
         """Inverse of `SealingSession.seal`; the clear header is skipped (and covered by aad)."""
         if len(message) < SEALED_KEY_SIZE + header_size + AEAD_OVERHEAD:
             raise Unauthenticated("sealed blob too short")

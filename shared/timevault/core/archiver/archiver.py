@@ -17,11 +17,11 @@ import asyncio
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Protocol, TypeAlias
 
 import msgspec
 
@@ -38,6 +38,7 @@ from timevault.core.archiver.walk import (
     same_file,
     same_metadata,
 )
+from timevault.core.buffers import BytesLike
 from timevault.core.chunker import trim_segments
 from timevault.core.repository import blobs
 from timevault.core.repository.blobs import EncodedBlob
@@ -157,7 +158,7 @@ class Archiver:
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="encode")
         self.budget = ByteBudget(in_flight)
         self.scheduled: set[bytes] = set()
-        self._batch: list[tuple[bytes, BlobType, bytes]] = []
+        self._batch: list[tuple[bytes, BlobType, BytesLike]] = []
         self._scans: dict[bytes, asyncio.Task[tuple[list[Entry], list[str]]]] = {}
         self._large_reads: dict[bytes, asyncio.Task[tuple[list[bytes], int] | None]] = {}
         self._read_slots = asyncio.Semaphore(LARGE_READERS)
@@ -173,7 +174,7 @@ class Archiver:
 
     # --- blobs ---------------------------------------------------------------------------
 
-    async def _store_new(self, chunks: list[tuple[bytes, bytes]], blob_type: BlobType) -> None:
+    async def _store_new(self, chunks: Sequence[tuple[bytes, BytesLike]], blob_type: BlobType) -> None:
         """Queue chunks not seen in this run; they are checked and encoded in batches.
 
         Batching keeps the dedup lookups (a NATS request each in the services) and the thread
@@ -204,7 +205,7 @@ class Archiver:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _encode_and_sink(self, batch: list[tuple[bytes, BlobType, bytes]], size: int) -> None:
+    async def _encode_and_sink(self, batch: list[tuple[bytes, BlobType, BytesLike]], size: int) -> None:
         try:
             unknown = await self.known.filter_unknown([blob_id for blob_id, _, _ in batch])
             batch = [item for item in batch if item[0] in unknown]
@@ -376,20 +377,21 @@ class Archiver:
         """The root tree mirrors the sources' absolute paths, like restic's."""
         return await self._archive_level(b"/", _path_trie(sources))
 
-    async def _archive_level(self, path: bytes, trie: dict[bytes, dict | None]) -> bytes:
+    async def _archive_level(self, path: bytes, trie: _Trie) -> bytes:
         nodes: list[Node] = []
         for name in sorted(trie):
+            below = trie[name]  # None: a source itself; else the folders on the way to sources
             full = os.path.join(path, name)
             st = await asyncio.to_thread(os.lstat, full)
             entry = Entry(name, full, st, kind_of(st.st_mode))
-            if trie[name] is not None and entry.kind == "symlink":
+            if below is not None and entry.kind == "symlink":
                 # A folder on the way to a source may be a symlink (/home -> /usr/home): follow
                 # it, or every source below it would silently be left out of the snapshot.
                 st = await asyncio.to_thread(os.stat, full)
                 entry = Entry(name, full, st, kind_of(st.st_mode))
-            if trie[name] is not None and entry.kind == "dir":
+            if below is not None and entry.kind == "dir":
                 node = node_for(entry)
-                node.subtree = await self._archive_level(full, trie[name])  # type: ignore[arg-type]
+                node.subtree = await self._archive_level(full, below)
                 nodes.append(node)
                 continue
             if entry.kind == "symlink":
@@ -401,9 +403,9 @@ class Archiver:
             elif entry.kind == "other":
                 self.warnings.append(f"skipped {os.fsdecode(full)}: not a regular file, folder or symlink")
                 continue
-            node = await self.archive_entry(entry)
-            if node is not None:
-                nodes.append(node)
+            archived = await self.archive_entry(entry)
+            if archived is not None:
+                nodes.append(archived)
         self.parent.record(path, nodes)
         return await self._store_tree(nodes)
 
@@ -426,13 +428,16 @@ class Archiver:
 
 
 def _encode_many(session: crypto.SealingSession,
-                 batch: list[tuple[bytes, BlobType, bytes]]) -> list[EncodedBlob]:
+                 batch: list[tuple[bytes, BlobType, BytesLike]]) -> list[EncodedBlob]:
     return [blobs.encode(session, blob_id, blob_type, data) for blob_id, blob_type, data in batch]
 
 
-def _path_trie(sources: list[bytes]) -> dict[bytes, dict | None]:
+_Trie: TypeAlias = "dict[bytes, _Trie | None]"
+
+
+def _path_trie(sources: list[bytes]) -> _Trie:
     """Nested dict of path components; a None leaf is a source archived whole."""
-    trie: dict[bytes, dict | None] = {}
+    trie: _Trie = {}
     for source in sorted(sources, key=len):
         parts = [part for part in source.split(b"/") if part]
         level = trie
@@ -442,7 +447,9 @@ def _path_trie(sources: list[bytes]) -> dict[bytes, dict | None]:
             if i == len(parts) - 1:
                 level[part] = None
             else:
-                level = level.setdefault(part, {})  # type: ignore[assignment]
+                below = level.setdefault(part, {})
+                assert below is not None  # a None here ended the loop above
+                level = below
     return trie
 
 

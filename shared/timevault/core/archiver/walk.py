@@ -216,7 +216,7 @@ class LargeFileReader:
         self._id_key = id_key
         self._params = params
         self._file = open(entry.path, "rb", buffering=0)
-        self._chunks: Iterator[bytes] | None = None
+        self._chunks: Iterator[memoryview] | None = None
         self.size = 0
 
     def next_batch(self) -> list[tuple[bytes, memoryview]]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import zstandard
 
 from timevault.core import crypto
+from timevault.core.buffers import BytesLike
 from timevault.core.repository.format import BlobType
 
 _RAW = 0
@@ -58,10 +59,11 @@ def _aad(blob_type: BlobType, encoding: int) -> bytes:
 
 
 def encode(
-    session: crypto.SealingSession, blob_id: bytes, blob_type: BlobType, data: bytes | memoryview
+    session: crypto.SealingSession, blob_id: bytes, blob_type: BlobType, data: BytesLike
 ) -> EncodedBlob:
     """Compress (when it helps) and seal one blob. CPU-bound; releases the GIL in C."""
     compressed = _compressor().compress(data)
+    plaintext: BytesLike
     if len(compressed) < len(data) * _WORTHWHILE:
         encoding, plaintext = _ZSTD, compressed
     else:
@@ -71,7 +73,7 @@ def encode(
 
 
 def decode(
-    unsealer: crypto.Unsealer, id_key: bytes, blob_id: bytes, blob_type: BlobType, payload: bytes | memoryview
+    unsealer: crypto.Unsealer, id_key: bytes, blob_id: bytes, blob_type: BlobType, payload: BytesLike
 ) -> bytes:
     """Open, decompress and verify one blob against its id."""
     if len(payload) <= crypto.SEALED_KEY_SIZE:

@@ -145,15 +145,16 @@ class Packer:
             return False
         done, _ = await asyncio.wait(set(self._writes), return_when=asyncio.FIRST_COMPLETED)
         for task in done:
-            if not task.cancelled() and task.exception() is not None:
-                raise task.exception()  # type: ignore[misc]
+            failure = None if task.cancelled() else task.exception()
+            if failure is not None:
+                raise failure
         return True
 
     async def flush(self) -> list[IndexPack]:
         """Write every open pack and wait until all packs are durable. Raises the first failure."""
         for blob_type in (BlobType.DATA, BlobType.TREE):
             await self._seal(blob_type)
-        failures = []
+        failures: list[BaseException] = []
         while self._writes:
             done = await asyncio.gather(*list(self._writes), return_exceptions=True)
             failures.extend(result for result in done if isinstance(result, BaseException))

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 import msgspec
 
 from timevault.core import crypto
+from timevault.core.buffers import BytesLike
 from timevault.core.chunker import ChunkerParams
 from timevault.core.repository import keys as keyfiles
 from timevault.core.repository.blobs import CorruptBlob, decode
@@ -235,7 +236,7 @@ class Repository:
 
     # --- reading blobs (read tier) -------------------------------------------------------
 
-    def decode_blob(self, blob_id: bytes, blob_type: BlobType, payload: bytes | memoryview) -> bytes:
+    def decode_blob(self, blob_id: bytes, blob_type: BlobType, payload: BytesLike) -> bytes:
         if self._unsealer is None:
             raise ReadAccessRequired("reading backed-up data needs the password")
         return decode(self._unsealer, self.write_keys.id_key, blob_id, blob_type, payload)

@@ -24,6 +24,8 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeAlias, runtime_checkable
 
+from timevault.core.buffers import BytesLike
+
 
 class StorageError(Exception):
     """A storage operation failed; the message names the location and the operation."""
@@ -61,7 +63,6 @@ class ObjectInfo:
     size: int
 
 
-BytesLike: TypeAlias = bytes | bytearray | memoryview
 Payload: TypeAlias = BytesLike | Sequence[BytesLike]
 """What `put` stores: one buffer, or parts stored one after the other as one object.
 

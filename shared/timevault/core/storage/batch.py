@@ -14,13 +14,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
+from typing import Protocol, TypeGuard
 
 from timevault.core.storage.base import Storage, StorageError, TransientStorageError, check_name
 
 DEFAULT_DELETE_CONCURRENCY = 8
 
 
-def supports_delete_many(storage: object) -> bool:
+class BatchDeleting(Protocol):
+    """A storage with a native batch delete (see the module docstring)."""
+
+    async def delete_many(self, names: Iterable[str]) -> None: ...
+
+
+def supports_delete_many(storage: object) -> TypeGuard[BatchDeleting]:
     """Whether `storage` deletes many objects natively in few requests."""
     return bool(getattr(storage, "supports_delete_many", False))
 
@@ -34,7 +41,7 @@ async def delete_many(
     """
     batch = [check_name(name) for name in names]
     if supports_delete_many(storage):
-        await storage.delete_many(batch)  # type: ignore[attr-defined]
+        await storage.delete_many(batch)
         return
     await delete_each(storage, batch, concurrency=concurrency)
 

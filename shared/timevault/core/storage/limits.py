@@ -88,13 +88,13 @@ class LimitedStorage:
         return supports_delete_many(self._inner)
 
     async def delete_many(self, names: Iterable[str]) -> None:
-        batch = list(names)
-        if not supports_delete_many(self._inner):
+        batch, inner = list(names), self._inner
+        if not supports_delete_many(inner):
             await delete_each(self, batch)
             return
         await self._enter()
         try:
-            await self._inner.delete_many(batch)  # type: ignore[attr-defined]
+            await inner.delete_many(batch)
         finally:
             self._leave()
 

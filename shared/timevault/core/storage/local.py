@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 import os
 import secrets
 from collections.abc import AsyncIterator
@@ -96,8 +97,8 @@ class LocalStorage:
         for info in await asyncio.to_thread(self._list_sync, prefix):
             yield info
 
-    def _list_sync(self, prefix: str) -> list[ObjectInfo]:
-        found: list[ObjectInfo] = []
+    def _list_sync(self, prefix: str) -> builtins.list[ObjectInfo]:  # `list` is the method here
+        found: builtins.list[ObjectInfo] = []
         if not self._root.is_dir():
             raise StorageError(f"{self.location}: no such folder")
         for dirpath, _dirs, files in os.walk(self._root):

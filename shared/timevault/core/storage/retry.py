@@ -119,9 +119,9 @@ class RetryingStorage:
 
     async def delete_many(self, names: Iterable[str]) -> None:
         batch = list(names)
-        if supports_delete_many(self._inner):
-            inner = self._inner
-            await self._call("delete", f"{len(batch)} objects", lambda: inner.delete_many(batch))  # type: ignore[attr-defined]
+        inner = self._inner
+        if supports_delete_many(inner):
+            await self._call("delete", f"{len(batch)} objects", lambda: inner.delete_many(batch))
         else:
             await delete_each(self, batch)
 

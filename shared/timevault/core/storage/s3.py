@@ -181,7 +181,7 @@ def open_s3_location(url: str) -> S3Storage:
     return S3Storage(parse_s3_location(url))
 
 
-async def _content_md5(data: bytes) -> str:
+async def _content_md5(data: BytesLike) -> str:
     if len(data) >= _HASH_IN_THREAD:
         digest = await asyncio.to_thread(_md5_digest, data)
     else:
@@ -189,7 +189,7 @@ async def _content_md5(data: bytes) -> str:
     return base64.b64encode(digest).decode("ascii")
 
 
-def _md5_digest(data: bytes) -> bytes:
+def _md5_digest(data: BytesLike) -> bytes:
     return hashlib.md5(data, usedforsecurity=False).digest()
 
 
