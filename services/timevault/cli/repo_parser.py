@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     repo = subparsers.add_parser("repo", help="work on a repository location directly (no services)")
     commands = repo.add_subparsers(dest="repo_command", required=True, metavar="COMMAND")
 

@@ -16,6 +16,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -379,9 +380,9 @@ def _wait(gateway: Gateway, job: dict[str, Any], as_json: bool) -> int:
 _PROGRESS_FIELDS = ("files_done", "files_total", "bytes_done", "bytes_total", "rate")
 
 
-def _sse_events(stream: Any) -> Any:
+def _sse_events(stream: Iterable[bytes]) -> Iterator[tuple[str, Any]]:
     """(event kind, decoded JSON data) for each Server-Sent Event on an open HTTP response."""
-    kind, data = "", []
+    kind, data = "", list[str]()  # the event being read: its kind and data lines
     for raw in stream:
         line = raw.decode("utf-8", "replace").rstrip("\r\n")
         if not line:
@@ -500,7 +501,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON")
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``up``, ``plan``, ``backup`` and ``restore`` to the `timevault` command."""
     p = subparsers.add_parser("up", help="start every service on this machine")
     p.add_argument("--data-dir", default=None)

@@ -11,6 +11,7 @@ import logging
 
 import msgspec
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from timevault.proto.errors import HTTP_STATUS, ErrorInfo, ErrorReply, ServiceError
 
@@ -40,7 +41,7 @@ def service_error_response(exc: ServiceError) -> web.Response:
 
 
 @web.middleware
-async def error_middleware(request: web.Request, handler: web.RequestHandler) -> web.StreamResponse:
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except ServiceError as exc:

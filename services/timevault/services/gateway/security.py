@@ -13,7 +13,7 @@ import os
 from urllib.parse import urlsplit
 
 from aiohttp import web
-from aiohttp.typedefs import Middleware
+from aiohttp.typedefs import Handler, Middleware
 
 from timevault.proto.errors import invalid
 from timevault.services.gateway.errors import error_response
@@ -43,7 +43,7 @@ def make_auth_middleware(token: str) -> Middleware:
     key = token_key(token)
 
     @web.middleware
-    async def auth_middleware(request: web.Request, handler: web.RequestHandler) -> web.StreamResponse:
+    async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path.startswith("/api/") and request.path not in PUBLIC_PATHS and request.method != "OPTIONS":
             if not bearer_ok(request.headers.get("Authorization"), key):
                 return error_response(401, "unauthorized", "a valid 'Authorization: Bearer <token>' header is "
@@ -55,7 +55,7 @@ def make_auth_middleware(token: str) -> Middleware:
 
 
 @web.middleware
-async def origin_middleware(request: web.Request, handler: web.RequestHandler) -> web.StreamResponse:
+async def origin_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Refuse cross-site browser requests (and CORS preflights) outright."""
     origin = request.headers.get("Origin")
     if request.method == "OPTIONS":
@@ -66,7 +66,7 @@ async def origin_middleware(request: web.Request, handler: web.RequestHandler) -
 
 
 @web.middleware
-async def headers_middleware(request: web.Request, handler: web.RequestHandler) -> web.StreamResponse:
+async def headers_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     response = await handler(request)
     _secure(response, request.path)
     return response

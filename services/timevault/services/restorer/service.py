@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
+from typing import TYPE_CHECKING
 
 from nats.aio.client import Client as NATS
 
@@ -21,6 +22,10 @@ from timevault.proto.plans import PlanRef, PlanSecrets, SnapshotInfo, SnapshotRe
 from timevault.services.common import rpc
 from timevault.services.common.jobs import JobContext
 from timevault.services.common.util import instance_id
+
+if TYPE_CHECKING:  # the engine is imported when a restore starts, not with the service
+    from timevault.core.archiver import Progress
+    from timevault.core.repository import Repository
 
 log = logging.getLogger(__name__)
 
@@ -72,16 +77,16 @@ class RestorerService:
         task.add_done_callback(self.tasks.discard)
         return job
 
-    async def _run(self, job: Job, repo: object) -> None:
+    async def _run(self, job: Job, repo: Repository) -> None:
         from timevault.core.restorer import RestoreCanceled, restore
 
         async with JobContext(self.nc, job, self.instance) as ctx:
             try:
-                def progress(p: object) -> None:
-                    ctx.update(files_done=p.files_done, bytes_done=p.bytes_done,  # type: ignore[attr-defined]
-                               files_total=p.files_total, bytes_total=p.bytes_total)  # type: ignore[attr-defined]
+                def progress(p: Progress) -> None:
+                    ctx.update(files_done=p.files_done, bytes_done=p.bytes_done,
+                               files_total=p.files_total, bytes_total=p.bytes_total)
 
-                result = await restore(repo, job.snapshot_id or "", job.target or "",  # type: ignore[arg-type]
+                result = await restore(repo, job.snapshot_id or "", job.target or "",
                                        includes=job.includes, progress=progress, cancel=ctx.cancel)
             except (RestoreCanceled, asyncio.CancelledError):
                 await ctx.finish("canceled", "canceled")
@@ -92,7 +97,7 @@ class RestorerService:
                 return
             finally:
                 with contextlib.suppress(Exception):
-                    await repo.close()  # type: ignore[attr-defined]
+                    await repo.close()
             if result.errors:
                 await ctx.finish("failed", f"{len(result.errors)} files not restored; first: {result.errors[0]}")
             else:
