@@ -154,6 +154,19 @@ class Tool:
     def step(self, label: str, cmd: list[str]) -> Step:
         return run(cmd, env=self.env, log=self.logs / f"{self.name}-{label}", timeout=self.timeout)
 
+    # What each tool under test does; the subclasses say how.
+    def version(self) -> str:
+        raise NotImplementedError
+
+    def init(self) -> None:
+        raise NotImplementedError
+
+    def backup(self, label: str, src: Path) -> tuple[Step, dict]:
+        raise NotImplementedError
+
+    def restore(self) -> Step:
+        raise NotImplementedError
+
 
 class Restic(Tool):
     name = "restic"

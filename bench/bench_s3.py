@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import sys
 import tempfile
@@ -59,14 +60,14 @@ async def measure(
     names = [f"{prefix}/data/{i:02x}/pack-{i:04d}" for i in range(len(payloads))]
     total_mib = sum(len(p) for p in payloads) / MiB
     put_s = await _timed(
-        [lambda n=n, p=p: storage.put(n, p) for n, p in zip(names, payloads, strict=True)], concurrency
+        [functools.partial(storage.put, n, p) for n, p in zip(names, payloads, strict=True)], concurrency
     )
     got: list[bytes] = []
 
     async def fetch(name: str) -> None:
         got.append(await storage.get(name))
 
-    get_s = await _timed([lambda n=n: fetch(n) for n in names], concurrency)
+    get_s = await _timed([functools.partial(fetch, n) for n in names], concurrency)
     if sorted(len(g) for g in got) != sorted(len(p) for p in payloads):
         raise RuntimeError(f"{backend}: read back the wrong sizes")
     for name in names:

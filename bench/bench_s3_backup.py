@@ -90,6 +90,21 @@ class Tool:
     def step(self, label: str, cmd: list[str]) -> Step:
         return run(cmd, env=self.env, log=self.logs / f"{self.name}-{label}", timeout=self.timeout)
 
+    # What each tool under test does; the subclasses say how.
+    location: str
+
+    def version(self) -> str:
+        raise NotImplementedError
+
+    def init(self) -> None:
+        raise NotImplementedError
+
+    def backup(self, src: Path) -> tuple[Step, dict]:
+        raise NotImplementedError
+
+    def restore(self) -> Step:
+        raise NotImplementedError
+
 
 class TimeVault(Tool):
     name = "timevault"

@@ -172,14 +172,15 @@ class Services(Tool):
     def __init__(self, work: Path, password_file: Path, timeout: float, source: Path) -> None:
         super().__init__(work, password_file, timeout)
         self.source = source
-        self.exe = TimeVault(work, password_file, timeout).exe
+        self._cli = TimeVault(work, password_file, timeout)
+        self.exe = self._cli.exe
         self.data_dir = work / "services-data"
         self.proc: subprocess.Popen[bytes] | None = None
         self.steps = ServiceSteps()
         self.snapshots: list[dict] = []
 
     def version(self) -> str:
-        return TimeVault.version(self)  # type: ignore[arg-type]
+        return self._cli.version()
 
     def cli(self, *args: str) -> list[str]:
         return [self.exe, *args, "--data-dir", str(self.data_dir)]
@@ -286,7 +287,7 @@ def bench(args: argparse.Namespace) -> dict:
     services = Services(run_dir, password_file, args.timeout, corpus)
     tools: list[Tool] = [services, InProcess(run_dir, password_file, args.timeout),
                          Restic(run_dir, password_file, args.timeout)]
-    results = {t.name: ToolResult(version=t.version()) for t in tools}  # type: ignore[attr-defined]
+    results = {t.name: ToolResult(version=t.version()) for t in tools}
     cold: list[bool] = []
     cpu: dict[str, dict[str, float]] = {}
     try:
@@ -296,11 +297,11 @@ def bench(args: argparse.Namespace) -> dict:
         print(f"  {full_files} files, {full_bytes / MiB:.1f} MiB in {gen.get('seconds', '?')} s")
         services.start()
         for tool in tools:
-            tool.init()  # type: ignore[attr-defined]
+            tool.init()
 
         def backup(label: str):
             def one(tool: Tool) -> float:
-                step, summary = tool.backup(label, corpus)  # type: ignore[attr-defined]
+                step, summary = tool.backup(label, corpus)
                 r = results[tool.name]
                 rss = services.peak_rss_kib(label) if tool is services else step.max_rss_kib
                 if label == "full":
@@ -319,7 +320,7 @@ def bench(args: argparse.Namespace) -> dict:
         timed("incremental", tools, backup("incr"), cold, cpu)
 
         def restore(tool: Tool) -> float:
-            step = tool.restore()  # type: ignore[attr-defined]
+            step = tool.restore()
             r = results[tool.name]
             r.restore_seconds = step.seconds
             r.restore_rss_kib = services.peak_rss_kib("restore") if tool is services else step.max_rss_kib

@@ -16,6 +16,7 @@ import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeAlias
 
 import msgspec
 import pytest
@@ -37,7 +38,7 @@ FAST_KDF = crypto.ScryptParams(n=2**10, r=8, p=1)
 # Small chunks, so that small test files still span many chunks.
 SMALL_CHUNKS = ChunkerParams(min_size=16 * 1024, avg_size=32 * 1024, max_size=128 * 1024)
 
-FileSpec = "bytes | str | None"
+FileSpec: TypeAlias = bytes | str | None
 
 
 # --- repositories -------------------------------------------------------------------------

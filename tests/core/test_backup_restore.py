@@ -45,14 +45,14 @@ def append(path: Path, data: bytes) -> None:
 async def find_node(repo: Repository, snapshot_id: str, path: Path) -> Node:
     """The node of absolute `path` in a snapshot's tree."""
     snapshot = await repo.load_snapshot(snapshot_id)
-    tree_id = snapshot.tree
+    tree_id: bytes | None = snapshot.tree
     parts = [os.fsencode(p) for p in Path(os.path.abspath(path)).parts[1:]]
     node: Node | None = None
     for part in parts:
         assert tree_id is not None
         tree = await repo.load_tree(tree_id)
         node = next(n for n in tree.nodes if n.name == part)
-        tree_id = node.subtree  # type: ignore[assignment]
+        tree_id = node.subtree
     assert node is not None
     return node
 

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from timevault.core import crypto
+from timevault.core.buffers import BytesLike
 from timevault.core.repository import blobs, keys
 from timevault.core.repository.blobs import CorruptBlob
 from timevault.core.repository.format import BlobType, IndexPack, KeyFile, Node, PackBlob, Tree
@@ -110,7 +111,8 @@ async def test_hostile_key_file_does_not_block_the_good_one(tmp_path: Path) -> N
     """Opening tries every key file; one with unusable parameters must be skipped, not crash."""
     repo = await Repository.init(LocalStorage(tmp_path), PASSWORD, kdf=FAST_KDF)
     good = next((tmp_path / "keys").iterdir()).read_bytes()
-    for i, changes in enumerate([{"n": 3}, {"r": 0}, {"name": "bogus"}]):
+    hostile: list[dict[str, object]] = [{"n": 3}, {"r": 0}, {"name": "bogus"}]
+    for i, changes in enumerate(hostile):
         # Names sort before the good key, so they are tried first.
         (tmp_path / "keys" / f"0000{i}").write_bytes(_with_kdf(good, **changes))
     reopened = await Repository.open(LocalStorage(tmp_path), PASSWORD)
@@ -135,7 +137,7 @@ def _encode(data: bytes, blob_type: BlobType = BlobType.DATA) -> blobs.EncodedBl
 
 
 def _decode(
-    blob: blobs.EncodedBlob, payload: bytes | None = None, blob_type: BlobType | None = None
+    blob: blobs.EncodedBlob, payload: BytesLike | None = None, blob_type: BlobType | None = None
 ) -> bytes:
     return blobs.decode(
         crypto.Unsealer(PRIVATE),

@@ -15,14 +15,14 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, ViewportSize, expect, sync_playwright
 
 from tests.gateway.conftest import CHROMIUM, Stack, chromium_args, source_tree
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(150)]
 
-DESKTOP = {"width": 1280, "height": 860}
-PHONE = {"width": 390, "height": 844}
+DESKTOP = ViewportSize(width=1280, height=860)
+PHONE = ViewportSize(width=390, height=844)
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def browser() -> Iterator[Browser]:
         browser.close()
 
 
-def open_page(browser: Browser, stack: Stack, viewport: dict[str, int], errors: list[str]) -> Page:
+def open_page(browser: Browser, stack: Stack, viewport: ViewportSize, errors: list[str]) -> Page:
     page = browser.new_page(viewport=viewport)
     page.set_default_timeout(20_000)
     page.on("pageerror", lambda exc: errors.append(str(exc)))

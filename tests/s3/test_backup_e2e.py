@@ -19,6 +19,7 @@ from .conftest import (
     BIG_FILE_MIB,
     FAST_KDF,
     PASSWORD,
+    Machine,
     MiB,
     assert_same_tree,
     build_source,
@@ -35,7 +36,7 @@ async def test_cli_backup_restore_prune_and_restore_on_a_new_machine(
     s3_bucket: str,
     prefix: str,
     direct_s3: S3Storage,
-    new_machine: Callable[[str], object],
+    new_machine: Callable[[str], Machine],
     tmp_path: Path,
 ) -> None:
     laptop = new_machine("laptop")

@@ -38,10 +38,10 @@ class Stub:
             await response.write(f"event: {kind}\ndata: {json.dumps(data)}\n\n".encode())
         return response  # the stream ends here, as when a gateway goes away
 
-    async def handle(self, request: web.Request) -> web.Response:
+    async def handle(self, request: web.Request) -> web.StreamResponse:
         if request.headers.get("Authorization") != f"Bearer {TOKEN}":
             return web.json_response({"error": {"code": "unauthorized", "message": "bad token"}}, status=401)
-        body = await request.json() if request.can_read_body else None
+        body: Any = await request.json() if request.can_read_body else None
         path = request.path.removeprefix("/api/v1")
         self.requests.append((request.method, path, body))
         if (request.method, path) == ("GET", "/plans"):
@@ -80,7 +80,7 @@ async def stub(tmp_path: Path) -> AsyncIterator[tuple[Stub, Path]]:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = runner.addresses[0][1]
     data = tmp_path / "data"
     data.mkdir()
     (data / "gateway.json").write_text(json.dumps({"url": f"http://127.0.0.1:{port}", "token": TOKEN}))

@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.storage.conftest import StorageFactory
+from timevault.core.buffers import BytesLike
 from timevault.core.storage import (
     InvalidObjectName,
     InvalidRange,
@@ -74,7 +75,7 @@ async def test_round_trip(storage: Storage) -> None:
 
 
 async def test_put_of_parts_stores_their_concatenation(storage: Storage) -> None:
-    parts = [os.urandom(70_000), b"", bytearray(os.urandom(5)), memoryview(os.urandom(3000))[100:]]
+    parts: list[BytesLike] = [os.urandom(70_000), b"", bytearray(os.urandom(5)), memoryview(os.urandom(3000))[100:]]
     await storage.put("data/cd/parts", parts)
     expected = b"".join(parts)
     assert await storage.get("data/cd/parts") == expected

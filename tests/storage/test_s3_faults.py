@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import TypedDict, Unpack
 
 import pytest
 from aiobotocore.session import get_session
@@ -27,15 +28,24 @@ OBJECT = "/data/ab/pack"  # the path a request for object data/ab/pack ends with
 S3Factory = Callable[..., S3Storage]
 
 
+class S3Tuning(TypedDict, total=False):
+    """`S3Storage`'s keyword options that tests change."""
+
+    read_timeout: float
+    multipart_threshold: int
+    part_size: int
+    list_page_size: int
+
+
 @pytest.fixture
 async def make_s3(moto_endpoint: str, s3_bucket: str, fault_proxy: FaultProxy) -> AsyncIterator[S3Factory]:
     """Opens S3Storage on one fresh prefix, through the proxy or (direct=True) straight to moto."""
     prefix = unique_prefix()
     opened: list[S3Storage] = []
 
-    def make(*, direct: bool = False, **kwargs: object) -> S3Storage:
+    def make(*, direct: bool = False, **kwargs: Unpack[S3Tuning]) -> S3Storage:
         endpoint = moto_endpoint if direct else fault_proxy.url
-        storage = S3Storage(S3Options(s3_bucket, prefix, endpoint=endpoint, path_style=True), **kwargs)  # type: ignore[arg-type]
+        storage = S3Storage(S3Options(s3_bucket, prefix, endpoint=endpoint, path_style=True), **kwargs)
         opened.append(storage)
         return storage
 

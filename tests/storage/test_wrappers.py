@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 import pytest
 
@@ -37,9 +38,16 @@ def local(tmp_path: Path) -> LocalStorage:
     return LocalStorage(tmp_path)
 
 
-def retrying(inner: FaultyStorage, sleeps: Sleeps, **kwargs: float) -> RetryingStorage:
-    options: dict[str, float] = {"attempts": 4, "base_delay": 1.0, "max_delay": 3.0, **kwargs}
-    return RetryingStorage(inner, sleep=sleeps, rng=lambda: 1.0, **options)  # type: ignore[arg-type]
+class RetryOptions(TypedDict, total=False):
+    attempts: int
+    base_delay: float
+    max_delay: float
+    timeout: float | None
+
+
+def retrying(inner: FaultyStorage, sleeps: Sleeps, **kwargs: Unpack[RetryOptions]) -> RetryingStorage:
+    options: RetryOptions = {"attempts": 4, "base_delay": 1.0, "max_delay": 3.0, **kwargs}
+    return RetryingStorage(inner, sleep=sleeps, rng=lambda: 1.0, **options)
 
 
 async def test_transient_failures_are_retried_with_capped_backoff(local: LocalStorage) -> None:

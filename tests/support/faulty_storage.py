@@ -60,7 +60,7 @@ class Fault:
         return self.error(self.method, name)
 
     def describe(self) -> str:
-        parts = [self.method]
+        parts: list[str] = [self.method]
         if self.on_call is not None:
             parts.append(f"call #{self.on_call}")
         if self.name is not None:
