@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from timevault.core import crypto
 from timevault.core.buffers import BytesLike
+from timevault.core.errors import DamagedData
 from timevault.core.repository import blobs, keys
 from timevault.core.repository.blobs import CorruptBlob
 from timevault.core.repository.format import BlobType, IndexPack, KeyFile, Node, PackBlob, Tree
@@ -124,7 +125,7 @@ async def test_hostile_key_file_does_not_block_the_good_one(tmp_path: Path) -> N
 def test_write_keys_encoding() -> None:
     write = _master().write
     assert keys.decode_write_keys(keys.encode_write_keys(write)) == write
-    with pytest.raises(ValueError):
+    with pytest.raises(DamagedData):
         keys.decode_write_keys(b"\x00garbage")
 
 

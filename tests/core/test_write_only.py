@@ -8,6 +8,7 @@ import pytest
 
 from timevault.core.archiver import backup
 from timevault.core.checker import check
+from timevault.core.errors import DamagedData
 from timevault.core.prune import prune
 from timevault.core.repository.repo import ReadAccessRequired, Repository, RepositoryError
 from timevault.core.restorer import restore
@@ -127,5 +128,5 @@ async def test_write_keys_of_another_repository_are_refused(repo: Repository, tm
     other = await new_repo(tmp_path / "other")
     with pytest.raises(RepositoryError, match="another repository"):
         await Repository.open_write_only(LocalStorage(repo.storage.location), other.export_write_keys())
-    with pytest.raises(ValueError):
+    with pytest.raises(DamagedData, match="write keys are damaged"):
         await Repository.open_write_only(LocalStorage(repo.storage.location), b"garbage")

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, cast
 import blake3
 
 from timevault.core.buffers import BytesLike
+from timevault.core.errors import Unauthenticated
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -77,10 +78,6 @@ TAG_SIZE = 16
 AEAD_OVERHEAD = NONCE_SIZE + TAG_SIZE
 PUBLIC_KEY_SIZE = 32
 SEALED_KEY_SIZE = PUBLIC_KEY_SIZE + AEAD_OVERHEAD + KEY_SIZE
-
-
-class Unauthenticated(Exception):
-    """Ciphertext failed authentication: wrong key, or the data was changed or truncated."""
 
 
 @dataclass(frozen=True)

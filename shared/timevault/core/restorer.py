@@ -23,10 +23,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from timevault.core.archiver.archiver import ByteBudget, Progress
+from timevault.core.errors import RestoreCanceled, RestoreError
 from timevault.core.repository.blobs import CorruptBlob
 from timevault.core.repository.format import BlobType, Node
 from timevault.core.repository.index import BlobLocation, pack_object_name
-from timevault.core.repository.repo import Repository, RepositoryError
+from timevault.core.repository.repo import Repository
 from timevault.core.storage import StorageError
 
 PARALLEL_PACKS = 4
@@ -35,14 +36,6 @@ DECODED_BYTES = 32 * 1024 * 1024
 # Planning reads every tree of the snapshot. Tree packs hold only trees, and one backup's trees
 # sit together in a few of them, so each is read whole, once, and kept while the walk needs it:
 # one request per tree pack instead of one per folder (a round trip each on S3).
-
-
-class RestoreError(RepositoryError):
-    pass
-
-
-class RestoreCanceled(Exception):
-    pass
 
 
 @dataclass

@@ -40,12 +40,13 @@ from timevault.core.archiver.walk import (
 )
 from timevault.core.buffers import BytesLike
 from timevault.core.chunker import trim_segments
+from timevault.core.errors import BackupCanceled, BackupError
 from timevault.core.repository import blobs
 from timevault.core.repository.blobs import EncodedBlob
 from timevault.core.repository.format import BlobType, IndexPack, Node, Snapshot, SnapshotStats, Tree
 from timevault.core.repository.index import Index
 from timevault.core.repository.pack import Packer
-from timevault.core.repository.repo import Repository, RepositoryError
+from timevault.core.repository.repo import Repository
 
 IN_FLIGHT_BYTES = 48 * 1024 * 1024
 ENCODE_BATCH_BYTES = 4 * 1024 * 1024
@@ -65,14 +66,6 @@ class BlobSink(Protocol):
 
 class KnownBlobs(Protocol):
     async def filter_unknown(self, ids: list[bytes]) -> set[bytes]: ...
-
-
-class BackupCanceled(Exception):
-    pass
-
-
-class BackupError(RepositoryError):
-    pass
 
 
 @dataclass

@@ -1,15 +1,19 @@
 """The repository format: config, keys, packs, index, trees, snapshots and locks."""
 
-from timevault.core.repository.blobs import CorruptBlob, EncodedBlob
-from timevault.core.repository.format import BlobType, Node, Snapshot, Tree, WriteKeys
-from timevault.core.repository.keys import WeakPassword, WrongPassword, check_password
-from timevault.core.repository.repo import (
+from timevault.core.errors import (
+    CorruptBlob,
     NotARepository,
     ReadAccessRequired,
-    Repository,
     RepositoryError,
     RepositoryLocked,
+    RepositoryNotFound,
+    WeakPassword,
+    WrongPassword,
 )
+from timevault.core.repository.blobs import EncodedBlob
+from timevault.core.repository.format import BlobType, Node, Snapshot, Tree, WriteKeys
+from timevault.core.repository.keys import check_password
+from timevault.core.repository.repo import Repository
 
 __all__ = [
     "BlobType",
@@ -21,6 +25,7 @@ __all__ = [
     "Repository",
     "RepositoryError",
     "RepositoryLocked",
+    "RepositoryNotFound",
     "Snapshot",
     "Tree",
     "WeakPassword",

@@ -15,6 +15,7 @@ import zstandard
 
 from timevault.core import crypto
 from timevault.core.buffers import BytesLike
+from timevault.core.errors import CorruptBlob
 from timevault.core.repository.format import BlobType
 
 _RAW = 0
@@ -38,10 +39,6 @@ def _decompressor() -> zstandard.ZstdDecompressor:
     if dec is None:
         dec = _local.decompressor = zstandard.ZstdDecompressor()
     return dec
-
-
-class CorruptBlob(Exception):
-    """A blob failed authentication, decompression, or its id did not match its content."""
 
 
 @dataclass(frozen=True, slots=True)

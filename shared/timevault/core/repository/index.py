@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import msgspec
 
 from timevault.core import crypto
+from timevault.core.errors import CorruptIndex
 from timevault.core.repository.format import BlobType, IndexFile, IndexPack, PackBlob
 from timevault.core.storage import Storage
 
@@ -81,10 +82,6 @@ class Index:
             for pack in file.packs:
                 index.add_pack(pack)
         return index
-
-
-class CorruptIndex(Exception):
-    pass
 
 
 def decode_index_file(meta_key: bytes, data: bytes) -> IndexFile:

@@ -8,19 +8,12 @@ from datetime import UTC, datetime
 import msgspec
 
 from timevault.core import crypto
+from timevault.core.errors import DamagedData, WeakPassword, WrongPassword
 from timevault.core.repository.format import KdfParams, KeyFile, MasterKeys, WriteKeys
 
 MIN_PASSWORD_LENGTH = 4
 # The most memory a key file may make scrypt use (the default N=2^15, r=8 needs 32 MiB).
 MAX_KDF_MEMORY = 2**30
-
-
-class WrongPassword(Exception):
-    """No key file of the repository opens with the given password."""
-
-
-class WeakPassword(ValueError):
-    pass
 
 
 def check_password(password: str) -> None:
@@ -91,4 +84,4 @@ def decode_write_keys(data: bytes) -> WriteKeys:
     try:
         return msgspec.msgpack.decode(data, type=WriteKeys)
     except msgspec.DecodeError as exc:
-        raise ValueError("write keys are damaged") from exc
+        raise DamagedData("write keys are damaged") from exc

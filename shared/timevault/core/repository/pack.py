@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 import msgspec
 
 from timevault.core import crypto
+from timevault.core.errors import CorruptPack
 from timevault.core.repository.blobs import EncodedBlob
 from timevault.core.repository.format import PACK_MAGIC, BlobType, IndexPack, PackBlob, PackHeader
 from timevault.core.repository.index import pack_object_name, write_index_file
@@ -26,10 +27,6 @@ from timevault.core.storage.base import BytesLike
 PACK_SIZE = 16 * 1024 * 1024
 _TRAILER = struct.Struct("<I4s")
 _header_decoder = msgspec.msgpack.Decoder(PackHeader)
-
-
-class CorruptPack(Exception):
-    pass
 
 
 def pack_parts(meta_key: bytes, blobs: list[EncodedBlob]) -> tuple[str, list[BytesLike], IndexPack]:

@@ -21,6 +21,13 @@ import msgspec
 from timevault.core import crypto
 from timevault.core.buffers import BytesLike
 from timevault.core.chunker import ChunkerParams
+from timevault.core.errors import (
+    NotARepository,
+    ReadAccessRequired,
+    RepositoryError,
+    RepositoryLocked,
+    RepositoryNotFound,
+)
 from timevault.core.repository import keys as keyfiles
 from timevault.core.repository.blobs import CorruptBlob, decode
 from timevault.core.repository.format import (
@@ -47,22 +54,6 @@ LOCK_REFRESH_EVERY = 5 * 60
 _tree_decoder = msgspec.msgpack.Decoder(Tree)
 _snapshot_decoder = msgspec.msgpack.Decoder(Snapshot)
 _lock_decoder = msgspec.msgpack.Decoder(Lock)
-
-
-class RepositoryError(Exception):
-    """A clear, user-facing problem with a repository."""
-
-
-class NotARepository(RepositoryError):
-    pass
-
-
-class ReadAccessRequired(RepositoryError):
-    pass
-
-
-class RepositoryLocked(RepositoryError):
-    pass
 
 
 class Repository:
@@ -373,7 +364,7 @@ async def _load_config(storage: Storage) -> Config:
     try:
         data = await storage.get("config")
     except ObjectNotFound as exc:
-        raise NotARepository(f"{storage.location}: not a TimeVault repository (no config)") from exc
+        raise RepositoryNotFound(f"{storage.location}: not a TimeVault repository (no config)") from exc
     try:
         config = msgspec.json.decode(data, type=Config)
     except msgspec.DecodeError as exc:

@@ -25,34 +25,34 @@ from dataclasses import dataclass
 from typing import Protocol, TypeAlias, runtime_checkable
 
 from timevault.core.buffers import BytesLike
+from timevault.core.errors import (
+    InvalidObjectName,
+    InvalidRange,
+    LocationError,
+    LocationNotFound,
+    ObjectNotFound,
+    StorageError,
+    TransientStorageError,
+)
 
-
-class StorageError(Exception):
-    """A storage operation failed; the message names the location and the operation."""
-
-
-class ObjectNotFound(StorageError):
-    """The named object does not exist."""
-
-
-class InvalidObjectName(StorageError, ValueError):
-    """A caller passed a name that is not a valid relative object name (a programmer error)."""
-
-
-class InvalidRange(StorageError, ValueError):
-    """A caller passed a negative offset or length to `get` (a programmer error)."""
-
-
-class TransientStorageError(StorageError):
-    """A failure that may succeed when tried again: throttling, 5xx, a dropped connection, a timeout.
-
-    Locations raise it so that `RetryingStorage` (the one place retries happen) can tell
-    retryable failures from permanent ones such as access denied or a missing bucket.
-    """
-
-
-class LocationError(ValueError):
-    """The location string cannot be understood (bad scheme, parameter or value)."""
+__all__ = [  # the errors are defined in timevault.core.errors and belong to this contract too
+    "BytesLike",
+    "InvalidObjectName",
+    "InvalidRange",
+    "LocationError",
+    "LocationNotFound",
+    "ObjectInfo",
+    "ObjectNotFound",
+    "Payload",
+    "Storage",
+    "StorageError",
+    "TransientStorageError",
+    "check_name",
+    "check_range",
+    "payload_bytes",
+    "payload_parts",
+    "payload_size",
+]
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ from pathlib import Path
 from stat import S_ISREG
 
 from timevault.core.storage.base import (
+    LocationNotFound,
     ObjectInfo,
     ObjectNotFound,
     Payload,
@@ -100,7 +101,7 @@ class LocalStorage:
     def _list_sync(self, prefix: str) -> builtins.list[ObjectInfo]:  # `list` is the method here
         found: builtins.list[ObjectInfo] = []
         if not self._root.is_dir():
-            raise StorageError(f"{self.location}: no such folder")
+            raise LocationNotFound(f"{self.location}: no such folder")
         for dirpath, _dirs, files in os.walk(self._root):
             rel_dir = os.path.relpath(dirpath, self._root)
             for file in files:

@@ -36,6 +36,7 @@ from timevault.core.storage.base import (
     BytesLike,
     InvalidObjectName,
     LocationError,
+    LocationNotFound,
     ObjectInfo,
     ObjectNotFound,
     Payload,
@@ -323,7 +324,7 @@ class S3Storage:
         except boto.ClientError as exc:
             status, code = _error_code(exc)
             if code == "NoSuchBucket":
-                raise StorageError(f"{where}: bucket {self._options.bucket} does not exist") from exc
+                raise LocationNotFound(f"{where}: bucket {self._options.bucket} does not exist") from exc
             if code in _NOT_FOUND_CODES:
                 raise ObjectNotFound(f"{where}: object not found") from exc
             detail = f"{status} {code}".strip()
