@@ -54,7 +54,12 @@ class ErrorReply(msgspec.Struct, kw_only=True):
 
 
 class ServiceError(Exception):
-    """The one error type services raise for anything a caller should see."""
+    """The root error of the services: what a caller should see, as a code, a message and a field.
+
+    Services raise it (or a subclass) for every failure meant for a caller; a core error is
+    turned into one where the service knows what it means (wrong password: ``unauthorized``,
+    the location's repository is gone: ``not_found`` with field ``location``).
+    """
 
     def __init__(self, code: ErrorCode | str, message: str, field: str | None = None) -> None:
         super().__init__(message)

@@ -6,12 +6,17 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from timevault.proto.errors import ServiceError
+
 TOKEN_ENV = "TIMEVAULT_TOKEN"
 MIN_TOKEN_LENGTH = 16
 
 
-class ConfigError(Exception):
+class ConfigError(ServiceError):
     """The configuration cannot work; the message says why."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("invalid", message)
 
 
 @dataclass(frozen=True, kw_only=True)

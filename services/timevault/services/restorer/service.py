@@ -46,8 +46,15 @@ class RestorerService:
         await asyncio.gather(*self.tasks, return_exceptions=True)
 
     async def start_restore(self, req: RestoreRequest) -> Job:
-        from timevault.core.repository import Repository, RepositoryError, WrongPassword
-        from timevault.core.storage import StorageError, open_location
+        from timevault.core.errors import (
+            LocationNotFound,
+            RepositoryError,
+            RepositoryNotFound,
+            StorageError,
+            WrongPassword,
+        )
+        from timevault.core.repository import Repository
+        from timevault.core.storage import open_location
 
         if not req.target or not os.path.isabs(req.target):
             raise invalid("target must be an absolute folder path", "target")
@@ -62,6 +69,9 @@ class RestorerService:
         except WrongPassword as exc:
             await storage.close()
             raise ServiceError("unauthorized", "wrong password for this plan's repository", "password") from exc
+        except (RepositoryNotFound, LocationNotFound) as exc:
+            await storage.close()
+            raise ServiceError("not_found", f"the plan's repository is gone: {exc}", "location") from exc
         except (RepositoryError, StorageError) as exc:
             await storage.close()
             raise ServiceError("unavailable", f"cannot open the repository: {exc}", "location") from exc
