@@ -148,7 +148,7 @@ def test_wrong_password(cli_repo: CliRepo, tmp_path: Path) -> None:
     bad.write_text("not the password\n")
     for args in (("snapshots",), ("restore", "latest", "--target", str(tmp_path / "o"))):
         result = run_cli("repo", args[0], cli_repo.path, *args[1:], "--password-file", bad)
-        assert result.code == 1
+        assert result.code == 12
         assert_clean_error(result, "wrong password")
     assert not (tmp_path / "o").exists()
 

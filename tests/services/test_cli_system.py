@@ -133,9 +133,12 @@ async def test_short_password_and_missing_day(stub: tuple[Stub, Path], tmp_path:
     rc = await run("plan", "create", "X", "--source", str(tmp_path), "--daily", "--at", "01:00",
                    "--location", "/elsewhere", "--password-file", str(pw), "--data-dir", str(data))
     err = capsys.readouterr().err
-    assert rc == 1 and "at least 4" in err and "Traceback" not in err
-    with pytest.raises(SystemExit):  # argparse: --weekly needs DAY
-        await run("plan", "create", "X", "--source", "/a", "--weekly", "--at", "01:00", "--location", "/b")
+    assert rc == 2 and "at least 4" in err and "Traceback" not in err  # a value given is not acceptable
+    # argparse: --weekly needs DAY; a usage error, with the usage first
+    assert await run("plan", "create", "X", "--source", "/a", "--weekly", "--at", "01:00", "--location", "/b") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: timevault plan create")
+    assert err.splitlines()[-1] == "timevault plan create: error: argument --weekly: expected one argument"
 
 
 async def test_backup_wait_exit_code_follows_the_job(stub: tuple[Stub, Path],

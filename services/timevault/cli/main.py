@@ -10,55 +10,55 @@ import os
 import sys
 from collections.abc import Sequence
 
-from timevault.cli import repo_parser
-from timevault.cli.errors import CommandFailed
+from timevault.cli import exits, repo_parser
+from timevault.cli.parser import Parser, Version
 from timevault.core.memory import tune_allocator
 
 
-def expected_errors() -> tuple[type[BaseException], ...]:
-    """Errors reported as one line (not as an internal error).
-
-    Imported when needed, not at start: a system command never loads the engine, so none of
-    these can come from it.
-    """
-    from timevault.cli.passwords import PasswordError
-    from timevault.core.archiver import BackupCanceled
-    from timevault.core.repository import RepositoryError, WeakPassword, WrongPassword
-    from timevault.core.repository.blobs import CorruptBlob
-    from timevault.core.repository.index import CorruptIndex
-    from timevault.core.storage import LocationError, StorageError
-
-    return (RepositoryError, WrongPassword, WeakPassword, PasswordError, StorageError, LocationError,
-            CorruptBlob, CorruptIndex, BackupCanceled, CommandFailed, OSError)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="timevault",
         description="TimeVault: encrypted, deduplicated backups you can restore anywhere.",
+        epilog="Exit codes: 0 success, 1 failure, 2 usage error, 3 finished but incomplete, "
+        "10 no repository at the location, 11 repository locked, 12 wrong password, 130 interrupted.",
     )
+    parser.add_argument("--version", action=Version, help="print the version and exit")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     repo_parser.register(subparsers)
-    try:
-        from timevault.cli import system
-    except ImportError:
-        system = None  # type: ignore[assignment]
-    if system is not None:
-        system.register(subparsers)
+    from timevault.cli import system
+
+    system.register(subparsers)
     return parser
 
 
-def _message(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        where = f" {exc.filename}" if exc.filename else ""
-        return f"{exc.strerror}{where}"
-    return str(exc) or type(exc).__name__
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    tune_allocator()
+    """Run one command; return its exit code (see `timevault.cli.exits`). Never raises but
+    SystemExit (from ``--help`` and ``--version``)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    as_json = "--json" in argv  # until the arguments are parsed: a usage error answers in JSON too
+    try:
+        args = build_parser().parse_args(argv)
+        as_json = bool(getattr(args, "json", False))
+        tune_allocator()
+        _setup_logging()
+        func = args.func
+        if isinstance(func, str):  # "module:function", imported only now (see timevault.cli.repo_parser)
+            module, name = func.split(":")
+            func = getattr(importlib.import_module(module), name)
+        if inspect.iscoroutinefunction(func):
+            import asyncio  # ~50 ms of imports that the HTTP-only system commands do without
+
+            result = asyncio.run(func(args))
+        else:
+            result = func(args)
+    except (Exception, KeyboardInterrupt) as exc:
+        if os.environ.get("TIMEVAULT_DEBUG") and exits.failure_of(exc).code == "internal":
+            raise
+        return exits.report(exc, as_json=as_json)
+    return result if isinstance(result, int) else 0
+
+
+def _setup_logging() -> None:
     # Warnings (e.g. a storage retry) show as one short line each; TIMEVAULT_LOG_LEVEL=INFO for more.
     level = logging.getLevelName(os.environ.get("TIMEVAULT_LOG_LEVEL", "WARNING").upper())
     level = level if isinstance(level, int) else logging.WARNING
@@ -68,34 +68,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if level >= logging.WARNING
         else "timevault: %(levelname)s: %(message)s",
     )
-    func = args.func
-    if isinstance(func, str):  # "module:function", imported only now (see timevault.cli.repo_parser)
-        module, name = func.split(":")
-        func = getattr(importlib.import_module(module), name)
-    try:
-        if inspect.iscoroutinefunction(func):
-            import asyncio  # ~50 ms of imports that the HTTP-only system commands do without
-
-            result = asyncio.run(func(args))
-        else:
-            result = func(args)
-    except KeyboardInterrupt:
-        print("timevault: interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:
-        if isinstance(exc, expected_errors()):
-            print(f"timevault: error: {_message(exc)}", file=sys.stderr)
-            return 1
-        # The last guard: a clear line, the traceback only on request.
-        if os.environ.get("TIMEVAULT_DEBUG"):
-            raise
-        print(
-            f"timevault: internal error: {type(exc).__name__}: {_message(exc)} "
-            "(set TIMEVAULT_DEBUG=1 for details)",
-            file=sys.stderr,
-        )
-        return 1
-    return result if isinstance(result, int) else 0
 
 
 def run() -> None:
@@ -107,11 +79,16 @@ def run() -> None:
     """
     code = main()
     logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            code = code or 1  # e.g. stdout closed by the reader: the output was not delivered
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        code = exits.quiet_exit()  # e.g. `| head -1`: the reader has all it wanted
+    except (OSError, ValueError):
+        code = code or exits.Exit.FAILURE  # the output was not delivered
+    try:
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
     os._exit(code)
 
 

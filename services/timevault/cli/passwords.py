@@ -9,9 +9,9 @@ import getpass
 import os
 import sys
 
+from timevault.cli.errors import PasswordError
 
-class PasswordError(Exception):
-    pass
+__all__ = ["PasswordError", "check_password", "get_password", "read_password_file"]
 
 
 def check_password(password: str) -> None:

@@ -11,10 +11,10 @@ import os
 import sys
 from typing import Any
 
-from timevault.cli.errors import CommandFailed
+from timevault.cli.errors import CommandError, Incomplete
 from timevault.cli.passwords import get_password
 from timevault.cli.progress import ProgressBar, human_bytes
-from timevault.core.archiver import backup
+from timevault.core.archiver import backup, left_out
 from timevault.core.checker import check
 from timevault.core.prune import forget, prune
 from timevault.core.repository import Repository, Snapshot
@@ -78,14 +78,18 @@ async def cmd_backup(args: argparse.Namespace) -> None:
         await repo.close()
     if args.json:
         print(json.dumps(snapshot_json(snapshot_id, snapshot)))
-        return
-    stats = snapshot.stats
-    print(
-        f"snapshot {snapshot_id[:8]} saved: {stats.files} files, {human_bytes(stats.size)}, "
-        f"{human_bytes(stats.added_size)} added ({stats.unchanged_files} unchanged files not read)"
-    )
-    for warning in snapshot.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+    else:
+        stats = snapshot.stats
+        print(
+            f"snapshot {snapshot_id[:8]} saved: {stats.files} files, {human_bytes(stats.size)}, "
+            f"{human_bytes(stats.added_size)} added ({stats.unchanged_files} unchanged files not read)"
+        )
+        for warning in snapshot.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+    missing = left_out(snapshot.warnings)
+    if missing:
+        raise Incomplete(f"snapshot {snapshot_id[:8]} saved without {len(missing)} item(s) that could not "
+                         "be read" + ("" if args.json else " (see the warnings above)"))
 
 
 async def cmd_snapshots(args: argparse.Namespace) -> None:
@@ -100,7 +104,7 @@ async def cmd_snapshots(args: argparse.Namespace) -> None:
     else:
         _print_snapshot_table(snapshots)
     if damaged:
-        raise CommandFailed("; ".join(damaged) + " (left out of the list; run `timevault repo check`)")
+        raise Incomplete("; ".join(damaged) + " (left out of the list; run `timevault repo check`)")
 
 
 def _print_snapshot_table(snapshots: list[tuple[str, Snapshot]]) -> None:
@@ -138,7 +142,7 @@ async def cmd_restore(args: argparse.Namespace) -> None:
     for error in result.errors:
         print(f"error: {error}", file=sys.stderr)
     if result.errors:
-        raise CommandFailed(f"{len(result.errors)} item(s) could not be restored")
+        raise Incomplete(f"{len(result.errors)} item(s) could not be restored")
 
 
 async def cmd_check(args: argparse.Namespace) -> None:
@@ -154,7 +158,7 @@ async def cmd_check(args: argparse.Namespace) -> None:
     read = f", {result.packs_read} packs read and verified" if args.read_data else ""
     print(f"{result.snapshots} snapshots, {result.packs} packs, {result.blobs} blobs{read}")
     if result.errors:
-        raise CommandFailed(f"the repository has {len(result.errors)} error(s)")
+        raise CommandError(f"the repository has {len(result.errors)} error(s)")
     print("no errors found")
 
 

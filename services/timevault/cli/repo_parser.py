@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 
+from timevault.cli.parser import Subcommands
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+
+def register(subparsers: Subcommands) -> None:
     repo = subparsers.add_parser("repo", help="work on a repository location directly (no services)")
     commands = repo.add_subparsers(dest="repo_command", required=True, metavar="COMMAND")
 

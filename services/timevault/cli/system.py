@@ -3,7 +3,8 @@
 Everything but ``up`` talks to the HTTP gateway (``/api/v1``) with the bearer token that ``up``
 wrote to ``<data-dir>/gateway.json``, or with ``TIMEVAULT_URL`` + ``TIMEVAULT_TOKEN``.
 Validation uses the same `timevault.proto.plans` rules as the services, so mistakes are caught before
-asking for a password. Errors are one line on stderr and a non-zero exit, never a traceback.
+asking for a password. The gateway's error replies are raised as `ServiceError` with their code;
+`timevault.cli.exits` turns them into exit codes.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from timevault.cli.errors import CommandError, GatewayUnreachable, JobFailed, UsageError
+from timevault.cli.parser import Subcommands
 from timevault.proto.errors import ServiceError
 from timevault.proto.plans import (
     Schedule,
@@ -36,10 +39,6 @@ from timevault.services.common.paths import default_data_dir
 
 TERMINAL = ("completed", "failed", "canceled")
 EVENTS_QUIET = 20.0
-
-
-class CommandError(Exception):
-    """A user-facing failure of a system command (printed as one line)."""
 
 
 # --- finding and calling the gateway -------------------------------------------------------
@@ -62,7 +61,7 @@ class Gateway:
         except FileNotFoundError:
             if url and token:
                 return cls(url, token)
-            raise CommandError(f"TimeVault is not running (no {path}); start it with `timevault up`") from None
+            raise GatewayUnreachable(f"TimeVault is not running (no {path}); start it with `timevault up`") from None
         except (OSError, ValueError, KeyError) as exc:
             raise CommandError(f"cannot read {path}: {exc}") from exc
 
@@ -78,12 +77,12 @@ class Gateway:
                 text = resp.read()
                 return json.loads(text) if text else None
         except urllib.error.HTTPError as exc:
-            raise CommandError(_error_message(exc)) from None
+            raise _service_error(exc) from None
         except urllib.error.URLError as exc:
-            raise CommandError(f"cannot reach the TimeVault gateway at {self.url} ({exc.reason}); "
-                               "is `timevault up` running?") from None
+            raise GatewayUnreachable(f"cannot reach the TimeVault gateway at {self.url} ({exc.reason}); "
+                                     "is `timevault up` running?") from None
         except (TimeoutError, OSError) as exc:
-            raise CommandError(f"gateway at {self.url} did not answer: {exc}") from None
+            raise GatewayUnreachable(f"gateway at {self.url} did not answer: {exc}") from None
 
     def open_events(self, job_id: str) -> Any:
         """The job's Server-Sent Events stream (an open response), or None if it cannot be had."""
@@ -100,16 +99,22 @@ class Gateway:
         for plan in self.call("GET", "/plans") or []:
             if plan.get("name") == name:
                 return str(plan["id"])
-        raise CommandError(f"no plan named {name!r}")
+        raise ServiceError("not_found", f"no plan named {name!r}")
 
 
-def _error_message(exc: urllib.error.HTTPError) -> str:
+# For an error reply without the JSON body (a proxy in between, say): the code its status means.
+_STATUS_CODES = {400: "invalid", 401: "unauthorized", 404: "not_found", 409: "conflict", 503: "unavailable"}
+
+
+def _service_error(exc: urllib.error.HTTPError) -> ServiceError:
+    """The gateway's ``{"error": {"code", "message", "field"}}`` as the ServiceError it was."""
     try:
         error = json.loads(exc.read())["error"]
-        field = f" ({error['field']})" if error.get("field") else ""
-        return f"{error['message']}{field}"
-    except (ValueError, KeyError, TypeError):
-        return f"gateway answered HTTP {exc.code} {exc.reason}"
+        field = error.get("field")
+        return ServiceError(str(error["code"]), str(error["message"]), str(field) if field else None)
+    except (ValueError, KeyError, TypeError, AttributeError, OSError):
+        code = _STATUS_CODES.get(exc.code, "internal" if exc.code >= 500 else "invalid")
+        return ServiceError(code, f"gateway answered HTTP {exc.code} {exc.reason}")
 
 
 def _q(value: str) -> str:
@@ -184,7 +189,7 @@ def _local_timezone() -> str:
         return "UTC"
 
 
-def cmd_plan_create(args: argparse.Namespace) -> int:
+def cmd_plan_create(args: argparse.Namespace) -> None:
     from timevault.cli.passwords import get_password
 
     name = validate_name(args.name)
@@ -207,10 +212,9 @@ def cmd_plan_create(args: argparse.Namespace) -> int:
         _print_json(plan)
     else:
         print(f"created plan {plan['name']!r} ({plan['id']}): {_schedule_text(plan['schedule'])}")
-    return 0
 
 
-def cmd_plan_attach(args: argparse.Namespace) -> int:
+def cmd_plan_attach(args: argparse.Namespace) -> None:
     """A new machine takes over an existing repository: snapshots and dedup index come from it."""
     from timevault.cli.passwords import get_password
 
@@ -239,7 +243,6 @@ def cmd_plan_attach(args: argparse.Namespace) -> int:
     else:
         print(f"attached plan {plan['name']!r} ({plan['id']}) with {len(plan.get('snapshots', []))} snapshots, "
               f"{_size(plan.get('total_size'))} stored: {_schedule_text(plan['schedule'])}")
-    return 0
 
 
 def vars_of(struct: Any) -> dict[str, Any]:
@@ -248,31 +251,29 @@ def vars_of(struct: Any) -> dict[str, Any]:
     return msgspec.structs.asdict(struct)
 
 
-def cmd_plan_list(args: argparse.Namespace) -> int:
+def cmd_plan_list(args: argparse.Namespace) -> None:
     plans = Gateway.find(args.data_dir).call("GET", "/plans") or []
     if args.json:
         _print_json(plans)
-        return 0
+        return
     if not plans:
         print("no plans")
     for plan in plans:
         state = "paused" if plan.get("paused") else (plan.get("last_status") or "never run")
         print(f"{plan['name']:24}  {_schedule_text(plan['schedule']):40}  {_size(plan.get('total_size')):>10}  "
               f"{state}")
-    return 0
 
 
-def cmd_plan_show(args: argparse.Namespace) -> int:
+def cmd_plan_show(args: argparse.Namespace) -> None:
     gateway = Gateway.find(args.data_dir)
     plan = gateway.call("GET", f"/plans/{_q(gateway.plan_id(args.name))}")
     if args.json:
         _print_json(plan)
     else:
         _show_plan(plan)
-    return 0
 
 
-def cmd_plan_update(args: argparse.Namespace) -> int:
+def cmd_plan_update(args: argparse.Namespace) -> None:
     schedule: dict[str, Any] = {}
     if args.daily:
         schedule["frequency"] = "daily"
@@ -289,20 +290,19 @@ def cmd_plan_update(args: argparse.Namespace) -> int:
     if args.source:
         body["sources"] = validate_sources([os.path.abspath(os.path.expanduser(s)) for s in args.source])
     if not body:
-        raise CommandError("nothing to change: give --daily, --weekly DAY, --at HH:MM, --timezone or --source")
+        raise UsageError("nothing to change: give --daily, --weekly DAY, --at HH:MM, --timezone or --source")
     gateway = Gateway.find(args.data_dir)
     plan = gateway.call("PATCH", f"/plans/{_q(gateway.plan_id(args.name))}", body)
     if args.json:
         _print_json(plan)
     else:
         print(f"updated plan {plan['name']!r}: {_schedule_text(plan['schedule'])}")
-    return 0
 
 
-def cmd_plan_delete(args: argparse.Namespace) -> int:
+def cmd_plan_delete(args: argparse.Namespace) -> None:
     if not args.yes:
-        raise CommandError(f"deleting plan {args.name!r} removes all its snapshots and stored data; "
-                           "add --yes to confirm")
+        raise UsageError(f"deleting plan {args.name!r} removes all its snapshots and stored data; "
+                         "add --yes to confirm")
     gateway = Gateway.find(args.data_dir)
     plan_id = gateway.plan_id(args.name)
     result = gateway.call("DELETE", f"/plans/{_q(plan_id)}") or {"plan_id": plan_id}
@@ -310,29 +310,27 @@ def cmd_plan_delete(args: argparse.Namespace) -> int:
         _print_json(result)
     else:
         print(f"deleted plan {args.name!r} and its stored data")
-    return 0
 
 
-def _pause_resume(args: argparse.Namespace, action: str) -> int:
+def _pause_resume(args: argparse.Namespace, action: str) -> None:
     gateway = Gateway.find(args.data_dir)
     plan = gateway.call("POST", f"/plans/{_q(gateway.plan_id(args.name))}/{action}")
     if args.json:
         _print_json(plan)
     else:
         print(f"plan {args.name!r} {'paused' if action == 'pause' else 'resumed'}")
-    return 0
 
 
-def cmd_plan_pause(args: argparse.Namespace) -> int:
-    return _pause_resume(args, "pause")
+def cmd_plan_pause(args: argparse.Namespace) -> None:
+    _pause_resume(args, "pause")
 
 
-def cmd_plan_resume(args: argparse.Namespace) -> int:
-    return _pause_resume(args, "resume")
+def cmd_plan_resume(args: argparse.Namespace) -> None:
+    _pause_resume(args, "resume")
 
 
-def _wait(gateway: Gateway, job: dict[str, Any], as_json: bool) -> int:
-    """Follow the job until it ends, with a progress bar on a terminal; 0 only if it completed.
+def _wait(gateway: Gateway, job: dict[str, Any], as_json: bool) -> None:
+    """Follow the job until it ends, with a progress bar on a terminal; JobFailed unless it completed.
 
     The job's live events (``/events?job=ID``) say at once when it ends; polling every half
     second instead made each short job look up to 0.5 s slower. The stream is re-checked with a
@@ -366,15 +364,13 @@ def _wait(gateway: Gateway, job: dict[str, Any], as_json: bool) -> int:
                 events.close()
         job = gateway.call("GET", f"/jobs/{_q(job_id)}")
     bar.done()
+    if job["status"] != "completed":
+        raise JobFailed(f"{job['kind']} {job['id']} {job['status']}: {job.get('error') or 'no reason given'}", job)
     if as_json:
         _print_json(job)
-    elif job["status"] == "completed":
+    else:
         extra = f" (snapshot {job['snapshot_id'][:12]})" if job.get("snapshot_id") and job["kind"] == "backup" else ""
         print(f"{job['kind']} {job['id']} completed{extra}")
-    else:
-        print(f"{job['kind']} {job['id']} {job['status']}: {job.get('error') or 'no reason given'}",
-              file=sys.stderr)
-    return 0 if job["status"] == "completed" else 1
 
 
 _PROGRESS_FIELDS = ("files_done", "files_total", "bytes_done", "bytes_total", "rate")
@@ -424,19 +420,18 @@ class _ProgressBar:
             sys.stderr.write("\n")
 
 
-def cmd_backup(args: argparse.Namespace) -> int:
+def cmd_backup(args: argparse.Namespace) -> None:
     gateway = Gateway.find(args.data_dir)
     job = gateway.call("POST", f"/plans/{_q(gateway.plan_id(args.name))}/backups")
     if args.wait:
-        return _wait(gateway, job, args.json)
-    if args.json:
+        _wait(gateway, job, args.json)
+    elif args.json:
         _print_json(job)
     else:
         print(f"backup {job['id']} started")
-    return 0
 
 
-def cmd_restore(args: argparse.Namespace) -> int:
+def cmd_restore(args: argparse.Namespace) -> None:
     from timevault.cli.passwords import get_password
 
     target = os.path.abspath(os.path.expanduser(args.target))
@@ -446,53 +441,20 @@ def cmd_restore(args: argparse.Namespace) -> int:
     job = gateway.call("POST", f"/plans/{_q(plan_id)}/snapshots/{_q(args.snapshot)}/restore",
                        {"target": target, "includes": args.include or [], "password": password})
     if args.wait:
-        return _wait(gateway, job, args.json)
-    if args.json:
+        _wait(gateway, job, args.json)
+    elif args.json:
         _print_json(job)
     else:
         print(f"restore {job['id']} started into {target}")
-    return 0
 
 
 async def cmd_up(args: argparse.Namespace) -> int:
-    from timevault.cli.up import UpError, up
+    from timevault.cli.up import up
 
-    try:
-        return await up(Path(args.data_dir or default_data_dir()), args.listen, args.nats)
-    except UpError as exc:
-        raise CommandError(str(exc)) from exc
+    return await up(Path(args.data_dir or default_data_dir()), args.listen, args.nats)
 
 
 # --- registration ----------------------------------------------------------------------------
-
-
-def _guard(func: Any) -> Any:
-    """One clear line and exit code 1 for expected failures (the CLI's main handles the rest)."""
-    import inspect
-
-    def report(exc: BaseException) -> int:
-        message = exc.message if isinstance(exc, ServiceError) else str(exc)
-        print(f"timevault: error: {message}", file=sys.stderr)
-        return 1
-
-    if inspect.iscoroutinefunction(func):
-        async def run_async(args: argparse.Namespace) -> int:
-            try:
-                return await func(args)
-            except (CommandError, ServiceError) as exc:
-                return report(exc)
-        return run_async
-
-    def run(args: argparse.Namespace) -> int:
-        from timevault.cli.passwords import PasswordError
-
-        try:
-            return func(args)
-        except (CommandError, ServiceError, PasswordError) as exc:
-            return report(exc)
-        except ValueError as exc:  # e.g. WeakPassword from the password check
-            return report(exc)
-    return run
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -501,14 +463,14 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON")
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(subparsers: Subcommands) -> None:
     """Add ``up``, ``plan``, ``backup`` and ``restore`` to the `timevault` command."""
     p = subparsers.add_parser("up", help="start every service on this machine")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--listen", default="127.0.0.1:7480", metavar="HOST:PORT", help="gateway address")
     p.add_argument("--nats", default=None, metavar="URL", help="use this NATS instead of a private nats-server")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_guard(cmd_up))
+    p.set_defaults(func=cmd_up)
 
     plan = subparsers.add_parser("plan", help="manage backup plans")
     plans = plan.add_subparsers(dest="plan_command", required=True, metavar="ACTION")
@@ -524,7 +486,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     create.add_argument("--timezone", metavar="TZ", help="IANA zone (default: this machine's)")
     create.add_argument("--password-file", metavar="F")
     _common(create)
-    create.set_defaults(func=_guard(cmd_plan_create))
+    create.set_defaults(func=cmd_plan_create)
 
     attach = plans.add_parser("attach", help="attach an existing repository (a new machine, or a new data dir)")
     attach.add_argument("name")
@@ -538,16 +500,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     attach.add_argument("--timezone", metavar="TZ", help="IANA zone (default: this machine's)")
     attach.add_argument("--password-file", metavar="F")
     _common(attach)
-    attach.set_defaults(func=_guard(cmd_plan_attach))
+    attach.set_defaults(func=cmd_plan_attach)
 
     lst = plans.add_parser("list", help="list plans")
     _common(lst)
-    lst.set_defaults(func=_guard(cmd_plan_list))
+    lst.set_defaults(func=cmd_plan_list)
 
     show = plans.add_parser("show", help="settings, total size and snapshots of a plan")
     show.add_argument("name")
     _common(show)
-    show.set_defaults(func=_guard(cmd_plan_show))
+    show.set_defaults(func=cmd_plan_show)
 
     update = plans.add_parser("update", help="change schedule or sources (never the name)")
     update.add_argument("name")
@@ -558,25 +520,25 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     update.add_argument("--timezone", metavar="TZ")
     update.add_argument("--source", action="append", metavar="PATH")
     _common(update)
-    update.set_defaults(func=_guard(cmd_plan_update))
+    update.set_defaults(func=cmd_plan_update)
 
     delete = plans.add_parser("delete", help="delete a plan, its snapshots and all its stored data")
     delete.add_argument("name")
     delete.add_argument("--yes", action="store_true", help="confirm")
     _common(delete)
-    delete.set_defaults(func=_guard(cmd_plan_delete))
+    delete.set_defaults(func=cmd_plan_delete)
 
     for action, func in (("pause", cmd_plan_pause), ("resume", cmd_plan_resume)):
         sp = plans.add_parser(action, help=f"{action} the plan's schedule")
         sp.add_argument("name")
         _common(sp)
-        sp.set_defaults(func=_guard(func))
+        sp.set_defaults(func=func)
 
     backup = subparsers.add_parser("backup", help="back up a plan now")
     backup.add_argument("name")
     backup.add_argument("--wait", action="store_true", help="show progress; exit 0 only if it completed")
     _common(backup)
-    backup.set_defaults(func=_guard(cmd_backup))
+    backup.set_defaults(func=cmd_backup)
 
     restore = subparsers.add_parser("restore", help="restore a snapshot of a plan into a folder")
     restore.add_argument("name")
@@ -586,4 +548,4 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     restore.add_argument("--password-file", metavar="F")
     restore.add_argument("--wait", action="store_true")
     _common(restore)
-    restore.set_defaults(func=_guard(cmd_restore))
+    restore.set_defaults(func=cmd_restore)

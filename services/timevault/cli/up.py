@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+from timevault.cli.errors import CommandError
 from timevault.services.common.natsd import NatsServer, free_port
 
 log = logging.getLogger("timevault.up")
@@ -29,7 +30,7 @@ DEFAULT_LISTEN = "127.0.0.1:7480"
 SERVICES = ("catalog", "scheduler", "uploader", "snapshotter", "restorer")
 
 
-class UpError(Exception):
+class UpError(CommandError):
     """`up` cannot start; the message says why."""
 
 

@@ -10,6 +10,7 @@ from timevault.core.archiver.archiver import (
     Progress,
     ProgressCallback,
     backup,
+    left_out,
 )
 
 __all__ = [
@@ -22,4 +23,5 @@ __all__ = [
     "Progress",
     "ProgressCallback",
     "backup",
+    "left_out",
 ]

@@ -68,6 +68,18 @@ class KnownBlobs(Protocol):
     async def filter_unknown(self, ids: list[bytes]) -> set[bytes]: ...
 
 
+CHANGED_WHILE_READ = "changed while it was read"
+
+
+def left_out(warnings: Sequence[str]) -> list[str]:
+    """The warnings about items the snapshot lacks (missing, unreadable, not a file or folder).
+
+    The other warnings are about files that changed while they were read: they are in the
+    snapshot, as they were read.
+    """
+    return [warning for warning in warnings if not warning.endswith(CHANGED_WHILE_READ)]
+
+
 @dataclass
 class Progress:
     """Live counters of a running backup or restore."""
@@ -320,7 +332,7 @@ class Archiver:
             node.content, node.size = read  # the bytes actually read, even if the file changed
         if entry.changed_while_reading:
             node.changed_while_reading = True
-            self.warnings.append(f"{os.fsdecode(entry.path)} changed while it was read")
+            self.warnings.append(f"{os.fsdecode(entry.path)} {CHANGED_WHILE_READ}")
         return self._counted(entry, node)
 
     def _reused(self, entry: Entry) -> Node | None:
