@@ -62,10 +62,9 @@ class Exit(IntEnum):
     OUTPUT_CLOSED = 141
 
 
-# Checked in order: a subclass comes before its base. (Usage errors, failed jobs, service
-# errors and Ctrl-C carry more than a class: `failure_of` treats them first.)
+# Checked in order: a subclass comes before its base. (Usage errors, partial results, failed
+# jobs, service errors and Ctrl-C carry more than a class: `failure_of` treats them first.)
 _BY_CLASS: tuple[tuple[type[BaseException], Exit, str], ...] = (
-    (Incomplete, Exit.INCOMPLETE, "incomplete"),
     (GatewayUnreachable, Exit.FAILURE, "unavailable"),
     (PasswordError, Exit.FAILURE, "password"),
     (CommandError, Exit.FAILURE, "failed"),
@@ -109,6 +108,8 @@ def failure_of(exc: BaseException) -> Failure:
         return _service_failure(exc)
     if isinstance(exc, UsageError):
         return Failure(Exit.USAGE, "usage", str(exc), prefix=f"{exc.prog}: error", usage=exc.usage)
+    if isinstance(exc, Incomplete):
+        return Failure(Exit.INCOMPLETE, "incomplete", str(exc), prefix="timevault: incomplete")
     if isinstance(exc, JobFailed):
         return Failure(Exit.FAILURE, "job_failed", str(exc), extra={"job": exc.job})
     for cls, exit_code, code in _BY_CLASS:

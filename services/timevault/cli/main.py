@@ -77,7 +77,10 @@ def run() -> None:
     (the index, caches, imported libraries) added ~50 ms to every command, a few percent of an
     incremental backup.
     """
-    code = main()
+    try:
+        code = main()
+    except SystemExit as exc:  # --help and --version; their output still has to be flushed below
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
     logging.shutdown()
     try:
         sys.stdout.flush()
