@@ -14,8 +14,8 @@ BENCH_ARGS ?=
 
 help:
 	@echo "make up      set up, then start the whole system (nats-server, catalog, services, web UI)"
-	@echo "make test    set up, then run the test suite (PYTEST_ARGS='-k name' to narrow it)"
-	@echo "make lint    ruff check"
+	@echo "make test    set up, then lint (ruff), type-check (mypy) and run the tests (PYTEST_ARGS='-k name')"
+	@echo "make lint    ruff check and mypy only"
 	@echo "make bench   TimeVault vs restic benchmark (BENCH_ARGS='--size-mb 100')"
 	@echo "make setup   install system packages and the .venv (idempotent)"
 	@echo "make clean   remove caches and test/bench output; distclean also removes .venv"
@@ -26,17 +26,21 @@ setup:
 up: setup
 	$(VENV)/bin/timevault up $(UP_ARGS)
 
+# Each step's exit code stops the recipe: lint and types first, they take seconds.
 test: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 bench: setup
 	$(PY) bench/bench_core.py $(BENCH_ARGS)
 
 clean:
-	rm -rf test-output bench-output .pytest_cache .ruff_cache .hypothesis
+	rm -rf test-output bench-output .pytest_cache .ruff_cache .mypy_cache .hypothesis
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
 
 distclean: clean

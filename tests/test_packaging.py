@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import tomllib
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -51,13 +52,45 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert all("||" not in c and "pytest" not in c for c in commands), "CI must not mask or bypass make test"
 
 
-def test_make_test_runs_pytest_without_masking_exit_codes() -> None:
+def _recipe(target: str) -> list[str]:
     makefile = (REPO_ROOT / "Makefile").read_text()
-    recipe = re.search(r"^test:.*\n((?:\t.*\n)+)", makefile, re.M)
-    assert recipe, "Makefile has no test target"
-    assert "-m pytest" in recipe.group(1)
-    assert "||" not in recipe.group(1)
-    assert not recipe.group(1).lstrip("\t").startswith("-"), "a leading '-' ignores pytest's exit code"
+    recipe = re.search(rf"^{target}:.*\n((?:\t.*\n)+)", makefile, re.M)
+    assert recipe, f"Makefile has no {target} target"
+    return [line.strip() for line in recipe.group(1).splitlines()]
+
+
+def test_make_test_runs_ruff_mypy_and_pytest_without_masking_exit_codes() -> None:
+    lines = _recipe("test")
+    assert lines == ["$(VENV)/bin/ruff check .", "$(VENV)/bin/mypy", "$(PY) -m pytest $(PYTEST_ARGS)"]
+    for line in lines:
+        assert "||" not in line and ";" not in line and "&" not in line, line
+        assert not line.startswith("-"), "a leading '-' ignores the step's exit code"
+
+
+def test_mypy_alone_checks_every_package() -> None:
+    """`mypy` with no arguments (as `make test` runs it) covers all source folders, tests and bench."""
+    config = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["mypy"]
+    assert set(config["files"]) == {"shared", "proto", "services", "tests", "bench"}
+    assert set(config["mypy_path"]) >= {"shared", "proto", "services"}
+    assert config["explicit_package_bases"] is True
+    assert "ignore_errors" not in config and "ignore-without-code" in config["enable_error_code"]
+
+
+def test_type_ignores_name_their_error_code() -> None:
+    bare = [
+        f"{path.relative_to(REPO_ROOT)}:{number}"
+        for folder in ("shared", "proto", "services", "tests", "bench")
+        for path in (REPO_ROOT / folder).rglob("*.py")
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if re.search(r"#\s*type:\s*ignore(?!\[)", line)
+    ]
+    assert bare == []
+
+
+def test_test_tools_are_in_the_test_extra() -> None:
+    extra = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["test"]
+    names = {re.split(r"[<>=\[ ]", requirement, maxsplit=1)[0] for requirement in extra}
+    assert {"pytest", "ruff", "mypy"} <= names, "scripts/setup.sh installs .[test]: the tools must be there"
 
 
 def test_setup_script_parses() -> None:
