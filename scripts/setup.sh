@@ -6,8 +6,9 @@
 #       restic       (bench/bench_core.py compares against it)
 #       chromium     (browser UI tests drive /usr/bin/chromium through Playwright;
 #                     `playwright install` is never run: it downloads a browser build)
-#   * .venv with `pip install -e '.[test]'`, redone only when pyproject.toml changed
-#     since the last successful install (hash kept in .venv/.setup-stamp).
+#   * .venv with `pip install -e '.[test]'`: TimeVault and the tools `make test` runs (pytest,
+#     ruff, mypy and the type stubs it needs), redone only when pyproject.toml changed since the
+#     last successful install (hash kept in .venv/.setup-stamp) or a tool is missing.
 #   * a pinned TypeScript in .venv/node (from the npm registry), which type-checks the web UI's
 #     JavaScript (tests/gateway/test_ui_types.py); Node.js and npm come from apt only when missing.
 #
@@ -82,7 +83,8 @@ fi
 
 want_stamp="$(sha256sum pyproject.toml | cut -d' ' -f1) $("$VENV/bin/python" -c 'import sys; print(sys.version.split()[0])')"
 have_stamp="$(cat "$STAMP" 2>/dev/null || true)"
-if [ "${SETUP_FORCE:-0}" = 1 ] || [ "$want_stamp" != "$have_stamp" ] || [ ! -x "$VENV/bin/timevault" ]; then
+if [ "${SETUP_FORCE:-0}" = 1 ] || [ "$want_stamp" != "$have_stamp" ] || [ ! -x "$VENV/bin/timevault" ] \
+        || [ ! -x "$VENV/bin/ruff" ] || [ ! -x "$VENV/bin/mypy" ]; then
     log "installing TimeVault and test dependencies into $VENV (log: $VENV/pip-install.log)"
     # Build-backend and local-index warnings go to the log; it is shown only when pip fails.
     if ! "$VENV/bin/python" -m pip install --disable-pip-version-check -e '.[test]' \
