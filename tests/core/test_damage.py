@@ -78,7 +78,8 @@ async def test_flipped_byte_in_a_pack(repo: Repository, tmp_path: Path) -> None:
     del actual[b""], expected[b""]  # the root folder's mtime changed when victim.bin was removed
     assert_manifests_equal(actual, expected)
 
-    # The CLI says so too: exit 1, the file named, no traceback.
+    # The CLI says so too: check fails (exit 1); restore restores the rest, names the file and
+    # ends with 3 (incomplete); no traceback.
     pw = tmp_path / "pw"
     pw.write_text(PASSWORD)
     cli = run_cli("repo", "check", repo.storage.location, "--read-data", "--password-file", pw)
@@ -93,7 +94,7 @@ async def test_flipped_byte_in_a_pack(repo: Repository, tmp_path: Path) -> None:
         "--target",
         tmp_path / "cli-out",
     )
-    assert cli.code == 1 and "victim.bin" in cli.stderr and "Traceback" not in cli.stderr
+    assert cli.code == 3 and "victim.bin" in cli.stderr and "Traceback" not in cli.stderr
     assert (restored_path(tmp_path / "cli-out", source) / "ok1.bin").read_bytes() == (
         source / "ok1.bin"
     ).read_bytes()

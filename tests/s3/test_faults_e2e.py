@@ -130,7 +130,7 @@ async def test_permanent_failure_leaves_no_snapshot_and_next_backup_reuses_packs
     proxy.add(broken)
     failed = await laptop.run("repo", "backup", via_proxy, source, "--json")
     assert failed.code == 1, failed
-    assert failed.stdout == ""
+    assert json.loads(failed.stdout)["error"]["code"] == "storage"  # --json: the error, not a snapshot
     assert "Traceback" not in failed.stderr
     errors = error_lines(failed.stderr)
     assert len(errors) == 1, failed.stderr

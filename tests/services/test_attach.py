@@ -115,7 +115,7 @@ async def test_attach_existing_repository_on_a_new_machine(tmp_path: Path) -> No
     async with timevault_up(machine_b):
         refused = await cli(machine_b, "plan", "attach", PLAN, "--location", str(repo), *schedule,
                             "--password-file", str(wrong))
-        assert refused.returncode == 1
+        assert refused.returncode == 12  # wrong password
         assert "wrong password" in refused.stderr and "Traceback" not in refused.stderr
         assert json.loads(await cli_ok(machine_b, "plan", "list", "--json")) == []
 
