@@ -23,6 +23,7 @@ from the module that raises them (`timevault.core.repository`, `timevault.core.s
     │   ├── TransientStorageError    may succeed when tried again (throttling, 5xx, timeouts)
     │   └── InvalidObjectName, InvalidRange   a caller's mistake (also ValueErrors)
     ├── LocationError                the location string cannot be understood (also a ValueError)
+    ├── RetentionError               a retention rule or duration is malformed (also a ValueError)
     └── Canceled                     the caller asked to stop
         └── BackupCanceled, RestoreCanceled
 
@@ -134,6 +135,10 @@ class TransientStorageError(StorageError):
 
 class LocationError(TimeVaultError, ValueError):
     """The location string cannot be understood (bad scheme, parameter or value)."""
+
+
+class RetentionError(TimeVaultError, ValueError):
+    """A retention rule or duration is malformed."""
 
 
 # --- canceled ----------------------------------------------------------------------------------

@@ -19,14 +19,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from timevault.core.errors import RetentionError
+
 UNLIMITED = -1
 """A bucketed rule's count meaning "every bucket" (restic's ``unlimited``)."""
 
 _DURATION = re.compile(r"^(?:(\d+)y)?(?:(\d+)m)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?$")
-
-
-class RetentionError(ValueError):
-    """A retention rule or duration is malformed."""
 
 
 @dataclass(frozen=True)
