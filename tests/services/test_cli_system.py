@@ -66,6 +66,8 @@ class Stub:
             self.job_polls += 1
             status = "running" if self.job_polls < 2 else "failed"
             return web.json_response({"id": "j_1", "kind": "backup", "status": status, "error": "disk full"})
+        if (request.method, path) == ("POST", "/plans/p_1/pause"):  # e.g. a proxy in between
+            return web.Response(status=502, reason="Bad Gateway", text="<html>bad gateway</html>")
         if request.method == "POST" and path.startswith("/plans/p_1/snapshots/"):
             return web.json_response({"id": "j_2", "kind": "restore", "status": "completed"}, status=202)
         return web.json_response({"error": {"code": "not_found", "message": "nope"}}, status=404)
@@ -190,3 +192,25 @@ async def test_restore_sends_password_in_body_only(stub: tuple[Stub, Path], tmp_
 async def test_not_running_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert await run("plan", "list", "--data-dir", str(tmp_path)) == 1
     assert capsys.readouterr().err.count("\n") == 1
+
+
+async def test_gateway_errors_keep_their_code(stub: tuple[Stub, Path], tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    _, data = stub
+    pw = tmp_path / "pw"
+    pw.write_text("s3cret pass\n")
+    (tmp_path / "src").mkdir()
+    rc = await run("plan", "create", "Photos", "--source", str(tmp_path / "src"), "--daily", "--at", "01:00",
+                   "--location", str(tmp_path / "loc"), "--password-file", str(pw), "--data-dir", str(data), "--json")
+    assert rc == 1
+    assert json.loads(capsys.readouterr().out) == {
+        "error": {"code": "conflict", "message": "a plan named 'Photos' already exists (name)"}}
+    # An error reply that is not the API's JSON: its status says what it was.
+    assert await run("plan", "pause", "Photos", "--json", "--data-dir", str(data)) == 1
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == {"error": {"code": "internal", "message": "gateway answered HTTP 502 Bad Gateway"}}
+    assert captured.err == "timevault: error: gateway answered HTTP 502 Bad Gateway\n"
+    # A job that failed while --wait followed it: exit 1, the error object carries the job.
+    assert await run("backup", "Photos", "--wait", "--json", "--data-dir", str(data)) == 1
+    error = json.loads(capsys.readouterr().out)["error"]
+    assert error["code"] == "job_failed" and error["job"]["error"] == "disk full"
