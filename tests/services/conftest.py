@@ -109,18 +109,15 @@ async def nc(nats_server: NatsServer) -> AsyncIterator[NATS]:
 async def catalog(nc: NATS, catalog_proc: ServiceProc) -> NATS:
     """A NATS client with the catalog answering."""
     from timevault.proto import subjects
+    from timevault.proto.errors import ServiceError
     from timevault.proto.plans import PlanList, PlanListRequest
     from timevault.services.common import rpc
 
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            await rpc.request(nc, subjects.PLAN_LIST, PlanListRequest(), PlanList, timeout=1)
-            return nc
-        except Exception:
-            if time.monotonic() > deadline:
-                raise RuntimeError("catalog did not start:\n" + catalog_proc.output()[-3000:]) from None
-            await __import__("asyncio").sleep(0.1)
+    try:
+        await rpc.request_retrying(nc, subjects.PLAN_LIST, PlanListRequest(), PlanList, timeout=1, give_up_after=20)
+    except ServiceError:
+        raise RuntimeError("catalog did not start:\n" + catalog_proc.output()[-3000:]) from None
+    return nc
 
 
 @pytest.fixture(scope="session")

@@ -72,12 +72,7 @@ async def stack(tmp_path: Path) -> AsyncIterator[tuple[Stack, NATS]]:
     s = Stack(tmp_path / "stack")
     s.start()
     nc = await nats.connect(s.nats.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
-    for _ in range(100):
-        try:
-            await rpc.request(nc, subjects.PLAN_LIST, PlanListRequest(), PlanList, timeout=1)
-            break
-        except Exception:
-            await asyncio.sleep(0.1)
+    await rpc.request_retrying(nc, subjects.PLAN_LIST, PlanListRequest(), PlanList, timeout=1, give_up_after=20)
     yield s, nc
     await nc.close()
     s.stop()
@@ -98,17 +93,6 @@ async def _wait_running(nc: NATS, job_id: str, then: float = 0.4) -> Job:
             return await rpc.request(nc, subjects.JOB_GET, JobRef(job_id=job_id), Job)
         await asyncio.sleep(0.01)
     raise AssertionError("job never started")
-
-
-async def _request_retry(nc: NATS, *args: object, **kwargs: object) -> object:
-    for attempt in range(100):
-        try:
-            return await rpc.request(nc, *args, **kwargs)  # type: ignore[arg-type]
-        except Exception:
-            if attempt == 99:
-                raise
-            await asyncio.sleep(0.2)
-    return None
 
 
 def _tree_bytes(folder: Path) -> dict[str, bytes]:
@@ -139,7 +123,7 @@ async def test_kill_uploader_snapshotter_and_nats_mid_backup(stack: tuple[Stack,
             s.procs[victim].kill()
             await asyncio.sleep(0.5)
             s.restart(victim)
-        final = await _request_retry(nc, subjects.JOB_GET, JobRef(job_id=job.id), Job)
+        final = await rpc.request_retrying(nc, subjects.JOB_GET, JobRef(job_id=job.id), Job, give_up_after=20)
         final = await wait_job(nc, job.id, 120)
         assert final.status in ("completed", "failed"), final
         if final.status == "failed":
@@ -179,7 +163,7 @@ async def test_plan_delete_during_running_backup_leaves_nothing(stack: tuple[Sta
     location = tmp_path / "repo"
     plan = await create_plan(nc, "doomed", [src], location)
     job = await rpc.request(nc, subjects.JOB_CREATE, JobCreate(plan=plan.id), Job)
-    seen = await _wait_running(nc, job.id)
+    seen = await _wait_running(nc, job.id, then=0.05)  # this backup takes well under a second
     assert seen.status == "running"
     deleted = await rpc.request(nc, subjects.PLAN_DELETE, PlanRef(plan=plan.id), PlanDeleted, timeout=60)
     assert deleted.deleted_objects > 0

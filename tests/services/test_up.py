@@ -57,14 +57,8 @@ async def test_up_runs_everything_and_stops_cleanly(tmp_path: Path) -> None:
 
         nc = await nats.connect(info["nats"])
         try:
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    await rpc.request(nc, subjects.PLAN_LIST, PlanListRequest(), PlanList, timeout=1)
-                    break
-                except Exception:
-                    assert time.monotonic() < deadline
-                    await asyncio.sleep(0.2)
+            await rpc.request_retrying(nc, subjects.PLAN_LIST, PlanListRequest(), PlanList, timeout=1,
+                                       give_up_after=20)
             src = tmp_path / "src"
             src.mkdir()
             (src / "f.txt").write_text("up works\n")

@@ -83,12 +83,9 @@ class JobContext:
         """Report the outcome; retried while the catalog is unreachable (e.g. NATS restarting)."""
         request = JobFinish(job_id=self.job.id, worker=self.worker, status=status,  # type: ignore[arg-type]
                             error=error, snapshot=snapshot, progress=self.progress)
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                return await rpc.request(self.nc, subjects.JOB_FINISH, request, Job)
-            except ServiceError as exc:
-                if exc.code != "unavailable" or time.monotonic() > deadline:
-                    log.warning("job %s: cannot report %s: %s", self.job.id, status, exc)
-                    return None
-                await asyncio.sleep(0.5)
+        try:
+            # A repeated report is harmless: the catalog answers it with the finished job.
+            return await rpc.request_retrying(self.nc, subjects.JOB_FINISH, request, Job, give_up_after=120)
+        except ServiceError as exc:
+            log.warning("job %s: cannot report %s: %s", self.job.id, status, exc)
+            return None

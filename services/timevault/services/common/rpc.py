@@ -2,7 +2,8 @@
 
 `serve` subscribes a typed handler: it decodes the request, runs the handler, encodes the reply,
 and turns a `ServiceError` (or any unexpected exception, as ``internal``) into an error reply.
-`request` is the matching client: it raises the `ServiceError` an error reply carries.
+`request` is the matching client: it raises the `ServiceError` an error reply carries;
+`request_retrying` also waits out a service that is unavailable (see `retry` for the policy).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from nats.aio.subscription import Subscription
 
 from timevault.proto import wire
 from timevault.proto.errors import ERROR_HEADER, ErrorReply, ServiceError
+from timevault.services.common import retry
 from timevault.services.common.natsio import Parts
 
 T = TypeVar("T")
@@ -139,3 +141,22 @@ async def request_encoded(
     if msgpack and not (msg.headers and ERROR_HEADER in msg.headers):
         return wire.decode_msgpack(msg.data, reply_type)
     return wire.decode_reply(msg.data, msg.headers, reply_type)
+
+
+async def request_retrying(
+    nc: NATS,
+    subject: str,
+    message: Any,
+    reply_type: type[R],
+    *,
+    give_up_after: float = 60.0,
+    timeout: float = 10.0,  # noqa: ASYNC109 - each attempt's, passed to nats-py's request
+    msgpack: bool = False,
+) -> R:
+    """`request`, resent while the service is unavailable (no responders, no reply in time, a
+    NATS error, or an ``unavailable`` error reply) for up to `give_up_after` seconds; any other
+    error is raised at once. Only for requests that may safely be handled twice."""
+    body = wire.encode_msgpack(message) if msgpack else wire.encode(message)
+    return await retry.while_unavailable(
+        lambda: request_encoded(nc, subject, body, reply_type, timeout=timeout, msgpack=msgpack),
+        give_up_after=give_up_after)

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable
 
 import msgspec
 from nats.aio.client import Client as NATS
@@ -31,7 +32,7 @@ from timevault.proto.upload import (
     UploadOpened,
     frames_message,
 )
-from timevault.services.common import rpc
+from timevault.services.common import retry, rpc
 from timevault.services.common.natsio import Parts
 
 log = logging.getLogger(__name__)
@@ -67,9 +68,9 @@ class CatalogKnownBlobs:
         unknown: set[bytes] = set()
         for start in range(0, len(ids), LOOKUP_BATCH):
             batch = ids[start : start + LOOKUP_BATCH]
-            reply = await _retry(lambda b=batch: rpc.request(  # type: ignore[misc]
-                self.nc, subjects.CHUNKS_LOOKUP, ChunkLookup(plan_id=self.plan_id, ids=[i.hex() for i in b]),
-                ChunkLookupReply))
+            reply = await rpc.request_retrying(
+                self.nc, subjects.CHUNKS_LOOKUP, ChunkLookup(plan_id=self.plan_id, ids=[i.hex() for i in batch]),
+                ChunkLookupReply, give_up_after=60)
             known = {bytes.fromhex(i) for i in reply.known}
             unknown.update(i for i in batch if i not in known)
         return unknown
@@ -139,7 +140,7 @@ class UploadSink:
                 if self.batch_bytes >= limit - _BLOB_OVERHEAD or len(self.batch) >= BATCH_BLOBS:
                     await self._with_retry(self._send_batch)
                 return
-            await self._with_retry(self._send_alone(seq, blob))
+            await self._with_retry(self._send_alone(seq, blob))  # type: ignore[arg-type]
 
     async def flush(self) -> None:
         async with self._lock:
@@ -320,29 +321,20 @@ class UploadSink:
             _, blob = unconfirmed.popitem(last=False)
             self.unconfirmed_bytes -= len(blob.payload)  # type: ignore[attr-defined]
 
-    async def _with_retry(self, op: object) -> None:
-        deadline = time.monotonic() + self.give_up_after
-        while True:
-            try:
-                await op()  # type: ignore[operator]
-                return
-            except ServiceError as exc:
-                # "unavailable": no uploader, or ours died. Anything else is a real error.
-                self._abandon_requests()
-                if exc.code not in ("unavailable", "not_found") or time.monotonic() > deadline:
-                    raise
-                log.warning("job %s: upload session lost (%s); reconnecting", self.job_id, exc)
-                self.session = None
-                self.reconnects += 1
-                await asyncio.sleep(0.5)
+    async def _with_retry(self, op: Callable[[], Awaitable[None]]) -> None:
+        """Run `op`; when the uploader is gone, start over with a new session (see `_open`)."""
 
+        def lost(exc: ServiceError) -> None:
+            # No uploader, or ours died (its session's subjects have no responders, or a request
+            # went unanswered): a new session cures that. Any other error is an answer: say, the
+            # plan is gone (``not_found``, as when it was deleted during the backup).
+            log.warning("job %s: upload session lost (%s); reconnecting", self.job_id, exc)
+            self._abandon_requests()
+            self.session = None
+            self.reconnects += 1
 
-async def _retry(make: object, give_up_after: float = 60.0) -> object:
-    deadline = time.monotonic() + give_up_after
-    while True:
         try:
-            return await make()  # type: ignore[operator]
-        except ServiceError as exc:
-            if exc.code != "unavailable" or time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.5)
+            await retry.while_unavailable(op, give_up_after=self.give_up_after, on_retry=lost)
+        except ServiceError:
+            self._abandon_requests()
+            raise

@@ -95,14 +95,10 @@ class Session:
         chunks = [ChunkRef(id=b.id.hex(), pack=entry.id, length=b.length) for b in entry.blobs]  # type: ignore[attr-defined]
         request = ChunkAdd(plan_id=self.plan_id, chunks=chunks, pack_bytes=entry.size,  # type: ignore[attr-defined]
                            job_id=self.job_id)
-        for attempt in range(20):
-            try:
-                await rpc.request(self.service.nc, subjects.CHUNKS_ADD, request, ChunkAddReply)
-                break
-            except ServiceError as exc:
-                if exc.code != "unavailable" or attempt == 19:
-                    raise
-                await asyncio.sleep(0.5)
+        # Resending is safe for the index (known ids are ignored); after a lost reply the plan's
+        # total size may count this pack twice, which only skews a statistic.
+        await rpc.request_retrying(self.service.nc, subjects.CHUNKS_ADD, request, ChunkAddReply,
+                                   give_up_after=10)
         for blob in entry.blobs:  # type: ignore[attr-defined]
             self.durable_ids.add(blob.id)
             for seq in self.seqs_of.pop(blob.id, ()):
