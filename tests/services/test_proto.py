@@ -140,13 +140,14 @@ _frame_payloads = st.lists(st.binary(max_size=300), max_size=12)
 @settings(max_examples=60, deadline=None)
 def test_frames_message_round_trips(payloads: list[bytes]) -> None:
     head = upload.BlobFrames(blobs=[
-        upload.BlobFrame(seq=i + 1, id=bytes([i]) * 32, type=i % 2, raw_length=3 * len(p), size=len(p))
+        upload.BlobFrame(seq=i + 1, id=bytes([i]) * 32, type=i % 2, raw_length=3 * len(p), size=len(p),
+                         part=i % 3 // 2, parts=i % 3 or 1)  # whole blobs, and parts 0/2 and 1/2
         for i, p in enumerate(payloads)])
     buffers = upload.frames_message(head, [memoryview(p) for p in payloads])
     assert buffers[1:] == payloads  # the payloads themselves, not copies joined together
     blobs = upload.read_frames(b"".join(buffers))
-    assert [(b.seq, b.id, b.type, b.raw_length) for b, _ in blobs] == \
-        [(f.seq, f.id, f.type, f.raw_length) for f in head.blobs]
+    assert [(b.seq, b.id, b.type, b.raw_length, b.part, b.parts) for b, _ in blobs] == \
+        [(f.seq, f.id, f.type, f.raw_length, f.part, f.parts) for f in head.blobs]
     assert [bytes(data) for _, data in blobs] == payloads
 
 
@@ -169,3 +170,20 @@ def test_frames_message_with_a_bad_head_is_refused() -> None:
         with pytest.raises(ServiceError) as error:
             upload.read_frames(message)
         assert error.value.code == "invalid"
+
+
+@pytest.mark.parametrize(("part", "parts"), [(0, 0), (2, 2), (-1, 2), (5, 3)])
+def test_frames_with_impossible_part_numbers_are_refused(part: int, parts: int) -> None:
+    head = upload.BlobFrames(blobs=[upload.BlobFrame(seq=1, id=b"i" * 32, type=0, raw_length=9, size=3,
+                                                     part=part, parts=parts)])
+    with pytest.raises(ServiceError, match="bad part numbers") as error:
+        upload.read_frames(b"".join(upload.frames_message(head, [b"abc"])))
+    assert error.value.code == "invalid"
+
+
+def test_a_whole_blobs_frame_head_leaves_out_the_part_fields() -> None:
+    """Heads of whole blobs (nearly all) stay as small as before parts existed."""
+    whole = msgspec.msgpack.encode(upload.BlobFrame(seq=1, id=b"i" * 32, type=0, raw_length=9, size=3))
+    part = msgspec.msgpack.encode(upload.BlobFrame(seq=1, id=b"i" * 32, type=0, raw_length=9, size=3,
+                                                   part=1, parts=2))
+    assert b"part" not in whole and b"parts" in part

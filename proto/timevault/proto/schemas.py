@@ -60,8 +60,6 @@ MESSAGES: tuple[type[msgspec.Struct], ...] = (
     chunks.ChunkAddReply,
     upload.UploadOpen,
     upload.UploadOpened,
-    upload.BlobPart,
-    upload.BlobBatch,
     upload.BlobFrame,
     upload.BlobFrames,
     upload.UploadFlush,

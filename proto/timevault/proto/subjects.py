@@ -62,8 +62,8 @@ UPLOAD_OPEN = subject("upload.open")
 
 
 def upload_session(session_id: str, op: str) -> str:
-    """Subject of one upload session's operation: ``blob``, ``blobs``, ``frames``, ``flush``, ``close`` or ``ping``."""
-    if op not in ("blob", "blobs", "frames", "flush", "close", "ping"):
+    """Subject of one upload session's operation: ``frames``, ``flush``, ``close`` or ``ping``."""
+    if op not in ("frames", "flush", "close", "ping"):
         raise ValueError(f"unknown upload op {op!r}")
     return subject("upload.session", _token(session_id), op)
 

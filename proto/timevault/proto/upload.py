@@ -1,25 +1,20 @@
 """The chunk stream from a snapshotter to one uploader (MessagePack, raw bytes).
 
 1. ``tv.upload.open`` (queue group ``uploader``, JSON `UploadOpen` → `UploadOpened`) picks one uploader.
-2. ``tv.upload.session.<sid>.blob`` carries `BlobPart` requests; each reply is an `UploadAck`.
-   A blob larger than the connection's max payload is split into parts (``part``/``parts``),
-   the uploader reassembles; only the last part's ack covers the blob.
+2. ``tv.upload.session.<sid>.frames`` carries the blobs, as `BlobFrames` messages: a 4-byte
+   big-endian length, the MessagePack `BlobFrames` head of that length, then each frame's bytes
+   back to back in the head's order. A frame is a whole blob, or one part of a blob larger than
+   a message (``part``/``parts``; the parts of a blob go in order, one after another, and the
+   uploader joins them). Each message's reply is an `UploadAck`. A session's messages are
+   handled in order, so a sender may keep a few on the wire. `frames_message` builds one (as a
+   list of buffers, so the blobs' bytes are not copied), `read_frames` takes one apart (as views).
 3. ``tv.upload.session.<sid>.flush`` (`UploadFlush`) writes every open pack and its index, records
    the chunks in the catalog, then acks with ``durable_seq`` = the last blob seq now durable.
    With ``partial`` (a sender's window is full) it waits for a pack already being written instead,
    when there is one.
 4. ``tv.upload.session.<sid>.close`` (`UploadClose`) ends the session (``discard`` drops open packs).
-5. ``tv.upload.session.<sid>.blobs`` carries a `BlobBatch`: several whole small blobs in one
-   request (one round trip and one reply instead of one per blob), when the uploader said
-   ``batch=true`` in `UploadOpened`. A session's batches are handled in order, so a sender may
-   keep a few on the wire; before a ``blob`` (another subscription) it waits for their replies.
-6. ``tv.upload.session.<sid>.ping`` (`UploadFlush`, empty) answers at once: while a slow blob or
+5. ``tv.upload.session.<sid>.ping`` (`UploadFlush`, empty) answers at once: while a slow frames or
    flush request is outstanding, the sender pings to notice a dead uploader within seconds.
-7. ``tv.upload.session.<sid>.frames`` carries several whole blobs as `BlobFrames`, when the
-   uploader said ``frames=true``: the successor of ``blobs`` that needs no copy of the blobs'
-   bytes on either side. The message is a 4-byte big-endian length, the MessagePack `BlobFrames`
-   head of that length, then each blob's encrypted bytes back to back in the head's order.
-   `frames_message` builds one (as a list of buffers), `read_frames` takes one apart.
 
 Redelivery is harmless: a blob id added twice is packed once, and packs are content addressed.
 """
@@ -50,40 +45,13 @@ class UploadOpened(msgspec.Struct, kw_only=True):
     """Use in ``tv.upload.session.<session_id>.*``."""
     uploader: str
     """Instance id of the uploader."""
-    batch: bool = False
-    """The uploader accepts `BlobBatch` on ``blobs`` (older uploaders do not; senders then send one by one)."""
-    frames: bool = False
-    """The uploader accepts `BlobFrames` messages on ``frames`` (older uploaders do not)."""
 
 
-class BlobPart(msgspec.Struct, kw_only=True):
-    """One encrypted blob, or one part of it (MessagePack)."""
+class BlobFrame(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One encrypted blob, or one part of it, in a ``frames`` message; its bytes follow the head.
 
-    seq: int
-    """Sequence number of the blob within the session, from 1."""
-    id: bytes
-    """Blob id (keyed hash of the plaintext)."""
-    type: int
-    """Blob type (0 data, 1 tree; see `timevault.core.repository.format.BlobType`)."""
-    raw_length: int
-    """Plaintext length."""
-    data: bytes
-    """Encrypted payload, or this part of it."""
-    part: int = 0
-    """Index of this part."""
-    parts: int = 1
-    """Number of parts."""
-
-
-class BlobBatch(msgspec.Struct, kw_only=True):
-    """Several whole blobs in one request (MessagePack); the reply is one `UploadAck`."""
-
-    blobs: list[BlobPart]
-    """Blobs in seq order, each with ``parts == 1``."""
-
-
-class BlobFrame(msgspec.Struct, kw_only=True):
-    """One whole encrypted blob in a ``frames`` message; its bytes follow the head."""
+    A whole blob's head leaves out ``part`` and ``parts`` (they are encoded only for parts).
+    """
 
     seq: int
     """Sequence number of the blob within the session, from 1."""
@@ -94,14 +62,18 @@ class BlobFrame(msgspec.Struct, kw_only=True):
     raw_length: int
     """Plaintext length."""
     size: int
-    """Length of its encrypted bytes in the message."""
+    """Length of its encrypted bytes in the message (of this part, for a part)."""
+    part: int = 0
+    """Index of this part, from 0, for a blob sent in parts."""
+    parts: int = 1
+    """Number of parts the blob is sent in (1: the frame is the whole blob)."""
 
 
 class BlobFrames(msgspec.Struct, kw_only=True):
     """Head of a ``frames`` message (MessagePack); the reply is one `UploadAck`."""
 
     blobs: list[BlobFrame]
-    """Blobs in seq order, in the order their bytes follow."""
+    """Blobs (or parts) in seq order, in the order their bytes follow."""
 
 
 _HEAD_LENGTH = struct.Struct(">I")
@@ -109,7 +81,8 @@ _frames_encoder = msgspec.msgpack.Encoder()
 _frames_decoder = msgspec.msgpack.Decoder(BlobFrames)
 
 
-def frames_message(head: BlobFrames, payloads: Sequence[bytes | memoryview]) -> list[bytes | memoryview]:
+def frames_message(head: BlobFrames, payloads: Sequence[bytes | bytearray | memoryview],
+                   ) -> list[bytes | bytearray | memoryview]:
     """The buffers of a ``frames`` message, in order; the payloads are not copied."""
     encoded = _frames_encoder.encode(head)
     return [_HEAD_LENGTH.pack(len(encoded)) + encoded, *payloads]
@@ -130,6 +103,8 @@ def read_frames(data: bytes | bytearray | memoryview) -> list[tuple[BlobFrame, m
     for blob in head.blobs:
         if blob.size < 0 or offset + blob.size > len(view):
             raise ServiceError("invalid", "frames message shorter than its head says")
+        if blob.parts < 1 or not 0 <= blob.part < blob.parts:
+            raise ServiceError("invalid", f"bad part numbers {blob.part}/{blob.parts} for blob {blob.seq}")
         blobs.append((blob, view[offset : offset + blob.size]))
         offset += blob.size
     if offset != len(view):

@@ -14,6 +14,7 @@ import logging
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import msgspec
 from nats.aio.client import Client as NATS
@@ -24,7 +25,6 @@ from timevault.proto.errors import ServiceError
 from timevault.proto.upload import (
     BlobFrame,
     BlobFrames,
-    BlobPart,
     UploadAck,
     UploadClose,
     UploadFlush,
@@ -35,6 +35,9 @@ from timevault.proto.upload import (
 from timevault.services.common import retry, rpc
 from timevault.services.common.natsio import Parts
 
+if TYPE_CHECKING:
+    from timevault.core.repository.blobs import EncodedBlob
+
 log = logging.getLogger(__name__)
 LOOKUP_BATCH = 500
 PING_EVERY = 2.0
@@ -42,7 +45,7 @@ PING_EVERY = 2.0
 # Blobs are confirmed only once their pack is durable (16 MiB fsync'd, ~66 ms here); with 32 MiB
 # the window was full whenever a pack was being written, and a full backup took ~7 % longer.
 MAX_IN_FLIGHT = 48 * 1024 * 1024
-# Room for the MessagePack envelope and NATS headers around a part's bytes.
+# Room for the frames head and NATS headers around a part's bytes.
 _ENVELOPE = 16 * 1024
 # Small blobs (most files are small) travel together: each request costs a round trip and
 # event-loop work on both sides, so one per blob made the hop, not the bytes, the bottleneck.
@@ -50,9 +53,9 @@ _ENVELOPE = 16 * 1024
 # batches too, and a batch is filled until the next blob would not fit.
 BATCH_BYTES = 4 * 1024 * 1024 + 64 * 1024
 BATCH_BLOBS = 256
-# Batches on the wire at once, awaiting their replies (each still bounded by `max_in_flight`).
+# Messages on the wire at once, awaiting their replies (each still bounded by `max_in_flight`).
 MAX_REQUESTS = 3
-# MessagePack room per blob in a batch besides its payload (keys, seq, id, lengths).
+# Head room per blob in a batch besides its payload (seq, id, lengths in MessagePack).
 _BLOB_OVERHEAD = 96
 _encoder = msgspec.msgpack.Encoder()
 
@@ -77,12 +80,12 @@ class CatalogKnownBlobs:
 
 
 class UploadSink:
-    """`BlobSink` streaming to one uploader at a time.
+    """`BlobSink` streaming to one uploader at a time, as ``frames`` messages.
 
-    Small blobs travel together in ``frames`` requests, and up to `max_requests` of those are on the
-    wire at once (the uploader handles a session's batches in order), so neither side waits a
-    round trip per batch. A blob too big for a batch goes alone, after the batches before it
-    were answered: "blob" and "frames" are separate subscriptions, so only that keeps seq order.
+    Small blobs travel together, up to a message's worth; a blob too big for one message goes
+    in parts, one message each. Up to `max_requests` messages are on the wire at once (the
+    uploader handles a session's frames in order), so neither side waits a round trip per
+    message.
     """
 
     def __init__(self, nc: NATS, job_id: str, plan_id: str, *, max_in_flight: int = MAX_IN_FLIGHT,
@@ -100,17 +103,17 @@ class UploadSink:
         self.batch_bytes_limit = batch_bytes
         self.session: str | None = None
         self.seq = 0
-        # seq → EncodedBlob, in send order (an OrderedDict: confirming pops from the front, O(1)).
-        self.unconfirmed: OrderedDict[int, object] = OrderedDict()
+        # seq → blob, in send order (an OrderedDict: confirming pops from the front, O(1)).
+        self.unconfirmed: OrderedDict[int, EncodedBlob] = OrderedDict()
         self.unconfirmed_bytes = 0
         self.peak_unconfirmed_bytes = 0
         self.reconnects = 0
-        self.batching = False  # set from UploadOpened.frames: the uploader accepts BlobFrames
-        self.batch: list[int] = []  # seqs added but not sent yet (all in `unconfirmed`)
+        self.queued_seq = 0  # every blob up to this seq is in `batch` or was sent in this session
+        self.batch: list[int] = []  # seqs queued but not sent yet (all in `unconfirmed`)
         self.batch_bytes = 0
-        self.requests: deque[asyncio.Task[UploadAck]] = deque()  # sent batches awaiting replies
+        self.requests: deque[asyncio.Task[UploadAck]] = deque()  # sent messages awaiting replies
         self._lock = asyncio.Lock()
-        # Seconds `add` waited: for a full window to free up, and for batch replies.
+        # Seconds `add` waited: for a full window to free up, and for replies.
         self.waited_for_room = 0.0
         self.waited_for_replies = 0.0
 
@@ -118,9 +121,9 @@ class UploadSink:
         limit = max(self.nc.max_payload - _ENVELOPE, 64 * 1024)
         return min(self.max_part, limit) if self.max_part else limit
 
-    async def add(self, blob: object) -> None:
+    async def add(self, blob: EncodedBlob) -> None:
         async with self._lock:
-            size = len(blob.payload)  # type: ignore[attr-defined]
+            size = len(blob.payload)
             if self.unconfirmed and self.unconfirmed_bytes + size > self.max_in_flight:
                 started = time.monotonic()
                 await self._with_retry(self._make_room)
@@ -130,17 +133,7 @@ class UploadSink:
             self.unconfirmed_bytes += size
             if self.unconfirmed_bytes > self.peak_unconfirmed_bytes:
                 self.peak_unconfirmed_bytes = self.unconfirmed_bytes
-            seq = self.seq
-            limit = self._batch_limit()
-            if self.batching and size + _BLOB_OVERHEAD <= limit:
-                if self.batch_bytes + size + _BLOB_OVERHEAD > limit:
-                    await self._with_retry(self._send_batch)  # a batch must fit one message
-                self.batch.append(seq)
-                self.batch_bytes += size + _BLOB_OVERHEAD
-                if self.batch_bytes >= limit - _BLOB_OVERHEAD or len(self.batch) >= BATCH_BLOBS:
-                    await self._with_retry(self._send_batch)
-                return
-            await self._with_retry(self._send_alone(seq, blob))  # type: ignore[arg-type]
+            await self._with_retry(self._queue_new)
 
     async def flush(self) -> None:
         async with self._lock:
@@ -155,8 +148,7 @@ class UploadSink:
             self._abandon_requests()
         else:
             async with self._lock:
-                await self._with_retry(self._send_batch)
-                await self._with_retry(self._drain)
+                await self._with_retry(self._send_all)
         if self.session is None:
             return
         try:
@@ -167,6 +159,8 @@ class UploadSink:
         self.session = None
 
     # --- internals -----------------------------------------------------------------------
+    # Each operation below runs under `_with_retry` and starts by opening a session when there
+    # is none; `_open` queues every unconfirmed blob again, so no operation resends anything.
 
     def _batch_limit(self) -> int:
         # A batch must fit one message, like a part (an external NATS may allow only 1 MiB).
@@ -177,15 +171,38 @@ class UploadSink:
         opened = await rpc.request(self.nc, subjects.UPLOAD_OPEN, UploadOpen(job_id=self.job_id, plan_id=self.plan_id),
                                    UploadOpened, timeout=self.request_timeout)
         self.session = opened.session_id
-        self.batching = opened.frames
-        # A fresh uploader knows nothing: resend what the old one had not made durable
-        # (the unsent batch too: it is part of `unconfirmed`).
-        self.batch, self.batch_bytes = [], 0
+        # A fresh uploader knows nothing: resend what the old one had not made durable.
+        self.batch, self.batch_bytes, self.queued_seq = [], 0, 0
         for seq, blob in list(self.unconfirmed.items()):
-            await self._send(seq, blob)
+            await self._queue(seq, blob)
+        await self._send_batch()
+
+    async def _queue_new(self) -> None:
+        """Queue the blob `add` just took (unless a new session's resend already did)."""
+        if self.session is None:
+            await self._open()
+            return
+        if self.seq > self.queued_seq and (blob := self.unconfirmed.get(self.seq)) is not None:
+            await self._queue(self.seq, blob)
+
+    async def _queue(self, seq: int, blob: EncodedBlob) -> None:
+        """Add one blob to the batch, sending the batch when full; a large blob goes in parts."""
+        self.queued_seq = seq
+        size = len(blob.payload) + _BLOB_OVERHEAD
+        limit = self._batch_limit()
+        if size > limit:
+            await self._send_batch()  # the parts follow the blobs queued before
+            await self._send_parts(seq, blob)
+            return
+        if self.batch_bytes + size > limit:
+            await self._send_batch()  # a batch must fit one message
+        self.batch.append(seq)
+        self.batch_bytes += size
+        if self.batch_bytes >= limit - _BLOB_OVERHEAD or len(self.batch) >= BATCH_BLOBS:
+            await self._send_batch()
 
     async def _send_batch(self) -> None:
-        """Put the open batch on the wire; waits for a reply only when `max_requests` are out."""
+        """Put the batch on the wire; waits for a reply only when `max_requests` are out."""
         if not self.batch:
             return
         if self.session is None:
@@ -194,30 +211,30 @@ class UploadSink:
         unconfirmed = self.unconfirmed
         sent = [(seq, blob) for seq in self.batch if (blob := unconfirmed.get(seq)) is not None]
         self.batch, self.batch_bytes = [], 0
-        if not sent:
-            return
-        head = BlobFrames(blobs=[BlobFrame(seq=seq, id=blob.id, type=int(blob.type),  # type: ignore[attr-defined]
-                                           raw_length=blob.raw_length, size=len(blob.payload))  # type: ignore[attr-defined]
-                                 for seq, blob in sent])
+        if sent:
+            await self._post([_frame(seq, blob, len(blob.payload)) for seq, blob in sent],
+                             [blob.payload for _, blob in sent])
+
+    async def _send_parts(self, seq: int, blob: EncodedBlob) -> None:
+        """A blob larger than a message: one message per part, in order (the uploader joins them)."""
+        payload = memoryview(blob.payload)
+        step = self._part_size()
+        parts = -(-len(payload) // step)
+        for index in range(parts):
+            piece = payload[index * step : (index + 1) * step]
+            await self._post([_frame(seq, blob, len(piece), index, parts)], [piece])
+
+    async def _post(self, frames: list[BlobFrame], payloads: list[bytes | memoryview]) -> None:
         # The blobs' own (immutable) bytes go on the wire after the head, never joined.
-        body = Parts(frames_message(head, [blob.payload for _, blob in sent]))  # type: ignore[attr-defined]
-        del sent
+        body = Parts(frames_message(BlobFrames(blobs=frames), payloads))
         self.requests.append(asyncio.create_task(self._call("frames", body)))
         started = time.monotonic()
         while len(self.requests) >= self.max_requests:
             await self._reap()
         self.waited_for_replies += time.monotonic() - started
 
-    def _send_alone(self, seq: int, blob: object) -> object:
-        async def send() -> None:
-            await self._send_batch()  # keep seq order on the wire
-            await self._drain()  # ... and in the uploader: another subscription handles "blob"
-            if seq in self.unconfirmed:  # a reconnect may have resent (and confirmed) it already
-                await self._send(seq, blob)
-        return send
-
     async def _reap(self) -> None:
-        """Wait for the oldest outstanding batch's reply; a failure abandons the rest too."""
+        """Wait for the oldest outstanding message's reply; a failure abandons the rest too."""
         task = self.requests[0]
         try:
             ack = await asyncio.shield(task)
@@ -241,42 +258,24 @@ class UploadSink:
             # already handles the first one.
             task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
-    async def _send(self, seq: int, blob: object) -> None:
-        if self.session is None:
-            await self._open()
-            return  # _open resent every unconfirmed blob, including this one
-        payload = blob.payload  # type: ignore[attr-defined]
-        step = self._part_size()
-        parts = max(1, -(-len(payload) // step))
-        ack: UploadAck | None = None
-        for index in range(parts):
-            part = BlobPart(seq=seq, id=blob.id, type=int(blob.type), raw_length=blob.raw_length,  # type: ignore[attr-defined]
-                            data=memoryview(payload)[index * step : (index + 1) * step] if parts > 1 else payload,
-                            part=index, parts=parts)
-            ack = await self._call("blob", _encoder.encode(part))
-        assert ack is not None
-        self._confirm(ack)
-
-    async def _make_room(self) -> None:
-        """The window is full: wait for durable progress (a pack being written), not a flush."""
-        if self.session is None:
-            await self._open()
-        assert self.session is not None
-        await self._send_batch()
-        await self._drain()
-        if self.unconfirmed_bytes >= self.max_in_flight // 2:
-            self._confirm(await self._call("flush", _encoder.encode(UploadFlush(partial=True))))
-
-    async def _flush_once(self) -> None:
+    async def _send_all(self) -> None:
         if self.session is None:
             if not self.unconfirmed:
                 return
             await self._open()
-        assert self.session is not None
         await self._send_batch()
         await self._drain()
-        ack = await self._call("flush", _encoder.encode(UploadFlush()))
-        self._confirm(ack)
+
+    async def _make_room(self) -> None:
+        """The window is full: wait for durable progress (a pack being written), not a flush."""
+        await self._send_all()
+        if self.session is not None and self.unconfirmed_bytes >= self.max_in_flight // 2:
+            self._confirm(await self._call("flush", _encoder.encode(UploadFlush(partial=True))))
+
+    async def _flush_once(self) -> None:
+        await self._send_all()
+        if self.session is not None:
+            self._confirm(await self._call("flush", _encoder.encode(UploadFlush())))
 
     async def _call(self, op: str, body: bytes | Parts) -> UploadAck:
         """A session request that fails fast when the uploader dies while handling it.
@@ -319,7 +318,7 @@ class UploadSink:
             if seq > ack.durable_seq:
                 break
             _, blob = unconfirmed.popitem(last=False)
-            self.unconfirmed_bytes -= len(blob.payload)  # type: ignore[attr-defined]
+            self.unconfirmed_bytes -= len(blob.payload)
 
     async def _with_retry(self, op: Callable[[], Awaitable[None]]) -> None:
         """Run `op`; when the uploader is gone, start over with a new session (see `_open`)."""
@@ -338,3 +337,8 @@ class UploadSink:
         except ServiceError:
             self._abandon_requests()
             raise
+
+
+def _frame(seq: int, blob: EncodedBlob, size: int, part: int = 0, parts: int = 1) -> BlobFrame:
+    return BlobFrame(seq=seq, id=blob.id, type=int(blob.type), raw_length=blob.raw_length, size=size,
+                     part=part, parts=parts)

@@ -1,4 +1,5 @@
-"""Upload sessions: blobs in (possibly split into parts), packs out, acks only for durable blobs.
+"""Upload sessions: ``frames`` in (whole blobs, or the parts of a large one), packs out, acks
+only for durable blobs.
 
 A blob counts as durable once its pack and the pack's index file are written *and* the catalog
 has recorded its id (so the next backup dedups against it). Each ack carries ``durable_seq``:
@@ -13,8 +14,8 @@ import contextlib
 import logging
 import time
 from collections import deque
+from typing import TYPE_CHECKING
 
-import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.subscription import Subscription
 
@@ -23,9 +24,7 @@ from timevault.proto.chunks import ChunkAdd, ChunkAddReply, ChunkRef
 from timevault.proto.errors import ServiceError
 from timevault.proto.plans import PlanRef, PlanSecrets
 from timevault.proto.upload import (
-    BlobBatch,
     BlobFrame,
-    BlobPart,
     UploadAck,
     UploadClose,
     UploadFlush,
@@ -36,26 +35,36 @@ from timevault.proto.upload import (
 from timevault.services.common import rpc
 from timevault.services.common.util import instance_id, new_id
 
+if TYPE_CHECKING:
+    from timevault.core.repository.format import IndexPack
+
 log = logging.getLogger(__name__)
 
 
-class _BlobPartView(BlobPart, kw_only=True):
-    """`BlobPart` decoded without copying its payload: ``data`` views the received message.
+class _Parts:
+    """The parts of one blob received so far, as views of their messages."""
 
-    The view keeps the message alive until the blob's pack is written; a batch's blobs all go
-    into the same one or two packs, so that costs no more than the packs themselves.
-    """
+    __slots__ = ("frame", "views")
 
-    data: memoryview  # type: ignore[assignment]
+    def __init__(self, frame: BlobFrame) -> None:
+        self.frame = frame
+        self.views: dict[int, memoryview] = {}
 
-
-class _BlobBatchView(msgspec.Struct, kw_only=True):
-    blobs: list[_BlobPartView]
+    def add(self, frame: BlobFrame, view: memoryview) -> bytes | None:
+        """Take one part; the whole blob (joined: its one copy) once every part is here."""
+        first = self.frame
+        if (frame.parts, frame.id, frame.type, frame.raw_length) != (first.parts, first.id, first.type,
+                                                                     first.raw_length):
+            raise ServiceError("invalid", f"part {frame.part} of blob {frame.seq} does not match its first part")
+        self.views[frame.part] = view  # a repeat replaces the same part
+        if len(self.views) < first.parts:
+            return None
+        return b"".join(self.views[i] for i in range(first.parts))
 
 
 class Session:
     def __init__(self, service: UploaderService, session_id: str, req: UploadOpen, secrets: PlanSecrets) -> None:
-        from timevault.core.repository.format import BlobType, IndexPack
+        from timevault.core.repository.format import BlobType
         from timevault.core.repository.keys import decode_write_keys
         from timevault.core.repository.pack import Packer
         from timevault.core.storage import open_location
@@ -71,7 +80,7 @@ class Session:
             await self._record(entry)
 
         self.packer = Packer(self.storage, keys.meta_key, pack_size=service.pack_size, on_written=written)
-        self.parts: dict[int, list[bytes | None]] = {}
+        self.parts: dict[int, _Parts] = {}  # seq → a blob whose parts are arriving
         self.pending: dict[int, bytes] = {}  # seq → blob id, added but not yet durable
         # Pending seqs in arrival (= increasing) order; entries already durable are dropped
         # lazily, so `durable_seq` is O(1) amortized instead of min() over every pending blob.
@@ -91,74 +100,56 @@ class Session:
             order.popleft()
         return order[0] - 1 if order else self.last_seq
 
-    async def _record(self, entry: object) -> None:
-        chunks = [ChunkRef(id=b.id.hex(), pack=entry.id, length=b.length) for b in entry.blobs]  # type: ignore[attr-defined]
-        request = ChunkAdd(plan_id=self.plan_id, chunks=chunks, pack_bytes=entry.size,  # type: ignore[attr-defined]
-                           job_id=self.job_id)
+    async def _record(self, entry: IndexPack) -> None:
+        chunks = [ChunkRef(id=b.id.hex(), pack=entry.id, length=b.length) for b in entry.blobs]
+        request = ChunkAdd(plan_id=self.plan_id, chunks=chunks, pack_bytes=entry.size, job_id=self.job_id)
         # Resending is safe for the index (known ids are ignored); after a lost reply the plan's
         # total size may count this pack twice, which only skews a statistic.
         await rpc.request_retrying(self.service.nc, subjects.CHUNKS_ADD, request, ChunkAddReply,
                                    give_up_after=10)
-        for blob in entry.blobs:  # type: ignore[attr-defined]
+        for blob in entry.blobs:
             self.durable_ids.add(blob.id)
             for seq in self.seqs_of.pop(blob.id, ()):
                 self.pending.pop(seq, None)
 
-    async def blob(self, part: BlobPart) -> UploadAck:
-        self.touched = time.monotonic()
-        if part.parts < 1 or not 0 <= part.part < part.parts:
-            raise ServiceError("invalid", "bad part numbers")
-        if part.parts > 1:
-            slots = self.parts.setdefault(part.seq, [None] * part.parts)
-            if len(slots) != part.parts:
-                raise ServiceError("invalid", "part count changed")
-            slots[part.part] = bytes(part.data)  # a view would pin the whole message per part
-            if any(s is None for s in slots):
-                return UploadAck(durable_seq=self.durable_seq)
-            data: bytes | memoryview = b"".join(self.parts.pop(part.seq))  # type: ignore[arg-type]
-        else:
-            data = part.data
-        async with self.lock:
-            await self._add(part, data)
-        return UploadAck(durable_seq=self.durable_seq)
-
-    async def blobs(self, batch: BlobBatch) -> UploadAck:
-        """Several small blobs in one request: one NATS round trip instead of one per blob."""
-        self.touched = time.monotonic()
-        if any(part.parts != 1 for part in batch.blobs):
-            raise ServiceError("invalid", "a batch carries whole blobs only")
-        async with self.lock:
-            for part in batch.blobs:
-                await self._add(part, part.data)
-        return UploadAck(durable_seq=self.durable_seq)
-
     async def frames(self, data: bytes | bytearray) -> UploadAck:
-        """Several whole blobs in one `BlobFrames` message; packed as views of the message."""
+        """One `BlobFrames` message: whole blobs are packed as views of the message; the parts
+        of a large blob are kept (as views) until the last one arrives, then joined."""
         self.touched = time.monotonic()
-        blobs = read_frames(data)
+        frames = read_frames(data)
         async with self.lock:
-            for blob, payload in blobs:
-                await self._add(blob, payload)
+            for frame, view in frames:
+                payload: bytes | memoryview = view
+                if frame.parts > 1:
+                    parts = self.parts.get(frame.seq)
+                    if parts is None:
+                        parts = self.parts[frame.seq] = _Parts(frame)
+                    whole = parts.add(frame, view)
+                    if whole is None:
+                        continue
+                    del self.parts[frame.seq]
+                    payload = whole
+                await self._add(frame, payload)
         return UploadAck(durable_seq=self.durable_seq)
 
-    async def _add(self, part: BlobPart | BlobFrame, data: bytes | memoryview) -> None:
+    async def _add(self, frame: BlobFrame, data: bytes | memoryview) -> None:
         """Pack one whole blob (caller holds the lock); repeats are ignored."""
         from timevault.core.repository.blobs import EncodedBlob
         from timevault.core.repository.format import BlobType
 
-        blob_type = self.blob_types.get(part.type) or BlobType(part.type)  # unknown type: ValueError
-        seq = part.seq
+        blob_type = self.blob_types.get(frame.type) or BlobType(frame.type)  # unknown type: ValueError
+        seq = frame.seq
         if seq <= self.last_seq and seq not in self.pending:
             return  # a repeat of something durable
         if seq > self.last_seq:
             self.last_seq = seq
-        if part.id in self.durable_ids:
+        if frame.id in self.durable_ids:
             return
         if seq not in self.pending:
             self.pending_order.append(seq)
-        self.pending[seq] = part.id
-        self.seqs_of.setdefault(part.id, set()).add(seq)
-        await self.packer.add(EncodedBlob(part.id, blob_type, part.raw_length, data))  # type: ignore[arg-type]
+        self.pending[seq] = frame.id
+        self.seqs_of.setdefault(frame.id, set()).add(seq)
+        await self.packer.add(EncodedBlob(frame.id, blob_type, frame.raw_length, data))
 
     async def flush(self, req: UploadFlush) -> UploadAck:
         self.touched = time.monotonic()
@@ -216,18 +207,22 @@ class UploaderService:
     async def open(self, req: UploadOpen) -> UploadOpened:
         secrets = await rpc.request(self.nc, subjects.PLAN_SECRETS, PlanRef(plan=req.plan_id), PlanSecrets)
         session = Session(self, new_id("u"), req, secrets)
-        # Blob payloads are decoded as views of the received message (no copy before packing).
-        for op, kind, handler in (("blob", _BlobPartView, session.blob), ("blobs", _BlobBatchView, session.blobs),
-                                  ("frames", bytes, session.frames), ("flush", UploadFlush, session.flush),
-                                  ("close", UploadClose, session.close), ("ping", UploadFlush, session.ping)):
-            # Blobs of one session are handled in order (no concurrent=True): ordering keeps
-            # durable_seq meaningful and bounds this session's memory to one message.
-            session.subs.append(await rpc.serve(self.nc, subjects.upload_session(session.id, op), kind,
-                                                handler, msgpack=True, raw=op == "frames",
-                                                concurrent=op not in ("blob", "blobs", "frames")))
+        # Frames are handled in order (not concurrently): ordering keeps durable_seq meaningful,
+        # lets a large blob's parts follow one another, and bounds this session's memory to one
+        # message (plus the parts of one blob). `raw`: the body is taken apart as views, uncopied.
+        session.subs.append(await rpc.serve(self.nc, subjects.upload_session(session.id, "frames"), bytes,
+                                            session.frames, msgpack=True, raw=True, concurrent=False))
+        session.subs += [
+            await rpc.serve(self.nc, subjects.upload_session(session.id, "flush"), UploadFlush, session.flush,
+                            msgpack=True),
+            await rpc.serve(self.nc, subjects.upload_session(session.id, "close"), UploadClose, session.close,
+                            msgpack=True),
+            await rpc.serve(self.nc, subjects.upload_session(session.id, "ping"), UploadFlush, session.ping,
+                            msgpack=True),
+        ]
         self.sessions[session.id] = session
         log.info("session %s opened for job %s", session.id, req.job_id)
-        return UploadOpened(session_id=session.id, uploader=self.instance, batch=True, frames=True)
+        return UploadOpened(session_id=session.id, uploader=self.instance)
 
     async def end(self, session: Session) -> None:
         self.sessions.pop(session.id, None)

@@ -48,7 +48,8 @@ class EncodedBlob:
     id: bytes
     type: BlobType
     raw_length: int
-    payload: bytes | bytearray
+    payload: bytes | bytearray | memoryview
+    """A view when an uploader packs it straight from the received message."""
 
 
 def _aad(blob_type: BlobType, encoding: int) -> bytes:
