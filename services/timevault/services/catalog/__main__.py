@@ -9,8 +9,9 @@ import os
 
 from nats.aio.client import Client as NATS
 
+from timevault.services.catalog.context import CatalogOptions
 from timevault.services.catalog.db import CatalogDB
-from timevault.services.catalog.service import CatalogOptions, CatalogService
+from timevault.services.catalog.service import CatalogService
 from timevault.services.common.paths import default_data_dir
 from timevault.services.common.runner import base_parser, run_service
 

@@ -2,11 +2,19 @@
 
 Rows keep their wire Struct as JSON in a ``data`` column plus the few columns that queries
 filter on, so adding a field to a Struct needs no migration.
+
+Every write happens inside `CatalogDB.transaction()`: one writer at a time (so a check and the
+write that depends on it are atomic), committed when the block ends, rolled back when it
+raises. The write methods refuse to run outside one.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+from collections.abc import AsyncIterator
+from contextvars import ContextVar
 from datetime import datetime
 from pathlib import Path
 
@@ -91,11 +99,41 @@ def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat()
 
 
+# The database whose transaction the running task is in (None: not in one).
+_current: ContextVar[CatalogDB | None] = ContextVar("catalog_transaction", default=None)
+
+
 class CatalogDB:
-    """Typed access to the catalog tables. Callers serialise writes with `CatalogService.lock`."""
+    """Typed access to the catalog tables; writes only inside `transaction()`."""
 
     def __init__(self, conn: aiosqlite.Connection) -> None:
-        self.conn = conn
+        self._conn = conn
+        self._writer = asyncio.Lock()
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[None]:
+        """Hold the write lock for the block; commit at its end, roll back if it raises.
+
+        Not reentrant: a block must not open another (it would wait for itself).
+        """
+        if _current.get() is self:
+            raise RuntimeError("catalog transactions do not nest")
+        async with self._writer:
+            token = _current.set(self)
+            try:
+                yield
+            except BaseException:
+                await self._conn.rollback()
+                raise
+            else:
+                await self._conn.commit()
+            finally:
+                _current.reset(token)
+
+    def _writing(self) -> aiosqlite.Connection:
+        if _current.get() is not self:
+            raise RuntimeError("catalog writes need a transaction (CatalogDB.transaction)")
+        return self._conn
 
     @classmethod
     async def open(cls, path: str | os.PathLike[str]) -> CatalogDB:
@@ -114,7 +152,7 @@ class CatalogDB:
         return cls(conn)
 
     async def close(self) -> None:
-        await self.conn.close()
+        await self._conn.close()
 
     # --- plans ---------------------------------------------------------------------------
 
@@ -132,7 +170,8 @@ class CatalogDB:
         )
 
     async def insert_plan(self, plan: PlanRow) -> None:
-        await self.conn.execute(
+        conn = self._writing()
+        await conn.execute(
             f"INSERT INTO plans ({self._PLAN_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (plan.id, plan.name, msgspec.json.encode(plan.sources), msgspec.json.encode(plan.schedule),
              msgspec.json.encode(plan.location), plan.write_keys, int(plan.paused), int(plan.deleting),
@@ -141,7 +180,8 @@ class CatalogDB:
         )
 
     async def save_plan(self, plan: PlanRow) -> None:
-        await self.conn.execute(
+        conn = self._writing()
+        await conn.execute(
             "UPDATE plans SET sources=?, schedule=?, paused=?, deleting=?, updated_at=?, resumed_at=?, "
             "last_slot=? WHERE id=?",
             (msgspec.json.encode(plan.sources), msgspec.json.encode(plan.schedule), int(plan.paused),
@@ -152,19 +192,20 @@ class CatalogDB:
         """By id first, then by name (names are never ``p_`` + 16 hex, ids always are)."""
         for column in ("id", "name"):
             sql = f"SELECT {self._PLAN_COLS} FROM plans WHERE {column}=?"
-            async with self.conn.execute(sql, (ref,)) as cur:
+            async with self._conn.execute(sql, (ref,)) as cur:
                 row = await cur.fetchone()
             if row is not None:
                 return self._plan(row)
         return None
 
     async def list_plans(self) -> list[PlanRow]:
-        async with self.conn.execute(f"SELECT {self._PLAN_COLS} FROM plans ORDER BY name") as cur:
+        async with self._conn.execute(f"SELECT {self._PLAN_COLS} FROM plans ORDER BY name") as cur:
             return [self._plan(row) for row in await cur.fetchall()]
 
     async def claim_slot(self, plan_id: str, slot: datetime) -> bool:
         """Compare-and-set: record `slot` as fired unless it (or a later one) already was."""
-        cur = await self.conn.execute(
+        conn = self._writing()
+        cur = await conn.execute(
             "UPDATE plans SET last_slot=? WHERE id=? AND paused=0 AND deleting=0 "
             "AND (last_slot IS NULL OR last_slot < ?)",
             (_iso(slot), plan_id, _iso(slot)),
@@ -172,30 +213,33 @@ class CatalogDB:
         return cur.rowcount == 1
 
     async def add_total_size(self, plan_id: str, delta: int) -> None:
-        await self.conn.execute("UPDATE plans SET total_size = total_size + ? WHERE id=?", (delta, plan_id))
+        conn = self._writing()
+        await conn.execute("UPDATE plans SET total_size = total_size + ? WHERE id=?", (delta, plan_id))
 
     async def delete_plan_rows(self, plan_id: str) -> None:
+        conn = self._writing()
         for table, column in (("chunks", "plan_id"), ("snapshots", "plan_id"), ("jobs", "plan_id"),
                               ("events", "plan_id"), ("plans", "id")):
-            await self.conn.execute(f"DELETE FROM {table} WHERE {column}=?", (plan_id,))
+            await conn.execute(f"DELETE FROM {table} WHERE {column}=?", (plan_id,))
 
     # --- jobs ----------------------------------------------------------------------------
 
     async def save_job(self, job: Job, *, heartbeat: float | None = None,
                        cancel_requested: bool | None = None) -> None:
-        await self.conn.execute(
+        conn = self._writing()
+        await conn.execute(
             "INSERT INTO jobs (id, plan_id, kind, status, created_at, data) VALUES (?,?,?,?,?,?) "
             "ON CONFLICT(id) DO UPDATE SET status=excluded.status, data=excluded.data",
             (job.id, job.plan_id, job.kind, job.status, _iso(job.created_at), msgspec.json.encode(job)),
         )
         if heartbeat is not None:
-            await self.conn.execute("UPDATE jobs SET heartbeat=? WHERE id=?", (heartbeat, job.id))
+            await conn.execute("UPDATE jobs SET heartbeat=? WHERE id=?", (heartbeat, job.id))
         if cancel_requested is not None:
-            await self.conn.execute("UPDATE jobs SET cancel_requested=? WHERE id=?",
-                                    (int(cancel_requested), job.id))
+            await conn.execute("UPDATE jobs SET cancel_requested=? WHERE id=?",
+                               (int(cancel_requested), job.id))
 
     async def get_job(self, job_id: str) -> tuple[Job, float, bool] | None:
-        async with self.conn.execute(
+        async with self._conn.execute(
             "SELECT data, heartbeat, cancel_requested FROM jobs WHERE id=?", (job_id,)
         ) as cur:
             row = await cur.fetchone()
@@ -205,7 +249,8 @@ class CatalogDB:
 
     async def list_jobs(self, *, plan_id: str | None = None, statuses: tuple[str, ...] = (),
                         kind: str | None = None, limit: int = 100) -> list[Job]:
-        where, params = [], []
+        where: list[str] = []
+        params: list[str | int] = []
         if plan_id is not None:
             where.append("plan_id=?")
             params.append(plan_id)
@@ -217,30 +262,32 @@ class CatalogDB:
             params.append(kind)
         sql = "SELECT data FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
         sql += " ORDER BY created_at DESC LIMIT ?"
-        async with self.conn.execute(sql, (*params, limit)) as cur:
+        async with self._conn.execute(sql, (*params, limit)) as cur:
             return [msgspec.json.decode(row[0], type=Job) for row in await cur.fetchall()]
 
     async def stale_jobs(self, status: str, before: float, *, by_heartbeat: bool) -> list[tuple[Job, bool]]:
         column = "heartbeat" if by_heartbeat else "strftime('%s', created_at)"
-        async with self.conn.execute(
+        async with self._conn.execute(
             f"SELECT data, cancel_requested FROM jobs WHERE status=? AND {column} < ?", (status, before)
         ) as cur:
             return [(msgspec.json.decode(r[0], type=Job), bool(r[1])) for r in await cur.fetchall()]
 
     async def touch_job(self, job: Job, heartbeat: float) -> None:
-        await self.conn.execute("UPDATE jobs SET data=?, heartbeat=? WHERE id=?",
-                                (msgspec.json.encode(job), heartbeat, job.id))
+        conn = self._writing()
+        await conn.execute("UPDATE jobs SET data=?, heartbeat=? WHERE id=?",
+                           (msgspec.json.encode(job), heartbeat, job.id))
 
     # --- snapshots -----------------------------------------------------------------------
 
     async def save_snapshot(self, plan_id: str, snap: SnapshotInfo) -> None:
-        await self.conn.execute(
+        conn = self._writing()
+        await conn.execute(
             "INSERT OR REPLACE INTO snapshots (plan_id, id, started_at, data) VALUES (?,?,?,?)",
             (plan_id, snap.id, _iso(snap.started_at), msgspec.json.encode(snap)),
         )
 
     async def list_snapshots(self, plan_id: str) -> list[SnapshotInfo]:
-        async with self.conn.execute(
+        async with self._conn.execute(
             "SELECT data FROM snapshots WHERE plan_id=? ORDER BY started_at, id", (plan_id,)
         ) as cur:
             return [msgspec.json.decode(row[0], type=SnapshotInfo) for row in await cur.fetchall()]
@@ -251,7 +298,7 @@ class CatalogDB:
         known: set[bytes] = set()
         for start in range(0, len(ids), 500):  # stay below SQLite's bound-parameter limit
             batch = ids[start : start + 500]
-            async with self.conn.execute(
+            async with self._conn.execute(
                 f"SELECT id FROM chunks WHERE plan_id=? AND id IN ({','.join('?' * len(batch))})",
                 (plan_id, *batch),
             ) as cur:
@@ -259,22 +306,24 @@ class CatalogDB:
         return known
 
     async def add_chunks(self, plan_id: str, chunks: list[tuple[bytes, str, int]]) -> int:
-        before = self.conn.total_changes
-        await self.conn.executemany(
+        conn = self._writing()
+        before = conn.total_changes
+        await conn.executemany(
             "INSERT OR IGNORE INTO chunks (plan_id, id, pack, length) VALUES (?,?,?,?)",
             [(plan_id, cid, pack, length) for cid, pack, length in chunks],
         )
-        return self.conn.total_changes - before
+        return conn.total_changes - before
 
     # --- events --------------------------------------------------------------------------
 
     async def add_event(self, event: PlanEvent) -> None:
-        await self.conn.execute("INSERT INTO events (plan_id, data) VALUES (?,?)",
-                                (event.plan_id, msgspec.json.encode(event)))
+        conn = self._writing()
+        await conn.execute("INSERT INTO events (plan_id, data) VALUES (?,?)",
+                           (event.plan_id, msgspec.json.encode(event)))
 
     async def list_events(self, plan_id: str, limit: int) -> list[PlanEvent]:
-        async with self.conn.execute(
+        async with self._conn.execute(
             "SELECT data FROM events WHERE plan_id=? ORDER BY seq DESC LIMIT ?", (plan_id, limit)
         ) as cur:
-            rows = await cur.fetchall()
+            rows = list(await cur.fetchall())
         return [msgspec.json.decode(row[0], type=PlanEvent) for row in reversed(rows)]
