@@ -7,7 +7,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -78,11 +78,11 @@ class JobContext:
                     await self._on_beat()
             await asyncio.sleep(HEARTBEAT_EVERY)
 
-    async def finish(self, status: str, error: str | None = None,
+    async def finish(self, status: Literal["completed", "failed", "canceled"], error: str | None = None,
                      snapshot: SnapshotInfo | None = None) -> Job | None:
         """Report the outcome; retried while the catalog is unreachable (e.g. NATS restarting)."""
-        request = JobFinish(job_id=self.job.id, worker=self.worker, status=status,  # type: ignore[arg-type]
-                            error=error, snapshot=snapshot, progress=self.progress)
+        request = JobFinish(job_id=self.job.id, worker=self.worker, status=status, error=error,
+                            snapshot=snapshot, progress=self.progress)
         try:
             # A repeated report is harmless: the catalog answers it with the finished job.
             return await rpc.request_retrying(self.nc, subjects.JOB_FINISH, request, Job, give_up_after=120)

@@ -17,7 +17,8 @@ MAX_PAYLOAD = 8 * 1024 * 1024  # chunks are ≤ 4 MiB plus a little overhead
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def find_nats_server() -> str:

@@ -126,7 +126,8 @@ async def _parse(self: Any, data: Buffer = b"") -> None:
     if large is None:
         if self.state != nats_parser.AWAITING_MSG_PAYLOAD or self.header_needed or self.needed < LARGE \
                 or len(self.buf) + len(data) >= self.needed + nats_parser.CRLF_SIZE:
-            await _original_parse(self, data)
+            # nats-py annotates `data` as bytes but only slices, measures and extends with it.
+            await _original_parse(self, data)  # type: ignore[arg-type]
             return
         # A large payload has begun and this read does not complete it: what the parser holds
         # of it so far (less than one read) moves to the message's own buffer.
@@ -160,7 +161,9 @@ def tune_nats_client() -> None:
     transport = getattr(nats.aio.transport, "TcpTransport", None)
     if transport is not None and hasattr(transport, "writelines"):
         transport.writelines = _writelines
-    parser = nats_parser.Parser
+    # Typed Any: the assignments below replace methods on nats-py's class (mypy rightly objects
+    # to that in general; here it is the point, see the module docstring).
+    parser: Any = nats_parser.Parser
     if all(hasattr(parser, name) for name in ("parse", "reset")) and hasattr(nats_parser, "AWAITING_MSG_PAYLOAD"):
         # Class-level defaults: parsers made before this call never ran `_reset`.
         parser._tv_large, parser._tv_filled, parser._tv_skip = None, 0, 0

@@ -131,7 +131,8 @@ async def request_encoded(
 ) -> R:
     """`request` for a body that is already encoded (e.g. a batch built once, or `Parts`)."""
     try:
-        msg = await nc.request(subject, body, timeout=timeout)
+        # A `Parts` body is sent uncopied by natsio's patch of nats-py (which annotates bytes).
+        msg = await nc.request(subject, body, timeout=timeout)  # type: ignore[arg-type]
     except nats.errors.NoRespondersError as exc:
         raise ServiceError("unavailable", f"no service answers on {subject}") from exc
     except (TimeoutError, nats.errors.TimeoutError) as exc:

@@ -33,7 +33,7 @@ from timevault.proto.upload import (
     frames_message,
 )
 from timevault.services.common import retry, rpc
-from timevault.services.common.natsio import Parts
+from timevault.services.common.natsio import Buffer, Parts
 
 if TYPE_CHECKING:
     from timevault.core.repository.blobs import EncodedBlob
@@ -224,7 +224,7 @@ class UploadSink:
             piece = payload[index * step : (index + 1) * step]
             await self._post([_frame(seq, blob, len(piece), index, parts)], [piece])
 
-    async def _post(self, frames: list[BlobFrame], payloads: list[bytes | memoryview]) -> None:
+    async def _post(self, frames: list[BlobFrame], payloads: list[Buffer]) -> None:
         # The blobs' own (immutable) bytes go on the wire after the head, never joined.
         body = Parts(frames_message(BlobFrames(blobs=frames), payloads))
         self.requests.append(asyncio.create_task(self._call("frames", body)))

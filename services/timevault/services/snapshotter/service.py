@@ -19,6 +19,7 @@ import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
+from nats.js.client import JetStreamContext
 
 from timevault.proto import subjects, wire
 from timevault.proto.errors import ServiceError
@@ -70,15 +71,16 @@ class Snapshotter:
             for msg in msgs:
                 task = asyncio.create_task(self._handle(msg))
                 running.add(task)
-                task.add_done_callback(lambda t: (running.discard(t), slots.release()))
+                task.add_done_callback(running.discard)
+                task.add_done_callback(lambda _task: slots.release())
         # Shutting down: cancel running jobs; their work items are redelivered to another copy.
         for task in list(running):
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
         with contextlib.suppress(Exception):
-            await sub.unsubscribe()  # type: ignore[attr-defined]
+            await sub.unsubscribe()
 
-    async def _subscribe(self, stop: asyncio.Event) -> object:
+    async def _subscribe(self, stop: asyncio.Event) -> JetStreamContext.PullSubscription:
         config = ConsumerConfig(durable_name=subjects.SNAPSHOTTER_DURABLE, ack_policy=AckPolicy.EXPLICIT,
                                 ack_wait=self.ack_wait, max_deliver=50, filter_subject=subjects.WORK_BACKUP)
         while True:
@@ -120,7 +122,7 @@ class Snapshotter:
                 await msg.ack()
 
     async def run_job(self, job: Job, msg: Msg | None = None) -> None:
-        from timevault.core.archiver import BackupCanceled, backup
+        from timevault.core.archiver import BackupCanceled, Progress, backup
         from timevault.core.repository import Repository
         from timevault.core.storage import open_location
 
@@ -138,9 +140,9 @@ class Snapshotter:
                 try:
                     sink = UploadSink(self.nc, job.id, job.plan_id, max_in_flight=self.max_in_flight)
 
-                    def progress(p: object) -> None:
-                        ctx.update(files_done=p.files_done, bytes_done=p.bytes_done,  # type: ignore[attr-defined]
-                                   files_total=p.files_total, bytes_total=p.bytes_total)  # type: ignore[attr-defined]
+                    def progress(p: Progress) -> None:
+                        ctx.update(files_done=p.files_done, bytes_done=p.bytes_done,
+                                   files_total=p.files_total, bytes_total=p.bytes_total)
 
                     cache = os.path.join(self.cache_dir, job.plan_id) if self.cache_dir else None
                     snapshot_id, snap = await backup(repo, plan.sources, sink=sink,
