@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import nats
 import pytest
@@ -138,7 +138,8 @@ async def test_other_exceptions_are_not_retried_and_codes_can_be_widened() -> No
     assert attempts == 1
 
     retried: list[str] = []
-    results = iter([ServiceError("not_found", "no session"), ServiceError("unavailable", "gone"), "done"])
+    results: Iterator[ServiceError | str] = iter([ServiceError("not_found", "no session"),
+                                                  ServiceError("unavailable", "gone"), "done"])
 
     async def flaky() -> str:
         result = next(results)
