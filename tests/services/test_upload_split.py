@@ -8,6 +8,7 @@ Runs the real `UploadSink` and `UploaderService` in-process against their own na
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -158,6 +159,45 @@ async def test_frames_carry_parts_between_small_blobs_in_order(uploading: Upload
     assert any(len(message) > 1 for message in seen)  # small blobs still travel together
 
     assert sorted(c.id for add in uploading.recorded for c in add.chunks) == sorted(b.id.hex() for b in blobs)
+    await uploading.repo.index(reload=True)
+    for blob, data in zip(blobs, datas, strict=True):
+        assert await uploading.load(blob) == data
+
+
+async def test_an_uploader_lost_in_the_middle_of_a_blobs_parts(uploading: Uploading) -> None:
+    """The uploader's sessions end while a large blob's parts are arriving: the sink opens a new
+    session (with whichever uploader answers) and sends everything unconfirmed again, that blob
+    from its first part; the parts the old session had are not needed."""
+    nc = uploading.nc
+    datas = [os.urandom(30_000) for _ in range(20)] + [os.urandom(3 * MiB)] + [os.urandom(30_000) for _ in range(20)]
+    blobs = [uploading.blob(d) for d in datas]
+    second = UploaderService(nc)
+    spy = await nats.connect(nc.connected_url.geturl() if nc.connected_url else "")
+    sessions: list[str] = []
+    switched: list[asyncio.Task[None]] = []
+
+    async def switch() -> None:
+        await uploading.uploader.stop()
+        await second.start()
+
+    async def on_frames(msg: Msg) -> None:
+        session = msg.subject.split(".")[3]
+        if session not in sessions:
+            sessions.append(session)
+        if not switched and any(frame.part == 1 for frame, _ in read_frames(msg.data)):
+            switched.append(asyncio.create_task(switch()))
+
+    await spy.subscribe("tv.upload.session.*.frames", cb=on_frames)
+    await spy.flush()
+    sink = UploadSink(nc, "j_x", "p_x")
+    for blob in blobs:
+        await sink.add(blob)
+    await sink.flush()
+    await sink.close()
+    await spy.close()
+    await second.stop()
+    assert switched and sink.reconnects >= 1 and len(sessions) == 2
+    assert sink.unconfirmed == {}
     await uploading.repo.index(reload=True)
     for blob, data in zip(blobs, datas, strict=True):
         assert await uploading.load(blob) == data
