@@ -174,7 +174,8 @@ class UploadSink:
         # A fresh uploader knows nothing: resend what the old one had not made durable.
         self.batch, self.batch_bytes, self.queued_seq = [], 0, 0
         for seq, blob in list(self.unconfirmed.items()):
-            await self._queue(seq, blob)
+            if seq in self.unconfirmed:  # replies that arrive meanwhile may confirm some
+                await self._queue(seq, blob)
         await self._send_batch()
 
     async def _queue_new(self) -> None:
