@@ -15,6 +15,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeAlias
 
@@ -33,8 +34,8 @@ from timevault.core.storage import LocalStorage
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TIMEVAULT = REPO_ROOT / ".venv" / "bin" / "timevault"
 PASSWORD = "correct horse battery staple"
-# Cheap scrypt for in-process repositories (the CLI always uses the real defaults).
-FAST_KDF = crypto.ScryptParams(n=2**10, r=8, p=1)
+# Cheap argon2id for in-process repositories (the CLI always uses the real defaults).
+FAST_KDF = crypto.Argon2Params.weak_for_tests()
 # Small chunks, so that small test files still span many chunks.
 SMALL_CHUNKS = ChunkerParams(min_size=16 * 1024, avg_size=32 * 1024, max_size=128 * 1024)
 
@@ -276,9 +277,11 @@ class SnapshotWriter:
         self.repo = repo
         self.session = crypto.SealingSession(repo.write_keys.public_key)
         self.packer = Packer(repo.storage, repo.write_keys.meta_key)
+        self.written: set[bytes] = set()
 
     async def blob(self, data: bytes, blob_type: BlobType = BlobType.DATA) -> bytes:
         blob_id = crypto.blob_id(self.repo.write_keys.id_key, data)
+        self.written.add(blob_id)
         await self.packer.add(blobs.encode(self.session, blob_id, blob_type, data))
         return blob_id
 
@@ -303,12 +306,19 @@ class SnapshotWriter:
     async def tree(self, nodes: Sequence[Node]) -> bytes:
         return await self.blob(msgspec.msgpack.encode(Tree(list(nodes))), BlobType.TREE)
 
-    async def commit(self, root_nodes: Sequence[Node]) -> str:
+    async def commit(self, root_nodes: Sequence[Node], when: str | None = None) -> str:
+        """A snapshot of `root_nodes`, dated now (or `when`), listing every blob written so far."""
         root = await self.tree(root_nodes)
         await self.packer.flush()
-        now = "2024-01-01T00:00:00+00:00"
+        now = when or datetime.now(UTC).isoformat()
         snapshot = Snapshot(
-            time=now, finished=now, hostname="crafted", paths=["/crafted"], tree=root, stats=SnapshotStats()
+            time=now,
+            finished=now,
+            hostname="crafted",
+            paths=["/crafted"],
+            tree=root,
+            stats=SnapshotStats(),
+            references=await self.repo.save_references(set(self.written)),
         )
         snapshot_id = await self.repo.save_snapshot(snapshot)
         await self.repo.index(reload=True)

@@ -1,4 +1,5 @@
-"""AEAD, keyed ids and X25519 sealing: round trips, tamper detection, key separation."""
+"""AEAD, padding, keyed ids, X25519 sealing and Ed25519 signatures: round trips, tamper detection,
+key separation."""
 
 from __future__ import annotations
 
@@ -65,11 +66,12 @@ def test_wrong_key_or_aad_fails(plaintext: bytes) -> None:
 def test_nonces_are_unique() -> None:
     nonces = {crypto.encrypt(KEY, b"same plaintext")[: crypto.NONCE_SIZE] for _ in range(4000)}
     assert len(nonces) == 4000
-    session = crypto.SealingSession(PUBLIC)
-    sealed = {
-        bytes(session.seal(b"x", b"")[crypto.SEALED_KEY_SIZE :][: crypto.NONCE_SIZE]) for _ in range(1000)
-    }
-    assert len(sealed) == 1000
+    padded = set()
+    for _ in range(1000):
+        out = bytearray(64)
+        crypto.encrypt_padded_into(KEY, b"", b"h", b"x", memoryview(out))
+        padded.add(bytes(out[: crypto.NONCE_SIZE]))
+    assert len(padded) == 1000
 
 
 @SETTINGS
@@ -116,38 +118,104 @@ def test_public_key_of_matches_keypair() -> None:
 @given(messages=st.lists(st.tuples(st.binary(max_size=1024), st.binary(max_size=4)), min_size=1, max_size=8))
 def test_sealing_session_and_unsealer_round_trip(messages: list[tuple[bytes, bytes]]) -> None:
     first, second = crypto.SealingSession(PUBLIC), crypto.SealingSession(PUBLIC)
-    assert first.data_key != second.data_key
+    assert first.data_key != second.data_key and first.sealed != second.sealed
     unsealer = crypto.Unsealer(PRIVATE)
     for i, (plaintext, aad) in enumerate(messages):
         session = first if i % 2 else second
-        sealed = session.seal(plaintext, aad)
-        assert sealed.startswith(session.sealed)
-        assert unsealer.open(sealed, aad) == plaintext
-        assert unsealer.open(memoryview(sealed), aad) == plaintext
+        message = crypto.encrypt(session.data_key, plaintext, aad)
+        assert unsealer.open(session.sealed, message, aad) == plaintext
+        assert unsealer.open(session.sealed, memoryview(message), aad) == plaintext
+        other = second if session is first else first
+        with pytest.raises(Unauthenticated):
+            unsealer.open(other.sealed, message, aad)
 
 
 def test_unsealer_rejects_wrong_key_tampering_and_short_messages() -> None:
     session = crypto.SealingSession(PUBLIC)
-    sealed = session.seal(b"secret data", b"\x00")
+    message = crypto.encrypt(session.data_key, b"secret data", b"\x00")
     other_private, _ = crypto.new_keypair()
     with pytest.raises(Unauthenticated):
-        crypto.Unsealer(other_private).open(sealed, b"\x00")
+        crypto.Unsealer(other_private).open(session.sealed, message, b"\x00")
     unsealer = crypto.Unsealer(PRIVATE)
     with pytest.raises(Unauthenticated):
-        unsealer.open(sealed, b"\x01")  # wrong blob type
-    for cut in (0, 10, crypto.SEALED_KEY_SIZE, len(sealed) - 1):
+        unsealer.open(session.sealed, message, b"\x01")  # wrong blob type
+    for cut in (0, 10, len(message) - 1):
         with pytest.raises(Unauthenticated):
-            unsealer.open(sealed[:cut], b"\x00")
-    tampered = bytearray(sealed)
-    tampered[crypto.SEALED_KEY_SIZE + 20] ^= 1
+            unsealer.open(session.sealed, message[:cut], b"\x00")
+    tampered = bytearray(message)
+    tampered[20] ^= 1
     with pytest.raises(Unauthenticated):
-        unsealer.open(bytes(tampered), b"\x00")
+        unsealer.open(session.sealed, bytes(tampered), b"\x00")
     # A cached job key must not let a tampered sealed key through either.
-    assert unsealer.open(sealed, b"\x00") == b"secret data"
-    tampered = bytearray(sealed)
-    tampered[40] ^= 1
+    assert unsealer.open(session.sealed, message, b"\x00") == b"secret data"
+    bad_seal = bytearray(session.sealed)
+    bad_seal[40] ^= 1
     with pytest.raises(Unauthenticated):
-        unsealer.open(bytes(tampered), b"\x00")
+        unsealer.open(bytes(bad_seal), message, b"\x00")
+    with pytest.raises(Unauthenticated):
+        unsealer.open(session.sealed[:-1], message, b"\x00")
+
+
+# --- padding ------------------------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(length=st.integers(0, 2**40))
+def test_padme_bounds(length: int) -> None:
+    padded = crypto.padme(length)
+    assert padded >= length
+    assert padded - length <= max(length * 12 // 100, 1)  # at most 12 % (Padmé's bound)
+    assert crypto.padme(padded) == padded  # padded lengths are fixed points
+    if length >= 1 << 20:
+        assert padded - length <= length * 32 // 1000  # ≈3 % from a mebibyte on
+
+
+def test_padme_hides_small_differences() -> None:
+    """Files of nearby sizes get the same stored length: sizes are not recoverable exactly."""
+    lengths = {crypto.padme(n) for n in range(100_000, 100_500)}
+    assert len(lengths) <= 2
+    assert len({crypto.padme(n) for n in range((1 << 20) + 1, (1 << 20) + 30_000)}) == 1
+
+
+@SETTINGS
+@given(header=st.binary(max_size=8), body=st.binary(max_size=200_000), extra=st.integers(0, 70_000),
+       aad=st.binary(max_size=4))
+def test_encrypt_padded_round_trip(header: bytes, body: bytes, extra: int, aad: bytes) -> None:
+    """Both paths (one padded buffer for small bodies, pieces for large ones) give the AES-GCM
+    encryption of header ‖ body ‖ zeros."""
+    out = bytearray(crypto.AEAD_OVERHEAD + len(header) + len(body) + extra)
+    crypto.encrypt_padded_into(KEY, aad, header, body, memoryview(out))
+    assert crypto.decrypt(KEY, bytes(out), aad) == header + body + bytes(extra)
+    with pytest.raises(ValueError):
+        crypto.encrypt_padded_into(KEY, aad, header, body, memoryview(bytearray(len(header) + len(body))))
+
+
+# --- signatures and sub-keys ----------------------------------------------------------------
+
+
+@SETTINGS
+@given(message=st.binary(max_size=2048), flip=st.integers(0, 63 * 8))
+def test_signatures(message: bytes, flip: int) -> None:
+    seed, public = crypto.new_signing_key()
+    assert crypto.verifying_key_of(seed) == public
+    signature = crypto.sign(seed, message)
+    assert len(signature) == crypto.SIGNATURE_SIZE
+    assert crypto.verify_signature(public, message, signature)
+    assert not crypto.verify_signature(public, message + b"x", signature)
+    bad = bytearray(signature)
+    bad[flip // 8] ^= 1 << (flip % 8)
+    assert not crypto.verify_signature(public, message, bytes(bad))
+    _, other = crypto.new_signing_key()
+    assert not crypto.verify_signature(other, message, signature)
+    assert not crypto.verify_signature(b"short", message, signature)
+    assert not crypto.verify_signature(public, message, b"")
+
+
+def test_subkeys_are_separated() -> None:
+    a, b = crypto.subkey(KEY, "snapshot id"), crypto.subkey(KEY, "files cache")
+    assert len(a) == 32 and a != b != KEY
+    assert crypto.subkey(OTHER_KEY, "snapshot id") != a
+    assert crypto.keyed_hash(a, b"x") != crypto.keyed_hash(b, b"x")
 
 
 @SETTINGS
@@ -161,8 +229,18 @@ def test_blob_id_is_keyed(data: bytes) -> None:
     assert ident != crypto.content_hash(data)
 
 
+def test_default_kdf_meets_the_floor_and_weak_params_need_the_test_knob() -> None:
+    default = crypto.Argon2Params()
+    assert default.memory_kib >= 64 * 1024 and default.time_cost >= 3 and not default.test_only
+    with pytest.raises(ValueError):
+        crypto.Argon2Params(time_cost=1, memory_kib=64)
+    with pytest.raises(ValueError):
+        crypto.Argon2Params(time_cost=3, memory_kib=32 * 1024)
+    assert crypto.Argon2Params.weak_for_tests().test_only
+
+
 def test_derive_key_depends_on_password_and_salt() -> None:
-    params = crypto.ScryptParams(n=2**10)
+    params = crypto.Argon2Params.weak_for_tests()
     base = crypto.derive_key("password", b"salt" * 8, params)
     assert len(base) == crypto.KEY_SIZE
     assert base == crypto.derive_key("password", b"salt" * 8, params)
@@ -181,23 +259,24 @@ def pycryptodome_only(monkeypatch: pytest.MonkeyPatch) -> None:
     crypto._OpenSSLGCM is None, reason="`cryptography` is not installed: one AES-GCM path only"
 )
 @SETTINGS
-@given(plaintext=st.binary(max_size=2048), aad=st.binary(max_size=8))
-def test_openssl_and_pycryptodome_paths_interoperate(plaintext: bytes, aad: bytes) -> None:
+@given(plaintext=st.binary(max_size=100_000), aad=st.binary(max_size=8), pad=st.integers(0, 3000))
+def test_openssl_and_pycryptodome_paths_interoperate(plaintext: bytes, aad: bytes, pad: int) -> None:
     """Both AES-GCM back ends produce the same format: either reads what the other wrote."""
     by_openssl = crypto.encrypt(KEY, plaintext, aad)
-    session = crypto.SealingSession(PUBLIC)
-    sealed_by_openssl = bytes(session.seal(plaintext, aad, b"H"))
+    padded_by_openssl = bytearray(crypto.AEAD_OVERHEAD + 1 + len(plaintext) + pad)
+    crypto.encrypt_padded_into(KEY, aad, b"H", plaintext, memoryview(padded_by_openssl))
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(crypto, "_OpenSSLGCM", None)
         mp.setattr(crypto, "_InvalidTag", ValueError)
         assert crypto.decrypt(KEY, by_openssl, aad) == plaintext
-        assert crypto.Unsealer(PRIVATE).open(sealed_by_openssl, aad, header_size=1) == plaintext
+        assert crypto.decrypt(KEY, bytes(padded_by_openssl), aad) == b"H" + plaintext + bytes(pad)
         by_pycryptodome = crypto.encrypt(KEY, plaintext, aad)
-        sealed_by_pycryptodome = bytes(session.seal(plaintext, aad, b"H"))
+        padded_by_pycryptodome = bytearray(len(padded_by_openssl))
+        crypto.encrypt_padded_into(KEY, aad, b"H", plaintext, memoryview(padded_by_pycryptodome))
         with pytest.raises(Unauthenticated):
             crypto.decrypt(OTHER_KEY, by_pycryptodome, aad)
     assert crypto.decrypt(KEY, by_pycryptodome, aad) == plaintext
-    assert crypto.Unsealer(PRIVATE).open(sealed_by_pycryptodome, aad, header_size=1) == plaintext
+    assert crypto.decrypt(KEY, bytes(padded_by_pycryptodome), aad) == b"H" + plaintext + bytes(pad)
 
 
 def test_pycryptodome_path_detects_tampering(pycryptodome_only: None) -> None:

@@ -149,8 +149,11 @@ async def test_deleted_tree_pack_fails_restore_clearly(repo: Repository, tmp_pat
     assert not (tmp_path / "out").exists()
 
 
-async def test_deleted_index_files(repo: Repository, tmp_path: Path) -> None:
-    _, snapshot_id = await _backed_up(repo, tmp_path)
+async def test_deleted_index_files_are_rebuilt_from_pack_headers(repo: Repository, tmp_path: Path) -> None:
+    """All index files gone: a restore completes the index from the packs' headers in memory,
+    and `repo rebuild-index` writes it back (then check is clean again)."""
+    source, snapshot_id = await _backed_up(repo, tmp_path)
+    expected = tree_manifest(source)
     repo_path = Path(repo.storage.location)
     for index_file in (repo_path / "index").iterdir():
         index_file.unlink()
@@ -158,15 +161,36 @@ async def test_deleted_index_files(repo: Repository, tmp_path: Path) -> None:
     result = await check(fresh)
     assert result.errors, "snapshots whose trees are not indexed must be reported"
     assert any("not in the index" in n for n in result.notes)
-    with pytest.raises((CorruptBlob, RepositoryError)):
-        await restore(fresh, snapshot_id, str(tmp_path / "out"))
-    assert not (tmp_path / "out").exists()
+    target = tmp_path / "out"
+    restored = await restore(fresh, snapshot_id, str(target))
+    assert restored.errors == []
+    assert any("read from their own headers" in note for note in restored.notes)
+    assert_manifests_equal(tree_manifest(restored_path(target, source)), expected)
+    assert list((repo_path / "index").iterdir()) == []  # restore repairs in memory only
     pw = tmp_path / "pw"
     pw.write_text(PASSWORD)
-    cli = run_cli(
-        "repo", "restore", repo_path, snapshot_id[:10], "--password-file", pw, "--target", tmp_path / "o2"
-    )
-    assert_clean_error(cli)
+    cli = run_cli("repo", "rebuild-index", repo_path, "--password-file", pw)
+    assert cli.code == 0, cli.stderr
+    assert "pack" in cli.stdout
+    assert len(list((repo_path / "index").iterdir())) == 1
+    again = await reopen(repo)
+    assert (await check(again, read_data=True)).errors == []
+
+
+async def test_damaged_index_file_is_replaced_by_rebuild_index(repo: Repository, tmp_path: Path) -> None:
+    source, snapshot_id = await _backed_up(repo, tmp_path)
+    repo_path = Path(repo.storage.location)
+    for index_file in (repo_path / "index").iterdir():
+        index_file.write_bytes(index_file.read_bytes()[:-7])  # truncated
+    fresh = await reopen(repo)
+    assert any("index" in e for e in (await check(fresh)).errors)
+    target = tmp_path / "out"
+    restored = await restore(fresh, snapshot_id, str(target))
+    assert restored.errors == [] and any("damaged" in note for note in restored.notes)
+    assert (restored_path(target, source) / "ok1.bin").read_bytes() == (source / "ok1.bin").read_bytes()
+    recovered, replaced, problems = await fresh.rebuild_index()
+    assert recovered >= 1 and replaced >= 1 and problems == []
+    assert (await check(await reopen(repo), read_data=True)).errors == []
 
 
 async def test_damaged_index_file_is_reported(repo: Repository, tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""On-storage formats: key files, blobs, packs, index files, trees."""
+"""On-storage formats: key files, config, blobs, packs, index files, trees."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from timevault.core.buffers import BytesLike
 from timevault.core.errors import DamagedData
 from timevault.core.repository import blobs, keys
 from timevault.core.repository.blobs import CorruptBlob
-from timevault.core.repository.format import BlobType, IndexPack, KeyFile, Node, PackBlob, Tree
+from timevault.core.repository.format import BlobType, IndexPack, KeyFile, Node, PackBlob, PackHeader, Tree
 from timevault.core.repository.index import CorruptIndex, Index, decode_index_file, write_index_file
 from timevault.core.repository.pack import CorruptPack, build_pack, read_pack_header
 from timevault.core.repository.repo import Repository
@@ -41,8 +41,9 @@ def test_key_file_round_trip() -> None:
     master = _master()
     data = keys.wrap_keys(master, PASSWORD, FAST_KDF)
     key_file = msgspec.json.decode(data, type=KeyFile)
-    assert key_file.kdf.name == "scrypt" and key_file.kdf.n == FAST_KDF.n and len(key_file.kdf.salt) == 32
-    assert master.private_key not in data and master.write.id_key not in data
+    assert key_file.kdf.name == "argon2id" and key_file.kdf.memory_kib == FAST_KDF.memory_kib
+    assert key_file.kdf.time_cost == FAST_KDF.time_cost and len(key_file.kdf.salt) == 32
+    assert master.private_key not in data and master.write.id_key not in data and master.sign_key not in data
     assert keys.unwrap_keys(data, PASSWORD) == master
     # A fresh salt each time: the same keys and password never give the same file.
     assert keys.wrap_keys(master, PASSWORD, FAST_KDF) != data
@@ -53,6 +54,13 @@ def test_master_keys_are_fresh_and_well_formed() -> None:
     assert a.private_key != b.private_key and a.write.id_key != b.write.id_key
     assert crypto.public_key_of(a.private_key) == a.write.public_key
     assert len(a.write.meta_key) == 32 and a.write.chunker_seed > 0
+    assert crypto.verifying_key_of(a.sign_key) == a.write.verify_key != b.write.verify_key
+
+
+def test_default_key_files_use_memory_hard_parameters() -> None:
+    key_file = msgspec.json.decode(keys.wrap_keys(_master(), PASSWORD), type=KeyFile)
+    assert key_file.kdf.name == "argon2id"
+    assert key_file.kdf.memory_kib >= 64 * 1024 and key_file.kdf.time_cost >= 3
 
 
 @pytest.mark.parametrize(
@@ -79,18 +87,21 @@ def _with_kdf(data: bytes, **changes: object) -> bytes:
 @pytest.mark.parametrize(
     "changes",
     [
-        {"name": "argon2id"},
-        {"n": 2**30},  # 128 GiB of memory at r=8
-        {"n": 2**22, "r": 64},  # 32 GiB, r·p within the old bound
-        {"n": 2**22},  # 4 GiB at r=8
-        {"n": 3},  # not a power of two
-        {"n": 0},
-        {"n": -1024},
-        {"r": 0},
-        {"p": 0},
-        {"r": -1, "p": -1},
-        {"r": 16, "p": 16},
-        {"p": 10**9},
+        {"name": "scrypt"},
+        {"name": "argon2i"},
+        {"memory_kib": 2**30},  # 1 TiB
+        {"memory_kib": 2 * 1024 * 1024},  # 2 GiB: over the bound
+        {"memory_kib": 1024 * 1024, "time_cost": 10},  # within each bound, too much work together
+        {"time_cost": 100},
+        {"time_cost": 0},
+        {"time_cost": -3},
+        {"memory_kib": 0},
+        {"memory_kib": 7},  # less than argon2's minimum of 8 KiB per lane
+        {"parallelism": 0},
+        {"parallelism": 10**9},
+        {"parallelism": 64, "memory_kib": 4096},
+        {"salt": ""},
+        {"salt": "AAAA"},  # 3 bytes
     ],
     ids=repr,
 )
@@ -112,7 +123,7 @@ async def test_hostile_key_file_does_not_block_the_good_one(tmp_path: Path) -> N
     """Opening tries every key file; one with unusable parameters must be skipped, not crash."""
     repo = await Repository.init(LocalStorage(tmp_path), PASSWORD, kdf=FAST_KDF)
     good = next((tmp_path / "keys").iterdir()).read_bytes()
-    hostile: list[dict[str, object]] = [{"n": 3}, {"r": 0}, {"name": "bogus"}]
+    hostile: list[dict[str, object]] = [{"time_cost": 0}, {"memory_kib": 2**40}, {"name": "bogus"}]
     for i, changes in enumerate(hostile):
         # Names sort before the good key, so they are tried first.
         (tmp_path / "keys" / f"0000{i}").write_bytes(_with_kdf(good, **changes))
@@ -140,12 +151,15 @@ def _encode(data: bytes, blob_type: BlobType = BlobType.DATA) -> blobs.EncodedBl
 def _decode(
     blob: blobs.EncodedBlob, payload: BytesLike | None = None, blob_type: BlobType | None = None
 ) -> bytes:
-    return blobs.decode(
-        crypto.Unsealer(PRIVATE),
-        ID_KEY,
-        blob.id,
-        blob.type if blob_type is None else blob_type,
-        blob.payload if payload is None else payload,
+    return bytes(
+        blobs.decode(
+            crypto.Unsealer(PRIVATE),
+            ID_KEY,
+            blob.id,
+            blob.type if blob_type is None else blob_type,
+            bytes(blob.payload) if payload is None else payload,
+            blob.sealed_key,
+        )
     )
 
 
@@ -161,6 +175,9 @@ def test_blob_round_trip(data: bytes, blob_type: BlobType) -> None:
     blob = _encode(data, blob_type)
     assert blob.raw_length == len(data) and blob.type == blob_type
     assert _decode(blob) == data
+    # Stored lengths are Padmé lengths, and nothing of the sealed key is in the payload.
+    assert crypto.padme(len(blob.payload)) == len(blob.payload)
+    assert blob.sealed_key[:16] not in blob.payload
 
 
 def test_compressible_blobs_shrink_and_random_ones_are_stored_raw() -> None:
@@ -169,8 +186,8 @@ def test_compressible_blobs_shrink_and_random_ones_are_stored_raw() -> None:
     small = _encode(text)
     raw = _encode(noise)
     assert len(small.payload) < len(text) // 10
-    overhead = crypto.SEALED_KEY_SIZE + crypto.AEAD_OVERHEAD + 1
-    assert len(raw.payload) == len(noise) + overhead  # flag 0: stored raw, not expanded
+    assert len(raw.payload) == crypto.padme(len(noise) + blobs.BLOB_OVERHEAD)  # raw, padded, not expanded
+    assert len(raw.payload) <= len(noise) * 1.03
     assert _decode(small) == text and _decode(raw) == noise
 
 
@@ -188,59 +205,67 @@ def test_tampered_blob_is_corrupt(data: bytes, where: float, bit: int) -> None:
 
 def test_blob_truncated_wrong_type_wrong_id_wrong_key() -> None:
     blob = _encode(b"some data " * 100)
-    for cut in (0, 1, 100, len(blob.payload) - 1):
+    for cut in (0, 1, len(blob.payload) // 2, len(blob.payload) - 1):
         with pytest.raises(CorruptBlob):
-            _decode(blob, blob.payload[:cut])
+            _decode(blob, bytes(blob.payload[:cut]))
     with pytest.raises(CorruptBlob):
         _decode(blob, blob_type=BlobType.TREE)
+    unsealer = crypto.Unsealer(PRIVATE)
     with pytest.raises(CorruptBlob, match="does not match its id"):
-        blobs.decode(crypto.Unsealer(PRIVATE), ID_KEY, b"\x00" * 32, blob.type, blob.payload)
+        blobs.decode(unsealer, ID_KEY, b"\x00" * 32, blob.type, bytes(blob.payload), blob.sealed_key)
     with pytest.raises(CorruptBlob, match="does not match its id"):
-        blobs.decode(crypto.Unsealer(PRIVATE), b"\x09" * 32, blob.id, blob.type, blob.payload)
+        blobs.decode(unsealer, b"\x09" * 32, blob.id, blob.type, bytes(blob.payload), blob.sealed_key)
     other_private, _ = crypto.new_keypair()
     with pytest.raises(CorruptBlob):
-        blobs.decode(crypto.Unsealer(other_private), ID_KEY, blob.id, blob.type, blob.payload)
+        blobs.decode(crypto.Unsealer(other_private), ID_KEY, blob.id, blob.type, bytes(blob.payload), blob.sealed_key)
+    other_session = crypto.SealingSession(PUBLIC)
+    with pytest.raises(CorruptBlob):
+        blobs.decode(unsealer, ID_KEY, blob.id, blob.type, bytes(blob.payload), other_session.sealed)
 
 
 def test_blob_with_bad_inner_encoding_is_corrupt() -> None:
-    """A payload that authenticates but has an unknown encoding or a broken zstd frame."""
+    """A payload that authenticates but has an unknown encoding, a broken zstd frame, or a body
+    length beyond its end."""
     session = crypto.SealingSession(PUBLIC)
     blob_id = crypto.blob_id(ID_KEY, b"x")
-    for encoding, plaintext, message in [
-        (7, b"x", "unknown encoding"),
-        (1, b"not zstd", "does not decompress"),
+    for header, body, message in [
+        (bytes((7,)) + (1).to_bytes(4, "little"), b"x", "unknown encoding"),
+        (bytes((1,)) + (8).to_bytes(4, "little"), b"not zstd", "does not decompress"),
+        (bytes((0,)) + (10**6).to_bytes(4, "little"), b"x", "longer than itself"),
     ]:
-        aad = bytes((BlobType.DATA, encoding))
-        payload = session.seal(plaintext, aad, bytes((encoding,)))
+        payload = bytearray(crypto.padme(blobs.BLOB_OVERHEAD + len(body)))
+        crypto.encrypt_padded_into(session.data_key, bytes((BlobType.DATA,)), header, body, memoryview(payload))
         with pytest.raises(CorruptBlob, match=message):
-            blobs.decode(crypto.Unsealer(PRIVATE), ID_KEY, blob_id, BlobType.DATA, payload)
-    # The clear encoding byte is authenticated: flipping it fails, it is not misread.
-    good = bytearray(_encode(b"some text " * 50).payload)
-    good[crypto.SEALED_KEY_SIZE] ^= 1
-    with pytest.raises(CorruptBlob, match="authentication"):
-        blobs.decode(
-            crypto.Unsealer(PRIVATE), ID_KEY, crypto.blob_id(ID_KEY, b"some text " * 50), BlobType.DATA, good
-        )
+            blobs.decode(crypto.Unsealer(PRIVATE), ID_KEY, blob_id, BlobType.DATA, bytes(payload), session.sealed)
 
 
 # --- packs -------------------------------------------------------------------------------------
 
 
 @SETTINGS
-@given(contents=st.lists(st.binary(max_size=2000), max_size=12, unique=True))
-def test_pack_round_trip(contents: list[bytes]) -> None:
+@given(contents=st.lists(st.binary(max_size=2000), max_size=12, unique=True), jobs=st.integers(1, 3))
+def test_pack_round_trip(contents: list[bytes], jobs: int) -> None:
+    sessions = [crypto.SealingSession(PUBLIC) for _ in range(jobs)]
     encoded = [
-        _encode(data, BlobType.TREE if i % 3 == 0 else BlobType.DATA) for i, data in enumerate(contents)
+        blobs.encode(
+            sessions[i % jobs], crypto.blob_id(ID_KEY, data), BlobType.TREE if i % 3 == 0 else BlobType.DATA, data
+        )
+        for i, data in enumerate(contents)
     ]
     pack_id, data, entry = build_pack(META_KEY, encoded)
     assert pack_id == crypto.content_hash(data).hex()
     assert entry.id == pack_id and entry.size == len(data)
-    assert data.endswith(b"TVP1")
+    assert data.endswith(b"TVP2")
     header = read_pack_header(META_KEY, data)
-    assert header.blobs == entry.blobs
+    assert header.blobs == entry.blobs and header.keys == entry.keys
+    # Each job's sealed key once in the (encrypted) header, never in the pack's clear bytes.
+    assert sorted(header.keys) == sorted({b.sealed_key for b in encoded})
+    for session in sessions:
+        assert session.sealed[:16] not in data
     assert [b.id for b in header.blobs] == [b.id for b in encoded]
     for blob, location in zip(encoded, header.blobs, strict=True):
         assert location.type == blob.type and location.raw_length == blob.raw_length
+        assert header.keys[location.key] == blob.sealed_key
         payload = data[location.offset : location.offset + location.length]
         assert payload == blob.payload
         assert _decode(blob, payload) == contents[encoded.index(blob)]
@@ -253,7 +278,8 @@ def test_damaged_pack_headers_are_rejected() -> None:
         data[:3],
         b"",
         data[:-4] + b"XXXX",  # magic
-        data[:-8] + (len(data)).to_bytes(4, "little") + b"TVP1",  # header longer than the pack
+        data[:-4] + b"TVP1",  # a format 1 pack
+        data[:-8] + (len(data)).to_bytes(4, "little") + b"TVP2",  # header longer than the pack
         data[:-10] + bytes([data[-10] ^ 1]) + data[-9:],  # inside the header ciphertext
     ]
     for bad in damaged:
@@ -261,6 +287,29 @@ def test_damaged_pack_headers_are_rejected() -> None:
             read_pack_header(META_KEY, bad)
     with pytest.raises(CorruptPack):
         read_pack_header(b"\x03" * 32, data)
+
+
+@settings(max_examples=200, deadline=None)
+@given(garbage=st.binary(max_size=600), trailer=st.booleans())
+def test_pack_header_parse_of_random_bytes_never_crashes(garbage: bytes, trailer: bool) -> None:
+    """Random bytes (with or without a plausible trailer) are a CorruptPack, never another error."""
+    data = garbage + (len(garbage).to_bytes(4, "little") + b"TVP2" if trailer else b"")
+    with pytest.raises(CorruptPack):
+        read_pack_header(META_KEY, data)
+
+
+@SETTINGS
+@given(plaintext=st.binary(max_size=400))
+def test_authentic_but_malformed_pack_headers_are_rejected(plaintext: bytes) -> None:
+    """Even a header that authenticates (written by a key holder) must decode and stay in range."""
+    body = crypto.encrypt(META_KEY, len(plaintext).to_bytes(4, "little") + plaintext, b"pack")
+    data = body + len(body).to_bytes(4, "little") + b"TVP2"
+    with pytest.raises(CorruptPack):
+        read_pack_header(META_KEY, data)
+    keys_missing = msgspec.msgpack.encode(PackHeader([], [PackBlob(b"x" * 32, BlobType.DATA, 0, 10, 10, 3)]))
+    body = crypto.encrypt(META_KEY, len(keys_missing).to_bytes(4, "little") + keys_missing, b"pack")
+    with pytest.raises(CorruptPack):
+        read_pack_header(META_KEY, b"\0" * 10 + body + len(body).to_bytes(4, "little") + b"TVP2")
 
 
 # --- index files -------------------------------------------------------------------------------

@@ -87,7 +87,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     port = free_port()
     procs = {
         "catalog": services.start("catalog", "--db", str(root / "catalog.db"), "--job-timeout", "10",
-                                  "--reap-every", "0.5", "--delete-wait", "10", "--kdf-n", "1024"),
+                                  "--reap-every", "0.5", "--delete-wait", "10", "--test-weak-kdf"),
         "uploader": services.start("uploader", "--pack-size", str(4 * 1024 * 1024)),
         "snapshotter": services.start("snapshotter", "--ack-wait", "5", "--data-dir", str(root / "worker")),
         "restorer": services.start("restorer"),

@@ -39,7 +39,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "correct horse battery staple"
 # Cheap scrypt for repositories created in-process; the key file records its parameters, so the
 # CLI opens such a repository quickly too (it uses the real defaults only for `init`).
-FAST_KDF = crypto.ScryptParams(n=2**10, r=8, p=1)
+FAST_KDF = crypto.Argon2Params.weak_for_tests()
 MiB = 1024 * 1024
 BIG_FILE_MIB = 18  # > one 16 MiB pack: every full backup writes at least two data packs
 CLI_TIMEOUT = 60.0

@@ -43,7 +43,7 @@ class Stack:
         self.services = Services(self.nats.url, self.root)
         self.procs["catalog"] = self.services.start(
             "catalog", "--db", str(self.root / "catalog.db"), "--job-timeout", "8", "--reap-every", "0.5",
-            "--delete-wait", "30", "--kdf-n", "1024")
+            "--delete-wait", "30", "--test-weak-kdf")
         self.procs["uploader"] = self.services.start("uploader", "--pack-size", str(2 * MiB))
         self.procs["snapshotter"] = self.start_snapshotter()
         self.procs["restorer"] = self.services.start("restorer")

@@ -83,6 +83,8 @@ class JobCreate(msgspec.Struct, kw_only=True):
     """Restore: chosen paths."""
     worker: str | None = None
     """Restore: the restorer instance that runs (and already claims) the job."""
+    endorsed: list[str] = msgspec.field(default_factory=list)
+    """Restore: the snapshot ids the restorer endorsed with the password (the catalog marks them)."""
 
 
 class JobRef(msgspec.Struct, kw_only=True):
@@ -201,3 +203,7 @@ class RestoreRequest(msgspec.Struct, kw_only=True):
     """The repository password, for this job only."""
     includes: list[str] = msgspec.field(default_factory=list)
     """Paths inside the snapshot to restore (empty = everything)."""
+    allow_unverified: bool = False
+    """Restore even a snapshot that contradicts the history endorsed with the password."""
+    keep_setid: bool = False
+    """Keep set-user-ID and set-group-ID bits (dropped by default)."""

@@ -141,6 +141,10 @@ class SnapshotInfo(msgspec.Struct, kw_only=True):
     """The job that produced it."""
     plan_id: str | None = None
     """The plan it belongs to."""
+    endorsed: bool = False
+    """True when the password holder has vouched for this snapshot (an endorsement signed with a
+    key only the password opens, made whenever the password was used); False for snapshots the
+    services wrote since the password was last used."""
 
 
 class Plan(msgspec.Struct, kw_only=True):

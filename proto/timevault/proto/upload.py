@@ -36,6 +36,9 @@ class UploadOpen(msgspec.Struct, kw_only=True):
     """The backup job."""
     plan_id: str
     """Its plan (the uploader fetches location and write keys from the catalog)."""
+    sealed_key: bytes = b""
+    """The job's data key sealed to the repository's public key (92 bytes): every blob of the
+    session is encrypted with it, and each pack's header carries it once (repository format 2)."""
 
 
 class UploadOpened(msgspec.Struct, kw_only=True):

@@ -1,6 +1,9 @@
 """`timevault repo ...`: work on a location directly, with no services running.
 
 This is how a person restores on a new machine: only the location and the password are needed.
+Every command that opens the repository with the password ends by endorsing its history (the
+password holder's signature over the snapshots that exist now; see
+`timevault.core.repository.history`), after it reported each snapshot's standing as it was.
 """
 
 from __future__ import annotations
@@ -18,11 +21,14 @@ from timevault.core.archiver import backup, left_out
 from timevault.core.checker import check
 from timevault.core.prune import forget, prune
 from timevault.core.repository import Repository, Snapshot
+from timevault.core.repository.history import CONTRADICTS, ENDORSED, History
 from timevault.core.restorer import restore
 from timevault.core.storage import open_location
 
 
-def snapshot_json(snapshot_id: str, snapshot: Snapshot) -> dict[str, Any]:
+def snapshot_json(
+    snapshot_id: str, snapshot: Snapshot, *, warnings: list[str] | None = None, standing: str = ENDORSED
+) -> dict[str, Any]:
     stats = snapshot.stats
     return {
         "id": snapshot_id,
@@ -38,7 +44,11 @@ def snapshot_json(snapshot_id: str, snapshot: Snapshot) -> dict[str, Any]:
         "unchanged_files": stats.unchanged_files,
         "parent": snapshot.parent,
         "plan": snapshot.plan,
-        "warnings": snapshot.warnings,
+        "warnings": warnings or [],
+        # endorsed: vouched for by the password holder; unendorsed: written since the password
+        # was last used; contradicts: at odds with the endorsed history (see `repo check`).
+        "endorsed": standing == ENDORSED,
+        "history": standing,
     }
 
 
@@ -51,6 +61,17 @@ def default_cache_dir() -> str:
 async def _open(args: argparse.Namespace) -> Repository:
     password = get_password(args.password_file)
     return await Repository.open(open_location(args.location), password)
+
+
+async def _endorse(repo: Repository) -> None:
+    """The password is here: sign the history as it now is (snapshots that contradict it stay
+    out). Done after a command's work, so that its output showed the standing before."""
+    await repo.endorse()
+
+
+def _warn_config(repo: Repository) -> None:
+    for problem in repo.config_problems:
+        print(f"warning: {problem}", file=sys.stderr)
 
 
 async def cmd_init(args: argparse.Namespace) -> None:
@@ -76,17 +97,18 @@ async def cmd_backup(args: argparse.Namespace) -> None:
     finally:
         bar.done()
         await repo.close()
+    warnings = repo.snapshot_warnings(snapshot)  # sealed to the password holder (they name paths)
     if args.json:
-        print(json.dumps(snapshot_json(snapshot_id, snapshot)))
+        print(json.dumps(snapshot_json(snapshot_id, snapshot, warnings=warnings)))
     else:
         stats = snapshot.stats
         print(
             f"snapshot {snapshot_id[:8]} saved: {stats.files} files, {human_bytes(stats.size)}, "
             f"{human_bytes(stats.added_size)} added ({stats.unchanged_files} unchanged files not read)"
         )
-        for warning in snapshot.warnings:
+        for warning in warnings:
             print(f"warning: {warning}", file=sys.stderr)
-    missing = left_out(snapshot.warnings)
+    missing = left_out(warnings)
     if missing:
         raise Incomplete(f"snapshot {snapshot_id[:8]} saved without {len(missing)} item(s) that could not "
                          "be read" + ("" if args.json else " (see the warnings above)"))
@@ -96,42 +118,68 @@ async def cmd_snapshots(args: argparse.Namespace) -> None:
     repo = await _open(args)
     damaged: list[str] = []
     try:
-        snapshots = await repo.list_snapshots(damaged=damaged)
+        _warn_config(repo)
+        history, by_id = await repo.load_history(damaged)
+        snapshots = sorted(by_id.items(), key=lambda item: (item[1].time, item[0]))
+        if args.json:
+            print(json.dumps([
+                snapshot_json(i, s, warnings=repo.snapshot_warnings(s), standing=history.status[i])
+                for i, s in snapshots
+            ]))
+        else:
+            _print_snapshot_table(snapshots, history)
+        await _endorse(repo)
     finally:
         await repo.close()
-    if args.json:
-        print(json.dumps([snapshot_json(i, s) for i, s in snapshots]))
-    else:
-        _print_snapshot_table(snapshots)
     if damaged:
         raise Incomplete("; ".join(damaged) + " (left out of the list; run `timevault repo check`)")
+    problems = history.problems + [history.describe(i) for i in history.contradicting()]
+    if problems:
+        raise CommandError("; ".join(problems) + " (run `timevault repo check`)")
 
 
-def _print_snapshot_table(snapshots: list[tuple[str, Snapshot]]) -> None:
-    print(f"{'ID':<10}{'TIME':<27}{'FILES':>8}{'SIZE':>12}{'ADDED':>12}  PATHS")
+_MARKS = {ENDORSED: "", CONTRADICTS: "  [CONTRADICTS ENDORSED HISTORY]"}
+
+
+def _print_snapshot_table(snapshots: list[tuple[str, Snapshot]], history: History) -> None:
+    print(f"{'ID':<10}{'TIME':<27}{'FILES':>8}{'SIZE':>12}{'ADDED':>12}  {'ENDORSED':<9} PATHS")
     for snapshot_id, s in snapshots:
+        standing = history.status.get(snapshot_id, CONTRADICTS)
+        endorsed = "yes" if standing == ENDORSED else "no"
         print(
             f"{snapshot_id[:8]:<10}{s.time[:19].replace('T', ' ') + ' UTC':<27}{s.stats.files:>8}"
-            f"{human_bytes(s.stats.size):>12}{human_bytes(s.stats.added_size):>12}  {', '.join(s.paths)}"
+            f"{human_bytes(s.stats.size):>12}{human_bytes(s.stats.added_size):>12}  {endorsed:<9} "
+            f"{', '.join(s.paths)}{_MARKS.get(standing, '')}"
         )
+    unendorsed = sum(1 for _, status in history.status.items() if status not in (ENDORSED, CONTRADICTS))
     print(f"{len(snapshots)} snapshot(s)")
+    if unendorsed:
+        print(f"{unendorsed} written since the password was last used (endorsed now)")
 
 
 async def cmd_restore(args: argparse.Namespace) -> None:
     repo = await _open(args)
     bar = ProgressBar("restore")
     try:
+        _warn_config(repo)
         result = await restore(
             repo, args.snapshot, os.path.abspath(args.target), includes=args.include,
-            progress=bar if bar.enabled else None
+            progress=bar if bar.enabled else None, allow_unverified=args.allow_unverified,
+            keep_setid=args.keep_setid,
         )
+        bar.done()
+        await _endorse(repo)
     finally:
         bar.done()
         await repo.close()
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
     if args.json:
         print(
             json.dumps(
-                {"files": result.files, "dirs": result.dirs, "size": result.bytes, "errors": result.errors}
+                {"files": result.files, "dirs": result.dirs, "size": result.bytes, "errors": result.errors,
+                 "snapshot": result.snapshot_id, "endorsed": result.history == ENDORSED,
+                 "history": result.history}
             )
         )
     else:
@@ -149,6 +197,7 @@ async def cmd_check(args: argparse.Namespace) -> None:
     repo = await _open(args)
     try:
         result = await check(repo, read_data=args.read_data)
+        await _endorse(repo)
     finally:
         await repo.close()
     for note in result.notes:
@@ -157,6 +206,8 @@ async def cmd_check(args: argparse.Namespace) -> None:
         print(f"error: {error}", file=sys.stderr)
     read = f", {result.packs_read} packs read and verified" if args.read_data else ""
     print(f"{result.snapshots} snapshots, {result.packs} packs, {result.blobs} blobs{read}")
+    if result.snapshots:
+        print(f"{result.endorsed} of {result.snapshots} snapshots endorsed with the password")
     if result.errors:
         raise CommandError(f"the repository has {len(result.errors)} error(s)")
     print("no errors found")
@@ -165,7 +216,7 @@ async def cmd_check(args: argparse.Namespace) -> None:
 async def cmd_forget(args: argparse.Namespace) -> None:
     repo = await _open(args)
     try:
-        removed = await forget(repo, args.snapshots)
+        removed = await forget(repo, args.snapshots)  # endorses the history without them
     finally:
         await repo.close()
     for snapshot_id in removed:
@@ -176,7 +227,7 @@ async def cmd_forget(args: argparse.Namespace) -> None:
 async def cmd_prune(args: argparse.Namespace) -> None:
     repo = await _open(args)
     try:
-        result = await prune(repo)
+        result = await prune(repo)  # endorses the history it leaves
     finally:
         await repo.close()
     print(
@@ -192,6 +243,21 @@ async def cmd_passwd(args: argparse.Namespace) -> None:
             args.new_password_file, confirm=True, prompt="New password", env="TIMEVAULT_NEW_PASSWORD_FILE"
         )
         await repo.change_password(new_password)
+        await _endorse(repo)
     finally:
         await repo.close()
-    print("password changed (keys rewrapped; no data was rewritten)")
+    print("password changed (keys rewrapped with argon2id; no data was rewritten)")
+
+
+async def cmd_rebuild_index(args: argparse.Namespace) -> None:
+    repo = await _open(args)
+    try:
+        recovered, replaced, problems = await repo.rebuild_index()
+        await _endorse(repo)
+    finally:
+        await repo.close()
+    print(f"indexed {recovered} pack(s) from their own headers, replaced {replaced} damaged index file(s)")
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    if problems:
+        raise Incomplete(f"{len(problems)} pack(s) could not be indexed")

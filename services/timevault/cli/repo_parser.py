@@ -56,11 +56,26 @@ def register(subparsers: Subcommands) -> None:
         help="restore only this path of the snapshot (repeatable)",
     )
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--allow-unverified",
+        action="store_true",
+        help="restore a snapshot even if it contradicts the history endorsed with the password",
+    )
+    p.add_argument(
+        "--keep-setid",
+        action="store_true",
+        help="keep set-user-ID and set-group-ID bits (dropped by default)",
+    )
     p = add("check", "cmd_check", "verify the repository's structure (and all data with --read-data)")
     p.add_argument("--read-data", action="store_true", help="download, decrypt and verify every blob")
     p = add("forget", "cmd_forget", "remove snapshots (their data stays until prune)")
     p.add_argument("snapshots", nargs="+", metavar="SNAPSHOT")
     p = add("prune", "cmd_prune", "remove data that no snapshot needs")
+    add(
+        "rebuild-index",
+        "cmd_rebuild_index",
+        "index packs that no index file lists (damaged or lost index files), from the packs' own headers",
+    )
     p = add("passwd", "cmd_passwd", "change the password (rewraps keys, never rewrites data)")
     p.add_argument(
         "--new-password-file",

@@ -438,8 +438,12 @@ def cmd_restore(args: argparse.Namespace) -> None:
     gateway = Gateway.find(args.data_dir)
     plan_id = gateway.plan_id(args.name)
     password = get_password(args.password_file, prompt="Backup password")
-    job = gateway.call("POST", f"/plans/{_q(plan_id)}/snapshots/{_q(args.snapshot)}/restore",
-                       {"target": target, "includes": args.include or [], "password": password})
+    body = {"target": target, "includes": args.include or [], "password": password}
+    if args.allow_unverified:
+        body["allow_unverified"] = True
+    if args.keep_setid:
+        body["keep_setid"] = True
+    job = gateway.call("POST", f"/plans/{_q(plan_id)}/snapshots/{_q(args.snapshot)}/restore", body)
     if args.wait:
         _wait(gateway, job, args.json)
     elif args.json:
@@ -451,7 +455,10 @@ def cmd_restore(args: argparse.Namespace) -> None:
 async def cmd_up(args: argparse.Namespace) -> int:
     from timevault.cli.up import up
 
-    return await up(Path(args.data_dir or default_data_dir()), args.listen, args.nats)
+    if args.allow_private_endpoints:  # inherited by every service `up` starts
+        os.environ["TIMEVAULT_ALLOW_PRIVATE_ENDPOINTS"] = "1"
+    extra = {"restorer": [arg for root in args.restore_root for arg in ("--restore-root", os.path.abspath(root))]}
+    return await up(Path(args.data_dir or default_data_dir()), args.listen, args.nats, extra_args=extra)
 
 
 # --- registration ----------------------------------------------------------------------------
@@ -469,6 +476,11 @@ def register(subparsers: Subcommands) -> None:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--listen", default="127.0.0.1:7480", metavar="HOST:PORT", help="gateway address")
     p.add_argument("--nats", default=None, metavar="URL", help="use this NATS instead of a private nats-server")
+    p.add_argument("--restore-root", action="append", default=[], metavar="DIR",
+                   help="restores through the API may land only below DIR (repeatable; default: each plan's "
+                   "sources, <data-dir>/restores, the temporary folder, /mnt, /media, /srv, /home)")
+    p.add_argument("--allow-private-endpoints", action="store_true",
+                   help="let plans use S3 endpoints on loopback, link-local or private addresses")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_up)
 
@@ -547,5 +559,9 @@ def register(subparsers: Subcommands) -> None:
     restore.add_argument("--include", action="append", metavar="PATH")
     restore.add_argument("--password-file", metavar="F")
     restore.add_argument("--wait", action="store_true")
+    restore.add_argument("--allow-unverified", action="store_true",
+                         help="restore even a snapshot that contradicts the history endorsed with the password")
+    restore.add_argument("--keep-setid", action="store_true",
+                         help="keep set-user-ID and set-group-ID bits (dropped by default)")
     _common(restore)
     restore.set_defaults(func=cmd_restore)

@@ -1,4 +1,13 @@
-"""`check`: is the repository whole? Structure by default, every blob with `read_data`."""
+"""`check`: is the repository whole and its history authentic? Structure by default, every blob
+with `read_data`.
+
+Besides objects that are missing or damaged, `check` reports as errors: a `config` that is not
+authentic or holds values this version cannot use, snapshots whose names do not match their
+content (renamed, copied or rewritten), snapshots that contradict the endorsed history (put
+back after being forgotten, or written behind the password holder's back), forged endorsements,
+and lists of references that differ from what the snapshot's trees need (with the password:
+the write tier's lists are what the services prune by).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +19,7 @@ from dataclasses import dataclass, field
 from timevault.core import crypto
 from timevault.core.repository.blobs import CorruptBlob
 from timevault.core.repository.format import BlobType, Snapshot
+from timevault.core.repository.history import UNENDORSED, History
 from timevault.core.repository.index import Index, pack_object_name
 from timevault.core.repository.pack import CorruptPack, read_pack_header
 from timevault.core.repository.repo import Repository, RepositoryError
@@ -23,8 +33,64 @@ class CheckResult:
     blobs: int = 0
     trees_read: int = 0
     packs_read: int = 0
+    endorsed: int = 0
+    unendorsed: int = 0
     errors: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+
+
+class TreeWalk:
+    """Reads every tree of some snapshots once, remembering each tree's direct children, so
+    that what any one snapshot needs can then be computed without reading trees again."""
+
+    def __init__(self, repo: Repository, index: Index, errors: list[str]) -> None:
+        self.repo = repo
+        self.index = index
+        self.errors = errors
+        self.children: dict[bytes, tuple[list[bytes], list[bytes]]] = {}  # tree → (subtrees, data)
+
+    async def walk(self, tree_id: bytes, where: str) -> None:
+        stack = [(tree_id, where)]
+        while stack:
+            tree_id, where = stack.pop()
+            if tree_id in self.children:
+                continue
+            self.children[tree_id] = ([], [])
+            try:
+                tree = await self.repo.load_tree(tree_id)
+            except (CorruptBlob, StorageError) as exc:
+                self.errors.append(f"{where}: {exc}")
+                continue
+            subtrees, data = self.children[tree_id]
+            for node in tree.nodes:
+                path = f"{where}/{os.fsdecode(node.name)}"
+                if node.type == "dir" and node.subtree is not None:
+                    subtrees.append(node.subtree)
+                    stack.append((node.subtree, path))
+                for blob_id in node.content:
+                    data.append(blob_id)
+                    if blob_id not in self.index:
+                        self.errors.append(f"{path}: data blob {blob_id.hex()[:16]} is missing")
+
+    def needed(self, root: bytes) -> set[bytes]:
+        """Every blob (trees included) below `root`, from what `walk` read."""
+        found: set[bytes] = set()
+        stack = [root]
+        while stack:
+            tree_id = stack.pop()
+            if tree_id in found:
+                continue
+            found.add(tree_id)
+            subtrees, data = self.children.get(tree_id, ([], []))
+            found.update(data)
+            stack.extend(subtrees)
+        return found
+
+    def all_blobs(self) -> set[bytes]:
+        used = set(self.children)
+        for _, data in self.children.values():
+            used.update(data)
+        return used
 
 
 async def used_blobs(
@@ -34,37 +100,19 @@ async def used_blobs(
     snapshots: list[tuple[str, Snapshot]] | None = None,
 ) -> set[bytes]:
     """Every blob id that `snapshots` (default: every snapshot) need; trees walked once each."""
-    used: set[bytes] = set()
-
-    async def walk(tree_id: bytes, where: str) -> None:
-        if tree_id in used:
-            return
-        used.add(tree_id)
-        try:
-            tree = await repo.load_tree(tree_id)
-        except (CorruptBlob, StorageError) as exc:
-            errors.append(f"{where}: {exc}")
-            return
-        for node in tree.nodes:
-            path = f"{where}/{os.fsdecode(node.name)}"
-            if node.type == "dir" and node.subtree is not None:
-                await walk(node.subtree, path)
-            for blob_id in node.content:
-                used.add(blob_id)
-                if blob_id not in index:
-                    errors.append(f"{path}: data blob {blob_id.hex()[:16]} is missing")
-
     if snapshots is None:
-        snapshots = await repo.list_snapshots()
+        snapshots = await repo.list_snapshots(allow_unverified=True)
+    walk = TreeWalk(repo, index, errors)
     for snapshot_id, snapshot in snapshots:
-        await walk(snapshot.tree, f"snapshot {snapshot_id[:8]}:")
-    return used
+        await walk.walk(snapshot.tree, f"snapshot {snapshot_id[:8]}:")
+    return walk.all_blobs()
 
 
 async def check(
     repo: Repository, *, read_data: bool = False, progress: Callable[[int, int], None] | None = None
 ) -> CheckResult:
     result = CheckResult()
+    result.errors.extend(repo.config_problems)
     index = await Index.load(repo.storage, repo.write_keys.meta_key, result.errors)
     # Read trees through this index: loading it again would raise on the damage just reported.
     repo._index = index
@@ -82,28 +130,77 @@ async def check(
     if unindexed:
         result.notes.append(
             f"{len(unindexed)} pack(s) are not in the index (left by an interrupted "
-            "backup; prune removes them)"
+            "backup; prune removes them, `timevault repo rebuild-index` indexes them)"
         )
-    # One by one, so that a damaged snapshot is reported and the others are still checked.
-    snapshots: list[tuple[str, Snapshot]] = []
-    async for info in repo.storage.list("snapshots/"):
-        snapshot_id = info.name.removeprefix("snapshots/")
-        try:
-            snapshots.append((snapshot_id, await repo.load_snapshot(snapshot_id)))
-        except RepositoryError as exc:
-            result.errors.append(str(exc))
+    history, by_id = await repo.load_history(result.errors)
+    snapshots = sorted(by_id.items(), key=lambda item: (item[1].time, item[0]))
     result.snapshots = len(snapshots)
+    _report_history(history, result)
+    references = await _check_references(repo, index, snapshots, result)
     if not repo.can_read:
         result.notes.append("trees and data were not read: that needs the password")
         return result
     for snapshot_id, snapshot in snapshots:
         if snapshot.tree not in index:
             result.errors.append(f"snapshot {snapshot_id[:8]}: root tree is missing")
-    used = await used_blobs(repo, index, result.errors, snapshots)
+    walk = TreeWalk(repo, index, result.errors)
+    for snapshot_id, snapshot in snapshots:
+        await walk.walk(snapshot.tree, f"snapshot {snapshot_id[:8]}:")
+    for snapshot_id, snapshot in snapshots:
+        listed = references.get(snapshot_id)
+        if listed is None:
+            continue
+        needed = walk.needed(snapshot.tree)
+        if listed != needed:
+            result.errors.append(
+                f"snapshot {snapshot_id[:8]}: its list of references does not match its trees "
+                f"({len(needed - listed)} needed blob(s) not listed, {len(listed - needed)} listed blob(s) "
+                "not needed): prune by the services would go wrong"
+            )
+    used = walk.all_blobs()
     result.trees_read = len([b for b in used if b in index and index.blobs[b].type == BlobType.TREE])
     if read_data:
         await _read_all_packs(repo, index, result, progress)
     return result
+
+
+def _report_history(history: History, result: CheckResult) -> None:
+    result.errors.extend(history.problems)
+    for snapshot_id in history.contradicting():
+        result.errors.append(history.describe(snapshot_id))
+    result.notes.extend(history.notes)
+    result.endorsed = sum(1 for status in history.status.values() if status == "endorsed")
+    result.unendorsed = sum(1 for status in history.status.values() if status == UNENDORSED)
+    if result.unendorsed:
+        when = history.endorsement.time[:16].replace("T", " ") + " UTC" if history.endorsement else "never"
+        result.notes.append(
+            f"{result.unendorsed} snapshot(s) were written since the password was last used ({when}); "
+            "they are consistent with the endorsed history and are endorsed the next time the password is used"
+        )
+
+
+async def _check_references(
+    repo: Repository, index: Index, snapshots: list[tuple[str, Snapshot]], result: CheckResult
+) -> dict[str, set[bytes]]:
+    """Every snapshot's list of references must load and name only blobs the index has
+    (checkable with the write tier alone)."""
+    found: dict[str, set[bytes]] = {}
+    for snapshot_id, snapshot in snapshots:
+        try:
+            listed = await repo.snapshot_references(snapshot_id)
+        except (RepositoryError, StorageError) as exc:
+            result.errors.append(f"snapshot {snapshot_id[:8]}: {exc}")
+            continue
+        missing = [blob_id for blob_id in listed if blob_id not in index]
+        if missing:
+            result.errors.append(
+                f"snapshot {snapshot_id[:8]}: {len(missing)} referenced blob(s) are missing from the index, "
+                f"first {missing[0].hex()[:16]}"
+            )
+        if snapshot.tree not in listed:
+            result.errors.append(f"snapshot {snapshot_id[:8]}: its list of references lacks its root tree")
+        found[snapshot_id] = listed
+    return found
 
 
 async def _read_all_packs(
@@ -138,10 +235,12 @@ def _verify_pack(repo: Repository, index: Index, pack_id: str, data: bytes) -> l
         read_pack_header(repo.write_keys.meta_key, data)
     except CorruptPack as exc:
         errors.append(f"pack {pack_id[:12]}: {exc}")
-    for blob in index.packs[pack_id].blobs:
+    pack = index.packs[pack_id]
+    for blob in pack.blobs:
         payload = memoryview(data)[blob.offset : blob.offset + blob.length]
+        sealed = pack.keys[blob.key] if 0 <= blob.key < len(pack.keys) else b""
         try:
-            repo.decode_blob(blob.id, blob.type, payload)
+            repo.decode_blob(blob.id, blob.type, payload, sealed)
         except CorruptBlob as exc:
             errors.append(f"pack {pack_id[:12]}: {exc}")
     return errors

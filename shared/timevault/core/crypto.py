@@ -1,11 +1,16 @@
 """Cryptographic primitives of the repository format.
 
-- Password → key-encryption key with scrypt (parameters stored beside the wrapped keys).
+- Password → key-encryption key with argon2id (parameters stored beside the wrapped keys).
 - AES-256-GCM for every stored object, with a fresh random 96-bit nonce per message.
-- Keyed BLAKE3 for blob ids, so ids never reveal a plain hash of the content.
+- Keyed BLAKE3 for blob ids, so ids never reveal a plain hash of the content; BLAKE3's key
+  derivation mode for sub-keys (one purpose per key).
 - X25519 sealing for the write-only tier: the machine that backs up holds only the public
   key; each backup job picks a random data key and seals it to that public key, so reading
   data back needs the private key, which is stored only wrapped by the password.
+- Ed25519 signatures by the password holder (config, endorsements of the history): the
+  services hold only the verifying key, so they can check what the password holder signed
+  but never sign anything themselves.
+- Padmé padding of stored lengths, so an observer of the packs learns little of blob sizes.
 
 Authentication failure is a value (`Unauthenticated`), never a crash.
 """
@@ -57,8 +62,9 @@ _pycryptodome_binds_with_ctypes()
 from Crypto.Cipher import AES  # noqa: E402
 from Crypto.Hash import SHA256  # noqa: E402
 from Crypto.Protocol.DH import import_x25519_private_key, import_x25519_public_key, key_agreement  # noqa: E402
-from Crypto.Protocol.KDF import HKDF, scrypt  # noqa: E402
+from Crypto.Protocol.KDF import HKDF  # noqa: E402
 from Crypto.PublicKey import ECC  # noqa: E402
+from Crypto.Signature import eddsa  # noqa: E402
 
 # The same AES-256-GCM bytes either way. pycryptodome builds GCM's hash tables in Python for
 # every message (~110 µs holding the GIL); OpenSSL (via `cryptography`) takes ~3 µs. With
@@ -67,6 +73,9 @@ _OpenSSLGCM: type[AESGCM] | None
 _InvalidTag: type[Exception]
 try:
     from cryptography.exceptions import InvalidTag as _InvalidTag
+    from cryptography.hazmat.primitives.ciphers import Cipher as _OpenSSLCipher
+    from cryptography.hazmat.primitives.ciphers import algorithms as _openssl_algorithms
+    from cryptography.hazmat.primitives.ciphers import modes as _openssl_modes
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM as _OpenSSLGCM
 except ImportError:  # pragma: no cover - the pure pycryptodome path is tested explicitly
     _OpenSSLGCM = None
@@ -78,19 +87,80 @@ TAG_SIZE = 16
 AEAD_OVERHEAD = NONCE_SIZE + TAG_SIZE
 PUBLIC_KEY_SIZE = 32
 SEALED_KEY_SIZE = PUBLIC_KEY_SIZE + AEAD_OVERHEAD + KEY_SIZE
+SIGNATURE_SIZE = 64
+SALT_SIZE = 32
+
+# RFC 9106's second recommendation (64 MiB, 3 passes, 4 lanes): ~0.1 s here. The floor below
+# is what `wrap_keys` accepts for real key files; readers accept the bounds in `keys.py`.
+ARGON2_MIN_TIME_COST = 3
+ARGON2_MIN_MEMORY_KIB = 64 * 1024
 
 
 @dataclass(frozen=True)
-class ScryptParams:
-    """Cost parameters for deriving a key from a password."""
+class Argon2Params:
+    """argon2id cost parameters for deriving a key from a password.
 
-    n: int = 2**15
-    r: int = 8
-    p: int = 1
+    The defaults meet the format's floor (≥ 64 MiB, ≥ 3 passes). Only `weak_for_tests()` makes
+    cheaper ones, and says so in its name: test suites create hundreds of repositories.
+    """
+
+    time_cost: int = ARGON2_MIN_TIME_COST
+    memory_kib: int = ARGON2_MIN_MEMORY_KIB
+    parallelism: int = 4
+    test_only: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.test_only and (
+            self.time_cost < ARGON2_MIN_TIME_COST or self.memory_kib < ARGON2_MIN_MEMORY_KIB
+        ):
+            raise ValueError(
+                f"argon2id needs at least {ARGON2_MIN_MEMORY_KIB // 1024} MiB and "
+                f"{ARGON2_MIN_TIME_COST} passes"
+            )
+        if self.parallelism < 1 or self.memory_kib < 8 * self.parallelism or self.time_cost < 1:
+            raise ValueError("argon2id parameters out of range")
+
+    @classmethod
+    def weak_for_tests(cls) -> Argon2Params:
+        """Cheap parameters (64 KiB, 1 pass). For tests only: never for a real repository."""
+        return cls(time_cost=1, memory_kib=64, parallelism=1, test_only=True)
 
 
-def derive_key(password: str, salt: bytes, params: ScryptParams) -> bytes:
-    return scrypt(password.encode("utf-8"), salt, KEY_SIZE, N=params.n, r=params.r, p=params.p)
+def derive_key(password: str, salt: bytes, params: Argon2Params) -> bytes:
+    from argon2.low_level import Type, hash_secret_raw  # imported on use: ~10 ms of cffi set-up
+
+    return hash_secret_raw(
+        password.encode("utf-8"),
+        salt,
+        time_cost=params.time_cost,
+        memory_cost=params.memory_kib,
+        parallelism=params.parallelism,
+        hash_len=KEY_SIZE,
+        type=Type.ID,
+    )
+
+
+def subkey(key: bytes, purpose: str) -> bytes:
+    """A key for one purpose derived from `key` (BLAKE3 key derivation, a constant context)."""
+    return blake3.blake3(key, derive_key_context=f"timevault 2 {purpose}").digest()
+
+
+def keyed_hash(key: bytes, data: BytesLike) -> bytes:
+    """Keyed BLAKE3 (32 bytes): names that only key holders can compute or check."""
+    return blake3.blake3(data, key=key).digest()
+
+
+def padme(length: int) -> int:
+    """Padmé (Nikitin et al., PETS 2019): round `length` up so it leaks O(log log L) bits.
+
+    The overhead is at most 12 % (≈3 % around 1 MiB, less for larger lengths).
+    """
+    if length < 2:
+        return length
+    exponent = length.bit_length() - 1  # floor(log2 L)
+    low_bits = exponent - exponent.bit_length()  # exponent - (floor(log2 exponent) + 1)
+    mask = (1 << low_bits) - 1
+    return (length + mask) & ~mask
 
 
 def encrypt(key: bytes, plaintext: BytesLike, aad: bytes = b"") -> bytes:
@@ -136,6 +206,55 @@ def decrypt(key: bytes, message: BytesLike, aad: bytes = b"") -> bytes:
         return cipher.decrypt_and_verify(view[NONCE_SIZE:-TAG_SIZE], view[-TAG_SIZE:])
     except ValueError as exc:
         raise Unauthenticated("ciphertext failed authentication") from exc
+
+
+# Blobs above this size are encrypted in pieces (header, body, padding) straight into the output
+# buffer; smaller ones are first copied into one padded buffer, which is cheaper for them.
+_STREAM_ABOVE = 64 * 1024
+_ZEROS = bytes(256 * 1024)
+
+
+def encrypt_padded_into(
+    key: bytes, aad: bytes, header: bytes, body: BytesLike, out: memoryview
+) -> None:
+    """nonce ‖ AES-GCM(header ‖ body ‖ zeros) ‖ tag into `out`; zeros fill it to its length.
+
+    Equivalent to `encrypt_into` of the joined, zero-padded plaintext, without building it.
+    """
+    padding = len(out) - AEAD_OVERHEAD - len(header) - len(body)
+    if padding < 0:
+        raise ValueError("output buffer too small")
+    if len(body) <= _STREAM_ABOVE:
+        plaintext = bytearray(len(out) - AEAD_OVERHEAD)
+        plaintext[: len(header)] = header
+        plaintext[len(header) : len(header) + len(body)] = body
+        encrypt_into(key, plaintext, aad, out)
+        return
+    nonce = secrets.token_bytes(NONCE_SIZE)
+    out[:NONCE_SIZE] = nonce
+    pieces: list[BytesLike] = [header, body]
+    while padding:
+        step = min(padding, len(_ZEROS))
+        pieces.append(memoryview(_ZEROS)[:step])
+        padding -= step
+    position = NONCE_SIZE
+    if _OpenSSLGCM is not None:
+        encryptor = _OpenSSLCipher(_openssl_algorithms.AES(key), _openssl_modes.GCM(nonce)).encryptor()
+        if aad:
+            encryptor.authenticate_additional_data(aad)
+        for piece in pieces:
+            # update_into wants 15 bytes of slack past the piece: the tag's room provides it.
+            position += encryptor.update_into(piece, out[position:])
+        encryptor.finalize()
+        out[position:] = encryptor.tag
+        return
+    cipher = AES.new(key, AES.MODE_GCM, nonce=nonce)
+    if aad:
+        cipher.update(aad)
+    for piece in pieces:
+        cipher.encrypt(piece, output=out[position : position + len(piece)])
+        position += len(piece)
+    out[position:] = cipher.digest()
 
 
 def blob_id(id_key: bytes, data: BytesLike) -> bytes:
@@ -207,8 +326,8 @@ def open_sealed_key(private_seed: bytes, sealed: bytes) -> bytes:
 class SealingSession:
     """One random data key per backup job, sealed once to the repository's public key.
 
-    Every blob the job writes carries the sealed key in front of its ciphertext, so each
-    blob is self-contained and can be moved between packs (repacking) without decryption.
+    Blobs carry only nonce ‖ ciphertext ‖ tag; the sealed key travels beside them (in the pack
+    header and the index), once per pack, so blob boundaries inside a pack are not visible.
     """
 
     public_key: bytes
@@ -218,36 +337,51 @@ class SealingSession:
     def __post_init__(self) -> None:
         self.sealed = seal_key(self.public_key, self.data_key)
 
-    def seal(self, plaintext: BytesLike, aad: bytes, header: bytes = b"") -> bytearray:
-        """sealed key ‖ header ‖ nonce ‖ ciphertext ‖ tag, built in one buffer (no copies).
-
-        `header` is stored in clear; callers authenticate it by including it in `aad`.
-        """
-        prefix = self.sealed + header
-        out = bytearray(len(prefix) + AEAD_OVERHEAD + len(plaintext))
-        out[: len(prefix)] = prefix
-        encrypt_into(self.data_key, plaintext, aad, memoryview(out)[len(prefix) :])
-        return out
-
 
 class Unsealer:
-    """Opens blobs written by any `SealingSession`; caches each job's unsealed data key."""
+    """Opens data sealed by any `SealingSession`; caches each job's unsealed data key."""
 
     def __init__(self, private_seed: bytes) -> None:
         self._private_seed = private_seed
         self._keys: dict[bytes, bytes] = {}
         self._lock = Lock()
 
-    def open(self, message: BytesLike, aad: bytes, header_size: int = 0) -> bytes:
-        """Inverse of `SealingSession.seal`; the clear header is skipped (and covered by aad)."""
-        if len(message) < SEALED_KEY_SIZE + header_size + AEAD_OVERHEAD:
-            raise Unauthenticated("sealed blob too short")
-        view = memoryview(message)
-        sealed = bytes(view[:SEALED_KEY_SIZE])
+    def data_key(self, sealed: bytes) -> bytes:
         with self._lock:
             key = self._keys.get(sealed)
         if key is None:
             key = open_sealed_key(self._private_seed, sealed)
             with self._lock:
                 self._keys[sealed] = key
-        return decrypt(key, view[SEALED_KEY_SIZE + header_size :], aad)
+        return key
+
+    def open(self, sealed: bytes, message: BytesLike, aad: bytes) -> bytes:
+        """Decrypt `message` (nonce ‖ ciphertext ‖ tag) with the data key sealed in `sealed`."""
+        return decrypt(self.data_key(sealed), message, aad)
+
+
+# --- signatures (the password holder's) ---------------------------------------------------
+
+
+def new_signing_key() -> tuple[bytes, bytes]:
+    """Return (private seed, public key), both 32 raw bytes of an Ed25519 key."""
+    private = ECC.generate(curve="ed25519")
+    return private.seed, private.public_key().export_key(format="raw")
+
+
+def sign(private_seed: bytes, message: bytes) -> bytes:
+    key = ECC.construct(curve="ed25519", seed=private_seed)
+    return eddsa.new(key, "rfc8032").sign(message)  # type: ignore[no-any-return]
+
+
+def verify_signature(public_key: bytes, message: bytes, signature: bytes) -> bool:
+    try:
+        key = eddsa.import_public_key(public_key)
+        eddsa.new(key, "rfc8032").verify(message, signature)
+    except (ValueError, TypeError):
+        return False
+    return True
+
+
+def verifying_key_of(private_seed: bytes) -> bytes:
+    return ECC.construct(curve="ed25519", seed=private_seed).public_key().export_key(format="raw")  # type: ignore[no-any-return]

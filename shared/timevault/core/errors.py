@@ -11,7 +11,10 @@ from the module that raises them (`timevault.core.repository`, `timevault.core.s
     │   │   └── RepositoryNotFound   ... because there is none: no config at the location
     │   ├── RepositoryLocked         another process holds a conflicting lock
     │   ├── ReadAccessRequired       the operation needs the password, not just the write keys
+    │   ├── ConfigError              config is not authentic, or holds values this version cannot use
+    │   ├── HistoryError             a snapshot contradicts the history endorsed with the password
     │   ├── BackupError, RestoreError
+    │   │                └── TargetError    the restore target is not allowed, or unsafe to reach
     ├── WrongPassword                no key of the repository opens with the password
     ├── WeakPassword                 a new password breaks the rules (also a ValueError)
     ├── DamagedData                  stored bytes fail authentication or do not decode
@@ -20,6 +23,7 @@ from the module that raises them (`timevault.core.repository`, `timevault.core.s
     ├── StorageError                 a storage operation failed
     │   ├── LocationNotFound         the location itself (folder, bucket) does not exist
     │   ├── ObjectNotFound           one object does not exist
+    │   ├── ObjectExists             a write-once put found the name taken
     │   ├── TransientStorageError    may succeed when tried again (throttling, 5xx, timeouts)
     │   └── InvalidObjectName, InvalidRange   a caller's mistake (also ValueErrors)
     ├── LocationError                the location string cannot be understood (also a ValueError)
@@ -60,12 +64,27 @@ class ReadAccessRequired(RepositoryError):
     """The operation reads backed-up data or trees: it needs the password, not the write keys."""
 
 
+class ConfigError(RepositoryError):
+    """`config` is not authentic (its signature fails), names an algorithm this version lacks, or
+    holds a value out of range: nothing writes with it."""
+
+
+class HistoryError(RepositoryError):
+    """A snapshot contradicts the history the password holder endorsed (see
+    `timevault.core.repository.history`): refused unless the caller allows unverified ones."""
+
+
 class BackupError(RepositoryError):
     """A backup cannot start or go on (e.g. a source does not exist)."""
 
 
 class RestoreError(RepositoryError):
     """A restore cannot start (e.g. no path matches --include, the target is a file)."""
+
+
+class TargetError(RestoreError):
+    """The restore target is not allowed (outside the restore roots, in a dot-folder), or the way
+    to it is not safe (a symlink planted on it)."""
 
 
 # --- passwords ---------------------------------------------------------------------------------
@@ -115,6 +134,10 @@ class LocationNotFound(StorageError):
 
 class ObjectNotFound(StorageError):
     """The named object does not exist."""
+
+
+class ObjectExists(StorageError):
+    """A write-once put found an object of that name already there (it was not replaced)."""
 
 
 class InvalidObjectName(StorageError, ValueError):

@@ -11,6 +11,8 @@ refuses to start while a backup runs). Within prune the order keeps every step c
 4. delete packs that are no longer referenced.
 
 A crash before 2 leaves extra packs (removed by the next prune); after 2 only garbage.
+Last, lists of references (`references/`) that no remaining snapshot names, directly or as the
+base of its delta, are removed.
 """
 
 from __future__ import annotations
@@ -38,12 +40,29 @@ async def forget(repo: Repository, refs: list[str]) -> list[str]:
     ids = [await repo.resolve_snapshot(ref) for ref in refs]
     for snapshot_id in dict.fromkeys(ids):
         await repo.storage.delete(f"snapshots/{snapshot_id}")
+    if repo.can_endorse:
+        # Endorse the history without them: put back later, they contradict it.
+        await repo.endorse()
     return list(dict.fromkeys(ids))
+
+
+async def _drop_unused_references(repo: Repository) -> None:
+    keep: set[str] = set()
+    for _, snapshot in await repo.list_snapshots(allow_unverified=True):
+        if snapshot.references:
+            keep.add(snapshot.references)
+            base = await repo.references_base(snapshot.references)
+            if base is not None:
+                keep.add(base)
+    async for info in repo.storage.list("references/"):
+        if info.name.removeprefix("references/") not in keep:
+            await repo.storage.delete(info.name)
 
 
 async def prune(repo: Repository) -> PruneResult:
     if not repo.can_read:
         raise ReadAccessRequired("prune needs the password: it must read which data snapshots use")
+    repo.require_valid_config()
     result = PruneResult()
     async with repo.lock(exclusive=True):
         index = await repo.index(reload=True)
@@ -67,7 +86,8 @@ async def prune(repo: Repository) -> PruneResult:
             for blob in pack.blobs:
                 if blob.id in used and index.blobs[blob.id].pack == pack.id:
                     payload = await repo.storage.get(pack_object_name(pack.id), blob.offset, blob.length)
-                    await packer.add(EncodedBlob(blob.id, blob.type, blob.raw_length, payload))
+                    sealed = pack.keys[blob.key]  # blobs move with their own data key: never re-encrypted
+                    await packer.add(EncodedBlob(blob.id, blob.type, blob.raw_length, payload, sealed))
         new_packs = await packer.flush()
         stored = {info.name.rsplit("/", 1)[-1]: info.size async for info in repo.storage.list("data/")}
         orphans = [
@@ -85,9 +105,11 @@ async def prune(repo: Repository) -> PruneResult:
         for pack_id in orphans:
             await repo.storage.delete(pack_object_name(pack_id))
             result.bytes_freed += stored[pack_id]
+        await _drop_unused_references(repo)
         result.bytes_freed -= sum(p.size for p in new_packs)
         result.packs_deleted = len(drop) + len(orphans)
         result.packs_repacked = len(repack)
         result.blobs_removed = sum(len(p.blobs) for p in drop + repack) - sum(len(p.blobs) for p in new_packs)
     await repo.index(reload=True)
+    await repo.endorse()
     return result

@@ -6,6 +6,13 @@ blob is verified (AEAD tag and id). Names from the repository are checked before
 hostile repository cannot write outside the target (no '/', '..', duplicates, or writing
 through a symlink — files are created with O_EXCL|O_NOFOLLOW in folders we just made).
 A damaged blob fails only the files that need it; the rest still restore.
+
+The way to the target is walked from a trusted starting folder one component at a time
+with ``O_NOFOLLOW`` (openat-style, `target.py`), and from then on everything happens relative
+to open folder descriptors, so a symlink planted on the way cannot redirect the restore.
+Set-user-ID and set-group-ID bits are dropped unless the caller asks to keep them: a restore
+must not hand out privileges that a (possibly forged) snapshot claims. The snapshot must not
+contradict the history the password holder endorsed (`history.py`) unless allowed.
 """
 
 from __future__ import annotations
@@ -23,14 +30,21 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from timevault.core.archiver.archiver import ByteBudget, Progress
-from timevault.core.errors import RestoreCanceled, RestoreError
+from timevault.core.errors import HistoryError, RestoreCanceled, RestoreError
 from timevault.core.repository.blobs import CorruptBlob
 from timevault.core.repository.format import BlobType, Node
+from timevault.core.repository.history import CONTRADICTS, ENDORSED
 from timevault.core.repository.index import BlobLocation, pack_object_name
 from timevault.core.repository.repo import Repository
+from timevault.core.restore_target import TargetError, check_under_roots, fd_path, merge_into, open_parent
 from timevault.core.storage import StorageError
 
 PARALLEL_PACKS = 4
+# A hostile snapshot can make a small repository describe a huge tree (one subtree listed
+# twice per level doubles the tree at every level): the planner stops at these.
+MAX_DEPTH = 256
+MAX_ITEMS = 5_000_000
+SETID_BITS = stat.S_ISUID | stat.S_ISGID
 DECODE_GROUP_BYTES = 4 * 1024 * 1024
 DECODED_BYTES = 32 * 1024 * 1024
 # Planning reads every tree of the snapshot. Tree packs hold only trees, and one backup's trees
@@ -44,6 +58,9 @@ class RestoreResult:
     dirs: int = 0
     bytes: int = 0
     errors: list[str] = field(default_factory=list)
+    snapshot_id: str = ""
+    history: str = ""  # the snapshot's standing: endorsed | unendorsed | contradicts
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -64,16 +81,22 @@ class _Creator:
     uid: int
     gid: int
     umask: int | None  # None when unknown: then modes are always set explicitly
+    keep_setid: bool = False
 
     @classmethod
-    def current(cls) -> _Creator:
+    def current(cls, keep_setid: bool = False) -> _Creator:
         umask = None
         with contextlib.suppress(OSError, ValueError):
             with open("/proc/self/status", encoding="ascii", errors="replace") as status:
                 for line in status:
                     if line.startswith("Umask:"):
                         umask = int(line.split()[1], 8)
-        return cls(os.geteuid(), os.getegid(), umask)
+        return cls(os.geteuid(), os.getegid(), umask, keep_setid)
+
+    def mode_of(self, node: Node) -> int:
+        """The permission bits to restore: set-id bits only when asked for."""
+        mode = stat.S_IMODE(node.mode)
+        return mode if self.keep_setid else mode & ~SETID_BITS
 
     def creation_mode(self, node: Node) -> int:
         """The mode to create a file with: its own when the owner may write it (later blobs reopen
@@ -88,7 +111,7 @@ class _Creator:
             with contextlib.suppress(OSError):
                 os.fchown(fd, node.uid, node.gid)  # before chmod: chown clears set-id bits
                 chowned = True
-        wanted = stat.S_IMODE(node.mode)
+        wanted = self.mode_of(node)
         if chowned or self.umask is None or self.creation_mode(node) & ~self.umask != wanted:
             with contextlib.suppress(OSError):
                 os.fchmod(fd, wanted)
@@ -151,9 +174,19 @@ def _wanted(parts: tuple[bytes, ...], includes: list[tuple[bytes, ...]]) -> tupl
 
 class Restorer:
     def __init__(
-        self, repo: Repository, progress: Callable[[Progress], None] | None, cancel: asyncio.Event | None
+        self,
+        repo: Repository,
+        progress: Callable[[Progress], None] | None,
+        cancel: asyncio.Event | None,
+        *,
+        keep_setid: bool = False,
+        max_depth: int = MAX_DEPTH,
+        max_items: int = MAX_ITEMS,
     ) -> None:
         self.repo = repo
+        self.keep_setid = keep_setid
+        self.max_depth = max_depth
+        self.max_items = max_items
         self.result = RestoreResult()
         self.progress = Progress(started=time.monotonic())
         self._on_progress = progress
@@ -167,7 +200,13 @@ class Restorer:
         items: list[_Item] = []
 
         async def visit(tree_id: bytes, parents: tuple[bytes, ...], prefix: str) -> None:
+            if len(parents) >= self.max_depth:
+                raise RestoreError(
+                    f"the snapshot's folders nest deeper than {self.max_depth} levels at {prefix!r}; refusing it"
+                )
             tree = await self.repo.load_tree(tree_id)
+            if len(items) + len(tree.nodes) > self.max_items:
+                raise RestoreError(f"the snapshot holds more than {self.max_items} entries; refusing to plan it")
             seen: set[bytes] = set()
             for node in tree.nodes:
                 if not _safe_name(node.name) or node.name in seen:
@@ -195,7 +234,7 @@ class Restorer:
             self._on_progress(self.progress)
 
     async def run(self, items: list[_Item], root: str) -> None:
-        creator = _Creator.current()
+        creator = _Creator.current(self.keep_setid)
         files = [
             _FileJob(item, os.path.join(root, item.relative), item.node.size, creator)  # names were checked
             for item in items
@@ -239,7 +278,7 @@ class Restorer:
         for item in sorted(items, key=lambda i: len(i.parts), reverse=True):
             if item.node.type == "file":
                 continue
-            _apply_metadata(os.path.join(root, item.relative), item.node)
+            _apply_metadata(os.path.join(root, item.relative), item.node, creator)
         self._report(force=True)
 
     def _create_entries(self, items: list[_Item], root: str, files: list[_FileJob]) -> None:
@@ -319,7 +358,7 @@ class Restorer:
             try:
                 if len(payload) != location.length:
                     raise CorruptBlob(f"pack {location.pack[:12]} is truncated")
-                decoded.append((self.repo.decode_blob(blob_id, BlobType.DATA, payload), targets))
+                decoded.append((self.repo.decode_blob(blob_id, BlobType.DATA, payload, location.sealed_key), targets))
             except CorruptBlob as exc:
                 for job, _ in targets:
                     job.error = job.error or str(exc)
@@ -376,7 +415,7 @@ def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
         offset += written
 
 
-def _apply_metadata(path: str, node: Node) -> None:
+def _apply_metadata(path: str, node: Node, creator: _Creator) -> None:
     if not os.path.lexists(path):
         return
     with contextlib.suppress(OSError):
@@ -384,30 +423,9 @@ def _apply_metadata(path: str, node: Node) -> None:
             os.lchown(path, node.uid, node.gid)
     if node.type != "symlink":
         with contextlib.suppress(OSError):
-            os.chmod(path, stat.S_IMODE(node.mode))
+            os.chmod(path, creator.mode_of(node))
     with contextlib.suppress(OSError, NotImplementedError):
         os.utime(path, ns=(node.mtime_ns, node.mtime_ns), follow_symlinks=False)
-
-
-def _merge_into(source: str, target: str, errors: list[str]) -> None:
-    """Move the restored tree into an existing target; folders merge, files are replaced."""
-    for name in os.listdir(source):
-        src, dst = os.path.join(source, name), os.path.join(target, name)
-        try:
-            dst_st = os.lstat(dst)
-        except FileNotFoundError:
-            os.rename(src, dst)
-            continue
-        src_is_dir = stat.S_ISDIR(os.lstat(src).st_mode)
-        dst_is_dir = stat.S_ISDIR(dst_st.st_mode)
-        if src_is_dir and dst_is_dir:
-            _merge_into(src, dst, errors)
-        elif not src_is_dir and not dst_is_dir:
-            os.replace(src, dst)
-        else:
-            errors.append(
-                f"{dst}: left as it was; the snapshot has a {'folder' if src_is_dir else 'file'} there"
-            )
 
 
 async def restore(
@@ -418,32 +436,76 @@ async def restore(
     includes: list[str] | None = None,
     progress: Callable[[Progress], None] | None = None,
     cancel: asyncio.Event | None = None,
+    allow_unverified: bool = False,
+    keep_setid: bool = False,
+    roots: list[str] | None = None,
+    max_depth: int = MAX_DEPTH,
+    max_items: int = MAX_ITEMS,
 ) -> RestoreResult:
-    """Restore a snapshot into `target` (created if missing). Returns counts and per-file errors."""
+    """Restore a snapshot into `target` (created if missing). Returns counts and per-file errors.
+
+    `roots`, when given, are the only folders a restore may land in (never in a dot-folder
+    below them); the services pass their configured restore roots, the command line none.
+    """
     if not os.path.isabs(target):
         raise RestoreError(f"restore target must be an absolute path: {target}")
     target = os.path.normpath(target)
+    try:
+        if roots is not None:
+            check_under_roots(target, roots)
+    except TargetError as exc:
+        raise RestoreError(str(exc)) from exc
     snapshot_id = await repo.resolve_snapshot(snapshot_ref)
     snapshot = await repo.load_snapshot(snapshot_id)
+    history = await repo.history()
+    standing = history.status.get(snapshot_id, CONTRADICTS)
+    if standing == CONTRADICTS and not allow_unverified:
+        raise HistoryError(
+            f"{history.describe(snapshot_id)}; refusing to restore it (pass --allow-unverified to restore it anyway)"
+        )
     parsed = _parse_includes(includes or [])
-    restorer = Restorer(repo, progress, cancel)
+    restorer = Restorer(repo, progress, cancel, keep_setid=keep_setid, max_depth=max_depth, max_items=max_items)
+    restorer.result.snapshot_id, restorer.result.history = snapshot_id, standing
+    if standing != ENDORSED:
+        restorer.result.notes.append(history.describe(snapshot_id))
+    # Damaged or missing index files cost nothing here: the index is completed from the packs'
+    # own headers (in memory; `timevault repo rebuild-index` writes it back).
+    index_notes = await repo.repair_index()
+    restorer.result.notes.extend(index_notes)
     items = await restorer.plan(snapshot.tree, parsed)
     # Folders on the way to an include are planned too; they alone are not a match.
     if parsed and not any(_wanted(item.parts, parsed)[0] for item in items):
         raise RestoreError("no path in the snapshot matches the --include patterns")
-    if os.path.lexists(target) and not os.path.isdir(target):
-        raise RestoreError(f"restore target {target} exists and is not a folder")
-    parent = os.path.dirname(target)
-    os.makedirs(parent, exist_ok=True)
-    temp = os.path.join(parent, f".{os.path.basename(target)}.restore-{secrets.token_hex(4)}")
-    os.mkdir(temp, 0o700)
     try:
-        await restorer.run(items, temp)
-        if os.path.lexists(target):
-            _merge_into(temp, target, restorer.result.errors)
+        parent_fd, name = open_parent(target, roots)
+    except TargetError as exc:
+        raise RestoreError(str(exc)) from exc
+    temp_name = f".{name}.restore-{secrets.token_hex(4)}"
+    temp_fd: int | None = None
+    try:
+        try:
+            existing = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            existing = None
+        if existing is not None and not stat.S_ISDIR(existing.st_mode):
+            raise RestoreError(f"restore target {target} exists and is not a folder")
+        os.mkdir(temp_name, 0o700, dir_fd=parent_fd)
+        temp_fd = os.open(temp_name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent_fd)
+        root = fd_path(temp_fd) or os.path.join(os.path.dirname(target), temp_name)
+        await restorer.run(items, root)
+        if existing is not None:
+            target_fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent_fd)
+            try:
+                merge_into(temp_fd, target_fd, target, restorer.result.errors)
+            finally:
+                os.close(target_fd)
         else:
-            os.rename(temp, target)
-            os.chmod(target, 0o755)
+            os.fchmod(temp_fd, 0o755)
+            os.rename(temp_name, name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
     finally:
-        shutil.rmtree(temp, ignore_errors=True)
+        if temp_fd is not None:
+            os.close(temp_fd)
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(temp_name, dir_fd=parent_fd)
+        os.close(parent_fd)
     return restorer.result

@@ -25,7 +25,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--pending-timeout", type=float, default=3600.0)
     p.add_argument("--delete-wait", type=float, default=60.0)
     p.add_argument("--reap-every", type=float, default=2.0)
-    p.add_argument("--kdf-n", type=int, default=None, help=argparse.SUPPRESS)  # tests: cheap scrypt
+    # Tests only: cheap key derivation for new repositories (--kdf-n N is the older spelling).
+    p.add_argument("--test-weak-kdf", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--kdf-n", type=int, default=None, help=argparse.SUPPRESS)
     return p
 
 
@@ -34,7 +36,8 @@ async def main(args: argparse.Namespace, nc: NATS, stack: contextlib.AsyncExitSt
     db = await CatalogDB.open(args.db or os.path.join(args.data_dir, "catalog.db"))
     stack.push_async_callback(db.close)
     options = CatalogOptions(job_timeout=args.job_timeout, pending_timeout=args.pending_timeout,
-                             delete_wait=args.delete_wait, reap_every=args.reap_every, kdf_n=args.kdf_n)
+                             delete_wait=args.delete_wait, reap_every=args.reap_every,
+                             test_weak_kdf=args.test_weak_kdf or args.kdf_n is not None)
     service = CatalogService(nc, db, options)
     await service.start()
     stack.push_async_callback(service.stop)

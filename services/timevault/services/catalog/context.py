@@ -38,8 +38,8 @@ class CatalogOptions:
     delete_wait: float = 60.0
     """How long plan delete waits for a running job to stop after cancel."""
     reap_every: float = 2.0
-    kdf_n: int | None = None
-    """Scrypt cost for new repositories (tests use a small one); None = the core's default."""
+    test_weak_kdf: bool = False
+    """Tests only: cheap key derivation for new repositories (the default is argon2id, 64 MiB)."""
 
 
 class Transaction:

@@ -205,6 +205,11 @@ class Jobs:
                   started_at=now, snapshot_id=req.snapshot, target=req.target, includes=req.includes,
                   worker=req.worker, attempt=1)
         await self.db.save_job(job, heartbeat=time.time())
+        if req.endorsed:  # the restorer signed the history with the password: mark what it covers
+            endorsed = set(req.endorsed)
+            for snap in await self.db.list_snapshots(row.id):
+                if snap.id in endorsed and not snap.endorsed:
+                    await self.db.save_snapshot(row.id, msgspec.structs.replace(snap, endorsed=True))
         await tx.event(row.id, "job", f"restore {job.id} of snapshot {req.snapshot[:12]} started", job.id)
         tx.publish(subjects.job_event(job.id), JobEvent(job=job))
         return job

@@ -66,7 +66,7 @@ class Plans:
         req = validate_create(req)
         url = location_url(req.location)
         await self._check_new(req.name, url)
-        write_keys = await repo_ops.init_repository(url, req.password, self.catalog.options.kdf_n)
+        write_keys = await repo_ops.init_repository(url, req.password, self.catalog.options.test_weak_kdf)
         now = utcnow()
         row = PlanRow(id=new_id("p"), name=req.name, sources=req.sources, schedule=req.schedule,
                       location=req.location, write_keys=write_keys, paused=False, deleting=False,
@@ -86,7 +86,7 @@ class Plans:
         location = validate_location(req.location, sources)
         url = location_url(location)
         await self._check_new(name, url)
-        write_keys, snapshots, chunks = await repo_ops.read_repository(url, req.password)
+        write_keys, snapshots, chunks, endorsed = await repo_ops.read_repository(url, req.password)
         if not sources:
             sources = snapshots[-1][1].paths if snapshots else []
         if not sources:
@@ -99,7 +99,8 @@ class Plans:
         async with self.catalog.transaction() as tx:
             await self._insert(row)
             for snapshot_id, snap in snapshots:
-                await self.db.save_snapshot(row.id, repo_ops.snapshot_info(snapshot_id, snap, row.id))
+                await self.db.save_snapshot(row.id, repo_ops.snapshot_info(snapshot_id, snap, row.id,
+                                                                            endorsed=snapshot_id in endorsed))
             await self.db.add_chunks(row.id, chunks)
             await tx.event(row.id, "attached", f"attached with {len(snapshots)} snapshots")
         return await self.get(PlanRef(plan=row.id))

@@ -24,18 +24,19 @@ ChunkRow = tuple[bytes, str, int]
 """A blob in the chunk index: id, pack, length."""
 
 
-async def init_repository(url: str, password: str, kdf_n: int | None) -> bytes:
-    """Create a repository at `url`; return its write keys."""
+async def init_repository(url: str, password: str, test_weak_kdf: bool = False) -> bytes:
+    """Create a repository at `url` (its first endorsement included); return its write keys."""
     from timevault.core import crypto
     from timevault.core.repository import Repository, RepositoryError, WeakPassword
-    from timevault.core.storage import StorageError, open_location
+    from timevault.core.storage import StorageError
+    from timevault.services.common.locations import open_service_location
 
     try:
-        storage = open_location(url)
+        storage = open_service_location(url)
     except ValueError as exc:
         raise ServiceError("invalid", str(exc), "location") from exc
     try:
-        kdf = crypto.ScryptParams(n=kdf_n) if kdf_n else None
+        kdf = crypto.Argon2Params.weak_for_tests() if test_weak_kdf else None
         repo = await Repository.init(storage, password, kdf=kdf)
         try:
             return repo.export_write_keys()
@@ -51,13 +52,20 @@ async def init_repository(url: str, password: str, kdf_n: int | None) -> bytes:
         raise ServiceError("unavailable", f"cannot write to the location: {exc}", "location") from exc
 
 
-async def read_repository(url: str, password: str) -> tuple[bytes, list[tuple[str, Snapshot]], list[ChunkRow]]:
-    """Open with the password; return write keys, snapshots (oldest first) and the blob index."""
+async def read_repository(
+    url: str, password: str
+) -> tuple[bytes, list[tuple[str, Snapshot]], list[ChunkRow], set[str]]:
+    """Open with the password and endorse its history; return write keys, snapshots (oldest
+    first), the blob index and the ids of the endorsed snapshots."""
     from timevault.core.repository import RepositoryError, WrongPassword
     from timevault.core.repository.repo import Repository
-    from timevault.core.storage import StorageError, open_location
+    from timevault.core.storage import StorageError
+    from timevault.services.common.locations import open_service_location
 
-    storage = open_location(url)
+    try:
+        storage = open_service_location(url)
+    except ValueError as exc:
+        raise ServiceError("invalid", str(exc), "location") from exc
     try:
         repo = await Repository.open(storage, password)
     except WrongPassword as exc:
@@ -70,20 +78,27 @@ async def read_repository(url: str, password: str) -> tuple[bytes, list[tuple[st
         await storage.close()
         raise ServiceError("unavailable", f"cannot read the location: {exc}", "location") from exc
     try:
-        snapshots = await repo.list_snapshots()
+        # Snapshots that contradict the endorsed history are left out (check reports them).
+        snapshots = await repo.list_snapshots(damaged=[])
+        await repo.endorse()  # the password is here: vouch for the history as it is
+        history = await repo.history()
         index = await repo.index()
         chunks = [(blob_id, loc.pack, loc.length) for blob_id, loc in index.blobs.items()]
-        return repo.export_write_keys(), snapshots, chunks
+        endorsed = {snapshot_id for snapshot_id, _ in snapshots if history.endorsed(snapshot_id)}
+        return repo.export_write_keys(), snapshots, chunks, endorsed
+    except (RepositoryError, StorageError) as exc:
+        raise ServiceError("unavailable", f"cannot read the repository: {exc}", "location") from exc
     finally:
         await repo.close()
 
 
-def snapshot_info(snapshot_id: str, snap: Snapshot, plan_id: str) -> SnapshotInfo:
+def snapshot_info(snapshot_id: str, snap: Snapshot, plan_id: str, *, endorsed: bool = False) -> SnapshotInfo:
     """A catalog row from a repository snapshot manifest."""
     stats = snap.stats
     return SnapshotInfo(id=snapshot_id, started_at=datetime.fromisoformat(snap.time),
                         finished_at=datetime.fromisoformat(snap.finished), size=stats.size,
-                        added_size=stats.added_size, files=stats.files, status="completed", plan_id=plan_id)
+                        added_size=stats.added_size, files=stats.files, status="completed", plan_id=plan_id,
+                        endorsed=endorsed)
 
 
 async def delete_repository(url: str) -> int:

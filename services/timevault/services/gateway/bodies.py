@@ -29,6 +29,10 @@ class RestoreBody(msgspec.Struct, kw_only=True):
     """The plan's backup password, used for this restore only."""
     includes: list[str] = msgspec.field(default_factory=list)
     """Paths inside the snapshot to restore (empty = everything)."""
+    allow_unverified: bool = False
+    """Restore even a snapshot that contradicts the history endorsed with the password."""
+    keep_setid: bool = False
+    """Keep set-user-ID and set-group-ID bits (dropped by default)."""
 
 
 class PayloadTooLarge(ServiceError):

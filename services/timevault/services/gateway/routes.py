@@ -185,7 +185,8 @@ async def restore_snapshot(request: web.Request) -> web.Response:
     if any(not isinstance(p, str) or not p.strip() or "\x00" in p for p in req.includes):
         raise invalid("paths to restore must be non-empty", "includes")
     start = RestoreRequest(plan=plan, snapshot=snapshot, target=target, password=req.password,
-                           includes=req.includes)
+                           includes=req.includes, allow_unverified=req.allow_unverified,
+                           keep_setid=req.keep_setid)
     job = await call(request, subjects.RESTORE_START, start, Job, SLOW)
     return reply(job, 202, {"Location": f"/api/v1/jobs/{job.id}"})
 

@@ -3,6 +3,12 @@
 The request comes by core NATS request/reply and is never persisted, so the password exists
 only in this process's memory while its job runs. The password is checked (the repository is
 opened) before the job is created, so a wrong password is a clear error reply, not a failed job.
+
+Before the job starts, the target must lie under a restore root (``--restore-root``, else the
+plan's source folders, the data folder's ``restores/``, the temporary folder, /mnt, /media,
+/srv and /home) and outside dot-folders, and the snapshot must not contradict the endorsed
+history (unless ``allow_unverified``). With the password at hand, the restorer then endorses
+the repository's history and tells the catalog which snapshots that covers.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from nats.aio.client import Client as NATS
 from timevault.proto import subjects
 from timevault.proto.errors import ServiceError, invalid
 from timevault.proto.jobs import Job, JobCreate, RestoreRequest
-from timevault.proto.plans import PlanRef, PlanSecrets, SnapshotInfo, SnapshotRef
+from timevault.proto.plans import PlanDetail, PlanRef, PlanSecrets, SnapshotInfo, SnapshotRef
 from timevault.services.common import rpc
 from timevault.services.common.jobs import JobContext
 from timevault.services.common.util import instance_id
@@ -31,9 +37,12 @@ log = logging.getLogger(__name__)
 
 
 class RestorerService:
-    def __init__(self, nc: NATS, *, instance: str | None = None) -> None:
+    def __init__(self, nc: NATS, *, instance: str | None = None, roots: list[str] | None = None,
+                 data_dir: str | None = None) -> None:
         self.nc = nc
         self.instance = instance or instance_id("restorer")
+        self.roots = [os.path.abspath(root) for root in roots] if roots else None
+        self.data_dir = data_dir
         self.tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
@@ -54,16 +63,27 @@ class RestorerService:
             WrongPassword,
         )
         from timevault.core.repository import Repository
-        from timevault.core.storage import open_location
+        from timevault.core.repository.history import CONTRADICTS
+        from timevault.core.restore_target import TargetError, check_under_roots, default_roots
+        from timevault.services.common.locations import open_service_location
 
-        if not req.target or not os.path.isabs(req.target):
+        if not req.target or not os.path.isabs(req.target) or "\x00" in req.target:
             raise invalid("target must be an absolute folder path", "target")
         if not req.password:
             raise invalid("the password is required", "password")
         snap = await rpc.request(self.nc, subjects.SNAPSHOT_GET, SnapshotRef(plan=req.plan, snapshot=req.snapshot),
                                  SnapshotInfo)
+        plan = await rpc.request(self.nc, subjects.PLAN_GET, PlanRef(plan=req.plan), PlanDetail)
+        roots = self.roots or default_roots(plan.sources, self.data_dir)
+        try:
+            check_under_roots(req.target, roots)
+        except TargetError as exc:
+            raise invalid(str(exc), "target") from exc
         secrets = await rpc.request(self.nc, subjects.PLAN_SECRETS, PlanRef(plan=req.plan), PlanSecrets)
-        storage = open_location(secrets.location)
+        try:
+            storage = open_service_location(secrets.location)
+        except ValueError as exc:
+            raise ServiceError("unavailable", f"cannot open the repository: {exc}", "location") from exc
         try:
             repo = await Repository.open(storage, req.password)
         except WrongPassword as exc:
@@ -76,18 +96,30 @@ class RestorerService:
             await storage.close()
             raise ServiceError("unavailable", f"cannot open the repository: {exc}", "location") from exc
         try:
+            # The snapshot's standing before this endorsement: a contradicting one is refused here,
+            # as a clear reply, not as a failed job.
+            history = await repo.history()
+            if history.status.get(snap.id, CONTRADICTS) == CONTRADICTS and not req.allow_unverified:
+                raise ServiceError("conflict", f"{history.describe(snap.id)}; pass allow_unverified to restore "
+                                   "it anyway", "snapshot")
+            await repo.endorse()
+            endorsed = [snapshot_id for snapshot_id, status in (await repo.history()).status.items()
+                        if status == "endorsed"]
             job = await rpc.request(self.nc, subjects.JOB_CREATE, JobCreate(
                 plan=secrets.plan_id, kind="restore", snapshot=snap.id, target=os.path.normpath(req.target),
-                includes=req.includes, worker=self.instance), Job)
+                includes=req.includes, worker=self.instance, endorsed=endorsed), Job)
+        except (RepositoryError, StorageError) as exc:
+            await repo.close()
+            raise ServiceError("unavailable", f"cannot read the repository: {exc}", "location") from exc
         except BaseException:
             await repo.close()
             raise
-        task = asyncio.create_task(self._run(job, repo))
+        task = asyncio.create_task(self._run(job, repo, roots, req))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         return job
 
-    async def _run(self, job: Job, repo: Repository) -> None:
+    async def _run(self, job: Job, repo: Repository, roots: list[str], req: RestoreRequest) -> None:
         from timevault.core.restorer import RestoreCanceled, restore
 
         async with JobContext(self.nc, job, self.instance) as ctx:
@@ -97,7 +129,9 @@ class RestorerService:
                                files_total=p.files_total, bytes_total=p.bytes_total)
 
                 result = await restore(repo, job.snapshot_id or "", job.target or "",
-                                       includes=job.includes, progress=progress, cancel=ctx.cancel)
+                                       includes=job.includes, progress=progress, cancel=ctx.cancel,
+                                       allow_unverified=req.allow_unverified, keep_setid=req.keep_setid,
+                                       roots=roots)
             except (RestoreCanceled, asyncio.CancelledError):
                 await ctx.finish("canceled", "canceled")
                 return

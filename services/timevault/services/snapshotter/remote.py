@@ -102,6 +102,7 @@ class UploadSink:
         self.max_requests = max(1, max_requests)
         self.batch_bytes_limit = batch_bytes
         self.session: str | None = None
+        self.sealed_key: bytes | None = None  # the job's sealed data key, from its first blob
         self.seq = 0
         # seq → blob, in send order (an OrderedDict: confirming pops from the front, O(1)).
         self.unconfirmed: OrderedDict[int, EncodedBlob] = OrderedDict()
@@ -123,6 +124,10 @@ class UploadSink:
 
     async def add(self, blob: EncodedBlob) -> None:
         async with self._lock:
+            if self.sealed_key is None:
+                self.sealed_key = blob.sealed_key
+            elif blob.sealed_key != self.sealed_key:
+                raise ServiceError("internal", "one upload session carries the blobs of one data key")
             size = len(blob.payload)
             if self.unconfirmed and self.unconfirmed_bytes + size > self.max_in_flight:
                 started = time.monotonic()
@@ -168,7 +173,9 @@ class UploadSink:
 
     async def _open(self) -> None:
         self._abandon_requests()
-        opened = await rpc.request(self.nc, subjects.UPLOAD_OPEN, UploadOpen(job_id=self.job_id, plan_id=self.plan_id),
+        opened = await rpc.request(self.nc, subjects.UPLOAD_OPEN,
+                                   UploadOpen(job_id=self.job_id, plan_id=self.plan_id,
+                                              sealed_key=self.sealed_key or b""),
                                    UploadOpened, timeout=self.request_timeout)
         self.session = opened.session_id
         # A fresh uploader knows nothing: resend what the old one had not made durable.

@@ -124,7 +124,7 @@ class Snapshotter:
     async def run_job(self, job: Job, msg: Msg | None = None) -> None:
         from timevault.core.archiver import BackupCanceled, Progress, backup
         from timevault.core.repository import Repository
-        from timevault.core.storage import open_location
+        from timevault.services.common.locations import open_service_location
 
         async def keep_alive() -> None:
             if msg is not None:
@@ -136,7 +136,8 @@ class Snapshotter:
             try:
                 plan = await rpc.request(self.nc, subjects.PLAN_GET, PlanRef(plan=job.plan_id), PlanDetail)
                 secrets = await rpc.request(self.nc, subjects.PLAN_SECRETS, PlanRef(plan=job.plan_id), PlanSecrets)
-                repo = await Repository.open_write_only(open_location(secrets.location), secrets.write_keys)
+                repo = await Repository.open_write_only(open_service_location(secrets.location),
+                                                        secrets.write_keys)
                 try:
                     sink = UploadSink(self.nc, job.id, job.plan_id, max_in_flight=self.max_in_flight)
 

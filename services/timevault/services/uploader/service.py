@@ -64,16 +64,21 @@ class _Parts:
 
 class Session:
     def __init__(self, service: UploaderService, session_id: str, req: UploadOpen, secrets: PlanSecrets) -> None:
+        from timevault.core.crypto import SEALED_KEY_SIZE
         from timevault.core.repository.format import BlobType
         from timevault.core.repository.keys import decode_write_keys
         from timevault.core.repository.pack import Packer
-        from timevault.core.storage import open_location
+        from timevault.services.common.locations import open_service_location
 
+        if len(req.sealed_key) != SEALED_KEY_SIZE:
+            raise ServiceError("invalid", "an upload session needs the job's sealed data key", "sealed_key")
         self.service = service
         self.id = session_id
         self.job_id = req.job_id
         self.plan_id = req.plan_id
-        self.storage = open_location(secrets.location)
+        # Every blob of the job is encrypted with this one key; packs carry it once in their header.
+        self.sealed_key = req.sealed_key
+        self.storage = open_service_location(secrets.location)
         keys = decode_write_keys(secrets.write_keys)
 
         async def written(entry: IndexPack) -> None:
@@ -149,7 +154,7 @@ class Session:
             self.pending_order.append(seq)
         self.pending[seq] = frame.id
         self.seqs_of.setdefault(frame.id, set()).add(seq)
-        await self.packer.add(EncodedBlob(frame.id, blob_type, frame.raw_length, data))
+        await self.packer.add(EncodedBlob(frame.id, blob_type, frame.raw_length, data, self.sealed_key))
 
     async def flush(self, req: UploadFlush) -> UploadAck:
         self.touched = time.monotonic()

@@ -14,6 +14,7 @@ after the sink confirmed every blob, so a crash never exposes a snapshot with mi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import time
@@ -40,7 +41,7 @@ from timevault.core.archiver.walk import (
 )
 from timevault.core.buffers import BytesLike
 from timevault.core.chunker import trim_segments
-from timevault.core.errors import BackupCanceled, BackupError
+from timevault.core.errors import BackupCanceled, BackupError, RepositoryError
 from timevault.core.repository import blobs
 from timevault.core.repository.blobs import EncodedBlob
 from timevault.core.repository.format import BlobType, IndexPack, Node, Snapshot, SnapshotStats, Tree
@@ -172,6 +173,8 @@ class Archiver:
         self.failure: BaseException | None = None
         self.stats = SnapshotStats()
         self.warnings: list[str] = []
+        # Every blob the snapshot needs (data and trees), for its list of references.
+        self.referenced: set[bytes] = set()
         self.progress = Progress(started=time.monotonic())
         self._on_progress = progress
         self._cancel = cancel
@@ -242,6 +245,7 @@ class Archiver:
     async def _store_tree(self, nodes: list[Node]) -> bytes:
         data = _tree_encoder.encode(Tree(nodes))
         tree_id = crypto.blob_id(self.id_key, data)
+        self.referenced.add(tree_id)
         await self._store_new([(tree_id, data)], BlobType.TREE)
         return tree_id
 
@@ -344,6 +348,7 @@ class Archiver:
         return self._counted(entry, previous)
 
     def _counted(self, entry: Entry, node: Node) -> Node:
+        self.referenced.update(node.content)
         self.stats.files += 1
         self.stats.size += node.size
         self.progress.files_done += 1
@@ -491,6 +496,7 @@ async def backup(
     `in_flight` bounds the bytes of chunks read but not yet handed to the sink (memory).
     """
     sources = normalize_sources(paths)
+    repo.require_valid_config()  # a changed or out-of-range config is never obeyed
     started = datetime.now(UTC).isoformat()
     async with repo.lock(exclusive=False):
         if sink is None or known is None:  # in-process: pack and dedup against the index here
@@ -529,6 +535,11 @@ async def backup(
                 counter.cancel()
             parent.close()
             archiver.close()
+        near = None
+        if parent_id is not None:
+            with contextlib.suppress(RepositoryError):
+                near = (await repo.load_snapshot(parent_id)).references or None
+        references = await repo.save_references(archiver.referenced, near)
         snapshot = Snapshot(
             time=started,
             finished=datetime.now(UTC).isoformat(),
@@ -537,11 +548,15 @@ async def backup(
             tree=root,
             stats=archiver.stats,
             parent=parent_id,
-            warnings=archiver.warnings,
+            references=references,
+            warnings=len(archiver.warnings),
+            sealed_warnings=repo.seal_warnings(archiver.session, archiver.warnings),
             tags=tags or [],
             plan=plan,
         )
         snapshot_id = await repo.save_snapshot(snapshot)
+        if repo.can_endorse:  # the password is here: its holder vouches for what it just wrote
+            await repo.endorse()
         await parent.save(snapshot_id)
         archiver._report(b"", force=True)
         return snapshot_id, snapshot

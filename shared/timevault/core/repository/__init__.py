@@ -1,7 +1,9 @@
-"""The repository format: config, keys, packs, index, trees, snapshots and locks."""
+"""The repository format: config, keys, packs, index, trees, snapshots, history and locks."""
 
 from timevault.core.errors import (
+    ConfigError,
     CorruptBlob,
+    HistoryError,
     NotARepository,
     ReadAccessRequired,
     RepositoryError,
@@ -17,8 +19,10 @@ from timevault.core.repository.repo import Repository
 
 __all__ = [
     "BlobType",
+    "ConfigError",
     "CorruptBlob",
     "EncodedBlob",
+    "HistoryError",
     "Node",
     "NotARepository",
     "ReadAccessRequired",

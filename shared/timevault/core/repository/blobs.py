@@ -1,13 +1,17 @@
-"""Blob encoding: plaintext → (id, compressed, sealed payload) and back.
+"""Blob encoding: plaintext → (id, compressed, encrypted, padded payload) and back.
 
-An encoded blob's payload is self-contained:
-sealed job key (92) ‖ encoding (1: 0 raw, 1 zstd) ‖ nonce (12) ‖ AES-GCM ciphertext ‖ tag (16),
-with the blob type and the encoding byte as associated data. Compression runs before
-encryption; data that does not shrink is stored raw.
+A stored blob is only ``nonce (12) ‖ AES-GCM ciphertext ‖ tag (16)``, encrypted with the
+backup job's data key; the sealed data key is kept beside it (once per pack, in the pack's
+encrypted header and in the index), so nothing repeats from blob to blob inside a pack. The
+plaintext is ``encoding (1: 0 raw, 1 zstd) ‖ body length (u32 LE) ‖ body ‖ zero padding``,
+sized so that the stored length is a Padmé length: the stored sizes say little about the
+sizes of files. The blob type is the associated data. Compression runs before encryption;
+data that does not shrink is stored raw.
 """
 
 from __future__ import annotations
 
+import struct
 import threading
 from dataclasses import dataclass
 
@@ -23,6 +27,8 @@ _ZSTD = 1
 ZSTD_LEVEL = 1
 # Below this ratio compression is not worth the decompression cost on restore.
 _WORTHWHILE = 0.97
+_HEADER = struct.Struct("<BI")
+BLOB_OVERHEAD = crypto.AEAD_OVERHEAD + _HEADER.size
 
 _local = threading.local()
 
@@ -43,53 +49,69 @@ def _decompressor() -> zstandard.ZstdDecompressor:
 
 @dataclass(frozen=True, slots=True)
 class EncodedBlob:
-    """A blob ready to be packed: its id, type, plaintext length and encrypted payload."""
+    """A blob ready to be packed: its id, type, plaintext length, encrypted payload, and the
+    sealed data key it is encrypted with."""
 
     id: bytes
     type: BlobType
     raw_length: int
-    payload: bytes | bytearray | memoryview
+    payload: BytesLike
     """A view when an uploader packs it straight from the received message."""
+    sealed_key: bytes
 
 
-def _aad(blob_type: BlobType, encoding: int) -> bytes:
-    return bytes((int(blob_type), encoding))
+def stored_length(body_length: int) -> int:
+    """The stored (padded) length of a blob whose encoded body has `body_length` bytes."""
+    return crypto.padme(BLOB_OVERHEAD + body_length)
 
 
 def encode(
     session: crypto.SealingSession, blob_id: bytes, blob_type: BlobType, data: BytesLike
 ) -> EncodedBlob:
-    """Compress (when it helps) and seal one blob. CPU-bound; releases the GIL in C."""
+    """Compress (when it helps), pad and encrypt one blob. CPU-bound; releases the GIL in C."""
     compressed = _compressor().compress(data)
-    plaintext: BytesLike
+    body: BytesLike
     if len(compressed) < len(data) * _WORTHWHILE:
-        encoding, plaintext = _ZSTD, compressed
+        encoding, body = _ZSTD, compressed
     else:
-        encoding, plaintext = _RAW, data
-    payload = session.seal(plaintext, _aad(blob_type, encoding), bytes((encoding,)))
-    return EncodedBlob(blob_id, blob_type, len(data), payload)
+        encoding, body = _RAW, data
+    payload = bytearray(stored_length(len(body)))
+    crypto.encrypt_padded_into(
+        session.data_key, bytes((int(blob_type),)), _HEADER.pack(encoding, len(body)), body, memoryview(payload)
+    )
+    return EncodedBlob(blob_id, blob_type, len(data), payload, session.sealed)
 
 
 def decode(
-    unsealer: crypto.Unsealer, id_key: bytes, blob_id: bytes, blob_type: BlobType, payload: BytesLike
-) -> bytes:
-    """Open, decompress and verify one blob against its id."""
-    if len(payload) <= crypto.SEALED_KEY_SIZE:
-        raise CorruptBlob(f"blob {blob_id.hex()[:16]} is truncated")
-    encoding = payload[crypto.SEALED_KEY_SIZE]
+    unsealer: crypto.Unsealer,
+    id_key: bytes,
+    blob_id: bytes,
+    blob_type: BlobType,
+    payload: BytesLike,
+    sealed_key: bytes,
+) -> BytesLike:
+    """Open, unpad, decompress and verify one blob against its id."""
+    name = blob_id.hex()[:16]
+    if len(payload) < BLOB_OVERHEAD:
+        raise CorruptBlob(f"blob {name} is truncated")
     try:
-        plaintext = unsealer.open(payload, _aad(blob_type, encoding), header_size=1)
+        plaintext = unsealer.open(sealed_key, payload, bytes((int(blob_type),)))
     except crypto.Unauthenticated as exc:
-        raise CorruptBlob(f"blob {blob_id.hex()[:16]} failed authentication") from exc
+        raise CorruptBlob(f"blob {name} failed authentication") from exc
+    encoding, length = _HEADER.unpack_from(plaintext)
+    if length > len(plaintext) - _HEADER.size:
+        raise CorruptBlob(f"blob {name} claims a body longer than itself")
+    body = memoryview(plaintext)[_HEADER.size : _HEADER.size + length]
+    data: BytesLike
     if encoding == _ZSTD:
         try:
-            data = _decompressor().decompress(plaintext)
+            data = _decompressor().decompress(body)
         except zstandard.ZstdError as exc:
-            raise CorruptBlob(f"blob {blob_id.hex()[:16]} does not decompress") from exc
+            raise CorruptBlob(f"blob {name} does not decompress") from exc
     elif encoding == _RAW:
-        data = plaintext
+        data = body
     else:
-        raise CorruptBlob(f"blob {blob_id.hex()[:16]} has an unknown encoding {encoding}")
+        raise CorruptBlob(f"blob {name} has an unknown encoding {encoding}")
     if crypto.blob_id(id_key, data) != blob_id:
-        raise CorruptBlob(f"blob {blob_id.hex()[:16]} does not match its id")
+        raise CorruptBlob(f"blob {name} does not match its id")
     return data

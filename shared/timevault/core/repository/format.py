@@ -1,4 +1,4 @@
-"""The on-storage data structures of a repository (format version 1).
+"""The on-storage data structures of a repository (format version 2).
 
 `docs/repository-format.md` describes the byte layout around these; this module is the
 single definition of their fields. Plaintext objects are JSON, encrypted ones msgpack.
@@ -11,8 +11,9 @@ from enum import IntEnum
 
 import msgspec
 
-FORMAT_VERSION = 1
-PACK_MAGIC = b"TVP1"
+FORMAT_VERSION = 2
+KEY_FILE_VERSION = 2
+PACK_MAGIC = b"TVP2"
 
 
 class BlobType(IntEnum):
@@ -28,8 +29,18 @@ class ChunkerConfig(msgspec.Struct):
     max_size: int
 
 
+class ConfigVersion(msgspec.Struct):
+    """The one field every format's `config` has: read first, to refuse other formats clearly."""
+
+    version: int
+
+
 class Config(msgspec.Struct):
-    """`config`: plaintext, the first object a reader opens."""
+    """The repository's parameters: the signed body of `config`.
+
+    Every algorithm is named, so a reader refuses what it does not implement instead of
+    misreading it; `timevault.core.repository.config` bounds-checks every number.
+    """
 
     version: int
     id: str
@@ -39,15 +50,27 @@ class Config(msgspec.Struct):
     cipher: str = "aes-256-gcm"
     id_hash: str = "blake3-keyed"
     seal: str = "x25519-hkdf-sha256"
+    kdf: str = "argon2id"
+    padding: str = "padme"
+    signature: str = "ed25519"
+
+
+class ConfigFile(msgspec.Struct):
+    """`config`: plaintext JSON; `body` is msgpack `Config`, signed by the password holder."""
+
+    version: int
+    id: str
+    body: bytes
+    signature: bytes
 
 
 class KdfParams(msgspec.Struct):
-    """scrypt cost parameters and salt for one key file."""
+    """argon2id cost parameters and salt for one key file."""
 
     name: str
-    n: int
-    r: int
-    p: int
+    time_cost: int
+    memory_kib: int
+    parallelism: int
     salt: bytes
 
 
@@ -61,13 +84,17 @@ class KeyFile(msgspec.Struct):
 
 
 class WriteKeys(msgspec.Struct):
-    """What a machine needs to add backups without being able to read old ones."""
+    """What a machine needs to add backups without being able to read old ones.
+
+    `verify_key` checks what the password holder signed (config, endorsements); it cannot sign.
+    """
 
     repo_id: str
     public_key: bytes
     id_key: bytes
     meta_key: bytes
     chunker_seed: int
+    verify_key: bytes
 
 
 class MasterKeys(msgspec.Struct):
@@ -75,21 +102,26 @@ class MasterKeys(msgspec.Struct):
 
     write: WriteKeys
     private_key: bytes
+    sign_key: bytes
 
 
 class PackBlob(msgspec.Struct, array_like=True):
-    """Where one blob lies in a pack. `length` is the stored (encrypted) size."""
+    """Where one blob lies in a pack. `length` is the stored (encrypted, padded) size;
+    `key` indexes the pack's list of sealed data keys (the one the blob is encrypted with)."""
 
     id: bytes
     type: BlobType
     offset: int
     length: int
     raw_length: int
+    key: int = 0
 
 
 class PackHeader(msgspec.Struct):
-    """The encrypted trailer of a pack, listing its blobs (to rebuild a lost index)."""
+    """The encrypted trailer of a pack: the sealed data keys its blobs use, and its blobs
+    (so a lost index can be rebuilt from packs alone)."""
 
+    keys: list[bytes]
     blobs: list[PackBlob]
 
 
@@ -97,6 +129,7 @@ class IndexPack(msgspec.Struct):
     id: str
     size: int
     blobs: list[PackBlob]
+    keys: list[bytes] = []
 
 
 class IndexFile(msgspec.Struct):
@@ -140,7 +173,15 @@ class SnapshotStats(msgspec.Struct):
 
 
 class Snapshot(msgspec.Struct):
-    """`snapshots/<id>`: one point in time. Readable with the write tier (no file contents)."""
+    """`snapshots/<id>`: one point in time. Readable with the write tier (no file contents,
+    no names below the sources). Its id is a keyed hash of its plaintext.
+
+    `parent` is the snapshot whose files this one compared against (incremental backups);
+    `previous` the newest snapshot of the repository when this one was saved and `endorsement`
+    the newest endorsement then (the history chain); `references` names the object listing
+    every blob it needs. `warnings` counts the warnings, whose texts (they name paths) are in
+    `sealed_warnings`, readable only with the password.
+    """
 
     time: str
     finished: str
@@ -149,9 +190,46 @@ class Snapshot(msgspec.Struct):
     tree: bytes
     stats: SnapshotStats
     parent: str | None = None
-    warnings: list[str] = []
+    previous: str | None = None
+    endorsement: str | None = None
+    references: str = ""
+    warnings: int = 0
+    sealed_warnings: bytes = b""
     tags: list[str] = []
     plan: str | None = None
+
+
+class References(msgspec.Struct):
+    """`references/<id>`: the blob ids (32 bytes each, sorted, concatenated) a snapshot needs.
+
+    Readable by the write tier, so the services can prune without the password. A delta
+    (`base` set) holds the ids added to and removed from the full list `base` names; a full
+    list has no base. Deltas never chain: a base is always a full list.
+    """
+
+    base: str | None = None
+    added: bytes = b""
+    removed: bytes = b""
+
+
+class Endorsement(msgspec.Struct):
+    """What the password holder signs: the snapshots that existed when the password was used.
+
+    `head` is the newest of them (by time); `previous` the endorsement this one follows.
+    """
+
+    repo_id: str
+    time: str
+    snapshots: list[str]
+    head: str | None = None
+    previous: str | None = None
+
+
+class EndorsementFile(msgspec.Struct):
+    """`endorsements/<id>`: an `Endorsement` (msgpack `body`) and its Ed25519 signature."""
+
+    body: bytes
+    signature: bytes
 
 
 class Lock(msgspec.Struct):

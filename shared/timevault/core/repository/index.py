@@ -1,4 +1,8 @@
-"""The index: which pack holds each blob, merged from every `index/<id>` file."""
+"""The index: which pack holds each blob, merged from every `index/<id>` file.
+
+Index files are named by the BLAKE3 hash of their bytes, and a reader checks the name: a file
+copied under another name (to escape a `supersedes` list, say) is refused as damaged.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from timevault.core import crypto
 from timevault.core.errors import CorruptIndex
 from timevault.core.repository.format import BlobType, IndexFile, IndexPack, PackBlob
 from timevault.core.storage import Storage
+from timevault.core.storage.once import put_once
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(IndexFile)
@@ -23,6 +28,7 @@ class BlobLocation:
     offset: int
     length: int
     raw_length: int
+    sealed_key: bytes  # the data key the blob is encrypted with (shared with its pack's entry)
 
 
 def pack_object_name(pack_id: str) -> str:
@@ -36,16 +42,21 @@ class Index:
         self.blobs: dict[bytes, BlobLocation] = {}
         self.packs: dict[str, IndexPack] = {}
         self.files: set[str] = set()
+        self.damaged_files: set[str] = set()  # ids of index files that did not load
 
     def __contains__(self, blob_id: bytes) -> bool:
         return blob_id in self.blobs
 
     def add_pack(self, pack: IndexPack) -> None:
         self.packs[pack.id] = pack
-        blobs, pack_id = self.blobs, pack.id
+        blobs, pack_id, keys = self.blobs, pack.id, pack.keys
         for blob in pack.blobs:
             if blob.id not in blobs:  # the first pack named keeps the blob
-                blobs[blob.id] = BlobLocation(pack_id, blob.type, blob.offset, blob.length, blob.raw_length)
+                # A key number out of range leaves an empty key: the blob then fails to open.
+                sealed = keys[blob.key] if 0 <= blob.key < len(keys) else b""
+                blobs[blob.id] = BlobLocation(
+                    pack_id, blob.type, blob.offset, blob.length, blob.raw_length, sealed
+                )
 
     def stored_size(self) -> int:
         return sum(pack.size for pack in self.packs.values())
@@ -55,18 +66,24 @@ class Index:
         """Merge every index file. Damaged files raise CorruptIndex, or go to `errors` if given."""
         names = [info.name async for info in storage.list("index/")]
         sem = asyncio.Semaphore(16)
+        damaged: set[str] = set()
 
         async def fetch(name: str) -> tuple[str, IndexFile | None]:
             async with sem:
                 try:
-                    return name, decode_index_file(meta_key, await storage.get(name))
+                    data = await storage.get(name)
+                    if crypto.content_hash(data).hex() != name.removeprefix("index/"):
+                        raise CorruptIndex("index file does not match its name (renamed or changed)")
+                    return name, decode_index_file(meta_key, data)
                 except CorruptIndex as exc:
                     if errors is None:
                         raise CorruptIndex(f"{storage.location}: {name}: {exc}") from exc
                     errors.append(f"{name}: {exc}")
+                    damaged.add(name.removeprefix("index/"))
                     return name, None
 
         index = cls()
+        index.damaged_files = damaged
         superseded: set[str] = set()
         loaded = []
         for name, file in await asyncio.gather(*(fetch(name) for name in names)):
@@ -98,7 +115,7 @@ async def write_index_file(
     plaintext = _encoder.encode(IndexFile(packs=packs, supersedes=supersedes or []))
     data = crypto.encrypt(meta_key, plaintext, b"index")
     file_id = crypto.content_hash(data).hex()
-    await storage.put(f"index/{file_id}", data)
+    await put_once(storage, f"index/{file_id}", data)
     return file_id
 
 

@@ -1,8 +1,11 @@
 """Packs: many encrypted blobs in one ~16 MiB object, plus an encrypted header.
 
-Layout: blob payloads back to back, then the header (AES-GCM with the metadata key, msgpack
-`PackHeader`), then the header's length as 4 bytes little-endian, then the magic ``TVP1``.
-A pack's id is the BLAKE3 hash of its bytes, so `check --read-data` can verify it whole.
+Layout: blob payloads back to back, then the header, then the header's length as 4 bytes
+little-endian, then the magic ``TVP2``. The header is AES-GCM with the metadata key of
+``u32 length ‖ msgpack PackHeader ‖ zero padding`` (padded like blobs): the sealed data keys of
+the pack's blobs (once each) and where each blob lies. Blobs carry no clear bytes of their own,
+so storage sees one run of ciphertext with no visible boundaries. A pack's id is the BLAKE3
+hash of its bytes, so `check --read-data` can verify it whole.
 
 The `Packer` writes each pack and then an index file for it, in that order: a crash can leave
 a pack with no index (unused, removed by prune), never an index entry without its pack.
@@ -23,10 +26,35 @@ from timevault.core.repository.format import PACK_MAGIC, BlobType, IndexPack, Pa
 from timevault.core.repository.index import pack_object_name, write_index_file
 from timevault.core.storage import Storage
 from timevault.core.storage.base import BytesLike
+from timevault.core.storage.once import put_once
 
 PACK_SIZE = 16 * 1024 * 1024
 _TRAILER = struct.Struct("<I4s")
+_LENGTH = struct.Struct("<I")
 _header_decoder = msgspec.msgpack.Decoder(PackHeader)
+
+
+def encode_header(meta_key: bytes, header: PackHeader) -> bytes:
+    body = msgspec.msgpack.encode(header)
+    padded = bytearray(crypto.padme(crypto.AEAD_OVERHEAD + _LENGTH.size + len(body)))
+    crypto.encrypt_padded_into(meta_key, b"pack", _LENGTH.pack(len(body)), body, memoryview(padded))
+    return bytes(padded)
+
+
+def decode_header(meta_key: bytes, data: BytesLike) -> PackHeader:
+    try:
+        plaintext = crypto.decrypt(meta_key, data, b"pack")
+        if len(plaintext) < _LENGTH.size:
+            raise CorruptPack("pack header is damaged")
+        (length,) = _LENGTH.unpack_from(plaintext)
+        if length > len(plaintext) - _LENGTH.size:
+            raise CorruptPack("pack header is damaged")
+        header = _header_decoder.decode(memoryview(plaintext)[_LENGTH.size : _LENGTH.size + length])
+    except (crypto.Unauthenticated, msgspec.DecodeError) as exc:
+        raise CorruptPack("pack header is damaged") from exc
+    if any(not 0 <= blob.key < len(header.keys) for blob in header.blobs):
+        raise CorruptPack("pack header names a data key it does not hold")
+    return header
 
 
 def pack_parts(meta_key: bytes, blobs: list[EncodedBlob]) -> tuple[str, list[BytesLike], IndexPack]:
@@ -36,14 +64,17 @@ def pack_parts(meta_key: bytes, blobs: list[EncodedBlob]) -> tuple[str, list[Byt
     write; joining them first would copy 16 MiB into fresh pages while holding the GIL.
     """
     entries: list[PackBlob] = []
+    key_numbers: dict[bytes, int] = {}
     offset = 0
     for blob in blobs:
-        entries.append(PackBlob(blob.id, blob.type, offset, len(blob.payload), blob.raw_length))
+        key = key_numbers.setdefault(blob.sealed_key, len(key_numbers))
+        entries.append(PackBlob(blob.id, blob.type, offset, len(blob.payload), blob.raw_length, key))
         offset += len(blob.payload)
-    header = crypto.encrypt(meta_key, msgspec.msgpack.encode(PackHeader(entries)), b"pack")
+    keys = list(key_numbers)
+    header = encode_header(meta_key, PackHeader(keys, entries))
     parts: list[BytesLike] = [*(blob.payload for blob in blobs), header, _TRAILER.pack(len(header), PACK_MAGIC)]
     pack_id = crypto.content_hash_of_parts(parts).hex()
-    return pack_id, parts, IndexPack(pack_id, offset + len(header) + _TRAILER.size, entries)
+    return pack_id, parts, IndexPack(pack_id, offset + len(header) + _TRAILER.size, entries, keys)
 
 
 def build_pack(meta_key: bytes, blobs: list[EncodedBlob]) -> tuple[str, bytes, IndexPack]:
@@ -52,19 +83,42 @@ def build_pack(meta_key: bytes, blobs: list[EncodedBlob]) -> tuple[str, bytes, I
     return pack_id, b"".join(parts), entry
 
 
-def read_pack_header(meta_key: bytes, data: bytes) -> PackHeader:
-    """Parse the header from a whole pack (used to rebuild a lost index)."""
-    if len(data) < _TRAILER.size:
+TRAILER_SIZE = _TRAILER.size
+
+
+def parse_trailer(trailer: BytesLike, pack_size: int) -> int:
+    """The header's length from a pack's last `TRAILER_SIZE` bytes (checked against its size)."""
+    if len(trailer) != _TRAILER.size or pack_size < _TRAILER.size:
         raise CorruptPack("pack too short")
-    header_len, magic = _TRAILER.unpack(data[-_TRAILER.size :])
-    if magic != PACK_MAGIC or header_len > len(data) - _TRAILER.size:
+    header_len, magic = _TRAILER.unpack(trailer)
+    if magic != PACK_MAGIC or header_len > pack_size - _TRAILER.size:
         raise CorruptPack("pack trailer is damaged")
+    return int(header_len)
+
+
+def read_pack_header(meta_key: bytes, data: BytesLike) -> PackHeader:
+    """Parse the header from a whole pack (used to rebuild a lost index)."""
+    header_len = parse_trailer(data[-_TRAILER.size :] if len(data) >= _TRAILER.size else b"", len(data))
     start = len(data) - _TRAILER.size - header_len
-    try:
-        plaintext = crypto.decrypt(meta_key, data[start : start + header_len], b"pack")
-        return _header_decoder.decode(plaintext)
-    except (crypto.Unauthenticated, msgspec.DecodeError) as exc:
-        raise CorruptPack("pack header is damaged") from exc
+    header = decode_header(meta_key, data[start : start + header_len])
+    if any(blob.offset < 0 or blob.length < 0 or blob.offset + blob.length > start for blob in header.blobs):
+        raise CorruptPack("pack header places blobs outside the pack")
+    return header
+
+
+async def read_remote_pack_header(storage: Storage, meta_key: bytes, name: str, size: int) -> PackHeader:
+    """A stored pack's header with two ranged reads (trailer, then header), not the whole pack."""
+    header_len = parse_trailer(await storage.get(name, max(size - _TRAILER.size, 0), _TRAILER.size), size)
+    start = size - _TRAILER.size - header_len
+    header = decode_header(meta_key, await storage.get(name, start, header_len))
+    if any(blob.offset < 0 or blob.length < 0 or blob.offset + blob.length > start for blob in header.blobs):
+        raise CorruptPack("pack header places blobs outside the pack")
+    return header
+
+
+def index_entry(pack_id: str, size: int, header: PackHeader) -> IndexPack:
+    """The index entry a pack's header describes (rebuilding a lost index)."""
+    return IndexPack(pack_id, size, header.blobs, header.keys)
 
 
 class Packer:
@@ -120,7 +174,7 @@ class Packer:
         try:
             pack_id, parts, entry = await asyncio.to_thread(pack_parts, self._meta_key, blobs)
             blobs.clear()
-            await self._storage.put(pack_object_name(pack_id), parts)
+            await put_once(self._storage, pack_object_name(pack_id), parts)
             del parts
             await write_index_file(self._storage, self._meta_key, [entry])
             self.written.append(entry)

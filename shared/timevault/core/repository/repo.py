@@ -1,7 +1,8 @@
 """A repository: one backup plan's encrypted, deduplicated store in one location.
 
-Open it with the password for full access (backup, list, restore, check, prune), or with the
-exported write keys for the write-only tier (backup and list snapshots, never read contents).
+Open it with the password for full access (backup, list, restore, check, prune, endorse), or
+with the exported write keys for the write-only tier (backup, list snapshots and what they
+reference, never read contents, never endorse).
 """
 
 from __future__ import annotations
@@ -22,12 +23,16 @@ from timevault.core import crypto
 from timevault.core.buffers import BytesLike
 from timevault.core.chunker import ChunkerParams
 from timevault.core.errors import (
+    ConfigError,
+    HistoryError,
     NotARepository,
     ReadAccessRequired,
     RepositoryError,
     RepositoryLocked,
     RepositoryNotFound,
 )
+from timevault.core.repository import config as repoconfig
+from timevault.core.repository import endorsements, references
 from timevault.core.repository import keys as keyfiles
 from timevault.core.repository.blobs import CorruptBlob, decode
 from timevault.core.repository.format import (
@@ -35,14 +40,32 @@ from timevault.core.repository.format import (
     BlobType,
     ChunkerConfig,
     Config,
+    ConfigFile,
+    Endorsement,
+    IndexPack,
     Lock,
     MasterKeys,
+    References,
     Snapshot,
     Tree,
     WriteKeys,
 )
-from timevault.core.repository.index import Index, pack_object_name
+from timevault.core.repository.history import CONTRADICTS, History, classify
+from timevault.core.repository.index import Index, pack_object_name, write_index_file
+from timevault.core.repository.pack import CorruptPack, index_entry, read_remote_pack_header
 from timevault.core.storage import ObjectNotFound, Storage, StorageError
+from timevault.core.storage.once import put_once
+
+__all__ = [
+    "ConfigError",
+    "HistoryError",
+    "NotARepository",
+    "ReadAccessRequired",
+    "Repository",
+    "RepositoryError",
+    "RepositoryLocked",
+    "RepositoryNotFound",
+]
 
 TREE_PACKS_KEPT = 4
 TREE_PACK_MAX = 32 * 1024 * 1024
@@ -64,15 +87,27 @@ class Repository:
         write: WriteKeys,
         private_key: bytes | None,
         key_name: str | None = None,
+        *,
+        sign_key: bytes | None = None,
+        config_problems: list[str] | None = None,
     ) -> None:
         self.storage = storage
         self.config = config
         self.write_keys = write
+        # What is wrong with `config` (not authentic, unknown algorithm, out of range). Readers
+        # go on (a restore needs no parameter); writers refuse (`require_valid_config`).
+        self.config_problems = config_problems or []
         self._private_key = private_key
+        self._sign_key = sign_key
         self._unsealer = crypto.Unsealer(private_key) if private_key else None
         self._key_name = key_name
         self._index: Index | None = None
         self._tree_packs: OrderedDict[str, asyncio.Future[bytes]] = OrderedDict()
+        self._snapshot_key = crypto.subkey(write.meta_key, "snapshot id")
+        # Snapshots and endorsements never change (their names are hashes of their content),
+        # so what was read once is kept: saving a snapshot lists the history again.
+        self._snapshots: dict[str, Snapshot] = {}
+        self._endorsements: dict[str, Endorsement] = {}
 
     # --- creating and opening ------------------------------------------------------------
 
@@ -83,16 +118,19 @@ class Repository:
         password: str,
         *,
         chunker: ChunkerParams | None = None,
-        kdf: crypto.ScryptParams | None = None,
+        kdf: crypto.Argon2Params | None = None,
     ) -> Repository:
         keyfiles.check_password(password)
+        chunker = chunker or ChunkerParams()
+        wrong = repoconfig.check_chunker(chunker)
+        if wrong:
+            raise ConfigError(f"cannot create a repository: {wrong[0]}")
         try:
             await storage.stat("config")
         except ObjectNotFound:
             pass
         else:
             raise RepositoryError(f"{storage.location}: a repository already exists here")
-        chunker = chunker or ChunkerParams()
         repo_id = secrets.token_hex(16)
         master = keyfiles.new_master_keys(repo_id)
         config = Config(
@@ -103,14 +141,18 @@ class Repository:
         )
         key_data = await asyncio.to_thread(keyfiles.wrap_keys, master, password, kdf)
         key_name = f"keys/{crypto.content_hash(key_data).hex()}"
-        # Keys before config: a config is the mark of a complete repository.
-        await storage.put(key_name, key_data)
-        await storage.put("config", msgspec.json.encode(config))
-        return cls(storage, config, master.write, master.private_key, key_name)
+        repo = cls(storage, config, master.write, master.private_key, key_name, sign_key=master.sign_key)
+        # Keys, the first endorsement (of the empty history), then config: a config is the
+        # mark of a complete repository, and a complete one always has an endorsement.
+        await put_once(storage, key_name, key_data)
+        await repo.endorse()
+        if not await put_once(storage, "config", repoconfig.encode(config, master.sign_key)):
+            raise RepositoryError(f"{storage.location}: a repository was created here at the same time")
+        return repo
 
     @classmethod
     async def open(cls, storage: Storage, password: str) -> Repository:
-        config = await _load_config(storage)
+        outer = repoconfig.peek(await _load_config(storage), storage.location)
         key_names = [info.name async for info in storage.list("keys/")]
         for name in sorted(key_names):
             data = await storage.get(name)
@@ -118,18 +160,36 @@ class Repository:
                 master = await asyncio.to_thread(keyfiles.unwrap_keys, data, password)
             except keyfiles.WrongPassword:
                 continue
-            if master.write.repo_id != config.id:
+            if master.write.repo_id != outer.id:
                 continue
-            return cls(storage, config, master.write, master.private_key, name)
+            config, problems = _verified_config(outer, master.write, storage.location)
+            return cls(
+                storage,
+                config,
+                master.write,
+                master.private_key,
+                name,
+                sign_key=master.sign_key,
+                config_problems=problems,
+            )
         raise keyfiles.WrongPassword(f"{storage.location}: wrong password (no key opens this repository)")
 
     @classmethod
     async def open_write_only(cls, storage: Storage, write_keys: bytes) -> Repository:
-        config = await _load_config(storage)
+        outer = repoconfig.peek(await _load_config(storage), storage.location)
         write = keyfiles.decode_write_keys(write_keys)
-        if write.repo_id != config.id:
+        if write.repo_id != outer.id:
             raise RepositoryError(f"{storage.location}: write keys belong to another repository")
-        return cls(storage, config, write, None)
+        config, problems = _verified_config(outer, write, storage.location)
+        return cls(storage, config, write, None, config_problems=problems)
+
+    def require_valid_config(self) -> None:
+        """Raise ConfigError when `config` is not authentic or not usable (before any write)."""
+        if self.config_problems:
+            raise ConfigError(
+                "; ".join(self.config_problems)
+                + " — refusing to write to this repository (run `timevault repo check`)"
+            )
 
     def export_write_keys(self) -> bytes:
         """The write tier, for a machine that backs up in the background. Secret: store 0600."""
@@ -140,18 +200,23 @@ class Repository:
         return self._unsealer is not None
 
     @property
+    def can_endorse(self) -> bool:
+        return self._sign_key is not None
+
+    @property
     def chunker_params(self) -> ChunkerParams:
         c = self.config.chunker
         return ChunkerParams(c.min_size, c.avg_size, c.max_size, self.write_keys.chunker_seed)
 
-    async def change_password(self, new_password: str) -> None:
-        """Write a key file for `new_password`, then remove the old one. Data is not touched."""
-        if self._private_key is None or self._key_name is None:
+    async def change_password(self, new_password: str, kdf: crypto.Argon2Params | None = None) -> None:
+        """Write a key file for `new_password` (argon2id at today's parameters), then remove the
+        old one. Data is not touched."""
+        if self._private_key is None or self._key_name is None or self._sign_key is None:
             raise ReadAccessRequired("changing the password needs the current password")
-        master = MasterKeys(write=self.write_keys, private_key=self._private_key)
-        key_data = await asyncio.to_thread(keyfiles.wrap_keys, master, new_password)
+        master = MasterKeys(write=self.write_keys, private_key=self._private_key, sign_key=self._sign_key)
+        key_data = await asyncio.to_thread(keyfiles.wrap_keys, master, new_password, kdf)
         new_name = f"keys/{crypto.content_hash(key_data).hex()}"
-        await self.storage.put(new_name, key_data)
+        await put_once(self.storage, new_name, key_data)
         await self.storage.delete(self._key_name)
         self._key_name = new_name
 
@@ -172,48 +237,185 @@ class Repository:
             self._tree_packs.clear()
         return self._index
 
+    async def repair_index(self) -> list[str]:
+        """Load the index, completing it from the packs' own headers where index files are
+        damaged or missing (in memory only); returns notes on what was repaired."""
+        errors: list[str] = []
+        index = await Index.load(self.storage, self.write_keys.meta_key, errors)
+        recovered, problems = await self._recover_unindexed(index)
+        self._index = index
+        self._tree_packs.clear()
+        notes = [f"index file damaged, left out: {error}" for error in errors]
+        if recovered:
+            notes.append(
+                f"{len(recovered)} pack(s) missing from the index were read from their own headers "
+                "(`timevault repo rebuild-index` writes the index back)"
+            )
+        return notes + problems
+
+    async def rebuild_index(self) -> tuple[int, int, list[str]]:
+        """Write back index entries for every pack no readable index file lists, and replace
+        damaged index files. Returns (packs recovered, index files replaced, problems)."""
+        async with self.lock(exclusive=True):
+            index = await Index.load(self.storage, self.write_keys.meta_key, [])
+            recovered, problems = await self._recover_unindexed(index)
+            damaged = sorted(index.damaged_files)
+            if recovered or damaged:
+                await write_index_file(self.storage, self.write_keys.meta_key, recovered, supersedes=damaged)
+                for file_id in damaged:
+                    await self.storage.delete(f"index/{file_id}")
+            self._index = None
+            self._tree_packs.clear()
+            return len(recovered), len(damaged), problems
+
+    async def _recover_unindexed(self, index: Index) -> tuple[list[IndexPack], list[str]]:
+        """Add to `index` every stored pack it lacks, from the pack's header (two ranged reads)."""
+        stored = {info.name: info.size async for info in self.storage.list("data/")}
+        missing = [(name, size) for name, size in stored.items() if name.rsplit("/", 1)[-1] not in index.packs]
+        sem = asyncio.Semaphore(8)
+        problems: list[str] = []
+
+        async def recover(name: str, size: int) -> IndexPack | None:
+            pack_id = name.rsplit("/", 1)[-1]
+            async with sem:
+                try:
+                    header = await read_remote_pack_header(self.storage, self.write_keys.meta_key, name, size)
+                except (CorruptPack, StorageError) as exc:
+                    problems.append(f"pack {pack_id[:12]} is not in the index and its header is unreadable: {exc}")
+                    return None
+            return index_entry(pack_id, size, header)
+
+        found = await asyncio.gather(*(recover(name, size) for name, size in missing))
+        recovered = [entry for entry in found if entry is not None]
+        for entry in recovered:
+            index.add_pack(entry)
+        return recovered, problems
+
+    # --- snapshots and their history -----------------------------------------------------
+
+    def snapshot_id_of(self, plaintext: bytes) -> str:
+        """A snapshot's name: the keyed hash of its plaintext (only key holders can make one)."""
+        return crypto.keyed_hash(self._snapshot_key, plaintext).hex()
+
     async def save_snapshot(self, snapshot: Snapshot) -> str:
-        snapshot_id = secrets.token_hex(32)
-        data = self.encrypt_meta(msgspec.msgpack.encode(snapshot), b"snapshot")
-        await self.storage.put(f"snapshots/{snapshot_id}", data)
+        """Write `snapshot` as the newest link of the history; returns its id.
+
+        Sets `previous` (the newest snapshot now) and `endorsement` (the newest endorsement now)
+        just before writing, so that a backup that ran for hours still links to the present.
+        """
+        history, snapshots = await self._history()
+        consistent = [
+            (snapshot_id, s) for snapshot_id, s in snapshots.items() if history.status.get(snapshot_id) != CONTRADICTS
+        ]
+        head = max(consistent, key=lambda item: (item[1].time, item[0]), default=None)
+        snapshot.previous = head[0] if head else None
+        snapshot.endorsement = history.endorsement_id
+        plaintext = msgspec.msgpack.encode(snapshot)
+        snapshot_id = self.snapshot_id_of(plaintext)
+        await put_once(self.storage, f"snapshots/{snapshot_id}", self.encrypt_meta(plaintext, b"snapshot"))
+        self._snapshots[snapshot_id] = snapshot
         return snapshot_id
 
     async def load_snapshot(self, snapshot_id: str) -> Snapshot:
+        """Read and verify one snapshot (always from storage: a restore reads what is there)."""
         try:
             data = await self.storage.get(f"snapshots/{snapshot_id}")
         except ObjectNotFound as exc:
             raise RepositoryError(f"no snapshot {snapshot_id}") from exc
         try:
-            return _snapshot_decoder.decode(self.decrypt_meta(data, b"snapshot"))
+            plaintext = self.decrypt_meta(data, b"snapshot")
+            snapshot = _snapshot_decoder.decode(plaintext)
         except (crypto.Unauthenticated, msgspec.DecodeError) as exc:
             raise RepositoryError(f"snapshot {snapshot_id[:12]} is damaged") from exc
+        if self.snapshot_id_of(plaintext) != snapshot_id:
+            raise RepositoryError(
+                f"snapshot {snapshot_id[:12]} does not match its name: it was renamed, copied or rewritten"
+            )
+        self._snapshots[snapshot_id] = snapshot
+        return snapshot
 
-    async def list_snapshots(self, damaged: list[str] | None = None) -> list[tuple[str, Snapshot]]:
-        """Every snapshot, oldest first.
-
-        A damaged snapshot raises RepositoryError, or, when `damaged` is given, is left out and
-        its message appended there (so one bad object does not stop later backups).
-        """
+    async def _load_all_snapshots(self, damaged: list[str]) -> dict[str, Snapshot]:
         names = [info.name.removeprefix("snapshots/") async for info in self.storage.list("snapshots/")]
         sem = asyncio.Semaphore(16)
 
         async def load(snapshot_id: str) -> tuple[str, Snapshot] | None:
+            cached = self._snapshots.get(snapshot_id)
+            if cached is not None:  # verified when it was read; its name fixes its content
+                return snapshot_id, cached
             async with sem:
                 try:
                     return snapshot_id, await self.load_snapshot(snapshot_id)
                 except RepositoryError as exc:
-                    if damaged is None:
-                        raise
                     damaged.append(str(exc))
                     return None
 
         found = [item for item in await asyncio.gather(*(load(name) for name in names)) if item]
-        return sorted(found, key=lambda item: (item[1].time, item[0]))
+        return dict(found)
+
+    async def load_endorsements(self, problems: list[str] | None = None) -> dict[str, Endorsement]:
+        """Every authentic endorsement (name, signature and repository checked); the others are
+        reported in `problems`."""
+        problems = problems if problems is not None else []
+        found: dict[str, Endorsement] = {}
+        async for info in self.storage.list("endorsements/"):
+            endorsement_id = info.name.removeprefix("endorsements/")
+            cached = self._endorsements.get(endorsement_id)
+            if cached is not None:
+                found[endorsement_id] = cached
+                continue
+            try:
+                data = await self.storage.get(info.name)
+            except ObjectNotFound:
+                continue
+            endorsement, problem = endorsements.decode(self.write_keys, endorsement_id, data)
+            if endorsement is None:
+                problems.append(problem)
+                continue
+            self._endorsements[endorsement_id] = found[endorsement_id] = endorsement
+        return found
+
+    async def load_history(self, damaged: list[str] | None = None) -> tuple[History, dict[str, Snapshot]]:
+        """(the history, every authentic snapshot); damaged ones go to `damaged`."""
+        return await self._history(damaged)
+
+    async def _history(self, damaged: list[str] | None = None) -> tuple[History, dict[str, Snapshot]]:
+        damaged = damaged if damaged is not None else []
+        snapshots = await self._load_all_snapshots(damaged)
+        problems: list[str] = []
+        history = classify(snapshots, await self.load_endorsements(problems))
+        history.problems[:0] = problems
+        return history, snapshots
+
+    async def history(self) -> History:
+        """The standing of every snapshot (endorsed, written since, contradicting)."""
+        return (await self._history())[0]
+
+    async def list_snapshots(
+        self, damaged: list[str] | None = None, *, allow_unverified: bool = False
+    ) -> list[tuple[str, Snapshot]]:
+        """Every snapshot, oldest first.
+
+        A damaged snapshot (or one whose name does not match its content), and one that
+        contradicts the endorsed history (unless `allow_unverified`), raises RepositoryError, or,
+        when `damaged` is given, is left out and its message appended there (so one bad object
+        does not stop later backups).
+        """
+        problems: list[str] = []
+        history, snapshots = await self._history(problems)
+        if not allow_unverified:
+            for snapshot_id in history.contradicting():
+                problems.append(history.describe(snapshot_id))
+                del snapshots[snapshot_id]
+        if damaged is None and problems:
+            raise HistoryError(problems[0]) if history.contradicting() else RepositoryError(problems[0])
+        if damaged is not None:
+            damaged.extend(problems)
+        return sorted(snapshots.items(), key=lambda item: (item[1].time, item[0]))
 
     async def resolve_snapshot(self, ref: str) -> str:
         """An id, a unique id prefix, or 'latest' → the full snapshot id."""
         if ref == "latest":
-            snapshots = await self.list_snapshots()
+            snapshots = await self.list_snapshots(damaged=[])
             if not snapshots:
                 raise RepositoryError("the repository has no snapshots")
             return snapshots[-1][0]
@@ -225,14 +427,127 @@ class Repository:
             raise RepositoryError(f"snapshot prefix {ref!r} is ambiguous ({len(matches)} matches)")
         return matches[0]
 
+    async def endorse(self) -> str | None:
+        """Sign the present history with the password holder's key; returns the endorsement id.
+
+        Lists every snapshot that does not contradict the endorsed history (contradicting ones
+        stay unendorsed until forgotten). Older endorsements are then removed, so that storage
+        cannot silently fall back to one of them. Nothing is written when the newest
+        endorsement already says the same. Needs the password (the signing key).
+        """
+        if self._sign_key is None:
+            raise ReadAccessRequired("endorsing the history needs the password")
+        history, snapshots = await self._history()
+        consistent = {
+            snapshot_id: s for snapshot_id, s in snapshots.items() if history.status.get(snapshot_id) != CONTRADICTS
+        }
+        head = max(consistent.items(), key=lambda item: (item[1].time, item[0]), default=None)
+        current = history.endorsement
+        if current is not None and set(current.snapshots) == set(consistent) and not history.problems:
+            return history.endorsement_id
+        endorsement = Endorsement(
+            repo_id=self.write_keys.repo_id,
+            time=_now(),
+            snapshots=sorted(consistent),
+            head=head[0] if head else None,
+            previous=history.endorsement_id,
+        )
+        endorsement_id, data = endorsements.encode(self.write_keys, self._sign_key, endorsement)
+        await put_once(self.storage, f"endorsements/{endorsement_id}", data)
+        self._endorsements[endorsement_id] = endorsement
+        made = _parse_time(endorsement.time)
+        for old_id, old in list(self._endorsements.items()):
+            when = _parse_time(old.time)
+            if old_id != endorsement_id and (when is None or when < made):
+                await self.storage.delete(f"endorsements/{old_id}")
+                del self._endorsements[old_id]
+        return endorsement_id
+
+    # --- what snapshots reference (readable by the write tier) ---------------------------
+
+    async def save_references(self, ids: set[bytes], near: str | None = None) -> str:
+        """Write the list of blobs a snapshot needs; returns its id for `Snapshot.references`.
+
+        `near` names the references of a similar snapshot (the parent): when the new list
+        differs from that one's full list by at most a quarter, only the difference is stored.
+        """
+        record = References(added=references.pack_ids(ids))
+        if near:
+            try:
+                base_id = (await self._references_file(near)).base or near
+                base = references.unpack_ids((await self._references_file(base_id)).added)
+            except RepositoryError:
+                base = None  # a damaged list is not built upon: write a full one
+            if base is not None:
+                added, removed = ids - base, base - ids
+                if len(added) + len(removed) <= len(base) // 4:
+                    record = References(
+                        base=base_id, added=references.pack_ids(added), removed=references.pack_ids(removed)
+                    )
+        data = self.encrypt_meta(msgspec.msgpack.encode(record), b"references")
+        references_id = crypto.content_hash(data).hex()
+        await put_once(self.storage, f"references/{references_id}", data)
+        return references_id
+
+    async def _references_file(self, references_id: str) -> References:
+        try:
+            data = await self.storage.get(f"references/{references_id}")
+        except ObjectNotFound as exc:
+            raise RepositoryError(f"the list of references {references_id[:12]} is missing") from exc
+        return references.decode(self.write_keys.meta_key, references_id, data)
+
+    async def references_base(self, references_id: str) -> str | None:
+        """The full list a delta list builds on (None for a full list)."""
+        return (await self._references_file(references_id)).base
+
+    async def references_of(self, references_id: str) -> set[bytes]:
+        """The blob ids a `references/<id>` object lists (resolving a delta against its base)."""
+        record = await self._references_file(references_id)
+        if record.base is None:
+            return references.unpack_ids(record.added)
+        base = await self._references_file(record.base)
+        if base.base is not None:
+            raise RepositoryError(f"the list of references {references_id[:12]} builds on a delta")
+        ids = references.unpack_ids(base.added)
+        ids -= references.unpack_ids(record.removed)
+        ids |= references.unpack_ids(record.added)
+        return ids
+
+    async def snapshot_references(self, snapshot_id: str) -> set[bytes]:
+        """Every blob id (data and trees) the snapshot needs. Works with the write tier alone."""
+        snapshot = await self.load_snapshot(snapshot_id)
+        if not snapshot.references:
+            raise RepositoryError(f"snapshot {snapshot_id[:12]} has no list of references")
+        return await self.references_of(snapshot.references)
+
+    def seal_warnings(self, session: crypto.SealingSession, warnings: list[str]) -> bytes:
+        """Warnings name paths: sealed to the password holder (the write tier cannot read them)."""
+        if not warnings:
+            return b""
+        return session.sealed + crypto.encrypt(session.data_key, msgspec.msgpack.encode(warnings), b"warnings")
+
+    def snapshot_warnings(self, snapshot: Snapshot) -> list[str]:
+        """The texts of a snapshot's warnings (needs the password)."""
+        if not snapshot.sealed_warnings:
+            return []
+        if self._unsealer is None:
+            raise ReadAccessRequired("reading a snapshot's warnings needs the password")
+        sealed, message = snapshot.sealed_warnings[: crypto.SEALED_KEY_SIZE], snapshot.sealed_warnings[crypto.SEALED_KEY_SIZE :]
+        try:
+            return msgspec.msgpack.decode(self._unsealer.open(sealed, message, b"warnings"), type=list[str])
+        except (crypto.Unauthenticated, msgspec.DecodeError):
+            return [f"({snapshot.warnings} warnings, not readable: damaged)"]
+
     # --- reading blobs (read tier) -------------------------------------------------------
 
-    def decode_blob(self, blob_id: bytes, blob_type: BlobType, payload: BytesLike) -> bytes:
+    def decode_blob(
+        self, blob_id: bytes, blob_type: BlobType, payload: BytesLike, sealed_key: bytes
+    ) -> BytesLike:
         if self._unsealer is None:
             raise ReadAccessRequired("reading backed-up data needs the password")
-        return decode(self._unsealer, self.write_keys.id_key, blob_id, blob_type, payload)
+        return decode(self._unsealer, self.write_keys.id_key, blob_id, blob_type, payload, sealed_key)
 
-    async def load_blob(self, blob_id: bytes, blob_type: BlobType) -> bytes:
+    async def load_blob(self, blob_id: bytes, blob_type: BlobType) -> BytesLike:
         index = await self.index()
         location = index.blobs.get(blob_id)
         if location is None:
@@ -247,7 +562,7 @@ class Repository:
             ) from exc
         if len(payload) != location.length:
             raise CorruptBlob(f"pack {location.pack[:12]} is truncated")
-        return await asyncio.to_thread(self.decode_blob, blob_id, blob_type, payload)
+        return await asyncio.to_thread(self.decode_blob, blob_id, blob_type, payload, location.sealed_key)
 
     async def load_tree(self, tree_id: bytes) -> Tree:
         """A directory listing. Tree packs are read whole and a few are kept: walking a snapshot
@@ -264,9 +579,11 @@ class Repository:
             if len(payload) != location.length:
                 raise CorruptBlob(f"pack {location.pack[:12]} is truncated")
             if len(payload) <= DECODE_INLINE_MAX:  # cheaper than a thread hop (most trees)
-                data = self.decode_blob(tree_id, BlobType.TREE, payload)
+                data = self.decode_blob(tree_id, BlobType.TREE, payload, location.sealed_key)
             else:
-                data = await asyncio.to_thread(self.decode_blob, tree_id, BlobType.TREE, payload)
+                data = await asyncio.to_thread(
+                    self.decode_blob, tree_id, BlobType.TREE, payload, location.sealed_key
+                )
         try:
             return _tree_decoder.decode(data)
         except msgspec.DecodeError as exc:
@@ -360,18 +677,33 @@ def _dead_local_process(lock: Lock) -> bool:
     return False
 
 
-async def _load_config(storage: Storage) -> Config:
+async def _load_config(storage: Storage) -> bytes:
     try:
-        data = await storage.get("config")
+        return await storage.get("config")
     except ObjectNotFound as exc:
         raise RepositoryNotFound(f"{storage.location}: not a TimeVault repository (no config)") from exc
+
+
+def _verified_config(outer: ConfigFile, keys: WriteKeys, location: str) -> tuple[Config, list[str]]:
+    """The config and its problems. An unusable config is replaced by a stand-in with the
+    default parameters, good for reading (which needs none) but never used to write."""
+    config, problems = repoconfig.verify(outer, keys, location)
+    if config is None:
+        defaults = ChunkerParams()
+        config = Config(
+            version=FORMAT_VERSION,
+            id=keys.repo_id,
+            chunker=ChunkerConfig(defaults.min_size, defaults.avg_size, defaults.max_size),
+            created="",
+        )
+    return config, problems
+
+
+def _parse_time(value: str) -> datetime | None:
     try:
-        config = msgspec.json.decode(data, type=Config)
-    except msgspec.DecodeError as exc:
-        raise NotARepository(f"{storage.location}: repository config is damaged") from exc
-    if config.version != FORMAT_VERSION:
-        raise NotARepository(f"{storage.location}: unsupported repository format {config.version}")
-    return config
+        return datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def _now() -> str:

@@ -41,17 +41,19 @@ __all__ = [
 ]
 
 
-def open_location(location: str) -> Storage:
+def open_location(location: str, *, allow_private_endpoints: bool = True) -> Storage:
     """Open a location: a folder path, ``file:///abs/path`` or ``s3://bucket/prefix?...``.
 
     S3 comes wrapped as Limited(Retrying(S3)): transient failures are retried with backoff,
-    and at most ``concurrency`` (URL parameter, default 4) requests are in flight.
+    and at most ``concurrency`` (URL parameter, default 4) requests are in flight. With
+    `allow_private_endpoints` False (the services' default), an S3 endpoint on a loopback,
+    link-local or private address is refused.
     """
     if location.startswith("s3://"):
         # Imported here so that local-only installs never load aiobotocore.
         from timevault.core.storage.s3 import open_s3_location
 
-        s3 = open_s3_location(location)
+        s3 = open_s3_location(location, allow_private_endpoints=allow_private_endpoints)
         return LimitedStorage(RetryingStorage(s3), s3.concurrency)
     if location.startswith("file://"):
         parsed = urlparse(location)

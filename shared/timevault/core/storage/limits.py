@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Iterable
 
 from timevault.core.storage.base import ObjectInfo, Payload, Storage
 from timevault.core.storage.batch import delete_each, supports_delete_many
+from timevault.core.storage.once import supports_put_new
 
 
 class LimitedStorage:
@@ -59,6 +60,17 @@ class LimitedStorage:
         await self._enter()
         try:
             await self._inner.put(name, data)
+        finally:
+            self._leave()
+
+    @property
+    def supports_put_new(self) -> bool:
+        return supports_put_new(self._inner)
+
+    async def put_new(self, name: str, data: Payload) -> bool:
+        await self._enter()
+        try:
+            return await self._inner.put_new(name, data)  # type: ignore[attr-defined,no-any-return]
         finally:
             self._leave()
 

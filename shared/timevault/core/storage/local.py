@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import os
 import secrets
 from collections.abc import AsyncIterator
@@ -35,6 +36,8 @@ class LocalStorage:
     content-addressed or unique). Leftover temp files from a crash are never listed.
     """
 
+    supports_put_new = True  # exclusive create: see timevault/core/storage/once.py
+
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self._root = Path(root).absolute()
 
@@ -64,6 +67,38 @@ class LocalStorage:
                 os.fsync(dir_fd)
             finally:
                 os.close(dir_fd)
+        except OSError as exc:
+            raise StorageError(f"{self.location}: cannot write {path.name}: {exc.strerror}") from exc
+
+    async def put_new(self, name: str, data: Payload) -> bool:
+        """Like `put`, but only if `name` is free: the finished temp file is hard-linked into
+        place, and link(2) never replaces an existing name. False when the name was taken."""
+        return await asyncio.to_thread(self._put_new_sync, self._path(name), data)
+
+    def _put_new_sync(self, path: Path, data: Payload) -> bool:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temp = path.with_name(path.name + _TEMP_SUFFIX + secrets.token_hex(6))
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                try:
+                    _write_all(fd, payload_parts(data))
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                try:
+                    os.link(temp, path)
+                except FileExistsError:
+                    return False
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(temp)
+            dir_fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+            return True
         except OSError as exc:
             raise StorageError(f"{self.location}: cannot write {path.name}: {exc.strerror}") from exc
 

@@ -19,6 +19,7 @@ from typing import TypeVar
 
 from timevault.core.storage.base import ObjectInfo, Payload, Storage, StorageError, TransientStorageError
 from timevault.core.storage.batch import delete_each, supports_delete_many
+from timevault.core.storage.once import supports_put_new
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,14 @@ class RetryingStorage:
 
     async def put(self, name: str, data: Payload) -> None:
         await self._call("put", name, lambda: self._inner.put(name, data))
+
+    @property
+    def supports_put_new(self) -> bool:
+        return supports_put_new(self._inner)
+
+    async def put_new(self, name: str, data: Payload) -> bool:
+        # A retry after a lost reply finds the object made by the first try: False, correctly.
+        return await self._call("put", name, lambda: self._inner.put_new(name, data))  # type: ignore[attr-defined,no-any-return]
 
     async def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         return await self._call("get", name, lambda: self._inner.get(name, offset, length))

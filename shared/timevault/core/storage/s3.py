@@ -19,8 +19,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import hashlib
+import ipaddress
 import re
+import socket
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -28,10 +31,12 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import aiohttp
+import aiohttp.abc
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession
 from botocore import exceptions as boto
 
+from timevault.core.errors import ObjectExists
 from timevault.core.storage.base import (
     BytesLike,
     InvalidObjectName,
@@ -81,6 +86,8 @@ _TRANSIENT_CODES = frozenset(
         "BadDigest",
         "IncompleteBody",
         "XAmzContentSHA256Mismatch",
+        # Another conditional write of the same key is in flight: the retry sees its outcome.
+        "ConditionalRequestConflict",
     }
 )
 # Client-side failures that are about the network, not about the request.
@@ -107,6 +114,7 @@ class S3Options:
     path_style: bool = False
     concurrency: int = DEFAULT_CONCURRENCY
     profile: str | None = None
+    allow_private: bool = True  # False: connect only to public addresses (service mode)
 
 
 def parse_s3_location(url: str) -> S3Options:
@@ -177,9 +185,65 @@ def parse_s3_location(url: str) -> S3Options:
     return S3Options(bucket, prefix, endpoint, region, path_style, concurrency, profile)
 
 
-def open_s3_location(url: str) -> S3Storage:
-    """Open an ``s3://`` location as a bare `S3Storage` (no retry, no limits; see open_location)."""
-    return S3Storage(parse_s3_location(url))
+def open_s3_location(url: str, *, allow_private_endpoints: bool = True) -> S3Storage:
+    """Open an ``s3://`` location as a bare `S3Storage` (no retry, no limits; see open_location).
+
+    With `allow_private_endpoints` False, an endpoint given as a loopback, link-local or private
+    IP address (or ``localhost``) is refused here, and names are checked when they resolve.
+    """
+    options = parse_s3_location(url)
+    if not allow_private_endpoints:
+        options = dataclasses.replace(options, allow_private=False)
+        host = urlsplit(options.endpoint).hostname if options.endpoint else None
+        if host is not None and (host.lower() == "localhost" or host.lower().endswith(".localhost")):
+            raise LocationError(_PRIVATE_REFUSED.format(host=host, address="loopback"))
+        literal = None
+        if host is not None:
+            with contextlib.suppress(ValueError):
+                literal = ipaddress.ip_address(host)
+        if literal is not None and not public_address(literal):
+            raise LocationError(_PRIVATE_REFUSED.format(host=host, address=literal))
+    return S3Storage(options)
+
+
+_PRIVATE_REFUSED = (
+    "S3 endpoint {host} is a private address ({address}); the services refuse loopback, link-local "
+    "and private endpoints unless started with --allow-private-endpoints"
+)
+_SHARED_ADDRESS_SPACE = ipaddress.ip_network("100.64.0.0/10")
+
+
+def public_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether `address` is a public one (not loopback, link-local, private, reserved, ...)."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return not (
+        address.is_private
+        or address.is_loopback
+        or address.is_link_local
+        or address.is_reserved
+        or address.is_multicast
+        or address.is_unspecified
+        or (isinstance(address, ipaddress.IPv4Address) and address in _SHARED_ADDRESS_SPACE)
+    )
+
+
+class _PublicOnlyResolver(aiohttp.abc.AbstractResolver):
+    """Resolves names like aiohttp's default resolver, then drops every non-public address, so
+    a name that resolves (or later re-resolves) to an internal address is never connected to."""
+
+    def __init__(self) -> None:
+        self._inner = aiohttp.DefaultResolver()
+
+    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[Any]:
+        found = await self._inner.resolve(host, port, family)
+        public = [entry for entry in found if public_address(ipaddress.ip_address(entry["host"]))]
+        if not public:
+            raise OSError(f"S3 endpoint {host} resolves only to private addresses (refused in service mode)")
+        return public
+
+    async def close(self) -> None:
+        await self._inner.close()
 
 
 async def _content_md5(data: BytesLike) -> str:
@@ -230,6 +294,7 @@ class S3Storage:
     """
 
     supports_delete_many = True  # DeleteObjects, see timevault/core/storage/batch.py
+    supports_put_new = True  # conditional PutObject, see timevault/core/storage/once.py
 
     def __init__(
         self,
@@ -300,6 +365,7 @@ class S3Storage:
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
             signature_version="s3v4",
+            **({} if opts.allow_private else {"connector_args": {"resolver": _PublicOnlyResolver()}}),
         )
         stack = AsyncExitStack()
         try:
@@ -327,6 +393,8 @@ class S3Storage:
                 raise LocationNotFound(f"{where}: bucket {self._options.bucket} does not exist") from exc
             if code in _NOT_FOUND_CODES:
                 raise ObjectNotFound(f"{where}: object not found") from exc
+            if code == "PreconditionFailed" and op == "put":
+                raise ObjectExists(f"{where}: object exists") from exc
             detail = f"{status} {code}".strip()
             message = exc.response.get("Error", {}).get("Message")
             if message and message != code:
@@ -345,17 +413,30 @@ class S3Storage:
             raise StorageError(f"{where}: {type(exc).__name__}: {exc}") from exc
 
     async def put(self, name: str, data: Payload) -> None:
+        await self._put(name, data, {})
+
+    async def put_new(self, name: str, data: Payload) -> bool:
+        """`put` with ``If-None-Match: *``: S3 refuses (412) to replace an existing key."""
+        try:
+            await self._put(name, data, {"IfNoneMatch": "*"})
+        except ObjectExists:
+            return False
+        return True
+
+    async def _put(self, name: str, data: Payload, conditions: dict[str, str]) -> None:
         data = payload_bytes(data)  # one request body (parts are a local-disk optimisation)
         key = self._key(name)
         s3 = await self._s3()
         if len(data) > self._multipart_threshold:
-            await self._put_multipart(s3, key, name, data)
+            await self._put_multipart(s3, key, name, data, conditions)
             return
         md5 = await _content_md5(data)
         with self._errors("put", name):
-            await s3.put_object(Bucket=self._options.bucket, Key=key, Body=data, ContentMD5=md5)
+            await s3.put_object(Bucket=self._options.bucket, Key=key, Body=data, ContentMD5=md5, **conditions)
 
-    async def _put_multipart(self, s3: Any, key: str, name: str, data: BytesLike) -> None:
+    async def _put_multipart(
+        self, s3: Any, key: str, name: str, data: BytesLike, conditions: dict[str, str]
+    ) -> None:
         bucket = self._options.bucket
         with self._errors("put", name):
             upload = await s3.create_multipart_upload(Bucket=bucket, Key=key)
@@ -380,7 +461,7 @@ class S3Storage:
                 parts.append({"PartNumber": number, "ETag": reply["ETag"]})
             with self._errors("put", name):
                 await s3.complete_multipart_upload(
-                    Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+                    Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}, **conditions
                 )
         except BaseException:
             # Parts of an unfinished upload are stored (and billed) until aborted. Best effort:

@@ -1,0 +1,26 @@
+"""Opening a plan's location from a service: S3 endpoints on private addresses need permission.
+
+A service opens whatever location a plan names, and plans come from HTTP requests. An S3
+endpoint on a loopback, link-local or private address would make the services talk to this
+machine's or this network's internal servers (a metadata service, an admin port) on the
+requester's behalf. So in service mode such endpoints are refused unless the operator allowed
+them: ``timevault up --allow-private-endpoints`` (a MinIO on the LAN), which sets
+``TIMEVAULT_ALLOW_PRIVATE_ENDPOINTS=1`` for every service.
+"""
+
+from __future__ import annotations
+
+import os
+
+from timevault.core.storage import Storage, open_location
+
+ALLOW_PRIVATE_ENV = "TIMEVAULT_ALLOW_PRIVATE_ENDPOINTS"
+
+
+def private_endpoints_allowed() -> bool:
+    return os.environ.get(ALLOW_PRIVATE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def open_service_location(url: str) -> Storage:
+    """`open_location` with the service policy for S3 endpoints (see the module docstring)."""
+    return open_location(url, allow_private_endpoints=private_endpoints_allowed())
