@@ -112,7 +112,7 @@ async def test_library_backup_and_restore_with_open_location(
 
     names = await stored(direct_s3)
     kinds = {name.split("/")[0] for name in names}
-    assert kinds == {"config", "keys", "data", "index", "snapshots"}, kinds
+    assert kinds == {"config", "keys", "data", "index", "snapshots", "references", "endorsements"}, kinds
     assert sum(1 for name in names if name.startswith("data/")) >= 2
 
     # Opened again from the location string only, as another process would.

@@ -19,6 +19,7 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from timevault.core.crypto import SealingSession
 from timevault.core.repository import Repository
 from timevault.core.repository.blobs import EncodedBlob
 from timevault.proto import subjects
@@ -64,14 +65,21 @@ class Uploading:
     repo: Repository
     uploader: UploaderService
     recorded: list[ChunkAdd]
+    sealing: SealingSession | None = None
+
+    @property
+    def session(self) -> SealingSession:
+        """One backup job's data key: every blob of an upload session is encrypted with it."""
+        if self.sealing is None:
+            self.sealing = SealingSession(self.repo.write_keys.public_key)
+        return self.sealing
 
     def blob(self, data: bytes) -> EncodedBlob:
-        from timevault.core.crypto import SealingSession, blob_id
+        from timevault.core.crypto import blob_id
         from timevault.core.repository.blobs import encode
         from timevault.core.repository.format import BlobType
 
-        keys = self.repo.write_keys
-        return encode(SealingSession(keys.public_key), blob_id(keys.id_key, data), BlobType.DATA, data)
+        return encode(self.session, blob_id(self.repo.write_keys.id_key, data), BlobType.DATA, data)
 
     async def load(self, blob: EncodedBlob) -> bytes:
         from timevault.core.repository.format import BlobType
@@ -220,7 +228,9 @@ async def test_uploader_joins_parts_and_refuses_parts_that_do_not_match(uploadin
                   "part": index, "parts": 3, **changes}
         return BlobFrame(id=blob.id, **fields), pieces[index]
 
-    opened = await rpc.request(nc, subjects.UPLOAD_OPEN, UploadOpen(job_id="j_x", plan_id="p_x"), UploadOpened)
+    opened = await rpc.request(nc, subjects.UPLOAD_OPEN,
+                               UploadOpen(job_id="j_x", plan_id="p_x", sealed_key=uploading.session.sealed),
+                               UploadOpened)
 
     async def send(body: Parts) -> UploadAck:
         return await rpc.request_encoded(nc, subjects.upload_session(opened.session_id, "frames"), body,
