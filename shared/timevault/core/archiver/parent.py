@@ -5,8 +5,10 @@ blob ids are then reused without reading it. The previous state comes from:
 
 - the parent snapshot's trees, when the repository is open with the password, or
 - a local files cache (like borg's), for the write-only tier that cannot read trees. The cache
-  holds only names, stat fields and blob ids, encrypted with the metadata key, and is trusted
-  only for the snapshot it was written with.
+  is encrypted with the metadata key (which the services hold) and trusted only for the
+  snapshot it was written with. It holds no names or paths: each file is found under a keyed
+  hash of its path (16 bytes), with the stat fields that tell whether it changed and its blob
+  ids. docs/security.md says what that still tells a holder of the write keys.
 """
 
 from __future__ import annotations
@@ -18,14 +20,31 @@ import os
 import msgspec
 
 from timevault.core import crypto
+from timevault.core.archiver.walk import PreviousDir
 from timevault.core.repository.blobs import CorruptBlob
 from timevault.core.repository.format import Node
 from timevault.core.repository.repo import Repository, RepositoryError
 
 
+class CachedFile(msgspec.Struct, array_like=True):
+    """What the files cache keeps of one file: enough to tell it is unchanged, and its blobs."""
+
+    mode: int
+    mtime_ns: int
+    size: int
+    content: list[bytes]
+    inode: int
+    device: int
+    uid: int
+    gid: int
+
+
 class _FilesCache(msgspec.Struct):
     snapshot: str
-    dirs: dict[bytes, list[Node]]
+    files: dict[bytes, CachedFile]
+
+
+PATH_KEY_SIZE = 16
 
 
 class ParentLookup:
@@ -34,14 +53,25 @@ class ParentLookup:
     def __init__(self, repo: Repository, cache_path: str | None = None) -> None:
         self._repo = repo
         self._cache_path = cache_path
-        self._recorded: dict[bytes, list[Node]] = {}
+        self._path_key = crypto.subkey(repo.write_keys.meta_key, "files cache path")
+        self._recorded: dict[bytes, CachedFile] = {}
 
-    async def previous_dir(self, path: bytes) -> dict[bytes, Node]:
+    async def previous_dir(self, path: bytes) -> PreviousDir:
         return {}
 
+    def path_key(self, path: bytes) -> bytes:
+        """The name of a file in the cache: a keyed hash of its path, never the path."""
+        return crypto.keyed_hash(self._path_key, path)[:PATH_KEY_SIZE]
+
     def record(self, path: bytes, nodes: list[Node]) -> None:
-        if self._cache_path is not None:
-            self._recorded[path] = [node for node in nodes if node.type == "file"]
+        if self._cache_path is None:
+            return
+        recorded = self._recorded
+        for node in nodes:
+            if node.type == "file" and not node.changed_while_reading:  # a torn read is read again
+                recorded[self.path_key(os.path.join(path, node.name))] = CachedFile(
+                    node.mode, node.mtime_ns, node.size, node.content, node.inode, node.device, node.uid, node.gid
+                )
 
     def close(self) -> None:
         """Stop any background work (see _TreeLookup)."""
@@ -81,13 +111,39 @@ class ParentLookup:
         return parent_id, ParentLookup(repo, cache_path)
 
 
+class _CachedDir:
+    """One folder's view of the files cache: entries are found by the hash of their path."""
+
+    def __init__(self, lookup: _CacheLookup, path: bytes) -> None:
+        self._lookup = lookup
+        self._path = path
+
+    def get(self, name: bytes, /) -> Node | None:
+        lookup = self._lookup
+        cached = lookup.files.get(lookup.path_key(os.path.join(self._path, name)))
+        if cached is None:
+            return None
+        return Node(
+            name=name,
+            type="file",
+            mode=cached.mode,
+            mtime_ns=cached.mtime_ns,
+            size=cached.size,
+            content=cached.content,
+            inode=cached.inode,
+            device=cached.device,
+            uid=cached.uid,
+            gid=cached.gid,
+        )
+
+
 class _CacheLookup(ParentLookup):
     def __init__(self, repo: Repository, cache_path: str, cached: _FilesCache) -> None:
         super().__init__(repo, cache_path)
-        self._dirs = cached.dirs
+        self.files = cached.files
 
-    async def previous_dir(self, path: bytes) -> dict[bytes, Node]:
-        return {node.name: node for node in self._dirs.get(path, [])}
+    async def previous_dir(self, path: bytes) -> PreviousDir:
+        return _CachedDir(self, path)
 
 
 class _TreeLookup(ParentLookup):
@@ -98,14 +154,14 @@ class _TreeLookup(ParentLookup):
         self._prefetched: dict[bytes, asyncio.Task[dict[bytes, Node]]] = {}
         self._prefetch_slots = asyncio.Semaphore(8)
 
-    async def previous_dir(self, path: bytes) -> dict[bytes, Node]:
+    async def previous_dir(self, path: bytes) -> PreviousDir:
         if path in self._dirs:
             return self._dirs[path]
         if path == b"/":
             found = await self._load(self._root)
         else:
             parent_dir, name = os.path.split(path)
-            node = (await self.previous_dir(parent_dir)).get(name)
+            node = (await self.previous_dir(parent_dir)).get(name)  # a dict here
             found = await self._load(node.subtree) if node and node.type == "dir" and node.subtree else {}
         self._dirs[path] = found
         return found

@@ -10,6 +10,7 @@ import stat
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from timevault.core import crypto
 from timevault.core.chunker import Chunker, ChunkerParams
@@ -52,6 +53,12 @@ class Entry:
     chunked: Chunked | None = None
     changed_while_reading: bool = False
     error: str | None = None
+
+
+class PreviousDir(Protocol):
+    """A folder's entries in the previous snapshot, looked up by name."""
+
+    def get(self, name: bytes, /) -> Node | None: ...
 
 
 def kind_of(mode: int) -> str:
@@ -105,7 +112,7 @@ def same_metadata(previous: Node, st: os.stat_result) -> bool:
     )
 
 
-def list_dir(path: bytes, previous: dict[bytes, Node]) -> tuple[list[Entry], list[Entry], list[str]]:
+def list_dir(path: bytes, previous: PreviousDir) -> tuple[list[Entry], list[Entry], list[str]]:
     """List a directory sorted by name: (entries, small changed files to read, warnings).
 
     Only metadata: cheap enough to run on the event loop, which saves a thread hop per folder.
@@ -170,7 +177,7 @@ def _read_ahead(entries: list[Entry]) -> None:
         return
     for entry in entries:
         try:
-            fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            fd = os.open(entry.path, _OPEN_FLAGS)
         except OSError:
             continue  # read_file reports it
         try:
@@ -181,10 +188,32 @@ def _read_ahead(entries: list[Entry]) -> None:
             os.close(fd)
 
 
+# O_NOFOLLOW: a symlink swapped in after the listing is not followed (a backup running as root
+# would store its target). O_NONBLOCK: a FIFO swapped in does not hang the open.
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
+
+
+def open_listed(entry: Entry) -> int:
+    """Open the regular file `entry` was listed as, or raise OSError (with a strerror).
+
+    Checked on the descriptor: whatever was swapped in between the listing and the open (a
+    symlink, a FIFO, a device, another file) is refused, never read.
+    """
+    fd = os.open(entry.path, _OPEN_FLAGS)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != (entry.st.st_dev, entry.st.st_ino):
+            raise OSError(0, "replaced by something other than the file listed")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def read_file(entry: Entry, params: ChunkerParams, id_key: bytes) -> None:
     """Read a small file whole and chunk it; sets entry.chunked or entry.error."""
     try:
-        fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = open_listed(entry)
     except OSError as exc:
         entry.error = f"skipped {os.fsdecode(entry.path)}: {exc.strerror}"
         return
@@ -215,7 +244,7 @@ class LargeFileReader:
         self.entry = entry
         self._id_key = id_key
         self._params = params
-        self._file = open(entry.path, "rb", buffering=0)
+        self._file = os.fdopen(open_listed(entry), "rb", buffering=0)
         self._chunks: Iterator[memoryview] | None = None
         self.size = 0
 
