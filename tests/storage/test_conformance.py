@@ -254,6 +254,25 @@ async def test_concurrent_puts_of_same_name_are_atomic(storage: Storage) -> None
     assert await listed(storage) == {"index/same": len(final)}
 
 
+async def test_put_once_never_replaces_an_object(storage: Storage) -> None:
+    """Objects of a repository are written once: where the location enforces it (exclusive
+    create, conditional put), `put_new` of a taken name changes nothing and says so."""
+    from timevault.core.storage.once import put_once, supports_put_new
+
+    assert supports_put_new(storage)  # every location here enforces it, wrappers included
+    assert await storage.put_new("snapshots/one", b"first")  # type: ignore[attr-defined]
+    assert not await storage.put_new("snapshots/one", b"second version")  # type: ignore[attr-defined]
+    assert await storage.get("snapshots/one") == b"first"
+    assert not await put_once(storage, "snapshots/one", b"third")
+    assert await put_once(storage, "snapshots/two", [b"pa", b"rts"])
+    assert await storage.get("snapshots/two") == b"parts"
+    assert await listed(storage) == {"snapshots/one": 5, "snapshots/two": 5}  # no temp file left
+    writer = RetryingStorage(storage, base_delay=0.01, max_delay=0.05)
+    results = await asyncio.gather(*(writer.put_new("index/race", bytes([i]) * 1000) for i in range(6)))
+    assert results.count(True) == 1  # exactly one racing writer created it
+    assert (await storage.get("index/race")) == bytes([results.index(True)]) * 1000
+
+
 async def test_close_is_idempotent_and_data_survives(make_storage: StorageFactory) -> None:
     first = make_storage()
     await first.put("snapshots/s1", b"manifest")
