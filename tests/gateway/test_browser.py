@@ -120,7 +120,8 @@ def test_backup_journey(browser: Browser, stack: Stack, screenshots: Path, tmp_p
     expect(row).to_have_count(1, timeout=60_000)
     expect(row.locator("td[data-label=Size]")).to_have_text("123 KB")  # 23,456 + 100,000 bytes
     expect(row.locator("td[data-label=Files]")).to_have_text("2")
-    expect(row.locator("td[data-label=Status]")).to_have_text("Completed")
+    # Written by the services since the password was last used: shown as not yet verified.
+    expect(row.locator("td[data-label=Status]")).to_have_text("Completed · not yet verified")
     expect(page.locator("#plan-status")).to_have_text("Up to date")
     expect(page.locator("#stat-count")).to_have_text("1")
     expect(page.locator("#stat-total")).to_have_text(re.compile(r"^\d+(\.\d)? KB$"))
@@ -150,6 +151,10 @@ def test_backup_journey(browser: Browser, stack: Stack, screenshots: Path, tmp_p
     assert (restored / "photos" / "cat.jpg").stat().st_size == 100_000
     dialog.get_by_role("button", name="Close").click()
     expect(dialog).to_be_hidden()
+    # The restore had the password: it endorsed the history, and the page says so.
+    page.reload()
+    expect(page.locator("#snapshots-body tr[data-status=completed] .endorsement")).to_have_attribute(
+        "data-endorsed", "true")
 
     # --- edit the schedule (the name is shown, not editable) ------------------------------------
     page.get_by_role("button", name="Edit schedule").click()

@@ -165,9 +165,10 @@ def _show_plan(plan: dict[str, Any]) -> None:
     print(f"snapshots:  {len(snapshots)}")
     for snap in snapshots:
         error = f"  {snap['error']}" if snap.get("error") else ""
+        endorsed = "  (not yet endorsed)" if snap.get("status") == "completed" and not snap.get("endorsed") else ""
         print(f"  {snap['id'][:12]}  {snap.get('started_at') or '-':32}  {snap.get('status', ''):9}  "
               f"{_size(snap.get('size')):>10}  +{_size(snap.get('added_size')):>10}  {snap.get('files', 0)} files"
-              f"{error}")
+              f"{endorsed}{error}")
 
 
 # --- commands --------------------------------------------------------------------------------

@@ -72,6 +72,7 @@
  * @property {string | null} error
  * @property {string | null} job_id
  * @property {string | null} plan_id
+ * @property {boolean} [endorsed] vouched for with the password (false: written since it was last used)
  */
 
 /**

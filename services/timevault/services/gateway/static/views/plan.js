@@ -103,6 +103,20 @@ function fillPlan(state) {
 }
 
 /**
+ * Endorsed: vouched for with the password (at plan creation, attach or a restore); snapshots the
+ * services wrote since are consistent with that history but not yet vouched for.
+ * @param {SnapshotInfo} snap
+ * @returns {HTMLElement}
+ */
+function endorsement(snap) {
+  return snap.endorsed
+    ? el("span", { class: "muted small-text endorsement", "data-endorsed": "true", text: " · verified",
+      title: "Endorsed with the password: this snapshot cannot be altered unnoticed" })
+    : el("span", { class: "muted small-text endorsement", "data-endorsed": "false", text: " · not yet verified",
+      title: "Written since the password was last used; it is verified at the next restore" });
+}
+
+/**
  * The snapshot table, newest first.
  * @param {PlanState} state
  * @param {PlanDetail} plan
@@ -125,6 +139,7 @@ function fillSnapshots(state, plan) {
       el("td", { "data-label": "Added", class: "num", text: completed ? formatSize(snap.added_size) : "—" }),
       el("td", { "data-label": "Files", class: "num", text: completed ? snap.files.toLocaleString() : "—" }),
       el("td", { "data-label": "Status" }, pill(snapshotStatus(snap.status)),
+        completed ? endorsement(snap) : null,
         snap.error ? el("span", { class: "snap-error", text: snap.error }) : null),
       el("td", { class: "row-actions" }, restore));
   }));
