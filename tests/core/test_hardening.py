@@ -189,7 +189,12 @@ def test_small_file_swapped_after_listing_is_skipped(tmp_path: Path, make: str) 
     entry = _listed(path)
     _swap(path, make, secret)
     done = threading.Event()
-    worker = threading.Thread(target=lambda: (read_file(entry, ChunkerParams(), b"k" * 32), done.set()), daemon=True)
+
+    def read() -> None:
+        read_file(entry, ChunkerParams(), b"k" * 32)
+        done.set()
+
+    worker = threading.Thread(target=read, daemon=True)
     worker.start()
     assert done.wait(10), "reading must not hang on a FIFO"
     assert entry.chunked is None and entry.error and "skipped" in entry.error

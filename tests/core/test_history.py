@@ -19,9 +19,9 @@ import pytest
 from timevault.core import crypto
 from timevault.core.archiver import backup
 from timevault.core.checker import check
+from timevault.core.errors import HistoryError, RepositoryError
 from timevault.core.prune import forget, prune
 from timevault.core.repository import endorsements
-from timevault.core.repository.errors import HistoryError, RepositoryError
 from timevault.core.repository.format import ConfigFile, Endorsement, Snapshot, SnapshotStats
 from timevault.core.repository.history import CONTRADICTS, ENDORSED, UNENDORSED, classify
 from timevault.core.repository.repo import ReadAccessRequired, Repository

@@ -371,7 +371,7 @@ def new_signing_key() -> tuple[bytes, bytes]:
 
 def sign(private_seed: bytes, message: bytes) -> bytes:
     key = ECC.construct(curve="ed25519", seed=private_seed)
-    return eddsa.new(key, "rfc8032").sign(message)  # type: ignore[no-any-return]
+    return eddsa.new(key, "rfc8032").sign(message)
 
 
 def verify_signature(public_key: bytes, message: bytes, signature: bytes) -> bool:
@@ -384,4 +384,4 @@ def verify_signature(public_key: bytes, message: bytes, signature: bytes) -> boo
 
 
 def verifying_key_of(private_seed: bytes) -> bytes:
-    return ECC.construct(curve="ed25519", seed=private_seed).public_key().export_key(format="raw")  # type: ignore[no-any-return]
+    return ECC.construct(curve="ed25519", seed=private_seed).public_key().export_key(format="raw")

@@ -30,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from timevault.core.archiver.archiver import ByteBudget, Progress
+from timevault.core.buffers import BytesLike
 from timevault.core.errors import HistoryError, RestoreCanceled, RestoreError
 from timevault.core.repository.blobs import CorruptBlob
 from timevault.core.repository.format import BlobType, Node
@@ -323,7 +324,7 @@ class Restorer:
             return
         loop = asyncio.get_running_loop()
 
-        async def write(decoded: list[tuple[bytes, list[tuple[_FileJob, int]]]], size: int) -> None:
+        async def write(decoded: list[tuple[BytesLike, list[tuple[_FileJob, int]]]], size: int) -> None:
             try:
                 await loop.run_in_executor(self._writer, self._write_decoded, decoded)
             finally:
@@ -346,7 +347,7 @@ class Restorer:
         start: int,
         locations: list[tuple[BlobLocation, bytes]],
         wanted: dict[bytes, list[tuple[_FileJob, int]]],
-    ) -> list[tuple[bytes, list[tuple[_FileJob, int]]]]:
+    ) -> list[tuple[BytesLike, list[tuple[_FileJob, int]]]]:
         """Decrypt, decompress and verify a pack's wanted blobs (mostly C code without the GIL)."""
         view = memoryview(span)
         decoded = []
@@ -364,7 +365,7 @@ class Restorer:
                     job.error = job.error or str(exc)
         return decoded
 
-    def _write_decoded(self, decoded: list[tuple[bytes, list[tuple[_FileJob, int]]]]) -> None:
+    def _write_decoded(self, decoded: list[tuple[BytesLike, list[tuple[_FileJob, int]]]]) -> None:
         """Write decoded blobs into their files; runs in the one writer thread.
 
         All file system calls of a restore happen in this thread. Each call releases and retakes
@@ -407,7 +408,7 @@ def _groups(
     return groups
 
 
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+def _pwrite_all(fd: int, data: BytesLike, offset: int) -> None:
     view = memoryview(data)
     while view:
         written = os.pwrite(fd, view, offset)

@@ -408,8 +408,9 @@ class Archiver:
                 entry.target = await asyncio.to_thread(os.readlink, full)
             elif entry.kind == "file":
                 previous = await self.parent.previous_dir(path)
-                if same_file(previous.get(name), st):
-                    entry.unchanged = previous[name]
+                before = previous.get(name)
+                if same_file(before, st):
+                    entry.unchanged = before
             elif entry.kind == "other":
                 self.warnings.append(f"skipped {os.fsdecode(full)}: not a regular file, folder or symlink")
                 continue

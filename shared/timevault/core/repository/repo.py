@@ -455,7 +455,7 @@ class Repository:
         endorsement_id, data = endorsements.encode(self.write_keys, self._sign_key, endorsement)
         await put_once(self.storage, f"endorsements/{endorsement_id}", data)
         self._endorsements[endorsement_id] = endorsement
-        made = _parse_time(endorsement.time)
+        made = datetime.fromisoformat(endorsement.time)
         for old_id, old in list(self._endorsements.items()):
             when = _parse_time(old.time)
             if old_id != endorsement_id and (when is None or when < made):

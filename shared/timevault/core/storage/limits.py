@@ -70,7 +70,7 @@ class LimitedStorage:
     async def put_new(self, name: str, data: Payload) -> bool:
         await self._enter()
         try:
-            return await self._inner.put_new(name, data)  # type: ignore[attr-defined,no-any-return]
+            return await self._inner.put_new(name, data)  # type: ignore[attr-defined]
         finally:
             self._leave()
 

@@ -111,7 +111,7 @@ class RetryingStorage:
 
     async def put_new(self, name: str, data: Payload) -> bool:
         # A retry after a lost reply finds the object made by the first try: False, correctly.
-        return await self._call("put", name, lambda: self._inner.put_new(name, data))  # type: ignore[attr-defined,no-any-return]
+        return await self._call("put", name, lambda: self._inner.put_new(name, data))  # type: ignore[attr-defined]
 
     async def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         return await self._call("get", name, lambda: self._inner.get(name, offset, length))

@@ -365,7 +365,7 @@ class S3Storage:
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
             signature_version="s3v4",
-            **({} if opts.allow_private else {"connector_args": {"resolver": _PublicOnlyResolver()}}),
+            connector_args=None if opts.allow_private else {"resolver": _PublicOnlyResolver()},
         )
         stack = AsyncExitStack()
         try:
