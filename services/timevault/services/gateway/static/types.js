@@ -168,6 +168,8 @@
  * @property {string} target
  * @property {string} password
  * @property {string[]} includes
+ * @property {boolean} [allow_unverified] restore even a snapshot that contradicts the endorsed history
+ * @property {boolean} [keep_setid] keep set-user-ID and set-group-ID bits (dropped by default)
  */
 
 /**
