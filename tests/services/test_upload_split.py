@@ -84,7 +84,7 @@ class Uploading:
     async def load(self, blob: EncodedBlob) -> bytes:
         from timevault.core.repository.format import BlobType
 
-        return await self.repo.load_blob(blob.id, BlobType.DATA)
+        return bytes(await self.repo.load_blob(blob.id, BlobType.DATA))
 
 
 @pytest.fixture
