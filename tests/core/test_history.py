@@ -390,3 +390,44 @@ async def test_passwd_rewraps_with_memory_hard_parameters(repo: Repository, tmp_
     await repo.change_password("a new password")
     assert kdf()[0] >= 64 * 1024 and kdf()[1] >= 3
     assert (await reopen(repo, "a new password")).write_keys == repo.write_keys
+
+
+# --- 8. the command line ------------------------------------------------------------------------
+
+
+async def test_cli_tells_endorsed_from_unendorsed_and_refuses_contradicting(
+    repo: Repository, tmp_path: Path, pw_file: Path
+) -> None:
+    import json
+
+    from .conftest import run_cli
+
+    source, first = await _backed_up(repo, tmp_path)
+    wo = await _write_only(repo)
+    (source / "doc.txt").write_text("second")
+    second, _ = await backup(wo, [str(source)])  # as the services would: not endorsed
+    writer = SnapshotWriter(wo)
+    forged = await writer.commit([await writer.file(b"x", b"forged")],
+                                 when=(datetime.now(UTC) - timedelta(days=40)).isoformat())
+    location = _repo_path(repo)
+
+    listed = run_cli("repo", "snapshots", location, "--json", "--password-file", pw_file)
+    assert listed.code == 1 and "contradicts" in listed.stderr  # reported, and a failure
+    listing, error = listed.stdout.splitlines()  # the list, then the --json error object
+    assert json.loads(error)["error"]["code"] == "failed"
+    standing = {s["id"]: (s["endorsed"], s["history"]) for s in json.loads(listing)}
+    assert standing == {first: (True, "endorsed"), second: (False, "unendorsed"),
+                        forged: (False, "contradicts")}
+    # Listing with the password endorsed what was consistent: the second is endorsed now.
+    assert (await (await reopen(repo)).history()).status[second] == ENDORSED
+
+    refused = run_cli("repo", "restore", location, forged, "--target", tmp_path / "out", "--json",
+                      "--password-file", pw_file)
+    assert refused.code == 1 and json.loads(refused.stdout)["error"]["code"] == "unverified"
+    assert "--allow-unverified" in refused.stderr and not (tmp_path / "out").exists()
+    allowed = run_cli("repo", "restore", location, forged, "--target", tmp_path / "out", "--allow-unverified",
+                      "--password-file", pw_file)
+    assert allowed.code == 0 and "contradicts" in allowed.stderr
+    assert (tmp_path / "out" / "x").read_bytes() == b"forged"
+    checked = run_cli("repo", "check", location, "--password-file", pw_file)
+    assert checked.code == 1 and forged[:8] in checked.stderr

@@ -4,7 +4,7 @@
 | exit | code(s) in ``{"error": {"code", ...}}`` | meaning |
 |---|---|---|
 | 0 | | success |
-| 1 | ``failed``, ``not_found`` (plan, snapshot, job), ``conflict``, ``busy``, ``unavailable``, ``unauthorized`` (the gateway's token), ``damaged``, ``storage``, ``password``, ``canceled``, ``job_failed``, ``internal`` | failure |
+| 1 | ``failed``, ``not_found`` (plan, snapshot, job), ``conflict``, ``busy``, ``unavailable``, ``unauthorized`` (the gateway's token), ``damaged``, ``unverified``, ``storage``, ``password``, ``canceled``, ``job_failed``, ``internal`` | failure |
 | 2 | ``usage``, ``invalid`` | the command line is wrong, or a value given is not acceptable |
 | 3 | ``incomplete`` | finished, but some files could not be read or restored |
 | 10 | ``no_repository`` | the repository or its location does not exist |
@@ -37,7 +37,9 @@ from timevault.cli.errors import (
 )
 from timevault.core.errors import (
     Canceled,
+    ConfigError,
     DamagedData,
+    HistoryError,
     LocationError,
     LocationNotFound,
     RepositoryLocked,
@@ -77,6 +79,8 @@ _BY_CLASS: tuple[tuple[type[BaseException], Exit, str], ...] = (
     (LocationError, Exit.USAGE, "invalid"),
     (RetentionError, Exit.USAGE, "invalid"),
     (DamagedData, Exit.FAILURE, "damaged"),
+    (ConfigError, Exit.FAILURE, "damaged"),  # a config changed behind the password holder's back
+    (HistoryError, Exit.FAILURE, "unverified"),  # contradicts the endorsed history
     (StorageError, Exit.FAILURE, "storage"),
     (Canceled, Exit.FAILURE, "canceled"),
     (TimeVaultError, Exit.FAILURE, "failed"),
