@@ -230,9 +230,13 @@ async def cmd_prune(args: argparse.Namespace) -> None:
         result = await prune(repo)  # endorses the history it leaves
     finally:
         await repo.close()
+    leftovers = ""
+    if result.temp_files_removed or result.locks_removed:
+        leftovers = (f", removed {result.temp_files_removed} stale temporary file(s) and "
+                     f"{result.locks_removed} stale lock(s)")
     print(
         f"deleted {result.packs_deleted} packs, repacked {result.packs_repacked}, "
-        f"freed {human_bytes(result.bytes_freed)}"
+        f"freed {human_bytes(result.bytes_freed)}{leftovers}"
     )
 
 

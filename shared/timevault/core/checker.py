@@ -17,8 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from timevault.core import crypto
+from timevault.core.names import name_problem
 from timevault.core.repository.blobs import CorruptBlob
-from timevault.core.repository.format import BlobType, Snapshot
+from timevault.core.repository.format import BlobType, Node, Snapshot
 from timevault.core.repository.history import UNENDORSED, History
 from timevault.core.repository.index import Index, pack_object_name
 from timevault.core.repository.pack import CorruptPack, read_pack_header
@@ -43,10 +44,14 @@ class TreeWalk:
     """Reads every tree of some snapshots once, remembering each tree's direct children, so
     that what any one snapshot needs can then be computed without reading trees again."""
 
-    def __init__(self, repo: Repository, index: Index, errors: list[str]) -> None:
+    def __init__(self, repo: Repository, index: Index, errors: list[str],
+                 name_errors: list[str] | None = None) -> None:
         self.repo = repo
         self.index = index
         self.errors = errors
+        # Where unsafe or repeated names in trees go (restore refuses them, so they are damage
+        # for check; prune does not need to stop for them): None leaves names unchecked.
+        self.name_errors = name_errors
         self.children: dict[bytes, tuple[list[bytes], list[bytes]]] = {}  # tree → (subtrees, data)
 
     async def walk(self, tree_id: bytes, where: str) -> None:
@@ -62,6 +67,8 @@ class TreeWalk:
                 self.errors.append(f"{where}: {exc}")
                 continue
             subtrees, data = self.children[tree_id]
+            if self.name_errors is not None:
+                _check_names(tree.nodes, where, self.name_errors)
             for node in tree.nodes:
                 path = f"{where}/{os.fsdecode(node.name)}"
                 if node.type == "dir" and node.subtree is not None:
@@ -91,6 +98,17 @@ class TreeWalk:
         for _, data in self.children.values():
             used.update(data)
         return used
+
+
+def _check_names(nodes: list[Node], where: str, errors: list[str]) -> None:
+    seen: set[bytes] = set()
+    for node in nodes:
+        problem = name_problem(node.name)
+        if problem is None and node.name in seen:
+            problem = f"the name {os.fsdecode(node.name)!r} more than once"
+        seen.add(node.name)
+        if problem is not None:
+            errors.append(f"{where}: the folder holds {problem} (restore refuses it)")
 
 
 async def used_blobs(
@@ -132,6 +150,7 @@ async def check(
             f"{len(unindexed)} pack(s) are not in the index (left by an interrupted "
             "backup; prune removes them, `timevault repo rebuild-index` indexes them)"
         )
+    await _note_leftovers(repo, result)
     history, by_id = await repo.load_history(result.errors)
     snapshots = sorted(by_id.items(), key=lambda item: (item[1].time, item[0]))
     result.snapshots = len(snapshots)
@@ -143,7 +162,7 @@ async def check(
     for snapshot_id, snapshot in snapshots:
         if snapshot.tree not in index:
             result.errors.append(f"snapshot {snapshot_id[:8]}: root tree is missing")
-    walk = TreeWalk(repo, index, result.errors)
+    walk = TreeWalk(repo, index, result.errors, name_errors=result.errors)
     for snapshot_id, snapshot in snapshots:
         await walk.walk(snapshot.tree, f"snapshot {snapshot_id[:8]}:")
     for snapshot_id, snapshot in snapshots:
@@ -201,6 +220,21 @@ async def _check_references(
             result.errors.append(f"snapshot {snapshot_id[:8]}: its list of references lacks its root tree")
         found[snapshot_id] = listed
     return found
+async def _note_leftovers(repo: Repository, result: CheckResult) -> None:
+    """Temporary files of interrupted writes and stale locks: nothing is lost, prune removes them."""
+    leftovers = getattr(repo.storage, "leftovers", None)
+    if leftovers is not None:
+        found = await leftovers()
+        if found:
+            size = sum(leftover.size for leftover in found)
+            result.notes.append(
+                f"{len(found)} temporary file(s) ({size} bytes) left by writes that did not finish "
+                "(prune removes them)"
+            )
+    stale = await repo.stale_locks()
+    if stale:
+        result.notes.append(f"{len(stale)} stale lock(s) of backups that ended without removing them "
+                            "(prune removes them)")
 
 
 async def _read_all_packs(

@@ -21,7 +21,9 @@ from the module that raises them (`timevault.core.repository`, `timevault.core.s
     │   └── CorruptBlob, CorruptPack, CorruptIndex
     ├── Unauthenticated              one ciphertext failed authentication (wrong key or changed)
     ├── StorageError                 a storage operation failed
-    │   ├── LocationNotFound         the location itself (folder, bucket) does not exist
+    │   ├── LocationNotFound         the location itself (folder, bucket) does not exist (or is gone)
+    │   ├── LocationFull             no room left at the location ("location is full: ...")
+    │   ├── LocationReadOnly         the location refuses writes ("location is read-only: ...")
     │   ├── ObjectNotFound           one object does not exist
     │   ├── ObjectExists             a write-once put found the name taken
     │   ├── TransientStorageError    may succeed when tried again (throttling, 5xx, timeouts)
@@ -129,7 +131,19 @@ class StorageError(TimeVaultError):
 
 
 class LocationNotFound(StorageError):
-    """The location itself (a folder, a bucket) does not exist."""
+    """The location itself (a folder, a bucket) does not exist.
+
+    A location that vanished under a running backup says "location disappeared: ..."; it is
+    never silently recreated, so the backup fails instead of writing a partial repository.
+    """
+
+
+class LocationFull(StorageError):
+    """The location has no room left (disk full, quota reached); the message starts "location is full"."""
+
+
+class LocationReadOnly(StorageError):
+    """The location refuses writes (a read-only file system); the message starts "location is read-only"."""
 
 
 class ObjectNotFound(StorageError):

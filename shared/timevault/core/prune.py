@@ -13,10 +13,15 @@ refuses to start while a backup runs). Within prune the order keeps every step c
 A crash before 2 leaves extra packs (removed by the next prune); after 2 only garbage.
 Last, lists of references (`references/`) that no remaining snapshot names, directly or as the
 base of its delta, are removed.
+
+Prune also removes what interrupted work left behind: temporary files of writes whose writer
+died (older than `TEMP_STALE_AFTER`: a live write touches its file every moment) and lock
+files that are expired or whose process on this host is gone.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from timevault.core.checker import used_blobs
@@ -33,6 +38,12 @@ class PruneResult:
     packs_repacked: int = 0
     bytes_freed: int = 0
     blobs_removed: int = 0
+    temp_files_removed: int = 0
+    locks_removed: int = 0
+
+
+# A temporary file this long unchanged has no writer any more (a pack is written in seconds).
+TEMP_STALE_AFTER = 10 * 60
 
 
 async def forget(repo: Repository, refs: list[str]) -> list[str]:
@@ -110,6 +121,26 @@ async def prune(repo: Repository) -> PruneResult:
         result.packs_deleted = len(drop) + len(orphans)
         result.packs_repacked = len(repack)
         result.blobs_removed = sum(len(p.blobs) for p in drop + repack) - sum(len(p.blobs) for p in new_packs)
+        result.temp_files_removed, freed = await _remove_leftovers(repo)
+        result.bytes_freed += freed
+        for name in await repo.stale_locks():
+            await repo.storage.delete(name)
+            result.locks_removed += 1
     await repo.index(reload=True)
     await repo.endorse()
     return result
+
+
+async def _remove_leftovers(repo: Repository) -> tuple[int, int]:
+    """(files, bytes) of stale temporary files removed (locations without them: none)."""
+    leftovers = getattr(repo.storage, "leftovers", None)
+    if leftovers is None:
+        return 0, 0
+    cutoff = time.time() - TEMP_STALE_AFTER
+    removed = freed = 0
+    for leftover in await leftovers():
+        if leftover.mtime < cutoff:
+            await repo.storage.remove_leftover(leftover.name)  # type: ignore[attr-defined]
+            removed += 1
+            freed += leftover.size
+    return removed, freed

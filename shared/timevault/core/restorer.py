@@ -5,7 +5,8 @@ at the end, so an interrupted restore never leaves half-written files in the tar
 blob is verified (AEAD tag and id). Names from the repository are checked before use: a
 hostile repository cannot write outside the target (no '/', '..', duplicates, or writing
 through a symlink — files are created with O_EXCL|O_NOFOLLOW in folders we just made).
-A damaged blob fails only the files that need it; the rest still restore.
+A damaged blob fails only the files that need it, a damaged folder listing only the folder
+below it; the rest still restore, and `RestoreResult.errors` names every loss.
 
 The way to the target is walked from a trusted starting folder one component at a time
 with ``O_NOFOLLOW`` (openat-style, `target.py`), and from then on everything happens relative
@@ -32,6 +33,7 @@ from dataclasses import dataclass, field
 from timevault.core.archiver.archiver import ByteBudget, Progress
 from timevault.core.buffers import BytesLike
 from timevault.core.errors import HistoryError, RestoreCanceled, RestoreError
+from timevault.core.names import safe_name
 from timevault.core.repository.blobs import CorruptBlob
 from timevault.core.repository.format import BlobType, Node
 from timevault.core.repository.history import CONTRADICTS, ENDORSED
@@ -150,10 +152,6 @@ class _FileJob:
         return fd
 
 
-def _safe_name(name: bytes) -> bool:
-    return bool(name) and name not in (b".", b"..") and b"/" not in name and b"\0" not in name
-
-
 def _parse_includes(includes: list[str]) -> list[tuple[bytes, ...]]:
     parsed = []
     for include in includes:
@@ -205,12 +203,20 @@ class Restorer:
                 raise RestoreError(
                     f"the snapshot's folders nest deeper than {self.max_depth} levels at {prefix!r}; refusing it"
                 )
-            tree = await self.repo.load_tree(tree_id)
+            try:
+                tree = await self.repo.load_tree(tree_id)
+            except (CorruptBlob, StorageError) as exc:
+                if not parents:
+                    raise  # the root: there is nothing to restore
+                # A damaged folder listing costs that folder's contents, not the restore: the
+                # folder itself is restored (empty) and its loss is named.
+                self.result.errors.append(f"{prefix.rstrip('/')}/: the folder's contents are lost: {exc}")
+                return
             if len(items) + len(tree.nodes) > self.max_items:
                 raise RestoreError(f"the snapshot holds more than {self.max_items} entries; refusing to plan it")
             seen: set[bytes] = set()
             for node in tree.nodes:
-                if not _safe_name(node.name) or node.name in seen:
+                if not safe_name(node.name) or node.name in seen:
                     raise RestoreError(f"the snapshot holds an unsafe or repeated name {os.fsdecode(node.name)!r}")
                 seen.add(node.name)
                 parts = (*parents, node.name)

@@ -555,6 +555,7 @@ async def backup(
             tags=tags or [],
             plan=plan,
         )
+        await repo.verify_intact()  # a vanished or replaced location fails the backup, never commits
         snapshot_id = await repo.save_snapshot(snapshot)
         if repo.can_endorse:  # the password is here: its holder vouches for what it just wrote
             await repo.endorse()

@@ -147,10 +147,16 @@ class Packer:
         self._writes: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(max_pending)
         self._on_written = on_written
+        # The first failed write: kept here because a finished task leaves `_writes` at once,
+        # so without it `flush` would not see the failure (and asyncio would log it as never
+        # retrieved). Every later `add` and `flush` raises it.
+        self.failure: BaseException | None = None
         self.written: list[IndexPack] = []
         self.bytes_written = 0
 
     async def add(self, blob: EncodedBlob) -> None:
+        if self.failure is not None:
+            raise self.failure
         if blob.id in self._seen:
             return
         self._seen.add(blob.id)
@@ -168,7 +174,12 @@ class Packer:
         await self._slots.acquire()
         task = asyncio.create_task(self._write(blobs))
         self._writes.add(task)
-        task.add_done_callback(self._writes.discard)
+        task.add_done_callback(self._write_done)
+
+    def _write_done(self, task: asyncio.Task[None]) -> None:
+        self._writes.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None and self.failure is None:
+            self.failure = exc
 
     async def _write(self, blobs: list[EncodedBlob]) -> None:
         try:
@@ -192,25 +203,23 @@ class Packer:
         Raises that write's failure. Lets a sender with a full window make room without sealing
         a small pack early.
         """
+        if self.failure is not None:
+            raise self.failure
         if not self._writes:
             return False
-        done, _ = await asyncio.wait(set(self._writes), return_when=asyncio.FIRST_COMPLETED)
-        for task in done:
-            failure = None if task.cancelled() else task.exception()
-            if failure is not None:
-                raise failure
+        await asyncio.wait(set(self._writes), return_when=asyncio.FIRST_COMPLETED)
+        if self.failure is not None:
+            raise self.failure
         return True
 
     async def flush(self) -> list[IndexPack]:
         """Write every open pack and wait until all packs are durable. Raises the first failure."""
         for blob_type in (BlobType.DATA, BlobType.TREE):
             await self._seal(blob_type)
-        failures: list[BaseException] = []
         while self._writes:
-            done = await asyncio.gather(*list(self._writes), return_exceptions=True)
-            failures.extend(result for result in done if isinstance(result, BaseException))
-        if failures:
-            raise failures[0]
+            await asyncio.gather(*list(self._writes), return_exceptions=True)
+        if self.failure is not None:
+            raise self.failure
         return self.written
 
     async def abort(self) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import secrets
 import socket
@@ -77,6 +78,7 @@ LOCK_REFRESH_EVERY = 5 * 60
 _tree_decoder = msgspec.msgpack.Decoder(Tree)
 _snapshot_decoder = msgspec.msgpack.Decoder(Snapshot)
 _lock_decoder = msgspec.msgpack.Decoder(Lock)
+log = logging.getLogger(__name__)
 
 
 class Repository:
@@ -222,6 +224,50 @@ class Repository:
 
     async def close(self) -> None:
         await self.storage.close()
+
+    async def verify_intact(self) -> None:
+        """Raise RepositoryError unless the location still holds this repository, readable.
+
+        A backup calls this just before it commits: a location removed (or replaced, or made
+        unreadable) while the backup ran must fail the backup, never yield a snapshot that
+        cannot be restored because the config or the keys are gone.
+        """
+        where = self.storage.location
+        try:
+            data = await self.storage.get("config")
+        except ObjectNotFound as exc:
+            raise RepositoryError(f"location disappeared: the repository's config is gone from {where}") from exc
+        except StorageError as exc:
+            raise RepositoryError(f"the repository's config is no longer readable: {exc}") from exc
+        try:
+            config, problems = _verified_config(repoconfig.peek(data, where), self.write_keys, where)
+        except RepositoryError as exc:
+            raise RepositoryError(f"the repository's config in {where} is damaged: {exc}") from exc
+        if problems or config != self.config:
+            raise RepositoryError(f"the repository's config in {where} was replaced or changed while the backup ran")
+        try:
+            names = [info.name async for info in self.storage.list("keys/")]
+            for name in names:
+                await self.storage.get(name)
+        except StorageError as exc:
+            raise RepositoryError(f"the repository's keys are no longer readable: {exc}") from exc
+        if not names:
+            raise RepositoryError(f"location disappeared: the repository's keys are gone from {where}")
+
+    async def stale_locks(self) -> list[str]:
+        """Lock files that protect nothing: expired, or held by a process of this host that is gone."""
+        stale = []
+        now = time.time()
+        async for info in self.storage.list("locks/"):
+            try:
+                lock = _lock_decoder.decode(self.decrypt_meta(await self.storage.get(info.name), b"lock"))
+            except ObjectNotFound:
+                continue
+            except (crypto.Unauthenticated, msgspec.DecodeError):
+                continue  # not ours (another key's): never removed on a guess
+            if lock.expires <= now or _dead_local_process(lock):
+                stale.append(info.name)
+        return stale
 
     # --- metadata ------------------------------------------------------------------------
 
@@ -647,7 +693,13 @@ class Repository:
             refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await refresher
-            await self.storage.delete(name)
+            try:
+                await self.storage.delete(name)
+            except StorageError as exc:
+                # Never in place of the error that ended the work (a read-only or vanished
+                # location fails both); a lock left behind goes stale, check reports it and
+                # prune removes it.
+                log.warning("cannot remove the lock %s: %s", name, exc)
 
     async def _live_locks(self) -> list[tuple[str, Lock]]:
         live = []
