@@ -64,6 +64,20 @@ class Job(msgspec.Struct, kw_only=True):
     """Scheduled jobs: the schedule slot (UTC) it was started for."""
     added_size: int = 0
     """Backup: bytes newly stored so far."""
+    warnings: list[str] = msgspec.field(default_factory=list)
+    """What a completed job could not do: a restore names each file or folder it could not restore
+    (damaged or missing data; at most `WARNINGS_MAX`, the last entry then says how many more).
+    A completed job with warnings finished but is incomplete (the CLI exits 3)."""
+
+
+WARNINGS_MAX = 100
+
+
+def capped_warnings(items: list[str], limit: int = WARNINGS_MAX) -> list[str]:
+    """`items`, at most `limit` of them, the last one counting the rest."""
+    if len(items) <= limit:
+        return list(items)
+    return [*items[: limit - 1], f"... and {len(items) - limit + 1} more"]
 
 
 class JobCreate(msgspec.Struct, kw_only=True):
@@ -136,6 +150,8 @@ class JobFinish(msgspec.Struct, kw_only=True):
     """Backup: the committed snapshot (only with ``completed``)."""
     progress: JobProgress | None = None
     """The final counters, so a job that ends between two heartbeats still reports them."""
+    warnings: list[str] = msgspec.field(default_factory=list)
+    """What the completed job could not do (see `Job.warnings`)."""
 
 
 class JobProgress(msgspec.Struct, kw_only=True):

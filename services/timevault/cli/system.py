@@ -10,6 +10,8 @@ asking for a password. The gateway's error replies are raised as `ServiceError` 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import http.client
 import json
 import os
 import sys
@@ -21,7 +23,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from timevault.cli.errors import CommandError, GatewayUnreachable, JobFailed, UsageError
+from timevault.cli.errors import CommandError, GatewayUnreachable, Incomplete, JobFailed, UsageError
 from timevault.cli.parser import Subcommands
 from timevault.proto.errors import ServiceError
 from timevault.proto.plans import (
@@ -39,15 +41,20 @@ from timevault.services.common.paths import default_data_dir
 
 TERMINAL = ("completed", "failed", "canceled")
 EVENTS_QUIET = 20.0
+# How long --wait keeps asking while TimeVault does not answer (gateway or NATS restarting): the
+# services' default job timeout (60 s) plus 30 s. By then the catalog has failed a job whose
+# worker went silent, so an answer that comes later could not change the outcome.
+RECONNECT_FOR = 90.0
 
 
 # --- finding and calling the gateway -------------------------------------------------------
 
 
 class Gateway:
-    def __init__(self, url: str, token: str) -> None:
+    def __init__(self, url: str, token: str, info_path: Path | None = None) -> None:
         self.url = url.rstrip("/")
         self.token = token
+        self.info_path = info_path  # gateway.json, when that is where url and token came from
 
     @classmethod
     def find(cls, data_dir: str | None) -> Gateway:
@@ -57,7 +64,7 @@ class Gateway:
         path = Path(data_dir or default_data_dir()) / "gateway.json"
         try:
             info = json.loads(path.read_text())
-            return cls(info["url"], info["token"])
+            return cls(info["url"], info["token"], path)
         except FileNotFoundError:
             if url and token:
                 return cls(url, token)
@@ -81,8 +88,48 @@ class Gateway:
         except urllib.error.URLError as exc:
             raise GatewayUnreachable(f"cannot reach the TimeVault gateway at {self.url} ({exc.reason}); "
                                      "is `timevault up` running?") from None
-        except (TimeoutError, OSError) as exc:
-            raise GatewayUnreachable(f"gateway at {self.url} did not answer: {exc}") from None
+        except (TimeoutError, OSError, http.client.HTTPException) as exc:
+            raise GatewayUnreachable(f"gateway at {self.url} did not answer: {exc or type(exc).__name__}") from None
+
+    def call_patiently(self, method: str, path: str, patience: float = RECONNECT_FOR) -> Any:
+        """`call` (for reads), asked again while TimeVault does not answer, for up to `patience` s.
+
+        Not answering: nobody listens (the gateway restarting), or the gateway cannot reach the
+        services (``unavailable``: NATS or the catalog restarting). A 401 after a restart of `up`
+        means a new token: gateway.json is read again until it has it.
+        """
+        deadline = time.monotonic() + patience
+        while True:
+            try:
+                return self.call(method, path)
+            except GatewayUnreachable as exc:
+                if time.monotonic() >= deadline:
+                    raise GatewayUnreachable(f"TimeVault did not answer for {patience:.0f} s: {exc}") from None
+            except ServiceError as exc:
+                if exc.code == "unauthorized" and self.info_path is not None:
+                    # The token worked a moment ago: `up` restarted with a new one, which it
+                    # writes to gateway.json once its gateway answers. Read the file until then.
+                    if self.reload():
+                        continue
+                elif exc.code != "unavailable":
+                    raise
+                if time.monotonic() >= deadline:
+                    raise GatewayUnreachable(f"TimeVault did not answer for {patience:.0f} s: {exc.message}") \
+                        from None
+            time.sleep(0.5)
+
+    def reload(self) -> bool:
+        """Read gateway.json again; True when it names another address or token."""
+        if self.info_path is None:
+            return False
+        try:
+            info = json.loads(self.info_path.read_text())
+            url, token = str(info["url"]).rstrip("/"), str(info["token"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+        changed = (url, token) != (self.url, self.token)
+        self.url, self.token = url, token
+        return changed
 
     def open_events(self, job_id: str) -> Any:
         """The job's Server-Sent Events stream (an open response), or None if it cannot be had."""
@@ -92,7 +139,7 @@ class Gateway:
         try:
             # Quiet for longer than the gateway's keep-alive (15 s) means the stream is dead.
             return urllib.request.urlopen(req, timeout=EVENTS_QUIET)
-        except (urllib.error.URLError, OSError):
+        except (urllib.error.URLError, OSError, http.client.HTTPException):
             return None
 
     def plan_id(self, name: str) -> str:
@@ -331,11 +378,15 @@ def cmd_plan_resume(args: argparse.Namespace) -> None:
 
 
 def _wait(gateway: Gateway, job: dict[str, Any], as_json: bool) -> None:
-    """Follow the job until it ends, with a progress bar on a terminal; JobFailed unless it completed.
+    """Follow the job until it ends, with a progress bar on a terminal; JobFailed unless it completed,
+    Incomplete when it completed with warnings (a restore that could not restore every file).
 
     The job's live events (``/events?job=ID``) say at once when it ends; polling every half
     second instead made each short job look up to 0.5 s slower. The stream is re-checked with a
     GET whenever it is quiet or drops, so a lost event or a restarted gateway costs only time.
+    While nobody answers (the gateway, NATS or the catalog restarting) it keeps asking for
+    `RECONNECT_FOR` seconds, so it always ends, with the job's real outcome whenever TimeVault
+    comes back in time.
     """
     bar = _ProgressBar(sys.stderr.isatty() and not as_json)
     job_id = job["id"]
@@ -344,11 +395,11 @@ def _wait(gateway: Gateway, job: dict[str, Any], as_json: bool) -> None:
         events = gateway.open_events(job_id)
         try:
             # The job may have ended before the stream was open: ask once it is.
-            job = gateway.call("GET", f"/jobs/{_q(job_id)}")
+            job = gateway.call_patiently("GET", f"/jobs/{_q(job_id)}")
             if job.get("status") in TERMINAL:
                 break
             if events is None:
-                time.sleep(0.5)  # no stream from this gateway: plain polling
+                time.sleep(0.5)  # no stream from this gateway (or none right now): plain polling
                 continue
             for kind, data in _sse_events(events):
                 if kind == "progress":
@@ -358,20 +409,28 @@ def _wait(gateway: Gateway, job: dict[str, Any], as_json: bool) -> None:
                     if job.get("status") in TERMINAL:
                         break
                 bar.show(job)
-        except (OSError, ValueError):
+        except (OSError, ValueError, http.client.HTTPException):
             pass  # a dropped or silent stream: ask, then listen again
         finally:
             if events is not None:
-                events.close()
-        job = gateway.call("GET", f"/jobs/{_q(job_id)}")
+                with contextlib.suppress(OSError, http.client.HTTPException):
+                    events.close()
+        job = gateway.call_patiently("GET", f"/jobs/{_q(job_id)}")
     bar.done()
     if job["status"] != "completed":
         raise JobFailed(f"{job['kind']} {job['id']} {job['status']}: {job.get('error') or 'no reason given'}", job)
+    warnings = [str(w) for w in job.get("warnings") or []]
     if as_json:
         _print_json(job)
     else:
         extra = f" (snapshot {job['snapshot_id'][:12]})" if job.get("snapshot_id") and job["kind"] == "backup" else ""
-        print(f"{job['kind']} {job['id']} completed{extra}")
+        for warning in warnings:
+            print(f"error: {warning}", file=sys.stderr)
+        if not warnings:
+            print(f"{job['kind']} {job['id']} completed{extra}")
+    if warnings:
+        raise Incomplete(f"{job['kind']} {job['id']} finished, but {len(warnings)} item(s) could not be "
+                         "restored (listed above); everything else was")
 
 
 _PROGRESS_FIELDS = ("files_done", "files_total", "bytes_done", "bytes_total", "rate")

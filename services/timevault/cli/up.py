@@ -2,9 +2,13 @@
 
 Starts a private nats-server (JetStream under ``<data-dir>/nats``) unless ``--nats`` is given,
 then each service as its own process (catalog, scheduler, snapshotter, uploader, restorer, and
-the HTTP gateway when ``timevault.services.gateway`` exists). A service that exits unexpectedly is
-restarted with backoff. ``<data-dir>/gateway.json`` (mode 0600) tells the CLI where the gateway
-listens and which bearer token it accepts.
+the HTTP gateway when ``timevault.services.gateway`` exists). A child that exits unexpectedly,
+nats-server included, is restarted with backoff; nats-server comes back on the same port, store
+and token, and the services reconnect by themselves. Every child dies with `up`, even when `up`
+is killed -9 (a parent-death signal, `timevault.services.common.children`), and a nats-server
+that an earlier run left on the store is stopped before a new one starts.
+``<data-dir>/gateway.json`` (mode 0600) tells the CLI where the gateway listens and which
+bearer token it accepts.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import time
 from pathlib import Path
 
 from timevault.cli.errors import CommandError
+from timevault.services.common.children import die_with_parent
 from timevault.services.common.natsd import NatsServer, free_port
 
 log = logging.getLogger("timevault.up")
@@ -44,6 +49,33 @@ def write_private_json(path: Path, data: dict[str, object]) -> None:
     os.replace(temp, path)
 
 
+class NatsChild:
+    """The private nats-server, supervised like a service: same port, store and token on restart."""
+
+    name = "nats-server"
+
+    def __init__(self, server: NatsServer, log_path: Path) -> None:
+        self.server = server
+        self.log_path = log_path
+        self.restarts = 0
+
+    async def start(self) -> None:
+        self.server.spawn(die_with_parent())  # here, in the event loop's thread (see Child.start)
+        await asyncio.to_thread(self.server.wait_ready, 15.0)
+        log.info("nats-server listening on %s (pid %d)", self.server.url,
+                 self.server.proc.pid if self.server.proc else -1)
+
+    def exited(self) -> bool:
+        return not self.server.running()
+
+    @property
+    def returncode(self) -> int | None:
+        return self.server.proc.returncode if self.server.proc is not None else None
+
+    async def stop(self, grace: float = 10.0) -> None:
+        await asyncio.to_thread(self.server.stop, grace)
+
+
 class Child:
     """One supervised service process."""
 
@@ -56,11 +88,19 @@ class Child:
         self.restarts = 0
 
     async def start(self) -> None:
+        # Started from the event loop's thread: the parent-death signal follows the forking thread.
         with open(self.log_path, "ab") as out:  # noqa: ASYNC230 - opening a local log file
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", f"timevault.services.{self.name}", *self.args, stdout=out, stderr=out,
-                stdin=asyncio.subprocess.DEVNULL, env=self.env)
+                stdin=asyncio.subprocess.DEVNULL, env=self.env, preexec_fn=die_with_parent())
         log.info("started %s (pid %d)", self.name, self.proc.pid)
+
+    def exited(self) -> bool:
+        return self.proc is not None and self.proc.returncode is not None
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.returncode if self.proc is not None else None
 
     async def stop(self, grace: float = 10.0) -> None:
         if self.proc is None or self.proc.returncode is not None:
@@ -104,16 +144,17 @@ async def up(data_dir: Path, listen: str = DEFAULT_LISTEN, nats_url: str | None 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    nats_server: NatsServer | None = None
+    nats_server: NatsChild | None = None
     if nats_url is None:
-        nats_server = NatsServer(data_dir / "nats", log_file=logs / "nats-server.log",
-                                 token=secrets.token_urlsafe(32))
+        nats_server = NatsChild(NatsServer(data_dir / "nats", log_file=logs / "nats-server.log",
+                                           token=secrets.token_urlsafe(32)), logs / "nats-server.log")
         try:
-            await asyncio.to_thread(nats_server.start)
+            await nats_server.start()
         except (OSError, RuntimeError, TimeoutError) as exc:
+            await nats_server.stop()
             raise UpError(f"cannot start nats-server: {exc}") from exc
-        nats_url = nats_server.client_url
-        log.info("nats-server listening on %s (JetStream in %s)", nats_server.url, data_dir / "nats")
+        nats_url = nats_server.server.client_url
+        log.info("JetStream in %s", data_dir / "nats")
 
     token = secrets.token_urlsafe(32)
     env = {**os.environ, "TIMEVAULT_DATA_DIR": str(data_dir), "TIMEVAULT_NATS": nats_url}
@@ -142,17 +183,18 @@ async def up(data_dir: Path, listen: str = DEFAULT_LISTEN, nats_url: str | None 
             await _wait_until_serving(f"http://{listen}", token, stop)
         write_private_json(info_path, {"url": f"http://{listen}", "token": token, "nats": nats_url,
                                        "pid": os.getpid()})
-        print(f"timevault: up (data dir {data_dir}, gateway http://{listen}, NATS {_without_credentials(nats_url)}); "
+        print(f"timevault: up (data dir {data_dir}, gateway http://{listen}, "
+              f"NATS {_without_credentials(nats_url)}); "
               "Ctrl-C to stop", file=sys.stderr, flush=True)
         # The token itself is not printed: terminals end up in logs (journald, CI output).
         print(f"timevault: web UI at http://{listen}/ — sign in with the token in {info_path} "
               "(mode 0600); the CLI finds it there by itself", file=sys.stderr, flush=True)
-        await _supervise(children, stop)
+        await _supervise([*([nats_server] if nats_server else []), *children], stop)
     finally:
         for child in reversed(children):
             await child.stop()
         if nats_server is not None:
-            await asyncio.to_thread(nats_server.stop)
+            await nats_server.stop()
         with contextlib.suppress(FileNotFoundError):
             info_path.unlink()
         fcntl.flock(lock_file, fcntl.LOCK_UN)
@@ -193,8 +235,8 @@ def _without_credentials(url: str) -> str:
     return f"{scheme}{sep}{rest.rpartition('@')[2]}" if sep else url
 
 
-async def _supervise(children: list[Child], stop: asyncio.Event) -> None:
-    """Restart children that die, with backoff, until `stop` is set."""
+async def _supervise(children: list[NatsChild | Child], stop: asyncio.Event) -> None:
+    """Restart children that die, with backoff, until `stop` is set (nats-server first in the list)."""
     last_start = {child.name: time.monotonic() for child in children}
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
@@ -202,15 +244,18 @@ async def _supervise(children: list[Child], stop: asyncio.Event) -> None:
         if stop.is_set():
             return
         for child in children:
-            if child.proc is not None and child.proc.returncode is not None:
-                # Back off when it keeps crashing; reset once it ran for a minute.
-                if time.monotonic() - last_start[child.name] > 60:
-                    child.restarts = 0
-                delay = min(2 ** child.restarts * 0.5, 30)
-                if time.monotonic() - last_start[child.name] < delay:
-                    continue
-                log.warning("%s exited with %s; restarting (see %s)", child.name, child.proc.returncode,
-                            child.log_path)
-                child.restarts += 1
-                last_start[child.name] = time.monotonic()
+            if not child.exited():
+                continue
+            # Back off when it keeps crashing; reset once it ran for a minute.
+            if time.monotonic() - last_start[child.name] > 60:
+                child.restarts = 0
+            delay = min(2 ** child.restarts * 0.5, 30)
+            if time.monotonic() - last_start[child.name] < delay:
+                continue
+            log.warning("%s exited with %s; restarting (see %s)", child.name, child.returncode, child.log_path)
+            child.restarts += 1
+            last_start[child.name] = time.monotonic()
+            try:
                 await child.start()
+            except (OSError, RuntimeError, TimeoutError) as exc:
+                log.error("cannot restart %s: %s; trying again", child.name, exc)

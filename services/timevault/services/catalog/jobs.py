@@ -30,6 +30,7 @@ from timevault.proto.jobs import (
     JobListRequest,
     JobProgress,
     JobRef,
+    capped_warnings,
 )
 from timevault.proto.plans import SnapshotInfo
 from timevault.services.catalog.context import ACTIVE, Catalog, Transaction
@@ -110,6 +111,8 @@ class Jobs:
                 raise ServiceError("conflict", f"job {job.id} is already {job.status}", "job_id")
             if job.worker != req.worker:
                 raise ServiceError("conflict", f"job {job.id} is held by another worker", "worker")
+            if req.warnings and req.status == "completed":
+                job = msgspec.structs.replace(job, warnings=capped_warnings(req.warnings))
             if req.progress is not None:
                 job = msgspec.structs.replace(job, files_done=req.progress.files_done,
                                               bytes_done=req.progress.bytes_done,

@@ -15,7 +15,7 @@ from nats.aio.subscription import Subscription
 
 from timevault.proto import subjects, wire
 from timevault.proto.errors import ServiceError
-from timevault.proto.jobs import Job, JobFinish, JobProgress
+from timevault.proto.jobs import Job, JobFinish, JobProgress, capped_warnings
 from timevault.proto.plans import SnapshotInfo
 from timevault.services.common import rpc
 from timevault.services.common.util import utcnow
@@ -79,10 +79,12 @@ class JobContext:
             await asyncio.sleep(HEARTBEAT_EVERY)
 
     async def finish(self, status: Literal["completed", "failed", "canceled"], error: str | None = None,
-                     snapshot: SnapshotInfo | None = None) -> Job | None:
-        """Report the outcome; retried while the catalog is unreachable (e.g. NATS restarting)."""
+                     snapshot: SnapshotInfo | None = None, warnings: list[str] | None = None) -> Job | None:
+        """Report the outcome; retried while the catalog is unreachable (e.g. NATS restarting).
+
+        `warnings`: what a completed job could not do (a restore's lost files), capped."""
         request = JobFinish(job_id=self.job.id, worker=self.worker, status=status, error=error,
-                            snapshot=snapshot, progress=self.progress)
+                            snapshot=snapshot, progress=self.progress, warnings=capped_warnings(warnings or []))
         try:
             # A repeated report is harmless: the catalog answers it with the finished job.
             return await rpc.request_retrying(self.nc, subjects.JOB_FINISH, request, Job, give_up_after=120)

@@ -1,7 +1,14 @@
-"""Run a private nats-server child with JetStream (used by `timevault up` and the tests)."""
+"""Run a private nats-server child with JetStream (used by `timevault up` and the tests).
+
+The server writes its pid to ``<store>/nats-server.pid``. Starting a server on a store that a
+server from an earlier run still holds (its `up` was killed on a system without parent-death
+signals, or it was started by hand) first stops that stale server: two servers must never
+share one JetStream store.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -9,7 +16,10 @@ import socket
 import subprocess
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 MAX_PAYLOAD = 8 * 1024 * 1024  # chunks are ≤ 4 MiB plus a little overhead
 
@@ -74,6 +84,7 @@ class NatsServer:
         text = (
             f"host: {self.host}\nport: {self.port}\nhttp_port: {self.monitor_port}\n"
             f"max_payload: {self.max_payload}\n"
+            f'pid_file: "{self.pid_file}"\n'
             f'jetstream {{\n  store_dir: "{self.store_dir / "jetstream"}"\n}}\n'
         )
         if self.token:
@@ -85,12 +96,50 @@ class NatsServer:
             f.write(text)
         return conf
 
-    def start(self, timeout: float = 15.0) -> None:
-        conf = self._config()
-        with open(self.log_file, "ab") as log:
-            self.proc = subprocess.Popen([find_nats_server(), "-c", str(conf)], stdout=log, stderr=log,
-                                        stdin=subprocess.DEVNULL, start_new_session=True, env=_server_env())
+    @property
+    def pid_file(self) -> Path:
+        return self.store_dir / "nats-server.pid"
+
+    def start(self, timeout: float = 15.0, preexec_fn: Callable[[], None] | None = None) -> None:
+        self.spawn(preexec_fn)
         self.wait_ready(timeout)
+
+    def spawn(self, preexec_fn: Callable[[], None] | None = None) -> None:
+        """Start the process (same port, store and token every time); `wait_ready` waits for it.
+
+        `preexec_fn` (e.g. `timevault.services.common.children.die_with_parent`) runs in the child.
+        """
+        conf = self._config()
+        self.stop_stale()
+        with open(self.log_file, "ab") as out:
+            self.proc = subprocess.Popen([find_nats_server(), "-c", str(conf)], stdout=out, stderr=out,
+                                         stdin=subprocess.DEVNULL, start_new_session=True, env=_server_env(),
+                                         preexec_fn=preexec_fn)
+
+    def stop_stale(self, grace: float = 10.0) -> int | None:
+        """Stop a nats-server that an earlier run left on this store; returns its pid if there was one."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        if (self.proc is not None and pid == self.proc.pid) or not _is_nats_server_of(pid, self.store_dir):
+            return None
+        log.warning("stopping a stale nats-server (pid %d) that still holds %s", pid, self.store_dir)
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                return pid
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline:
+                if not _alive(pid):
+                    return pid
+                time.sleep(0.05)
+        raise RuntimeError(f"a stale nats-server (pid {pid}) holds {self.store_dir} and does not stop")
+
+    def running(self) -> bool:
+        """True while the process runs (and reaps it once it has exited: no <defunct> entry)."""
+        return self.proc is not None and self.proc.poll() is None
 
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -122,3 +171,28 @@ class NatsServer:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[-1].split()[0] != b"Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+
+def _is_nats_server_of(pid: int, store_dir: Path) -> bool:
+    """Is `pid` a nats-server running with this store's config (not a recycled pid)?"""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+    except OSError:
+        return False
+    conf = os.fsencode(store_dir / "nats-server.conf")
+    return bool(argv) and os.path.basename(argv[0]).startswith(b"nats-server") and conf in argv

@@ -143,6 +143,9 @@ class RestorerService:
                 with contextlib.suppress(Exception):
                     await repo.close()
             if result.errors:
-                await ctx.finish("failed", f"{len(result.errors)} files not restored; first: {result.errors[0]}")
+                # Finished but incomplete: everything else was restored; each loss is named.
+                log.warning("restore %s: %d item(s) not restored; first: %s", job.id, len(result.errors),
+                            result.errors[0])
+                await ctx.finish("completed", warnings=result.errors)
             else:
                 await ctx.finish("completed")
