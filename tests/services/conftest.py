@@ -30,15 +30,16 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer
 class ServiceProc:
     """One service as a child process (``python -m services.<name>``), logging to a file."""
 
-    def __init__(self, name: str, nats_url: str, log_dir: Path, *args: str) -> None:
+    def __init__(self, name: str, nats_url: str, log_dir: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.name = name
+        self.env = env or {}
         self.args = [sys.executable, "-m", f"timevault.services.{name}", "--nats", nats_url, "--log-level", "DEBUG",
                      *args]
         self.log = log_dir / f"{name}-{time.monotonic_ns()}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> ServiceProc:
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, "PYTHONPATH": str(ROOT), **self.env}
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(self.args, cwd=ROOT, env=env, stdout=log, stderr=log,
                                          stdin=subprocess.DEVNULL)
@@ -66,13 +67,14 @@ class ServiceProc:
 
 
 class Services:
-    def __init__(self, nats_url: str, log_dir: Path) -> None:
+    def __init__(self, nats_url: str, log_dir: Path, env: dict[str, str] | None = None) -> None:
         self.nats_url = nats_url
         self.log_dir = log_dir
+        self.env = env  # extra environment for every service (e.g. TIMEVAULT_TEST_HOLDS)
         self.procs: list[ServiceProc] = []
 
     def start(self, name: str, *args: str) -> ServiceProc:
-        proc = ServiceProc(name, self.nats_url, self.log_dir, *args).start()
+        proc = ServiceProc(name, self.nats_url, self.log_dir, *args, env=self.env).start()
         self.procs.append(proc)
         return proc
 

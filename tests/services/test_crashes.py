@@ -20,6 +20,7 @@ from nats.aio.client import Client as NATS
 
 from tests.services.conftest import ServiceProc, Services
 from tests.services.helpers import PASSWORD, create_plan, wait_job
+from tests.support.holds import Holds
 from timevault.proto import subjects
 from timevault.proto.errors import ServiceError
 from timevault.proto.jobs import Job, JobCreate, JobRef, RestoreRequest
@@ -37,10 +38,13 @@ class Stack:
         self.nats = NatsServer(root / "nats")
         self.services: Services | None = None
         self.procs: dict[str, ServiceProc] = {}
+        # Services pause at named points on request, so each kill lands while the job runs.
+        self.holds = Holds(root / "holds")
+        self.holds.folder.mkdir(parents=True)
 
     def start(self) -> None:
         self.nats.start()
-        self.services = Services(self.nats.url, self.root)
+        self.services = Services(self.nats.url, self.root, env={"TIMEVAULT_TEST_HOLDS": str(self.holds.folder)})
         self.procs["catalog"] = self.services.start(
             "catalog", "--db", str(self.root / "catalog.db"), "--job-timeout", "8", "--reap-every", "0.5",
             "--delete-wait", "30", "--test-weak-kdf")
@@ -84,15 +88,6 @@ def _fill(folder: Path, tag: str, files: int = 12, size: int = 3 * MiB) -> None:
         (folder / f"{tag}-{i}.bin").write_bytes(os.urandom(size))
 
 
-async def _wait_running(nc: NATS, job_id: str, then: float = 0.4) -> Job:
-    """Wait until a worker runs the job, let it work `then` seconds, and return its state."""
-    for _ in range(1000):
-        job = await rpc.request(nc, subjects.JOB_GET, JobRef(job_id=job_id), Job)
-        if job.status != "pending":
-            await asyncio.sleep(then)
-            return await rpc.request(nc, subjects.JOB_GET, JobRef(job_id=job_id), Job)
-        await asyncio.sleep(0.01)
-    raise AssertionError("job never started")
 
 
 def _tree_bytes(folder: Path) -> dict[str, bytes]:
@@ -111,16 +106,21 @@ async def test_kill_uploader_snapshotter_and_nats_mid_backup(stack: tuple[Stack,
         # Enough new data that the backup is still running when the victim dies (backups of
         # 40 MiB finished within the 0.4 s this test used to wait).
         _fill(src, tag, files=20, size=4 * MiB)
+        # The uploader holds once its first pack is written: the backup is mid-way, for sure.
+        s.holds.set("upload.record")
         job = await rpc.request(nc, subjects.JOB_CREATE, JobCreate(plan=plan.id), Job)
         states[job.id] = _tree_bytes(src)
-        seen = await _wait_running(nc, job.id, then=0.15)
+        await asyncio.to_thread(s.holds.wait, "upload.record")
+        seen = await rpc.request(nc, subjects.JOB_GET, JobRef(job_id=job.id), Job)
         assert seen.status == "running", f"{victim}: job ended before the kill: {seen}"
         if victim == "nats":
             s.nats.kill()
+            s.holds.release()
             await asyncio.sleep(1)
             s.nats.start()
         else:
             s.procs[victim].kill()
+            s.holds.release()
             await asyncio.sleep(0.5)
             s.restart(victim)
         final = await rpc.request_retrying(nc, subjects.JOB_GET, JobRef(job_id=job.id), Job, give_up_after=20)
@@ -162,10 +162,21 @@ async def test_plan_delete_during_running_backup_leaves_nothing(stack: tuple[Sta
     _fill(src, "x", files=16)
     location = tmp_path / "repo"
     plan = await create_plan(nc, "doomed", [src], location)
+    s.holds.set("upload.record")  # the job runs, a pack is written, until the delete has begun
     job = await rpc.request(nc, subjects.JOB_CREATE, JobCreate(plan=plan.id), Job)
-    seen = await _wait_running(nc, job.id, then=0.05)  # this backup takes well under a second
+    await asyncio.to_thread(s.holds.wait, "upload.record")
+    seen = await rpc.request(nc, subjects.JOB_GET, JobRef(job_id=job.id), Job)
     assert seen.status == "running"
-    deleted = await rpc.request(nc, subjects.PLAN_DELETE, PlanRef(plan=plan.id), PlanDeleted, timeout=60)
+    assert any(p.is_file() for p in (location / "data").rglob("*"))
+    deleting = asyncio.create_task(rpc.request(nc, subjects.PLAN_DELETE, PlanRef(plan=plan.id), PlanDeleted,
+                                               timeout=60))
+    for _ in range(200):  # the catalog marks the plan deleting and cancels the job, then waits for it
+        canceling = await rpc.request(nc, subjects.PLAN_LIST, PlanListRequest(), PlanList)
+        if plan.id not in {p.id for p in canceling.plans}:
+            break
+        await asyncio.sleep(0.02)
+    s.holds.release()
+    deleted = await deleting
     assert deleted.deleted_objects > 0
     await asyncio.sleep(1.5)  # anything still in flight would land now
     assert [str(p) for p in location.rglob("*")] == []

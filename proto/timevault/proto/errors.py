@@ -18,6 +18,7 @@ ErrorCode = Literal[
     "busy",  # the plan already has a running job
     "unauthorized",  # wrong password / missing token
     "unavailable",  # a needed service or the location is unreachable
+    "storage",  # the location refused the work: full, read-only or gone (the message says which)
     "internal",  # a bug; details are in the service log
 ]
 
@@ -29,6 +30,7 @@ HTTP_STATUS: dict[str, int] = {
     "busy": 409,
     "internal": 500,
     "unavailable": 503,
+    "storage": 507,
 }
 
 ERROR_HEADER = "Tv-Error"

@@ -26,6 +26,7 @@ from timevault.proto.errors import ServiceError, invalid
 from timevault.proto.jobs import Job, JobCreate, RestoreRequest
 from timevault.proto.plans import PlanDetail, PlanRef, PlanSecrets, SnapshotInfo, SnapshotRef
 from timevault.services.common import rpc
+from timevault.services.common.holds import held_reads, hold
 from timevault.services.common.jobs import JobContext
 from timevault.services.common.util import instance_id
 
@@ -81,7 +82,7 @@ class RestorerService:
             raise invalid(str(exc), "target") from exc
         secrets = await rpc.request(self.nc, subjects.PLAN_SECRETS, PlanRef(plan=req.plan), PlanSecrets)
         try:
-            storage = open_service_location(secrets.location)
+            storage = held_reads(open_service_location(secrets.location), "restore.read")
         except ValueError as exc:
             raise ServiceError("unavailable", f"cannot open the repository: {exc}", "location") from exc
         try:
@@ -124,6 +125,8 @@ class RestorerService:
 
         async with JobContext(self.nc, job, self.instance) as ctx:
             try:
+                await hold("restore.start")
+
                 def progress(p: Progress) -> None:
                     ctx.update(files_done=p.files_done, bytes_done=p.bytes_done,
                                files_total=p.files_total, bytes_total=p.bytes_total)
@@ -142,6 +145,7 @@ class RestorerService:
             finally:
                 with contextlib.suppress(Exception):
                     await repo.close()
+            await hold("restore.finish")
             if result.errors:
                 # Finished but incomplete: everything else was restored; each loss is named.
                 log.warning("restore %s: %d item(s) not restored; first: %s", job.id, len(result.errors),

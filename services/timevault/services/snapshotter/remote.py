@@ -91,8 +91,9 @@ class UploadSink:
     def __init__(self, nc: NATS, job_id: str, plan_id: str, *, max_in_flight: int = MAX_IN_FLIGHT,
                  request_timeout: float = 30.0, give_up_after: float = 90.0,
                  max_part: int | None = None, max_requests: int = MAX_REQUESTS,
-                 batch_bytes: int = BATCH_BYTES) -> None:
+                 batch_bytes: int = BATCH_BYTES, cancel: asyncio.Event | None = None) -> None:
         self.nc = nc
+        self.cancel = cancel  # a canceled job stops retrying at once (plan delete waits for it)
         self.job_id = job_id
         self.plan_id = plan_id
         self.max_in_flight = max_in_flight
@@ -335,6 +336,8 @@ class UploadSink:
             # No uploader, or ours died (its session's subjects have no responders, or a request
             # went unanswered): a new session cures that. Any other error is an answer: say, the
             # plan is gone (``not_found``, as when it was deleted during the backup).
+            if self.cancel is not None and self.cancel.is_set():
+                raise exc  # a canceled job stops here (plan delete waits for it)
             log.warning("job %s: upload session lost (%s); reconnecting", self.job_id, exc)
             self._abandon_requests()
             self.session = None

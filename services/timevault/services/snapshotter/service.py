@@ -26,6 +26,7 @@ from timevault.proto.errors import ServiceError
 from timevault.proto.jobs import BackupWork, Job, JobClaim
 from timevault.proto.plans import PlanDetail, PlanRef, PlanSecrets, SnapshotInfo
 from timevault.services.common import rpc
+from timevault.services.common.holds import hold
 from timevault.services.common.jobs import JobContext
 from timevault.services.common.util import instance_id
 from timevault.services.common.work import ensure_work_stream
@@ -134,12 +135,16 @@ class Snapshotter:
         async with JobContext(self.nc, job, self.instance, on_beat=keep_alive) as ctx:
             sink: UploadSink | None = None
             try:
-                plan = await rpc.request(self.nc, subjects.PLAN_GET, PlanRef(plan=job.plan_id), PlanDetail)
-                secrets = await rpc.request(self.nc, subjects.PLAN_SECRETS, PlanRef(plan=job.plan_id), PlanSecrets)
+                await hold("backup.start")
+                # Asked again while the catalog is away (restarting): the job goes on, not fails.
+                plan = await rpc.request_retrying(self.nc, subjects.PLAN_GET, PlanRef(plan=job.plan_id), PlanDetail)
+                secrets = await rpc.request_retrying(self.nc, subjects.PLAN_SECRETS, PlanRef(plan=job.plan_id),
+                                                     PlanSecrets)
                 repo = await Repository.open_write_only(open_service_location(secrets.location),
                                                         secrets.write_keys)
                 try:
-                    sink = UploadSink(self.nc, job.id, job.plan_id, max_in_flight=self.max_in_flight)
+                    sink = UploadSink(self.nc, job.id, job.plan_id, max_in_flight=self.max_in_flight,
+                                      cancel=ctx.cancel)
 
                     def progress(p: Progress) -> None:
                         ctx.update(files_done=p.files_done, bytes_done=p.bytes_done,
@@ -151,6 +156,7 @@ class Snapshotter:
                                                      progress=progress, cancel=ctx.cancel, cache_dir=cache,
                                                      plan=job.plan_id, in_flight=ARCHIVER_IN_FLIGHT)
                     await sink.close()
+                    await hold("backup.finish")
                     log.info("job %s: waited %.2f s for the upload window, %.2f s for batch replies; "
                              "peak %d MiB unconfirmed", job.id, sink.waited_for_room, sink.waited_for_replies,
                              sink.peak_unconfirmed_bytes >> 20)
@@ -168,7 +174,7 @@ class Snapshotter:
                 if sink is not None:
                     with contextlib.suppress(Exception):
                         await sink.close(discard=True)
-                reason = exc.message if isinstance(exc, ServiceError) else f"{type(exc).__name__}: {exc}"
+                reason = _reason(exc)
                 if ctx.cancel.is_set():
                     await ctx.finish("canceled", "canceled by user")
                 else:
@@ -183,3 +189,14 @@ class Snapshotter:
             await ctx.finish("completed", snapshot=info)
             log.info("job %s: snapshot %s (%d files, %d bytes added)", job.id, snapshot_id[:12],
                      snap.stats.files, snap.stats.added_size)
+
+
+def _reason(exc: BaseException) -> str:
+    """A failed job's error: the clear message of an expected failure, the type of a bug."""
+    from timevault.core.errors import TimeVaultError
+
+    if isinstance(exc, ServiceError):
+        return exc.message
+    if isinstance(exc, TimeVaultError) and str(exc):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"

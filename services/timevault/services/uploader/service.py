@@ -14,7 +14,8 @@ import contextlib
 import logging
 import time
 from collections import deque
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, TypeVar
 
 from nats.aio.client import Client as NATS
 from nats.aio.subscription import Subscription
@@ -33,12 +34,14 @@ from timevault.proto.upload import (
     read_frames,
 )
 from timevault.services.common import rpc
+from timevault.services.common.holds import hold
 from timevault.services.common.util import instance_id, new_id
 
 if TYPE_CHECKING:
     from timevault.core.repository.format import IndexPack
 
 log = logging.getLogger(__name__)
+Req = TypeVar("Req")
 
 
 class _Parts:
@@ -106,6 +109,7 @@ class Session:
         return order[0] - 1 if order else self.last_seq
 
     async def _record(self, entry: IndexPack) -> None:
+        await hold("upload.record")
         chunks = [ChunkRef(id=b.id.hex(), pack=entry.id, length=b.length) for b in entry.blobs]
         request = ChunkAdd(plan_id=self.plan_id, chunks=chunks, pack_bytes=entry.size, job_id=self.job_id)
         # Resending is safe for the index (known ids are ignored); after a lost reply the plan's
@@ -166,8 +170,12 @@ class Session:
     async def _wait_for_a_pack(self) -> bool:
         """A sender whose window is full asks for this: sealing the open pack instead would
         write a small pack and wait for every write, each time the window fills."""
+        from timevault.core.storage import StorageError
+
         try:
             return await self.packer.wait_for_one_write()
+        except (StorageError, ServiceError):
+            raise
         except Exception as exc:
             raise ServiceError("unavailable", f"writing a pack failed: {exc}") from exc
 
@@ -216,12 +224,13 @@ class UploaderService:
         # lets a large blob's parts follow one another, and bounds this session's memory to one
         # message (plus the parts of one blob). `raw`: the body is taken apart as views, uncopied.
         session.subs.append(await rpc.serve(self.nc, subjects.upload_session(session.id, "frames"), bytes,
-                                            session.frames, msgpack=True, raw=True, concurrent=False))
+                                            _storage_errors(session, session.frames), msgpack=True, raw=True,
+                                            concurrent=False))
         session.subs += [
-            await rpc.serve(self.nc, subjects.upload_session(session.id, "flush"), UploadFlush, session.flush,
-                            msgpack=True),
-            await rpc.serve(self.nc, subjects.upload_session(session.id, "close"), UploadClose, session.close,
-                            msgpack=True),
+            await rpc.serve(self.nc, subjects.upload_session(session.id, "flush"), UploadFlush,
+                            _storage_errors(session, session.flush), msgpack=True),
+            await rpc.serve(self.nc, subjects.upload_session(session.id, "close"), UploadClose,
+                            _storage_errors(session, session.close), msgpack=True),
             await rpc.serve(self.nc, subjects.upload_session(session.id, "ping"), UploadFlush, session.ping,
                             msgpack=True),
         ]
@@ -248,3 +257,19 @@ class UploaderService:
                     with contextlib.suppress(Exception):
                         await session.packer.abort()
                     await self.end(session)
+
+
+def _storage_errors(session: Session, handler: Callable[[Req], Awaitable[UploadAck]]
+                    ) -> Callable[[Req], Awaitable[UploadAck]]:
+    """A failed write to the location is one clear error reply (``storage``: full, read-only, gone),
+    logged as one line; the sender fails the job at once instead of trying another uploader."""
+    from timevault.core.storage import StorageError
+
+    async def handle(request: Req) -> UploadAck:
+        try:
+            return await handler(request)
+        except StorageError as exc:
+            log.warning("session %s (job %s): %s", session.id, session.job_id, exc)
+            raise ServiceError("storage", str(exc), "location") from exc
+
+    return handle
