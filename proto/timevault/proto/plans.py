@@ -23,6 +23,13 @@ NAME_MAX = 64
 PASSWORD_MIN = 4
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 _TIME = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+TIMEZONE_MAX = 64  # the longest IANA name has 32 characters
+PATH_MAX = 4095  # bytes, as Linux counts them
+PATH_PART_MAX = 255  # bytes per name in a path
+# A repository never goes into these: pseudo file systems and the operating system's own trees.
+SYSTEM_TREES = ("/proc", "/sys", "/dev", "/run", "/boot", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64",
+                "/libx32", "/usr", "/snap")
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
 class Schedule(msgspec.Struct, kw_only=True):
@@ -312,12 +319,13 @@ def validate_password(password: str, confirm: str | None) -> str:
 
 
 def validate_timezone(tz: str) -> str:
+    shown = tz[:TIMEZONE_MAX] + ("..." if isinstance(tz, str) and len(tz) > TIMEZONE_MAX else "")
     try:
-        if not tz or tz.startswith("/") or ".." in tz:
+        if not isinstance(tz, str) or not tz or len(tz) > TIMEZONE_MAX or tz.startswith("/") or ".." in tz:
             raise ValueError
         ZoneInfo(tz)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise invalid(f"unknown time zone {tz!r}", "schedule.timezone") from exc
+    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:  # OSError: e.g. a name too long for a file
+        raise invalid(f"unknown time zone {shown!r}", "schedule.timezone") from exc
     return tz
 
 
@@ -341,6 +349,8 @@ def validate_time(value: str) -> str:
 def validate_schedule(schedule: Schedule) -> Schedule:
     validate_time(schedule.time)
     validate_timezone(schedule.timezone)
+    if schedule.weekday is not None and not 1 <= schedule.weekday <= 7:
+        raise invalid("weekday must be 1 (Monday) .. 7 (Sunday)", "schedule.weekday")
     if schedule.frequency == "weekly":
         if schedule.weekday is None:
             raise invalid("a weekly schedule needs a day of week", "schedule.weekday")
@@ -362,13 +372,39 @@ def apply_schedule_update(current: Schedule, update: ScheduleUpdate) -> Schedule
     return validate_schedule(merged)
 
 
+def path_problem(path: object) -> str | None:
+    """Why `path` cannot be an absolute path on this machine (type, NUL and control characters,
+    length), or None."""
+    if not isinstance(path, str):
+        return "must be a string"
+    if any(ord(c) < 32 or ord(c) == 127 for c in path):
+        return "must not contain NUL or control characters"
+    if not os.path.isabs(path):
+        return "must be an absolute path"
+    try:
+        encoded = os.fsencode(path)
+    except UnicodeEncodeError:
+        return "is not valid text"
+    if len(encoded) > PATH_MAX:
+        return f"is longer than {PATH_MAX} bytes"
+    if any(len(part) > PATH_PART_MAX for part in encoded.split(b"/")):
+        return f"has a name longer than {PATH_PART_MAX} bytes"
+    return None
+
+
+def _shown(path: object) -> str:
+    text = repr(path)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def validate_sources(sources: list[str]) -> list[str]:
     if not sources:
         raise invalid("at least one source path is needed", "sources")
     result: list[str] = []
     for src in sources:
-        if not isinstance(src, str) or not os.path.isabs(src):
-            raise invalid(f"source must be an absolute path: {src!r}", "sources")
+        problem = path_problem(src)
+        if problem is not None:
+            raise invalid(f"source {_shown(src)} {problem}", "sources")
         norm = os.path.normpath(src)
         if norm not in result:
             result.append(norm)
@@ -379,20 +415,65 @@ def _inside(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip("/") + "/")
 
 
+_S3_FIELDS = ("bucket", "prefix", "endpoint", "region")
+
+
 def validate_location(location: Location, sources: list[str]) -> Location:
     if location.type == "local":
-        if not location.path or not os.path.isabs(location.path):
+        for name in _S3_FIELDS:
+            if getattr(location, name) is not None:
+                raise invalid(f"a local location has no {name} (that is for s3)", f"location.{name}")
+        if not location.path:
             raise invalid("a local location needs an absolute folder path", "location.path")
+        problem = path_problem(location.path)
+        if problem is not None:
+            raise invalid(f"the location path {problem}", "location.path")
         path = os.path.normpath(location.path)
+        _check_local_folder(path)
         for src in sources:
             if _inside(path, src):
                 raise invalid(f"the location must not be inside the source {src}", "location.path")
         return Location(type="local", path=path)
     if location.type == "s3":
+        if location.path is not None:
+            raise invalid("an s3 location has no path (use prefix)", "location.path")
         if not location.bucket:
             raise invalid("an s3 location needs a bucket", "location.bucket")
+        if not _BUCKET.match(location.bucket) or ".." in location.bucket:
+            raise invalid("an s3 bucket name is 3..63 lowercase letters, digits, dots and hyphens",
+                          "location.bucket")
+        if location.prefix is not None and (any(ord(c) < 32 for c in location.prefix) or len(location.prefix) > 512):
+            raise invalid("the s3 prefix must be at most 512 characters, without control characters",
+                          "location.prefix")
+        if location.endpoint is not None and not re.match(r"^https?://[^\s/?#]+(/[^\s]*)?$", location.endpoint):
+            raise invalid("the s3 endpoint must be an http:// or https:// URL", "location.endpoint")
+        if location.region is not None and not re.match(r"^[a-z0-9-]{1,32}$", location.region):
+            raise invalid("the s3 region is a name such as eu-central-1", "location.region")
         return location
     raise invalid("location type must be local or s3", "location.type")
+
+
+def _check_local_folder(path: str) -> None:
+    """Refuse system trees (also through symlinks) and paths that exist but are no folder."""
+    for candidate in {path, os.path.realpath(path)}:
+        if candidate == "/" or any(_inside(candidate, tree) for tree in SYSTEM_TREES):
+            raise invalid(f"refusing to store backups in the system folder {candidate}", "location.path")
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise invalid(f"{path} exists and is not a folder", "location.path")
+
+
+def validate_includes(includes: list[str]) -> list[str]:
+    """Paths to restore: each names a path inside the snapshot, never a way out of it."""
+    for include in includes:
+        if not isinstance(include, str) or not include.strip():
+            raise invalid("paths to restore must be non-empty", "includes")
+        if any(ord(c) < 32 or ord(c) == 127 for c in include):
+            raise invalid(f"the path to restore {_shown(include)} contains control characters", "includes")
+        if len(os.fsencode(include)) > PATH_MAX:
+            raise invalid(f"a path to restore is longer than {PATH_MAX} bytes", "includes")
+        if ".." in include.split("/"):
+            raise invalid(f"the path to restore {_shown(include)} contains '..'", "includes")
+    return includes
 
 
 def validate_create(req: PlanCreate) -> PlanCreate:

@@ -31,12 +31,14 @@ def decode(data: bytes, type_: type[T]) -> T:
         raise ServiceError("invalid", f"bad message: {exc}", _field_of(exc)) from exc
     except msgspec.DecodeError as exc:
         raise ServiceError("invalid", f"malformed message: {exc}") from exc
+    except RecursionError as exc:
+        raise ServiceError("invalid", "malformed message: nested too deeply") from exc
 
 
 def decode_msgpack(data: bytes, type_: type[T]) -> T:
     try:
         return msgspec.msgpack.decode(data, type=type_)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError) as exc:
         raise ServiceError("invalid", f"bad message: {exc}") from exc
 
 

@@ -30,6 +30,7 @@ from timevault.proto.plans import (
     Schedule,
     parse_location,
     parse_weekday,
+    validate_includes,
     validate_location,
     validate_name,
     validate_schedule,
@@ -495,6 +496,7 @@ def cmd_restore(args: argparse.Namespace) -> None:
     from timevault.cli.passwords import get_password
 
     target = os.path.abspath(os.path.expanduser(args.target))
+    validate_includes(args.include or [])
     gateway = Gateway.find(args.data_dir)
     plan_id = gateway.plan_id(args.name)
     password = get_password(args.password_file, prompt="Backup password")

@@ -49,7 +49,7 @@ async def init_repository(url: str, password: str, test_weak_kdf: bool = False) 
         raise ServiceError("conflict", f"{exc}; attach it instead of creating a plan", "location") from exc
     except (StorageError, OSError) as exc:
         await storage.close()
-        raise ServiceError("unavailable", f"cannot write to the location: {exc}", "location") from exc
+        raise location_error(exc, "write to") from exc
 
 
 async def read_repository(
@@ -76,7 +76,7 @@ async def read_repository(
         raise ServiceError("invalid", str(exc), "location") from exc
     except (StorageError, OSError) as exc:
         await storage.close()
-        raise ServiceError("unavailable", f"cannot read the location: {exc}", "location") from exc
+        raise location_error(exc, "read") from exc
     try:
         # Snapshots that contradict the endorsed history are left out (check reports them).
         snapshots = await repo.list_snapshots(damaged=[])
@@ -90,6 +90,18 @@ async def read_repository(
         raise ServiceError("unavailable", f"cannot read the repository: {exc}", "location") from exc
     finally:
         await repo.close()
+
+
+def location_error(exc: BaseException, verb: str) -> ServiceError:
+    """A location that cannot be used. Only a passing failure (network, throttling) is
+    ``unavailable`` (503); the rest (no credentials, access denied, no such bucket, a full or
+    read-only disk) is the chosen location's fault: ``invalid`` (400) naming it."""
+    from timevault.core.storage import TransientStorageError
+
+    message = f"cannot {verb} the location: {exc}"
+    if isinstance(exc, TransientStorageError) or isinstance(exc.__cause__, TransientStorageError):
+        return ServiceError("unavailable", message, "location")
+    return ServiceError("invalid", message, "location")
 
 
 def snapshot_info(snapshot_id: str, snap: Snapshot, plan_id: str, *, endorsed: bool = False) -> SnapshotInfo:

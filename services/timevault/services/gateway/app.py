@@ -16,7 +16,7 @@ from pathlib import Path
 from aiohttp import web
 
 from timevault.services.common.runner import connect
-from timevault.services.gateway import openapi
+from timevault.services.gateway import openapi, protocol
 from timevault.services.gateway.config import GatewayConfig
 from timevault.services.gateway.errors import error_middleware
 from timevault.services.gateway.keys import CONFIG, NATS_CLIENT, OPENAPI, STOPPING
@@ -51,9 +51,11 @@ async def index(_request: web.Request) -> web.FileResponse:
 
 
 def create_app(config: GatewayConfig) -> web.Application:
+    protocol.install()  # JSON errors for requests refused before any route
     app = web.Application(
         middlewares=[headers_middleware, error_middleware, origin_middleware, make_auth_middleware(config.token)],
         client_max_size=config.max_body,
+        handler_args=protocol.handler_args(),
     )
     app[CONFIG] = config
     app[STOPPING] = asyncio.Event()

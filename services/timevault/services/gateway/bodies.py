@@ -55,6 +55,8 @@ async def read_json(request: web.Request, type_: type[T], max_body: int) -> T:
         raw = msgspec.json.decode(data)
     except msgspec.DecodeError as exc:
         raise invalid(f"the request body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:  # e.g. thousands of nested '['
+        raise invalid("the request body is nested too deeply") from exc
     check_unknown_fields(raw, msgspec.inspect.type_info(type_))
     try:
         return msgspec.convert(raw, type_)

@@ -33,6 +33,7 @@ from timevault.proto.plans import (
     SnapshotInfo,
     SnapshotList,
     SnapshotListRequest,
+    validate_includes,
 )
 from timevault.services.common import rpc
 from timevault.services.gateway.bodies import RestoreBody, read_json
@@ -182,8 +183,7 @@ async def restore_snapshot(request: web.Request) -> web.Response:
     target = check_restore_target(req.target)
     if not req.password:
         raise invalid("the backup password is required", "password")
-    if any(not isinstance(p, str) or not p.strip() or "\x00" in p for p in req.includes):
-        raise invalid("paths to restore must be non-empty", "includes")
+    validate_includes(req.includes)
     start = RestoreRequest(plan=plan, snapshot=snapshot, target=target, password=req.password,
                            includes=req.includes, allow_unverified=req.allow_unverified,
                            keep_setid=req.keep_setid)

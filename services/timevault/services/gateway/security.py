@@ -16,6 +16,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from timevault.proto.errors import invalid
+from timevault.proto.plans import path_problem
 from timevault.services.gateway.errors import error_response
 
 PUBLIC_PATHS = frozenset({"/api/v1/health", "/api/v1/openapi.json"})
@@ -101,7 +102,10 @@ def check_restore_target(target: str) -> str:
     if "\x00" in target:
         raise invalid("the restore target contains a NUL character", "target")
     if not os.path.isabs(target):
-        raise invalid(f"the restore target must be an absolute path, got {target!r}", "target")
+        raise invalid(f"the restore target must be an absolute path, got {target[:100]!r}", "target")
+    problem = path_problem(target)
+    if problem is not None:
+        raise invalid(f"the restore target {problem}", "target")
     normal = os.path.normpath(target)
     for candidate in {normal, os.path.realpath(normal)}:
         if candidate.startswith("//"):

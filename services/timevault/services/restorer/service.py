@@ -24,7 +24,14 @@ from nats.aio.client import Client as NATS
 from timevault.proto import subjects
 from timevault.proto.errors import ServiceError, invalid
 from timevault.proto.jobs import Job, JobCreate, RestoreRequest
-from timevault.proto.plans import PlanDetail, PlanRef, PlanSecrets, SnapshotInfo, SnapshotRef
+from timevault.proto.plans import (
+    PlanDetail,
+    PlanRef,
+    PlanSecrets,
+    SnapshotInfo,
+    SnapshotRef,
+    validate_includes,
+)
 from timevault.services.common import rpc
 from timevault.services.common.holds import held_reads, hold
 from timevault.services.common.jobs import JobContext
@@ -72,6 +79,7 @@ class RestorerService:
             raise invalid("target must be an absolute folder path", "target")
         if not req.password:
             raise invalid("the password is required", "password")
+        validate_includes(req.includes)
         snap = await rpc.request(self.nc, subjects.SNAPSHOT_GET, SnapshotRef(plan=req.plan, snapshot=req.snapshot),
                                  SnapshotInfo)
         plan = await rpc.request(self.nc, subjects.PLAN_GET, PlanRef(plan=req.plan), PlanDetail)
