@@ -54,7 +54,7 @@ def _describe(exc: BaseException | None, message: str | None, status: int) -> st
 
 def install() -> None:
     """Make aiohttp's servers in this process use `JsonErrorRequestHandler` (idempotent)."""
-    web_server.RequestHandler = JsonErrorRequestHandler  # type: ignore[misc]
+    setattr(web_server, "RequestHandler", JsonErrorRequestHandler)  # noqa: B010 - aiohttp looks it up here
 
 
 def handler_args() -> dict[str, Any]:

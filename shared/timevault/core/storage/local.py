@@ -208,12 +208,12 @@ class LocalStorage:
         except OSError as exc:
             raise self._error(exc, "delete", name) from exc
 
-    async def leftovers(self) -> list[Leftover]:
+    async def leftovers(self) -> builtins.list[Leftover]:
         """Temporary files of writes that never finished (their writer was killed)."""
         return await asyncio.to_thread(self._leftovers_sync)
 
-    def _leftovers_sync(self) -> list[Leftover]:
-        found: list[Leftover] = []
+    def _leftovers_sync(self) -> builtins.list[Leftover]:
+        found: builtins.list[Leftover] = []
         for dirpath, _dirs, files in os.walk(self._root):
             rel_dir = os.path.relpath(dirpath, self._root)
             for file in files:
