@@ -174,3 +174,18 @@ class System:
                                      headers={"Authorization": f"Bearer {info['token']}"})
         with urllib.request.urlopen(req, timeout=30) as resp:
             return json.loads(resp.read())
+
+
+def job_of(stdout: str) -> dict[str, object] | None:
+    """The job `--wait --json` printed: the job itself, or the one inside the error object of a
+    job that failed (``{"error": {"code": "job_failed", "message", "job"}}``)."""
+    import json as _json
+
+    try:
+        value = _json.loads(stdout) if stdout.strip() else None
+    except ValueError:
+        return None
+    if isinstance(value, dict) and isinstance(value.get("error"), dict):
+        job = value["error"].get("job")
+        return job if isinstance(job, dict) else None
+    return value if isinstance(value, dict) else None

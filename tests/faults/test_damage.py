@@ -90,7 +90,7 @@ async def test_damaged_tree_blob_costs_only_the_folder_below_it(repo: Repository
 
     code, stderr = _cli_restore(repo, tmp_path, tmp_path / "cli-out")
     assert code == 3, stderr
-    assert "lost/" in stderr and "restore incomplete: 1 item(s)" in stderr
+    assert "lost/" in stderr and "timevault: incomplete: 1 item(s) could not be restored" in stderr
     assert (restored_path(tmp_path / "cli-out", source) / "keep" / "deeper" / "b.bin").read_bytes() == (
         source / "keep" / "deeper" / "b.bin").read_bytes()
 

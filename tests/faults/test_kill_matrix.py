@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from tests.core.conftest import PASSWORD
-from tests.faults.system import JOB_TIMEOUT, WAIT_LIMIT, MiB, System, alive
+from tests.faults.system import JOB_TIMEOUT, WAIT_LIMIT, MiB, System, alive, job_of
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 PLAN = "matrix"
@@ -106,12 +106,7 @@ def _finish(cli: subprocess.Popen[str], killed_at: float) -> tuple[dict[str, obj
         cli.kill()
         stdout, stderr = cli.communicate()
         return None, stderr, time.monotonic() - killed_at, True
-    seconds = time.monotonic() - killed_at
-    try:
-        job = json.loads(stdout) if stdout.strip() else None
-    except ValueError:
-        job = None
-    return job, stderr, seconds, False
+    return job_of(stdout), stderr, time.monotonic() - killed_at, False
 
 
 def _kill(system: System, victim: str, point: str) -> None:

@@ -36,7 +36,7 @@ from timevault.core.prune import prune
 from timevault.core.repository.format import Lock
 from timevault.core.repository.repo import Repository, RepositoryError
 from timevault.core.restorer import restore
-from timevault.core.storage import LocalStorage, LocationMissing, ObjectInfo, Storage, StorageError
+from timevault.core.storage import LocalStorage, LocationNotFound, ObjectInfo, Storage, StorageError
 
 MiB = 1024 * 1024
 
@@ -175,10 +175,10 @@ async def test_location_removed_during_a_backup_fails_it_and_stays_gone(tmp_path
     # The location goes away once the first pack is on its way (an unplugged disk, an rm -r).
     hook = _Hook(LocalStorage(location), lambda op, name: op == "put" and name.startswith("index/"),
                  lambda: shutil.rmtree(location))
-    repo = await Repository.open(hook, PASSWORD)  # type: ignore[arg-type]
+    repo = await Repository.open(hook, PASSWORD)
     with pytest.raises(StorageError, match=r"^location disappeared") as info:
         await backup(repo, [str(source)], cache_dir=str(tmp_path / "cache"))
-    assert isinstance(info.value, LocationMissing)
+    assert isinstance(info.value, LocationNotFound)
     assert hook.fired
     assert not location.exists(), "a backup must not recreate a removed location piece by piece"
 
@@ -207,7 +207,7 @@ async def test_config_or_keys_gone_at_commit_fail_the_backup(tmp_path: Path, gon
         return False
 
     hook = _Hook(LocalStorage(location), at_commit, remove)
-    repo = await Repository.open(hook, PASSWORD)  # type: ignore[arg-type]
+    repo = await Repository.open(hook, PASSWORD)
     with pytest.raises(RepositoryError, match=r"location disappeared: the repository's (config|keys) (is|are) gone"):
         await backup(repo, [str(source)], cache_dir=str(tmp_path / "cache"))
     assert hook.fired

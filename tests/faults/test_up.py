@@ -14,7 +14,7 @@ import pytest
 
 from tests.core.conftest import PASSWORD
 from tests.faults.system import System, alive, children_of
-from timevault.cli.system import Gateway, GatewayUnavailable
+from timevault.cli.system import Gateway, GatewayUnreachable
 from timevault.services.common.natsd import find_nats_server, free_port
 
 pytestmark = [pytest.mark.timeout(180)]
@@ -110,6 +110,6 @@ def test_a_stale_nats_server_on_the_store_is_stopped_first(system: System) -> No
 def test_wait_gives_up_with_one_line_when_nobody_answers() -> None:
     gateway = Gateway(f"http://127.0.0.1:{free_port()}", "t" * 32)
     started = time.monotonic()
-    with pytest.raises(GatewayUnavailable, match=r"did not answer for 2 s"):
+    with pytest.raises(GatewayUnreachable, match=r"did not answer for 2 s"):
         gateway.call_patiently("GET", "/jobs/j_0", patience=1.5)
     assert 1.5 <= time.monotonic() - started < 5
