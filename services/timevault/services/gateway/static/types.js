@@ -103,6 +103,7 @@
  * @property {number} attempt
  * @property {string | null} slot
  * @property {number} added_size
+ * @property {string[]} warnings what a completed job could not do (a restore's lost files)
  */
 
 /**
