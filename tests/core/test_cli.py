@@ -82,7 +82,7 @@ def test_snapshots_json_oldest_first(cli_repo: CliRepo) -> None:
     assert [s["id"] for s in listed] == [s["id"] for s in cli_repo.snapshots]
     assert listed[0]["time"] <= listed[1]["time"]
     text = run_cli("repo", "snapshots", cli_repo.path, "--password-file", cli_repo.pw)
-    assert text.code == 0 and "2 snapshot(s)" in text.stdout
+    assert text.code == 0 and "2 snapshots" in text.stdout
     assert cli_repo.snapshots[0]["id"][:8] in text.stdout
 
 

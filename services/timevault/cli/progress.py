@@ -6,15 +6,10 @@ import sys
 import time
 from typing import TextIO
 
+from timevault.cli.units import human_bytes
 from timevault.core.archiver import Progress
 
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
+__all__ = ["ProgressBar", "human_bytes"]
 
 
 def _clock(seconds: float) -> str:

@@ -15,8 +15,10 @@ import sys
 from typing import Any
 
 from timevault.cli.errors import CommandError, Incomplete
+from timevault.cli.exclude_args import exclude_options
 from timevault.cli.passwords import get_password
 from timevault.cli.progress import ProgressBar, human_bytes
+from timevault.cli.units import plural
 from timevault.core.archiver import backup, left_out
 from timevault.core.checker import check
 from timevault.core.prune import forget, prune
@@ -85,6 +87,7 @@ async def cmd_init(args: argparse.Namespace) -> None:
 
 
 async def cmd_backup(args: argparse.Namespace) -> None:
+    excludes = exclude_options(args)  # a bad pattern or missing file is reported before the password
     repo = await _open(args)
     bar = ProgressBar("backup")
     try:
@@ -93,6 +96,7 @@ async def cmd_backup(args: argparse.Namespace) -> None:
             args.paths,
             progress=bar if bar.enabled else None,
             cache_dir=None if args.no_cache else args.cache_dir or default_cache_dir(),
+            excludes=excludes,
         )
     finally:
         bar.done()
@@ -152,7 +156,7 @@ def _print_snapshot_table(snapshots: list[tuple[str, Snapshot]], history: Histor
             f"{', '.join(s.paths)}{_MARKS.get(standing, '')}"
         )
     unendorsed = sum(1 for _, status in history.status.items() if status not in (ENDORSED, CONTRADICTS))
-    print(f"{len(snapshots)} snapshot(s)")
+    print(plural(len(snapshots), "snapshot"))
     if unendorsed:
         print(f"{unendorsed} written since the password was last used (endorsed now)")
 

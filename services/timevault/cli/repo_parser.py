@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 
+from timevault.cli.exclude_args import add_exclude_arguments
 from timevault.cli.parser import Subcommands
 
 
@@ -29,7 +30,7 @@ def register(subparsers: Subcommands) -> None:
             metavar="F",
             help="read the password from F (else $TIMEVAULT_PASSWORD_FILE, else prompt)",
         )
-        parser.set_defaults(func=f"timevault.cli.repo:{func}")
+        parser.set_defaults(func=func if ":" in func else f"timevault.cli.repo:{func}")
         return parser
 
     add("init", "cmd_init", "create a new encrypted repository")
@@ -43,6 +44,7 @@ def register(subparsers: Subcommands) -> None:
         "only saves re-reading the previous snapshot's folders",
     )
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the files cache")
+    add_exclude_arguments(p)
     p = add("snapshots", "cmd_snapshots", "list snapshots, oldest first")
     p.add_argument("--json", action="store_true", help="print a JSON list")
     p = add("restore", "cmd_restore", "restore a snapshot into a folder")
@@ -66,6 +68,18 @@ def register(subparsers: Subcommands) -> None:
         action="store_true",
         help="keep set-user-ID and set-group-ID bits (dropped by default)",
     )
+    p = add("ls", "timevault.cli.repo_browse:cmd_ls", "list a folder of a snapshot")
+    p.add_argument("snapshot", metavar="SNAPSHOT", help="id, unique id prefix, or 'latest'")
+    p.add_argument("path", nargs="?", default="/", metavar="PATH", help="absolute path in the snapshot (default /)")
+    p.add_argument("--json", action="store_true", help="print JSON (the API's BrowseListing)")
+    p = add("diff", "timevault.cli.repo_browse:cmd_diff", "list paths added, removed and changed between two snapshots")
+    p.add_argument("snapshot_a", metavar="SNAPSHOT_A", help="the earlier snapshot")
+    p.add_argument("snapshot_b", metavar="SNAPSHOT_B", help="the later snapshot")
+    p.add_argument("--json", action="store_true", help="print JSON (the API's SnapshotDiff)")
+    p = add("find", "timevault.cli.repo_browse:cmd_find", "find a name in every snapshot")
+    p.add_argument("pattern", metavar="PATTERN",
+                   help="part of a name (notes), or a glob (*.pdf); with a '/', matched on the path too")
+    p.add_argument("--json", action="store_true", help="print JSON (the API's FindResult)")
     p = add("check", "cmd_check", "verify the repository's structure (and all data with --read-data)")
     p.add_argument("--read-data", action="store_true", help="download, decrypt and verify every blob")
     p = add("forget", "cmd_forget", "remove snapshots (their data stays until prune)")

@@ -12,11 +12,14 @@ from timevault.core.archiver.archiver import (
     backup,
     left_out,
 )
+from timevault.core.archiver.excludes import ExcludeError, ExcludeOptions
 
 __all__ = [
     "BackupCanceled",
     "BackupError",
     "BlobSink",
+    "ExcludeError",
+    "ExcludeOptions",
     "IndexKnownBlobs",
     "KnownBlobs",
     "PackerSink",

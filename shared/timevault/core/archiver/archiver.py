@@ -27,6 +27,7 @@ from typing import Protocol, TypeAlias
 import msgspec
 
 from timevault.core import crypto
+from timevault.core.archiver.excludes import ExcludeOptions, Excludes
 from timevault.core.archiver.parent import ParentLookup
 from timevault.core.archiver.walk import (
     Entry,
@@ -153,8 +154,10 @@ class Archiver:
         cancel: asyncio.Event | None,
         workers: int,
         in_flight: int = IN_FLIGHT_BYTES,
+        excludes: Excludes | None = None,
     ) -> None:
         self.repo = repo
+        self.excludes = excludes
         self.sink = sink
         self.known = known
         self.parent = parent
@@ -262,7 +265,7 @@ class Archiver:
 
     async def _scan(self, path: bytes) -> tuple[list[Entry], list[str]]:
         previous = await self.parent.previous_dir(path)
-        entries, to_read, warnings = list_dir(path, previous)
+        entries, to_read, warnings = list_dir(path, previous, self.excludes)
         if to_read:
             warnings += await asyncio.to_thread(read_small_files, to_read, self.params, self.id_key)
             entries = [entry for entry in entries if entry.error is None]
@@ -491,13 +494,16 @@ async def backup(
     tags: list[str] | None = None,
     workers: int = 2,
     in_flight: int = IN_FLIGHT_BYTES,
+    excludes: ExcludeOptions | None = None,
 ) -> tuple[str, Snapshot]:
     """Back up `paths` into `repo`; returns (snapshot id, snapshot).
 
     `in_flight` bounds the bytes of chunks read but not yet handed to the sink (memory).
+    `excludes` says what to leave out (`timevault.core.archiver.excludes`); None leaves out nothing.
     """
     sources = normalize_sources(paths)
     repo.require_valid_config()  # a changed or out-of-range config is never obeyed
+    rules = Excludes(excludes, sources) if excludes is not None and excludes.active else None
     started = datetime.now(UTC).isoformat()
     async with repo.lock(exclusive=False):
         if sink is None or known is None:  # in-process: pack and dedup against the index here
@@ -515,9 +521,10 @@ async def backup(
             cancel=cancel,
             workers=workers,
             in_flight=in_flight,
+            excludes=rules,
         )
         # Totals only matter to someone watching; counting competes with the backup for I/O.
-        counter = asyncio.create_task(asyncio.to_thread(count_tree, sources)) if progress else None
+        counter = asyncio.create_task(asyncio.to_thread(count_tree, sources, rules)) if progress else None
 
         def totals_known(task: asyncio.Task[tuple[int, int]]) -> None:
             if not task.cancelled() and task.exception() is None:
@@ -541,6 +548,8 @@ async def backup(
             with contextlib.suppress(RepositoryError):
                 near = (await repo.load_snapshot(parent_id)).references or None
         references = await repo.save_references(archiver.referenced, near)
+        if rules is not None:  # ignore files that could not be used: said once each
+            archiver.warnings.extend(dict.fromkeys(rules.warnings))
         snapshot = Snapshot(
             time=started,
             finished=datetime.now(UTC).isoformat(),

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from timevault.core import crypto
+from timevault.core.archiver.excludes import CACHEDIR_TAG, Excludes
 from timevault.core.chunker import Chunker, ChunkerParams
 from timevault.core.repository.format import Node
 
@@ -112,25 +113,36 @@ def same_metadata(previous: Node, st: os.stat_result) -> bool:
     )
 
 
-def list_dir(path: bytes, previous: PreviousDir) -> tuple[list[Entry], list[Entry], list[str]]:
+def list_dir(
+    path: bytes, previous: PreviousDir, excludes: Excludes | None = None
+) -> tuple[list[Entry], list[Entry], list[str]]:
     """List a directory sorted by name: (entries, small changed files to read, warnings).
 
     Only metadata: cheap enough to run on the event loop, which saves a thread hop per folder.
     Most folders of an incremental backup have nothing to read, and hops cost more than the
-    listing (threads contending for the GIL at every system call).
+    listing (threads contending for the GIL at every system call). Excluded entries are
+    dropped before they are stat'ed or read.
     """
     warnings: list[str] = []
     entries: list[Entry] = []
     to_read: list[Entry] = []
     with os.scandir(path) as it:
         dir_entries = sorted(it, key=lambda e: e.name)
+    rules = excludes.for_dir(path, (e.name for e in dir_entries)) if excludes is not None else None
+    if rules is not None and rules.tag_only:
+        dir_entries = [e for e in dir_entries if e.name == CACHEDIR_TAG]
+        rules = None
     budget = SCAN_BATCH_BYTES
     for dir_entry in dir_entries:
         full = dir_entry.path
+        if rules is not None and rules.excluded(dir_entry.name, _is_dir(dir_entry)):
+            continue
         try:
             st = dir_entry.stat(follow_symlinks=False)
         except OSError as exc:
             warnings.append(f"skipped {os.fsdecode(full)}: {exc.strerror}")
+            continue
+        if rules is not None and rules.other_device(st):
             continue
         entry = Entry(dir_entry.name, full, st, kind_of(st.st_mode))
         if entry.kind == "symlink":
@@ -151,6 +163,13 @@ def list_dir(path: bytes, previous: PreviousDir) -> tuple[list[Entry], list[Entr
                 to_read.append(entry)
         entries.append(entry)
     return entries, to_read, warnings
+
+
+def _is_dir(entry: os.DirEntry[bytes]) -> bool:
+    try:
+        return entry.is_dir(follow_symlinks=False)
+    except OSError:
+        return False
 
 
 def read_small_files(entries: list[Entry], params: ChunkerParams, id_key: bytes) -> list[str]:
@@ -269,12 +288,14 @@ class LargeFileReader:
         return _changed(self.entry.st, after) or self.size != self.entry.st.st_size
 
 
-def count_tree(paths: list[bytes]) -> tuple[int, int]:
+def count_tree(paths: list[bytes], excludes: Excludes | None = None) -> tuple[int, int]:
     """(files, bytes) below `paths`, for progress totals.
 
     Runs beside the backup, so it stays cheap: folder entries' types come from the directory
     listing itself, and only regular files are stat'ed (for their size).
     """
+    if excludes is not None:
+        return _count_excluding(paths, excludes)
     files = size = 0
     stack: list[bytes] = []
     for path in paths:
@@ -301,4 +322,45 @@ def count_tree(paths: list[bytes]) -> tuple[int, int]:
                         continue
         except OSError:
             continue
+    return files, size
+
+
+def _count_excluding(paths: list[bytes], excludes: Excludes) -> tuple[int, int]:
+    """`count_tree` with the backup's exclude rules (the same folders and files it will read)."""
+    files = size = 0
+    stack: list[bytes] = []
+    for path in paths:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            stack.append(path)
+        elif stat.S_ISREG(st.st_mode):
+            files += 1
+            size += st.st_size
+    while stack:
+        folder = stack.pop()
+        try:
+            with os.scandir(folder) as it:
+                entries = list(it)
+        except OSError:
+            continue
+        rules = excludes.for_dir(folder, (e.name for e in entries))
+        if rules is not None and rules.tag_only:
+            entries = [e for e in entries if e.name == CACHEDIR_TAG]
+            rules = None
+        for entry in entries:
+            try:
+                is_dir = entry.is_dir(follow_symlinks=False)
+                if rules is not None and rules.excluded(entry.name, is_dir):
+                    continue
+                if is_dir:
+                    if rules is None or not rules.other_device(entry.stat(follow_symlinks=False)):
+                        stack.append(entry.path)
+                elif entry.is_file(follow_symlinks=False):
+                    files += 1
+                    size += entry.stat(follow_symlinks=False).st_size
+            except OSError:
+                continue
     return files, size
