@@ -43,6 +43,7 @@ API_TYPES: dict[str, type[msgspec.Struct]] = {
     "JobEvent": jobs.JobEvent,
     "RestoreBody": bodies.RestoreBody,
     "ErrorInfo": errors.ErrorInfo,
+    "NotifyDelivery": plans.NotifyDelivery,
 }
 
 

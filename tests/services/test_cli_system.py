@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,8 @@ class Stub:
             return web.json_response({"id": "j_1", "kind": "backup", "status": status, "error": "disk full"})
         if (request.method, path) == ("POST", "/plans/p_1/pause"):  # e.g. a proxy in between
             return web.Response(status=502, reason="Bad Gateway", text="<html>bad gateway</html>")
+        if (request.method, path) == ("PATCH", "/plans/p_1"):
+            return web.json_response(PLAN)
         if request.method == "POST" and path.startswith("/plans/p_1/snapshots/"):
             return web.json_response({"id": "j_2", "kind": "restore", "status": "completed"}, status=202)
         return web.json_response({"error": {"code": "not_found", "message": "nope"}}, status=404)
@@ -214,3 +217,43 @@ async def test_gateway_errors_keep_their_code(stub: tuple[Stub, Path], tmp_path:
     assert await run("backup", "Photos", "--wait", "--json", "--data-dir", str(data)) == 1
     error = json.loads(capsys.readouterr().out)["error"]
     assert error["code"] == "job_failed" and error["job"]["error"] == "disk full"
+async def test_plan_options_flags_become_api_fields(stub: tuple[Stub, Path], tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    s, data = stub
+    pw = tmp_path / "pw"
+    pw.write_text("s3cret pass\n")
+    src = tmp_path / "src"
+    src.mkdir()
+    rc = await run("plan", "create", "Db", "--source", str(src), "--daily", "--at", "01:00",
+                   "--location", str(tmp_path / "loc"), "--timezone", "Etc/UTC", "--password-file", str(pw),
+                   "--exclude", "*.tmp", "--exclude", "cache/", "--exclude-file", "ex.txt", "--one-file-system",
+                   "--no-exclude-caches", "--pre-command", "pg_dump db > dump.sql", "--pre-command-optional",
+                   "--post-command", "rm dump.sql", "--hook-timeout", "30",
+                   "--notify", "https://hooks.example/a", "--notify", "http://127.0.0.1:9/b", "--notify-success",
+                   "--data-dir", str(data))
+    assert rc == 0, capsys.readouterr().err
+    body = s.requests[-1][2]
+    assert body["schedule"]["timezone"] == "UTC"  # one name for UTC
+    assert {k: body[k] for k in ("excludes", "exclude_files", "one_file_system", "exclude_caches", "pre_command",
+                                 "pre_command_optional", "post_command", "hook_timeout", "notify",
+                                 "notify_success")} == {
+        "excludes": ["*.tmp", "cache/"], "exclude_files": [os.path.abspath("ex.txt")], "one_file_system": True,
+        "exclude_caches": False, "pre_command": "pg_dump db > dump.sql", "pre_command_optional": True,
+        "post_command": "rm dump.sql", "hook_timeout": 30,
+        "notify": ["https://hooks.example/a", "http://127.0.0.1:9/b"], "notify_success": True}
+    # Defaults are not sent at all.
+    rc = await run("plan", "create", "Plain", "--source", str(src), "--daily", "--at", "01:00",
+                   "--location", str(tmp_path / "loc3"), "--password-file", str(pw), "--data-dir", str(data))
+    assert rc == 0
+    assert set(s.requests[-1][2]) == {"name", "sources", "schedule", "location", "password", "password_confirm"}
+    # A bad URL is refused before anything is sent.
+    before = len(s.requests)
+    rc = await run("plan", "create", "Bad", "--source", str(src), "--daily", "--at", "01:00",
+                   "--location", str(tmp_path / "loc4"), "--password-file", str(pw), "--notify", "ftp://x",
+                   "--data-dir", str(data))
+    assert rc == 1 and "notification URL" in capsys.readouterr().err and len(s.requests) == before
+    # An update sends only what it names; '' removes a hook.
+    rc = await run("plan", "update", "Photos", "--pre-command", "", "--no-notify", "--any-file-system",
+                   "--data-dir", str(data))
+    assert rc == 0, capsys.readouterr().err
+    assert s.requests[-1] == ("PATCH", "/plans/p_1", {"pre_command": "", "notify": [], "one_file_system": False})

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import unicodedata
+from collections.abc import Callable
 from datetime import datetime
 from typing import Literal
 from urllib.parse import quote, urlencode
@@ -17,10 +18,15 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 
-from timevault.proto.errors import invalid
+from timevault.proto.errors import ServiceError, invalid
 
 NAME_MAX = 64
 PASSWORD_MIN = 4
+HOOK_TIMEOUT = 600
+HOOK_TIMEOUT_MAX = 24 * 3600
+COMMAND_MAX = 4096
+PATTERNS_MAX = 1000
+NOTIFY_MAX = 10
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 _TIME = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 TIMEZONE_MAX = 64  # the longest IANA name has 32 characters
@@ -90,6 +96,26 @@ class PlanCreate(msgspec.Struct, kw_only=True):
     """Encryption password, at least 4 characters; used once to create the repository, never stored."""
     password_confirm: str
     """Must equal `password` (the user typed it twice)."""
+    excludes: list[str] = msgspec.field(default_factory=list)
+    """gitignore-style patterns of paths to leave out (``*.tmp``, ``build/``, ``/cache``)."""
+    exclude_files: list[str] = msgspec.field(default_factory=list)
+    """Absolute paths of files with more patterns, one per line, read at every backup."""
+    exclude_caches: bool = True
+    """Leave out the contents of folders holding a valid ``CACHEDIR.TAG``."""
+    one_file_system: bool = False
+    """Stay on each source's file system (leave out mount points)."""
+    pre_command: str | None = None
+    """Shell command run by the snapshotter before each backup (e.g. a database dump)."""
+    post_command: str | None = None
+    """Shell command run after each backup, whatever its outcome (``TIMEVAULT_STATUS`` says it)."""
+    pre_command_optional: bool = False
+    """When true, a failing pre-command is logged and the backup goes on; else the backup fails."""
+    hook_timeout: int = HOOK_TIMEOUT
+    """Seconds a hook may run before it is stopped (and counts as failed)."""
+    notify: list[str] = msgspec.field(default_factory=list)
+    """http(s) URLs that receive a JSON POST when a backup or restore fails or a scheduled slot is missed."""
+    notify_success: bool = False
+    """Also notify when a backup or restore completes."""
 
 
 class PlanUpdate(msgspec.Struct, kw_only=True):
@@ -103,6 +129,26 @@ class PlanUpdate(msgspec.Struct, kw_only=True):
     """Schedule fields to change."""
     location: Location | None = None
     """Only accepted when equal to the current location."""
+    excludes: list[str] | None = None
+    """New exclude patterns (``[]`` removes them all)."""
+    exclude_files: list[str] | None = None
+    """New exclude files."""
+    exclude_caches: bool | None = None
+    """Leave out folders holding a CACHEDIR.TAG."""
+    one_file_system: bool | None = None
+    """Stay on each source's file system."""
+    pre_command: str | None = None
+    """New pre-command (``""`` removes it)."""
+    post_command: str | None = None
+    """New post-command (``""`` removes it)."""
+    pre_command_optional: bool | None = None
+    """Whether a failing pre-command lets the backup go on."""
+    hook_timeout: int | None = None
+    """Seconds a hook may run."""
+    notify: list[str] | None = None
+    """New notification URLs (``[]`` removes them)."""
+    notify_success: bool | None = None
+    """Also notify on success."""
 
 
 class PlanUpdateRequest(msgspec.Struct, kw_only=True):
@@ -154,6 +200,27 @@ class SnapshotInfo(msgspec.Struct, kw_only=True):
     services wrote since the password was last used."""
 
 
+class NotifyDelivery(msgspec.Struct, kw_only=True):
+    """How the latest notification of a plan went (shown on the plan page)."""
+
+    at: datetime
+    """When it was delivered, or given up (UTC)."""
+    status: str
+    """The status it told of: ``completed``, ``failed``, ``canceled`` or ``missed``."""
+    ok: bool
+    """True when every URL accepted it (a 2xx answer)."""
+    attempts: int = 1
+    """Tries of the URL that needed the most."""
+    job_id: str | None = None
+    """The job it was about, if any."""
+    target: str | None = None
+    """The URL that failed (or the last one), without its path or query."""
+    http_status: int | None = None
+    """The HTTP status of the last answer, when there was one."""
+    error: str | None = None
+    """Why it failed."""
+
+
 class Plan(msgspec.Struct, kw_only=True):
     """A plan's settings and state, as listed (``GET /api/v1/plans``)."""
 
@@ -187,6 +254,28 @@ class Plan(msgspec.Struct, kw_only=True):
     """When the most recent completed snapshot finished (UTC), if any."""
     snapshot_count: int = 0
     """How many completed snapshots the plan has."""
+    excludes: list[str] = msgspec.field(default_factory=list)
+    """gitignore-style patterns of paths left out."""
+    exclude_files: list[str] = msgspec.field(default_factory=list)
+    """Files with more patterns, read at every backup."""
+    exclude_caches: bool = True
+    """Folders holding a valid CACHEDIR.TAG are left out (but for the tag)."""
+    one_file_system: bool = False
+    """Mount points below the sources are left out."""
+    pre_command: str | None = None
+    """Run before each backup."""
+    post_command: str | None = None
+    """Run after each backup."""
+    pre_command_optional: bool = False
+    """A failing pre-command does not fail the backup."""
+    hook_timeout: int = HOOK_TIMEOUT
+    """Seconds a hook may run."""
+    notify: list[str] = msgspec.field(default_factory=list)
+    """URLs notified of failures and missed slots (and successes with `notify_success`)."""
+    notify_success: bool = False
+    """Successes are notified too."""
+    notify_last: NotifyDelivery | None = None
+    """The outcome of the latest notification of this plan."""
 
 
 class PlanDetail(Plan, kw_only=True):
@@ -318,15 +407,22 @@ def validate_password(password: str, confirm: str | None) -> str:
     return password
 
 
+# Other names of UTC: one name everywhere (browsers say "UTC", Debian's /etc/localtime "Etc/UTC").
+UTC_ALIASES = frozenset({"Etc/UTC", "Etc/UCT", "UCT", "Etc/Universal", "Universal", "Etc/Zulu", "Zulu",
+                         "Etc/GMT", "GMT", "Etc/GMT+0", "Etc/GMT-0", "Etc/GMT0", "GMT0", "GMT+0", "GMT-0",
+                         "Etc/Greenwich", "Greenwich"})
+
+
 def validate_timezone(tz: str) -> str:
+    """An IANA time zone name; the many names of UTC become ``UTC``."""
     shown = tz[:TIMEZONE_MAX] + ("..." if isinstance(tz, str) and len(tz) > TIMEZONE_MAX else "")
     try:
         if not isinstance(tz, str) or not tz or len(tz) > TIMEZONE_MAX or tz.startswith("/") or ".." in tz:
             raise ValueError
         ZoneInfo(tz)
-    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:  # OSError: e.g. a name too long for a file
+    except (ZoneInfoNotFoundError, ValueError, TypeError, OSError) as exc:  # OSError: e.g. a name too long
         raise invalid(f"unknown time zone {shown!r}", "schedule.timezone") from exc
-    return tz
+    return "UTC" if tz in UTC_ALIASES else tz
 
 
 def parse_weekday(day: str) -> int:
@@ -348,7 +444,9 @@ def validate_time(value: str) -> str:
 
 def validate_schedule(schedule: Schedule) -> Schedule:
     validate_time(schedule.time)
-    validate_timezone(schedule.timezone)
+    timezone = validate_timezone(schedule.timezone)
+    if timezone != schedule.timezone:
+        schedule = msgspec.structs.replace(schedule, timezone=timezone)
     if schedule.weekday is not None and not 1 <= schedule.weekday <= 7:
         raise invalid("weekday must be 1 (Monday) .. 7 (Sunday)", "schedule.weekday")
     if schedule.frequency == "weekly":
@@ -476,6 +574,109 @@ def validate_includes(includes: list[str]) -> list[str]:
     return includes
 
 
+def validate_excludes(patterns: list[str]) -> list[str]:
+    """gitignore-style patterns: each compiles, no NUL or line break, at most `PATTERNS_MAX`."""
+    import pathspec  # small; only plan validation needs it
+
+    if len(patterns) > PATTERNS_MAX:
+        raise invalid(f"at most {PATTERNS_MAX} exclude patterns", "excludes")
+    result: list[str] = []
+    for pattern in patterns:
+        if not isinstance(pattern, str) or not pattern.strip():
+            raise invalid("an exclude pattern must not be empty", "excludes")
+        if any(c in pattern for c in "\0\n\r") or len(pattern) > COMMAND_MAX:
+            raise invalid(f"exclude pattern {pattern[:80]!r} has a line break or NUL, or is too long", "excludes")
+        try:
+            pathspec.GitIgnoreSpec.from_lines([pattern])
+        except (ValueError, TypeError) as exc:
+            raise invalid(f"invalid exclude pattern {pattern!r}: {exc}", "excludes") from exc
+        if pattern not in result:
+            result.append(pattern)
+    return result
+
+
+def validate_exclude_files(paths: list[str]) -> list[str]:
+    if len(paths) > NOTIFY_MAX:
+        raise invalid(f"at most {NOTIFY_MAX} exclude files", "exclude_files")
+    result: list[str] = []
+    for path in paths:
+        if not isinstance(path, str) or not os.path.isabs(path) or "\0" in path:
+            raise invalid(f"an exclude file must be an absolute path: {path!r}", "exclude_files")
+        if os.path.normpath(path) not in result:
+            result.append(os.path.normpath(path))
+    return result
+
+
+def validate_command(command: str | None, field: str) -> str | None:
+    """A hook command: None or "" for none; no NUL, at most `COMMAND_MAX` characters."""
+    if command is None or not command.strip():
+        return None
+    if "\0" in command or len(command) > COMMAND_MAX:
+        raise invalid(f"the command must be at most {COMMAND_MAX} characters, without NUL", field)
+    return command
+
+
+def validate_hook_timeout(seconds: int) -> int:
+    if not isinstance(seconds, int) or isinstance(seconds, bool) or not 1 <= seconds <= HOOK_TIMEOUT_MAX:
+        raise invalid(f"hook_timeout must be 1..{HOOK_TIMEOUT_MAX} seconds", "hook_timeout")
+    return seconds
+
+
+def validate_notify(urls: list[str]) -> list[str]:
+    """http(s) URLs with a host, at most `NOTIFY_MAX`."""
+    from urllib.parse import urlsplit
+
+    if len(urls) > NOTIFY_MAX:
+        raise invalid(f"at most {NOTIFY_MAX} notification URLs", "notify")
+    result: list[str] = []
+    for url in urls:
+        try:
+            parts = urlsplit(url) if isinstance(url, str) else None
+            ok = parts is not None and parts.scheme in ("http", "https") and bool(parts.hostname)
+        except ValueError:
+            ok = False
+        if not ok or any(c.isspace() for c in url) or len(url) > COMMAND_MAX:
+            raise invalid(f"a notification URL must be http:// or https:// with a host, got {url[:80]!r}",
+                          "notify")
+        if url not in result:
+            result.append(url)
+    return result
+
+
+def _errors(*checks: Callable[[], object]) -> list[ServiceError]:
+    found: list[ServiceError] = []
+    for check in checks:
+        try:
+            check()
+        except ServiceError as exc:
+            found.append(exc)
+    return found
+
+
+def create_errors(req: PlanCreate) -> list[ServiceError]:
+    """Every validation error of a create request, in the order of the form's fields."""
+    def sources() -> list[str]:
+        try:
+            return validate_sources(req.sources)
+        except ServiceError:
+            return []
+
+    return _errors(
+        lambda: validate_name(req.name),
+        lambda: validate_sources(req.sources),
+        lambda: validate_excludes(req.excludes),
+        lambda: validate_exclude_files(req.exclude_files),
+        lambda: validate_schedule(req.schedule),
+        lambda: validate_location(req.location, sources()),
+        lambda: validate_password(req.password, None),
+        lambda: (len(req.password) >= PASSWORD_MIN and validate_password(req.password, req.password_confirm)),
+        lambda: validate_command(req.pre_command, "pre_command"),
+        lambda: validate_command(req.post_command, "post_command"),
+        lambda: validate_hook_timeout(req.hook_timeout),
+        lambda: validate_notify(req.notify),
+    )
+
+
 def validate_create(req: PlanCreate) -> PlanCreate:
     """Validate and normalise a create request (raises ServiceError on the first bad field)."""
     name = validate_name(req.name)
@@ -483,7 +684,12 @@ def validate_create(req: PlanCreate) -> PlanCreate:
     sources = validate_sources(req.sources)
     schedule = validate_schedule(req.schedule)
     location = validate_location(req.location, sources)
-    return msgspec.structs.replace(req, name=name, sources=sources, schedule=schedule, location=location)
+    return msgspec.structs.replace(
+        req, name=name, sources=sources, schedule=schedule, location=location,
+        excludes=validate_excludes(req.excludes), exclude_files=validate_exclude_files(req.exclude_files),
+        pre_command=validate_command(req.pre_command, "pre_command"),
+        post_command=validate_command(req.post_command, "post_command"),
+        hook_timeout=validate_hook_timeout(req.hook_timeout), notify=validate_notify(req.notify))
 
 
 def location_url(location: Location) -> str:

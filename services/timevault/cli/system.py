@@ -23,6 +23,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from timevault.cli import plan_options
 from timevault.cli.errors import CommandError, GatewayUnreachable, Incomplete, JobFailed, UsageError
 from timevault.cli.parser import Subcommands
 from timevault.proto.errors import ServiceError
@@ -207,6 +208,7 @@ def _show_plan(plan: dict[str, Any]) -> None:
     print(f"sources:    {', '.join(plan.get('sources', []))}")
     print(f"schedule:   {_schedule_text(plan.get('schedule', {}))}{'  [paused]' if plan.get('paused') else ''}")
     print(f"location:   {_location_text(plan.get('location', {}))}")
+    plan_options.show(plan)
     print(f"total size: {_size(plan.get('total_size'))}")
     print(f"next run:   {plan.get('next_run') or '-'}")
     snapshots = plan.get("snapshots", [])
@@ -243,6 +245,7 @@ def cmd_plan_create(args: argparse.Namespace) -> None:
 
     name = validate_name(args.name)
     sources = validate_sources([os.path.abspath(os.path.expanduser(s)) for s in args.source])
+    plan_options.body(args)  # bad options are reported before the password is asked
     weekday = parse_weekday(args.weekly) if args.weekly else None
     schedule = validate_schedule(Schedule(frequency="weekly" if args.weekly else "daily", time=args.at,
                                           weekday=weekday, timezone=args.timezone or _local_timezone()))
@@ -254,7 +257,7 @@ def cmd_plan_create(args: argparse.Namespace) -> None:
         "schedule": {k: v for k, v in (("frequency", schedule.frequency), ("time", schedule.time),
                                        ("weekday", schedule.weekday), ("timezone", schedule.timezone)) if v},
         "location": {k: v for k, v in vars_of(location).items() if v is not None},
-        "password": password, "password_confirm": password,
+        "password": password, "password_confirm": password, **plan_options.body(args),
     }
     plan = gateway.call("POST", "/plans", body)
     if args.json:
@@ -338,8 +341,10 @@ def cmd_plan_update(args: argparse.Namespace) -> None:
         body["schedule"] = schedule
     if args.source:
         body["sources"] = validate_sources([os.path.abspath(os.path.expanduser(s)) for s in args.source])
+    body.update(plan_options.body(args, update=True))
     if not body:
-        raise UsageError("nothing to change: give --daily, --weekly DAY, --at HH:MM, --timezone or --source")
+        raise UsageError("nothing to change: give --daily, --weekly DAY, --at HH:MM, --timezone, --source, "
+                         "or an exclude, hook or notify option")
     gateway = Gateway.find(args.data_dir)
     plan = gateway.call("PATCH", f"/plans/{_q(gateway.plan_id(args.name))}", body)
     if args.json:
@@ -559,6 +564,7 @@ def register(subparsers: Subcommands) -> None:
     create.add_argument("--location", required=True, help="folder path or s3://bucket/prefix?endpoint=&region=")
     create.add_argument("--timezone", metavar="TZ", help="IANA zone (default: this machine's)")
     create.add_argument("--password-file", metavar="F")
+    plan_options.add_arguments(create)
     _common(create)
     create.set_defaults(func=cmd_plan_create)
 
@@ -593,6 +599,7 @@ def register(subparsers: Subcommands) -> None:
     update.add_argument("--at", metavar="HH:MM")
     update.add_argument("--timezone", metavar="TZ")
     update.add_argument("--source", action="append", metavar="PATH")
+    plan_options.add_arguments(update, update=True)
     _common(update)
     update.set_defaults(func=cmd_plan_update)
 

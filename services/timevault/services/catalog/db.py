@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from contextvars import ContextVar
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import aiosqlite
 import msgspec
@@ -327,3 +328,19 @@ class CatalogDB:
         ) as cur:
             rows = list(await cur.fetchall())
         return [msgspec.json.decode(row[0], type=PlanEvent) for row in reversed(rows)]
+
+    # --- tables kept by other modules (plan_options, credentials) ---------------------------
+
+    async def add_schema(self, script: str) -> None:
+        """Create a module's own tables (``CREATE TABLE IF NOT EXISTS …``) at start."""
+        await self._conn.executescript(script)
+        await self._conn.commit()
+
+    async def fetch_all(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
+        """Rows of a query of a module's own tables."""
+        async with self._conn.execute(sql, params) as cur:
+            return [tuple(row) for row in await cur.fetchall()]
+
+    async def write(self, sql: str, params: tuple[object, ...] = ()) -> None:
+        """One statement on a module's own tables, inside the running `transaction`."""
+        await self._writing().execute(sql, params)

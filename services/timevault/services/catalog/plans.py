@@ -42,7 +42,7 @@ from timevault.proto.plans import (
     validate_schedule,
     validate_sources,
 )
-from timevault.services.catalog import repo_ops
+from timevault.services.catalog import plan_options, repo_ops
 from timevault.services.catalog.context import ACTIVE, Catalog
 from timevault.services.catalog.db import PlanRow
 from timevault.services.catalog.jobs import Jobs
@@ -61,6 +61,7 @@ class Plans:
         self.catalog = catalog
         self.db = catalog.db
         self.jobs = jobs
+        self.options = plan_options.OptionsStore(catalog.db)
 
     async def create(self, req: PlanCreate) -> Plan:
         req = validate_create(req)
@@ -73,6 +74,7 @@ class Plans:
                       created_at=now, updated_at=now, resumed_at=None, last_slot=None, total_size=0)
         async with self.catalog.transaction() as tx:
             await self._insert(row)
+            await self.options.save(row.id, plan_options.from_create(req))
             await tx.event(row.id, "created", f"plan {row.name!r} created")
         log.info("plan %s (%s) created", row.id, row.name)
         return await self.view(row)
@@ -106,7 +108,9 @@ class Plans:
         return await self.get(PlanRef(plan=row.id))
 
     async def list_plans(self, _req: PlanListRequest) -> PlanList:
-        return PlanList(plans=[await self.view(row) for row in await self.db.list_plans() if not row.deleting])
+        options = await self.options.all()
+        return PlanList(plans=[await self.view(row, options.get(row.id)) for row in await self.db.list_plans()
+                               if not row.deleting])
 
     async def get(self, req: PlanRef) -> PlanDetail:
         row = await self.catalog.plan(req.plan)
@@ -128,7 +132,11 @@ class Plans:
             if update.schedule is not None:
                 schedule = apply_schedule_update(row.schedule, update.schedule)
             schedule_changed = schedule != row.schedule
-            changed = schedule_changed or sources != row.sources
+            options = await self.options.get(row.id)
+            new_options = plan_options.apply_update(options, update)
+            changed = schedule_changed or sources != row.sources or new_options != options
+            if new_options != options:
+                await self.options.save(row.id, new_options)
             row = msgspec.structs.replace(row, sources=sources, schedule=schedule, updated_at=utcnow())
             if schedule_changed:
                 # A new schedule starts counting from now: never fire a past slot of the new one.
@@ -163,6 +171,7 @@ class Plans:
         deleted = await repo_ops.delete_repository(location_url(row.location))
         async with self.catalog.transaction() as tx:
             await self.db.delete_plan_rows(row.id)
+            await self.options.delete(row.id)
             tx.publish(subjects.plan_event(row.id),
                        PlanEvent(plan_id=row.id, ts=utcnow(), kind="deleted", message=row.name))
         log.info("plan %s deleted (%d objects removed)", row.id, deleted)
@@ -176,8 +185,9 @@ class Plans:
         row = await self.catalog.plan(req.plan)
         return PlanSecrets(plan_id=row.id, location=location_url(row.location), write_keys=row.write_keys)
 
-    async def view(self, row: PlanRow) -> Plan:
-        """The plan as clients see it, with its next run, active job and latest outcome."""
+    async def view(self, row: PlanRow, options: plan_options.PlanOptions | None = None) -> Plan:
+        """The plan as clients see it, with its next run, active job, latest outcome and options."""
+        options = options or await self.options.get(row.id)
         active = await self.db.list_jobs(plan_id=row.id, statuses=ACTIVE, kind="backup", limit=1)
         snaps = await self.db.list_snapshots(row.id)
         completed = [snap for snap in snaps if snap.status == "completed"]
@@ -191,6 +201,7 @@ class Plans:
             last_error=snaps[-1].error if snaps and snaps[-1].status == "failed" else None,
             last_snapshot_at=completed[-1].finished_at or completed[-1].started_at if completed else None,
             snapshot_count=len(completed),
+            **plan_options.view(options),
         )
 
     # --- internals -----------------------------------------------------------------------

@@ -123,7 +123,7 @@ class Snapshotter:
                 await msg.ack()
 
     async def run_job(self, job: Job, msg: Msg | None = None) -> None:
-        from timevault.core.archiver import BackupCanceled, Progress, backup
+        from timevault.core.archiver import BackupCanceled, ExcludeOptions, Progress, backup
         from timevault.core.repository import Repository
         from timevault.services.common.locations import open_service_location
 
@@ -154,7 +154,11 @@ class Snapshotter:
                     snapshot_id, snap = await backup(repo, plan.sources, sink=sink,
                                                      known=CatalogKnownBlobs(self.nc, job.plan_id),
                                                      progress=progress, cancel=ctx.cancel, cache_dir=cache,
-                                                     plan=job.plan_id, in_flight=ARCHIVER_IN_FLIGHT)
+                                                     plan=job.plan_id, in_flight=ARCHIVER_IN_FLIGHT,
+                                                     excludes=ExcludeOptions(
+                                                         patterns=plan.excludes, files=plan.exclude_files,
+                                                         caches=plan.exclude_caches,
+                                                         one_file_system=plan.one_file_system))
                     await sink.close()
                     await hold("backup.finish")
                     log.info("job %s: waited %.2f s for the upload window, %.2f s for batch replies; "

@@ -46,6 +46,30 @@
  * @property {string | null} last_error why the most recent run failed, when it did
  * @property {string | null} last_snapshot_at when the latest completed snapshot finished
  * @property {number} snapshot_count completed snapshots
+ * @property {string[]} excludes gitignore-style patterns of paths left out
+ * @property {string[]} exclude_files files with more patterns, read at every backup
+ * @property {boolean} exclude_caches folders holding a CACHEDIR.TAG are left out
+ * @property {boolean} one_file_system mount points below the sources are left out
+ * @property {string | null} pre_command run by the snapshotter before each backup
+ * @property {string | null} post_command run after each backup, whatever its outcome
+ * @property {boolean} pre_command_optional a failing pre-command does not fail the backup
+ * @property {number} hook_timeout seconds a hook may run
+ * @property {string[]} notify URLs that get a JSON POST on failures and missed slots
+ * @property {boolean} notify_success successes are notified too
+ * @property {NotifyDelivery | null} notify_last how the latest notification went
+ */
+
+/**
+ * How the latest notification of a plan went.
+ * @typedef {object} NotifyDelivery
+ * @property {string} at
+ * @property {string} status the status it told of: "completed", "failed", "canceled" or "missed"
+ * @property {boolean} ok every URL accepted it
+ * @property {number} attempts tries of the URL that needed the most
+ * @property {string | null} job_id
+ * @property {string | null} target the URL that failed, without path or query
+ * @property {number | null} http_status
+ * @property {string | null} error
  */
 
 /**
@@ -145,6 +169,16 @@
  * @property {Location} location
  * @property {string} password
  * @property {string} password_confirm
+ * @property {string[]} [excludes] gitignore-style patterns of paths left out
+ * @property {string[]} [exclude_files] files with more patterns, read at every backup
+ * @property {boolean} [exclude_caches] folders holding a CACHEDIR.TAG are left out
+ * @property {boolean} [one_file_system] mount points below the sources are left out
+ * @property {string | null} [pre_command] run by the snapshotter before each backup
+ * @property {string | null} [post_command] run after each backup, whatever its outcome
+ * @property {boolean} [pre_command_optional] a failing pre-command does not fail the backup
+ * @property {number} [hook_timeout] seconds a hook may run
+ * @property {string[]} [notify] URLs that get a JSON POST on failures and missed slots
+ * @property {boolean} [notify_success] successes are notified too
  */
 
 /**
@@ -154,6 +188,16 @@
  * @property {string[]} [sources]
  * @property {Partial<Schedule>} [schedule]
  * @property {Location} [location] only the current one is accepted
+ * @property {string[]} [excludes]
+ * @property {string[]} [exclude_files]
+ * @property {boolean} [exclude_caches]
+ * @property {boolean} [one_file_system]
+ * @property {string} [pre_command] "" removes it
+ * @property {string} [post_command] "" removes it
+ * @property {boolean} [pre_command_optional]
+ * @property {number} [hook_timeout]
+ * @property {string[]} [notify]
+ * @property {boolean} [notify_success]
  */
 
 /**
