@@ -18,8 +18,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from timevault.proto import errors, jobs, plans
-from timevault.services.gateway import bodies
+from timevault.proto import browse, errors, jobs, plans
+from timevault.services.gateway import bodies, browse_routes
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 GATEWAY = REPO_ROOT / "services" / "timevault" / "services" / "gateway"
@@ -44,6 +44,16 @@ API_TYPES: dict[str, type[msgspec.Struct]] = {
     "RestoreBody": bodies.RestoreBody,
     "ErrorInfo": errors.ErrorInfo,
     "NotifyDelivery": plans.NotifyDelivery,
+    "UnlockBody": browse_routes.UnlockBody,
+    "RestoreItemsBody": browse_routes.RestoreItemsBody,
+    "BrowseSession": browse.BrowseSession,
+    "BrowseEntry": browse.BrowseEntry,
+    "BrowseListing": browse.BrowseListing,
+    "DiffChange": browse.DiffChange,
+    "SnapshotDiff": browse.SnapshotDiff,
+    "FindVersion": browse.FindVersion,
+    "FindMatch": browse.FindMatch,
+    "FindResult": browse.FindResult,
 }
 
 

@@ -91,6 +91,8 @@ class BrowseList(msgspec.Struct, kw_only=True):
     """Skip this many entries (a folder is sent in pages of at most `LIST_PAGE`)."""
     limit: int = LIST_PAGE
     """At most this many entries."""
+    plan: str | None = None
+    """The plan the request is made for (id or name); the session must belong to it."""
 
 
 class BrowseListing(msgspec.Struct, kw_only=True):
@@ -117,6 +119,8 @@ class BrowseDiff(msgspec.Struct, kw_only=True):
     """The earlier snapshot (id, prefix or ``latest``)."""
     to_snapshot: str
     """The later snapshot."""
+    plan: str | None = None
+    """The plan the request is made for (id or name); the session must belong to it."""
 
 
 class DiffChange(msgspec.Struct, kw_only=True):
@@ -162,6 +166,8 @@ class BrowseFind(msgspec.Struct, kw_only=True):
     """A name or part of one (``notes``), or a glob (``*.pdf``); with a '/', also matched on the path."""
     limit: int = 1000
     """At most this many distinct paths."""
+    plan: str | None = None
+    """The plan the request is made for (id or name); the session must belong to it."""
 
 
 class FindVersion(msgspec.Struct, kw_only=True):
@@ -215,3 +221,5 @@ class BrowseRestore(msgspec.Struct, kw_only=True):
     """Absolute paths inside the snapshot (files or folders) to restore."""
     target: str | None = None
     """Folder to restore into; absent = each item back to its original place."""
+    plan: str | None = None
+    """The plan the request is made for (id or name); the session must belong to it."""

@@ -68,6 +68,8 @@ class Job(msgspec.Struct, kw_only=True):
     """What a completed job could not do: a restore names each file or folder it could not restore
     (damaged or missing data; at most `WARNINGS_MAX`, the last entry then says how many more).
     A completed job with warnings finished but is incomplete (the CLI exits 3)."""
+    original_place: bool = False
+    """Restore: the chosen items go back where they were backed up from (`target` is unused)."""
 
 
 WARNINGS_MAX = 100
@@ -99,6 +101,8 @@ class JobCreate(msgspec.Struct, kw_only=True):
     """Restore: the restorer instance that runs (and already claims) the job."""
     endorsed: list[str] = msgspec.field(default_factory=list)
     """Restore: the snapshot ids the restorer endorsed with the password (the catalog marks them)."""
+    original_place: bool = False
+    """Restore: items go back to their original place."""
 
 
 class JobRef(msgspec.Struct, kw_only=True):
@@ -223,3 +227,24 @@ class RestoreRequest(msgspec.Struct, kw_only=True):
     """Restore even a snapshot that contradicts the history endorsed with the password."""
     keep_setid: bool = False
     """Keep set-user-ID and set-group-ID bits (dropped by default)."""
+
+
+class JobLog(msgspec.Struct, kw_only=True):
+    """Internal, ``tv.catalog.job.log``: a worker adds lines to its job's log (hook output, where
+    restored items went). They become `PlanEvent`s with the job's id (``GET /api/v1/jobs/{id}/log``)."""
+
+    job_id: str
+    """The job."""
+    worker: str
+    """The worker's instance id (must hold the job)."""
+    lines: list[str]
+    """The lines, oldest first (long ones are cut)."""
+    kind: str = "log"
+    """The events' kind, e.g. ``hook`` or ``restore``."""
+
+
+class JobLogged(msgspec.Struct, kw_only=True):
+    """Reply to ``tv.catalog.job.log``."""
+
+    added: int = 0
+    """How many lines were recorded."""

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import msgspec
 
-from timevault.proto import chunks, errors, jobs, plans, schedule, upload
+from timevault.proto import browse, chunks, errors, jobs, plans, schedule, upload
 
 SCHEMA_DIR = Path(__file__).with_name("schemas")
 
@@ -50,6 +50,19 @@ MESSAGES: tuple[type[msgspec.Struct], ...] = (
     jobs.JobCancel,
     jobs.BackupWork,
     jobs.RestoreRequest,
+    jobs.JobLog,
+    jobs.JobLogged,
+    browse.BrowseOpen,
+    browse.BrowseSession,
+    browse.BrowseRef,
+    browse.BrowseLocked,
+    browse.BrowseList,
+    browse.BrowseListing,
+    browse.BrowseDiff,
+    browse.SnapshotDiff,
+    browse.BrowseFind,
+    browse.FindResult,
+    browse.BrowseRestore,
     schedule.ScheduleListRequest,
     schedule.ScheduleList,
     schedule.ScheduleFire,
@@ -71,7 +84,7 @@ MESSAGES: tuple[type[msgspec.Struct], ...] = (
 def _field_docs() -> dict[str, dict[str, str]]:
     """Struct name → field → the docstring written under the field (msgspec does not export them)."""
     docs: dict[str, dict[str, str]] = {}
-    for module in (chunks, errors, jobs, plans, schedule, upload):
+    for module in (browse, chunks, errors, jobs, plans, schedule, upload):
         for node in ast.walk(ast.parse(inspect.getsource(module))):
             if not isinstance(node, ast.ClassDef):
                 continue
@@ -94,7 +107,7 @@ def _describe(schema: dict, name: str, docs: dict[str, dict[str, str]]) -> None:
 
 
 def _bases(name: str) -> list[str]:
-    for module in (chunks, errors, jobs, plans, schedule, upload):
+    for module in (browse, chunks, errors, jobs, plans, schedule, upload):
         cls = getattr(module, name, None)
         if isinstance(cls, type):
             return [c.__name__ for c in cls.__mro__ if issubclass(c, msgspec.Struct)]

@@ -46,6 +46,8 @@ JOB_GET = subject("catalog.job.get")
 JOB_LIST = subject("catalog.job.list")
 JOB_CANCEL = subject("catalog.job.cancel")
 JOB_CLAIM = subject("catalog.job.claim")
+JOB_LOG = subject("catalog.job.log")
+JOB_EVENTS = subject("catalog.job.events")
 JOB_FINISH = subject("catalog.job.finish")
 SCHEDULE_LIST = subject("catalog.schedule.list")
 SCHEDULE_FIRE = subject("catalog.schedule.fire")
@@ -55,6 +57,23 @@ CHUNKS_ADD = subject("catalog.chunks.add")
 # --- restorer: request/reply, queue group "restorer" -----------------------------------
 RESTORER_QUEUE = "restorer"
 RESTORE_START = subject("restore.start")
+BROWSE_OPEN = subject("browse.open")
+BROWSE_OPS = ("ls", "diff", "find", "restore", "lock", "touch")
+
+
+def browse_op(instance: str, op: str) -> str:
+    """Subject of a browsing session's operation at the restorer `instance` that holds it."""
+    if op not in BROWSE_OPS:
+        raise ValueError(f"unknown browse op {op!r}")
+    return subject("browse", _token(instance), op)
+
+
+def browse_instance(session: str) -> str:
+    """The restorer instance a session id belongs to (``<instance>.<secret>``); ValueError if malformed."""
+    instance, dot, secret = session.partition(".")
+    if not dot or not secret or not _TOKEN.match(instance):
+        raise ValueError("malformed session id")
+    return instance
 
 # --- uploader: session open in queue group "uploader", then per-session subjects --------
 UPLOADER_QUEUE = "uploader"

@@ -74,10 +74,13 @@ class Gateway:
         except (OSError, ValueError, KeyError) as exc:
             raise CommandError(f"cannot read {path}: {exc}") from exc
 
-    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None,
+             headers: dict[str, str] | None = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.url + "/api/v1" + path, data=data, method=method)
         req.add_header("Authorization", f"Bearer {self.token}")
+        for name, value in (headers or {}).items():
+            req.add_header(name, value)
         req.add_header("Accept", "application/json")
         if data is not None:
             req.add_header("Content-Type", "application/json")
@@ -634,3 +637,7 @@ def register(subparsers: Subcommands) -> None:
                          help="keep set-user-ID and set-group-ID bits (dropped by default)")
     _common(restore)
     restore.set_defaults(func=cmd_restore)
+
+    from timevault.cli import browse_cmds
+
+    browse_cmds.register(subparsers, _common)

@@ -206,7 +206,7 @@ class Jobs:
         now = utcnow()
         job = Job(id=new_id("j"), plan_id=row.id, kind="restore", status="running", created_at=now,
                   started_at=now, snapshot_id=req.snapshot, target=req.target, includes=req.includes,
-                  worker=req.worker, attempt=1)
+                  worker=req.worker, attempt=1, original_place=req.original_place)
         await self.db.save_job(job, heartbeat=time.time())
         if req.endorsed:  # the restorer signed the history with the password: mark what it covers
             endorsed = set(req.endorsed)

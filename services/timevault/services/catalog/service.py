@@ -18,7 +18,7 @@ from nats.aio.client import Client as NATS
 
 from timevault.proto import subjects
 from timevault.proto.chunks import ChunkAdd, ChunkLookup
-from timevault.proto.jobs import JobClaim, JobCreate, JobFinish, JobListRequest, JobRef
+from timevault.proto.jobs import JobClaim, JobCreate, JobFinish, JobListRequest, JobLog, JobRef
 from timevault.proto.plans import (
     PlanAttach,
     PlanCreate,
@@ -33,6 +33,7 @@ from timevault.proto.schedule import ScheduleFire, ScheduleListRequest
 from timevault.services.catalog.chunks import ChunkIndex
 from timevault.services.catalog.context import Catalog, CatalogOptions
 from timevault.services.catalog.db import CatalogDB
+from timevault.services.catalog.job_log import JobLogs
 from timevault.services.catalog.jobs import Jobs
 from timevault.services.catalog.plans import Plans
 from timevault.services.catalog.reaper import Reaper
@@ -54,6 +55,7 @@ class CatalogService:
         self.schedule = Scheduling(self.catalog, self.jobs)
         self.chunks = ChunkIndex(self.catalog)
         self.reaper = Reaper(self.catalog, self.jobs)
+        self.job_logs = JobLogs(self.catalog)
         self.stats = rpc.Stats()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -80,6 +82,8 @@ class CatalogService:
         await self._serve(subjects.JOB_CANCEL, JobRef, jobs.cancel)
         await self._serve(subjects.JOB_CLAIM, JobClaim, jobs.claim)
         await self._serve(subjects.JOB_FINISH, JobFinish, jobs.finish)
+        await self._serve(subjects.JOB_LOG, JobLog, self.job_logs.add)
+        await self._serve(subjects.JOB_EVENTS, JobRef, self.job_logs.events)
         await self._serve(subjects.SCHEDULE_LIST, ScheduleListRequest, schedule.list_entries)
         await self._serve(subjects.SCHEDULE_FIRE, ScheduleFire, schedule.fire)
         await self._serve(subjects.CHUNKS_LOOKUP, ChunkLookup, chunks.lookup)

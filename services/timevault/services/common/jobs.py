@@ -15,7 +15,7 @@ from nats.aio.subscription import Subscription
 
 from timevault.proto import subjects, wire
 from timevault.proto.errors import ServiceError
-from timevault.proto.jobs import Job, JobFinish, JobProgress, capped_warnings
+from timevault.proto.jobs import Job, JobFinish, JobLog, JobLogged, JobProgress, capped_warnings
 from timevault.proto.plans import SnapshotInfo
 from timevault.services.common import rpc
 from timevault.services.common.util import utcnow
@@ -77,6 +77,16 @@ class JobContext:
                 if self._on_beat is not None:
                     await self._on_beat()
             await asyncio.sleep(HEARTBEAT_EVERY)
+
+    async def log(self, lines: list[str], kind: str = "log") -> None:
+        """Add `lines` to the job's log (best effort: a lost line must not fail the job)."""
+        if not lines:
+            return
+        try:
+            await rpc.request(self.nc, subjects.JOB_LOG, JobLog(job_id=self.job.id, worker=self.worker,
+                                                                lines=lines, kind=kind), JobLogged)
+        except ServiceError as exc:
+            log.warning("job %s: cannot record %d log lines: %s", self.job.id, len(lines), exc)
 
     async def finish(self, status: Literal["completed", "failed", "canceled"], error: str | None = None,
                      snapshot: SnapshotInfo | None = None, warnings: list[str] | None = None) -> Job | None:

@@ -42,7 +42,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     web.run_app(create_app(config), host=config.host, port=config.port, access_log_format=(
         '%a "%r" %s %b %Tfs'), print=lambda text: logging.getLogger("timevault.gateway").info(text),
-        shutdown_timeout=5)
+        shutdown_timeout=5,
+        # A snapshot path in a query (…/ls?path=) is up to 4096 characters, 12 bytes each when encoded.
+        max_line_size=64 * 1024)
     return 0
 
 

@@ -19,11 +19,14 @@ from timevault.proto.plans import NAME_MAX, PASSWORD_MIN
 from timevault.services.gateway.routes import Endpoint
 
 REF = "#/components/schemas/{name}"
-ERROR_TEXT = {400: "Invalid input (the body names the field)", 401: "Missing or wrong bearer token",
+ERROR_TEXT = {400: "Invalid input (the body names the field)",
+              401: "Missing or wrong bearer token; a wrong backup password (field `password`); or no open "
+                   "browsing session (field `session`)",
               403: "Cross-origin request refused", 404: "No such plan, snapshot or job",
               409: "Duplicate name, or the plan is busy",
               500: "Internal error", 503: "A needed service or the location is unreachable"}
-REQUEST_TYPES = ("PlanCreate", "PlanAttach", "PlanUpdate", "Schedule", "ScheduleUpdate", "Location", "RestoreBody")
+REQUEST_TYPES = ("PlanCreate", "PlanAttach", "PlanUpdate", "Schedule", "ScheduleUpdate", "Location", "RestoreBody",
+                 "UnlockBody", "RestoreItemsBody")
 
 
 def build(table: list[Endpoint], version: str = "1") -> dict[str, Any]:
@@ -62,6 +65,8 @@ def _operation(endpoint: Endpoint, schema_of: dict[int, Any]) -> dict[str, Any]:
               for name in re.findall(r"{(\w+)}", endpoint.path)]
     params += [{"name": name, "in": "query", "required": False, "description": text,
                 "schema": _query_schema(name)} for name, text in endpoint.query.items()]
+    params += [{"name": name, "in": "header", "required": False, "description": text,
+                "schema": {"type": "string", "maxLength": 200}} for name, text in endpoint.headers.items()]
     if params:
         op["parameters"] = params
     if endpoint.body is not None:
@@ -87,7 +92,15 @@ def _operation(endpoint: Endpoint, schema_of: dict[int, Any]) -> dict[str, Any]:
     return op
 
 
+_QUERY_SCHEMAS: dict[str, dict[str, Any]] = {
+    "path": {"type": "string", "minLength": 1, "maxLength": 4096},
+    "pattern": {"type": "string", "minLength": 1, "maxLength": 1000},
+}
+
+
 def _query_schema(name: str) -> dict[str, Any]:
+    if name in _QUERY_SCHEMAS:
+        return _QUERY_SCHEMAS[name]
     if name == "limit":
         return {"type": "integer", "minimum": 1, "maximum": 1000}
     if name == "active":

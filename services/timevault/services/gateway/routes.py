@@ -77,6 +77,8 @@ class Endpoint:
     query: dict[str, str] = field(default_factory=dict)
     """Query parameter name → description (all optional)."""
     sse: bool = False
+    headers: dict[str, str] = field(default_factory=dict)
+    """Request header name → description (all optional as far as the document says)."""
 
 
 # --- helpers -------------------------------------------------------------------------------
@@ -215,6 +217,7 @@ async def cancel_job(request: web.Request) -> web.Response:
 
 
 def endpoints() -> list[Endpoint]:
+    from timevault.services.gateway.browse_routes import browse_endpoints
     from timevault.services.gateway.events import stream_events
 
     plan = "/api/v1/plans/{plan_id}"
@@ -248,6 +251,7 @@ def endpoints() -> list[Endpoint]:
                         "limit": "jobs to return (1..1000, default 50)"}),
         Endpoint("GET", "/api/v1/jobs/{job_id}", get_job, "A backup or restore job", Job, errors=(404,)),
         Endpoint("POST", "/api/v1/jobs/{job_id}/cancel", cancel_job, "Cancel a job", Job, errors=(404,)),
+        *browse_endpoints(),
         Endpoint("GET", "/api/v1/events", stream_events, "Live job status, progress and plan events "
                  "(Server-Sent Events; read it with fetch() streaming and the bearer header)", sse=True,
                  query={"job": "only this job's status and progress events"}),

@@ -10,11 +10,12 @@ import os
 from nats.aio.client import Client as NATS
 
 from timevault.services.common.runner import base_parser, run_service
+from timevault.services.restorer.browsing import BrowseService
 from timevault.services.restorer.service import RestorerService
 
 
 def parser() -> argparse.ArgumentParser:
-    p = base_parser("restorer", "TimeVault restorer: restore jobs with a per-job password.")
+    p = base_parser("restorer", "TimeVault restorer: restore jobs with a per-job password, and browsing sessions.")
     p.add_argument("--restore-root", action="append", default=[], metavar="DIR",
                    help="restores may land only below DIR (repeatable; default: the plan's sources, "
                    "<data-dir>/restores, the temporary folder, /mnt, /media, /srv, /home)")
@@ -27,6 +28,9 @@ async def main(args: argparse.Namespace, nc: NATS, stack: contextlib.AsyncExitSt
     service = RestorerService(nc, roots=args.restore_root or None, data_dir=args.data_dir)
     await service.start()
     stack.push_async_callback(service.stop)
+    browsing = BrowseService(nc, service.instance, roots=args.restore_root or None, data_dir=args.data_dir)
+    await browsing.start()
+    stack.push_async_callback(browsing.stop)
 
 
 if __name__ == "__main__":

@@ -128,6 +128,7 @@
  * @property {string | null} slot
  * @property {number} added_size
  * @property {string[]} warnings what a completed job could not do (a restore's lost files)
+ * @property {boolean} original_place restore: the items went back where they were backed up from
  */
 
 /**
@@ -215,6 +216,97 @@
  * @property {string[]} includes
  * @property {boolean} [allow_unverified] restore even a snapshot that contradicts the endorsed history
  * @property {boolean} [keep_setid] keep set-user-ID and set-group-ID bits (dropped by default)
+ */
+
+/**
+ * `POST /plans/{id}/unlock`.
+ * @typedef {object} UnlockBody
+ * @property {string} password
+ * @property {number} [idle_timeout] seconds, 60..3600
+ */
+
+/**
+ * An open browsing session; its id goes in the `X-Timevault-Session` header.
+ * @typedef {object} BrowseSession
+ * @property {string} session
+ * @property {string} plan_id
+ * @property {string} expires_at
+ * @property {number} idle_timeout
+ */
+
+/**
+ * One entry of a folder in a snapshot.
+ * @typedef {object} BrowseEntry
+ * @property {string} name
+ * @property {string} path absolute, as backed up
+ * @property {"file" | "dir" | "symlink"} type
+ * @property {number} size
+ * @property {number} mode permission bits
+ * @property {string} mtime
+ * @property {string | null} target a symlink's target
+ */
+
+/**
+ * `GET /plans/{id}/snapshots/{snapshot_id}/ls?path=`.
+ * @typedef {object} BrowseListing
+ * @property {string} snapshot
+ * @property {string} path
+ * @property {BrowseEntry[]} entries
+ * @property {number} total
+ * @property {number} offset
+ */
+
+/**
+ * One path that differs between two snapshots.
+ * @typedef {object} DiffChange
+ * @property {string} path
+ * @property {"file" | "dir" | "symlink"} type
+ * @property {number} size after (before, for removed paths)
+ * @property {number} old_size
+ * @property {"added" | "removed" | "content" | "metadata"} what
+ */
+
+/**
+ * `GET /plans/{id}/diff?from=&to=`.
+ * @typedef {object} SnapshotDiff
+ * @property {string} from_snapshot
+ * @property {string} to_snapshot
+ * @property {DiffChange[]} added
+ * @property {DiffChange[]} removed
+ * @property {DiffChange[]} changed
+ * @property {number} added_size
+ * @property {number} removed_size
+ */
+
+/**
+ * A snapshot holding a found path.
+ * @typedef {object} FindVersion
+ * @property {string} snapshot
+ * @property {string} time
+ * @property {number} size
+ * @property {string} mtime
+ */
+
+/**
+ * @typedef {object} FindMatch
+ * @property {string} path
+ * @property {"file" | "dir" | "symlink"} type
+ * @property {FindVersion[]} versions
+ */
+
+/**
+ * `GET /plans/{id}/find?pattern=`.
+ * @typedef {object} FindResult
+ * @property {string} pattern
+ * @property {FindMatch[]} matches
+ * @property {boolean} truncated
+ */
+
+/**
+ * `POST /plans/{id}/snapshots/{snapshot_id}/restore-items` (with a session).
+ * @typedef {object} RestoreItemsBody
+ * @property {string[]} paths
+ * @property {string | null} [target] absent: back to the original place
  */
 
 /**
