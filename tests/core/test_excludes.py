@@ -139,4 +139,4 @@ def test_repo_backup_flags(tmp_path: Path, pw_file: Path) -> None:
     top = json.loads(run_cli("repo", "ls", repo, "latest", str(src), "--json", "--password-file", pw_file).stdout)
     assert [e["name"] for e in top["entries"]] == ["a.txt", "c"]
     missing = run_cli("repo", "backup", repo, src, "--exclude-file", tmp_path / "missing", "--password-file", pw_file)
-    assert missing.code != 0 and "cannot read exclude file" in missing.stderr and "Traceback" not in missing.stderr
+    assert missing.code == 2 and "cannot read exclude file" in missing.stderr and "Traceback" not in missing.stderr

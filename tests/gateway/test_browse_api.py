@@ -223,4 +223,4 @@ async def test_cli_ls_diff_find(stack: Stack, browsable: Browsable, tmp_path: Pa
     bad = tmp_path / "bad"
     bad.write_text("wrong horse\n")
     result = await asyncio.to_thread(cli, stack, "ls", name, "latest", password_file=bad)
-    assert result.returncode == 1 and "wrong password" in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == 12 and "wrong password" in result.stderr and "Traceback" not in result.stderr

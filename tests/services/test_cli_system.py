@@ -251,7 +251,7 @@ async def test_plan_options_flags_become_api_fields(stub: tuple[Stub, Path], tmp
     rc = await run("plan", "create", "Bad", "--source", str(src), "--daily", "--at", "01:00",
                    "--location", str(tmp_path / "loc4"), "--password-file", str(pw), "--notify", "ftp://x",
                    "--data-dir", str(data))
-    assert rc == 1 and "notification URL" in capsys.readouterr().err and len(s.requests) == before
+    assert rc == 2 and "notification URL" in capsys.readouterr().err and len(s.requests) == before
     # An update sends only what it names; '' removes a hook.
     rc = await run("plan", "update", "Photos", "--pre-command", "", "--no-notify", "--any-file-system",
                    "--data-dir", str(data))

@@ -39,6 +39,7 @@ from timevault.core.errors import (
     Canceled,
     ConfigError,
     DamagedData,
+    ExcludeError,
     HistoryError,
     LocationError,
     LocationNotFound,
@@ -78,6 +79,7 @@ _BY_CLASS: tuple[tuple[type[BaseException], Exit, str], ...] = (
     (WeakPassword, Exit.USAGE, "invalid"),
     (LocationError, Exit.USAGE, "invalid"),
     (RetentionError, Exit.USAGE, "invalid"),
+    (ExcludeError, Exit.USAGE, "invalid"),
     (DamagedData, Exit.FAILURE, "damaged"),
     (ConfigError, Exit.FAILURE, "damaged"),  # a config changed behind the password holder's back
     (HistoryError, Exit.FAILURE, "unverified"),  # contradicts the endorsed history

@@ -20,14 +20,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal, Protocol
 
+from timevault.core.errors import BrowseError
 from timevault.core.repository.format import Node, Snapshot, Tree
-from timevault.core.repository.repo import RepositoryError
 
 FIND_LIMIT = 1000
 
-
-class BrowseError(RepositoryError):
-    """A path that is not in the snapshot, or not a folder where one is needed."""
+__all__ = ["BrowseError", "Change", "Diff", "Entry", "Found", "Version", "diff", "find", "find_node", "list_folder"]
 
 
 class TreeSource(Protocol):

@@ -15,6 +15,7 @@ from the module that raises them (`timevault.core.repository`, `timevault.core.s
     │   ├── HistoryError             a snapshot contradicts the history endorsed with the password
     │   ├── BackupError, RestoreError
     │   │                └── TargetError    the restore target is not allowed, or unsafe to reach
+    │   └── BrowseError              a path that is not in the snapshot, or not a folder
     ├── WrongPassword                no key of the repository opens with the password
     ├── WeakPassword                 a new password breaks the rules (also a ValueError)
     ├── DamagedData                  stored bytes fail authentication or do not decode
@@ -30,6 +31,7 @@ from the module that raises them (`timevault.core.repository`, `timevault.core.s
     │   └── InvalidObjectName, InvalidRange   a caller's mistake (also ValueErrors)
     ├── LocationError                the location string cannot be understood (also a ValueError)
     ├── RetentionError               a retention rule or duration is malformed (also a ValueError)
+    ├── ExcludeError                 an exclude pattern or file cannot be used (also a ValueError)
     └── Canceled                     the caller asked to stop
         └── BackupCanceled, RestoreCanceled
 
@@ -87,6 +89,10 @@ class RestoreError(RepositoryError):
 class TargetError(RestoreError):
     """The restore target is not allowed (outside the restore roots, in a dot-folder), or the way
     to it is not safe (a symlink planted on it)."""
+
+
+class BrowseError(RepositoryError):
+    """A path that is not in the snapshot, or not a folder where one is needed."""
 
 
 # --- passwords ---------------------------------------------------------------------------------
@@ -176,6 +182,10 @@ class LocationError(TimeVaultError, ValueError):
 
 class RetentionError(TimeVaultError, ValueError):
     """A retention rule or duration is malformed."""
+
+
+class ExcludeError(TimeVaultError, ValueError):
+    """An exclude pattern or an exclude file cannot be used (the message says which)."""
 
 
 # --- canceled ----------------------------------------------------------------------------------

@@ -25,16 +25,12 @@ from dataclasses import dataclass, field
 
 import pathspec
 
-from timevault.core.repository.repo import RepositoryError
+from timevault.core.errors import ExcludeError
 
 IGNORE_FILE = b".timevaultignore"
 CACHEDIR_TAG = b"CACHEDIR.TAG"
 CACHEDIR_SIGNATURE = b"Signature: 8a477f597d28d172789f06886806bc55"
 MAX_IGNORE_FILE = 1024 * 1024
-
-
-class ExcludeError(RepositoryError):
-    """A pattern or an exclude file cannot be used (the message says which)."""
 
 
 @dataclass
