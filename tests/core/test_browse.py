@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,11 +59,11 @@ async def history(tmp_path_factory: pytest.TempPathFactory) -> History:
 
 
 @pytest.fixture
-async def opened(history: History) -> Repository:
+async def opened(history: History) -> AsyncIterator[Repository]:
     from timevault.core.storage import LocalStorage
 
     repo = await Repository.open(LocalStorage(history.repo_path), PASSWORD)
-    yield repo  # type: ignore[misc]
+    yield repo
     await repo.close()
 
 
@@ -147,20 +148,20 @@ def test_repo_ls_diff_find_commands(history: History, pw_file: Path) -> None:
     changes = json.loads(diff.stdout)
     assert changes["from_snapshot"] == history.ids[0] and changes["to_snapshot"] == history.ids[1]
     assert len(changes["removed"]) == 11 and len(changes["added"]) == 3 and len(changes["changed"]) == 2
-    text = run_cli("repo", "diff", repo, history.ids[0], "latest", "--password-file", pw_file).stdout
-    assert f"M {src}/docs/notes.txt (11 bytes → 20 bytes)" in text
-    assert f"+ {src}/docs/new/" in text and f"- {src}/docs/old.txt (3 bytes)" in text
-    assert f"m {src}/docs/touched.txt" in text
-    assert text.splitlines()[-1].startswith("3 paths added (5 bytes), 11 removed")
+    diff_text = run_cli("repo", "diff", repo, history.ids[0], "latest", "--password-file", pw_file).stdout
+    assert f"M {src}/docs/notes.txt (11 bytes → 20 bytes)" in diff_text
+    assert f"+ {src}/docs/new/" in diff_text and f"- {src}/docs/old.txt (3 bytes)" in diff_text
+    assert f"m {src}/docs/touched.txt" in diff_text
+    assert diff_text.splitlines()[-1].startswith("3 paths added (5 bytes), 11 removed")
 
     found = run_cli("repo", "find", repo, "notes.txt", "--json", "--password-file", pw_file)
     assert found.code == 0, found.stderr
     matches = json.loads(found.stdout)["matches"]
     assert [m["path"] for m in matches] == [f"{src}/docs/notes.txt"]
     assert [v["size"] for v in matches[0]["versions"]] == [11, 20]
-    text = run_cli("repo", "find", repo, "notes.txt", "--password-file", pw_file).stdout.splitlines()
-    assert text[0] == f"{src}/docs/notes.txt" and text[1].startswith(f"  {history.ids[0][:8]}  ")
-    assert text[-1] == "1 path found"
+    found_lines = run_cli("repo", "find", repo, "notes.txt", "--password-file", pw_file).stdout.splitlines()
+    assert found_lines[0] == f"{src}/docs/notes.txt" and found_lines[1].startswith(f"  {history.ids[0][:8]}  ")
+    assert found_lines[-1] == "1 path found"
 
     missing = run_cli("repo", "ls", repo, "latest", f"{src}/nope", "--password-file", pw_file)
     assert missing.code != 0 and "is not in this snapshot" in missing.stderr and "Traceback" not in missing.stderr

@@ -23,7 +23,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from nats.aio.client import Client as NATS
 
@@ -253,7 +253,7 @@ class BrowseService:
         entries = session.listings.get(key)
         if entries is None:
             found = await self._read(browse.list_folder(session.trees, snapshot, path))
-            entries = [BrowseEntry(name=_text(e.name), path=_text(e.path), type=e.type,  # type: ignore[arg-type]
+            entries = [BrowseEntry(name=_text(e.name), path=_text(e.path), type=_kind(e.type),
                                    size=e.size, mode=e.mode, mtime=e.mtime,
                                    target=_text(e.target) if e.target is not None else None) for e in found]
             session.listings[key] = entries
@@ -273,7 +273,7 @@ class BrowseService:
         result = await self._read(browse.diff(session.trees, a, b))
 
         def changes(items: list[browse.Change]) -> list[DiffChange]:
-            return [DiffChange(path=_text(c.path), type=c.type, size=c.size,  # type: ignore[arg-type]
+            return [DiffChange(path=_text(c.path), type=_kind(c.type), size=c.size,
                                old_size=c.old_size, what=c.what) for c in items]
 
         return SnapshotDiff(from_snapshot=a_id, to_snapshot=b_id, added=changes(result.added),
@@ -298,7 +298,7 @@ class BrowseService:
                 snapshots.append(await self._snapshot(session, info.id))
         found, truncated = await self._read(browse.find(session.trees, snapshots, req.pattern, limit=req.limit))
         return FindResult(pattern=req.pattern, truncated=truncated, matches=[
-            FindMatch(path=_text(f.path), type=f.type, versions=[  # type: ignore[arg-type]
+            FindMatch(path=_text(f.path), type=_kind(f.type), versions=[
                 FindVersion(snapshot=v.snapshot, time=v.time, size=v.size, mtime=v.mtime) for v in f.versions])
             for f in found])
 
@@ -373,6 +373,12 @@ class BrowseService:
                 await ctx.finish("failed", f"{len(result.errors)} files not restored; first: {result.errors[0]}")
             else:
                 await ctx.finish("completed")
+
+
+def _kind(value: str) -> Literal["file", "dir", "symlink"]:
+    if value == "dir":
+        return "dir"
+    return "symlink" if value == "symlink" else "file"
 
 
 def _text(value: str) -> str:
