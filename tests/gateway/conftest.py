@@ -89,7 +89,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "catalog": services.start("catalog", "--db", str(root / "catalog.db"), "--job-timeout", "10",
                                   "--reap-every", "0.5", "--delete-wait", "10", "--test-weak-kdf"),
         "uploader": services.start("uploader", "--pack-size", str(4 * 1024 * 1024)),
-        "snapshotter": services.start("snapshotter", "--ack-wait", "5", "--data-dir", str(root / "worker")),
+        "snapshotter": services.start("snapshotter", "--ack-wait", "5", "--data-dir", str(root / "worker"),
+                                      "--root", str(tmp_path_factory.getbasetemp())),
         "restorer": services.start("restorer"),
         "gateway": services.start("gateway", "--listen", f"127.0.0.1:{port}", "--token-file", str(token_file)),
     }

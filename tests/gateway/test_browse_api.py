@@ -224,3 +224,28 @@ async def test_cli_ls_diff_find(stack: Stack, browsable: Browsable, tmp_path: Pa
     bad.write_text("wrong horse\n")
     result = await asyncio.to_thread(cli, stack, "ls", name, "latest", password_file=bad)
     assert result.returncode == 12 and "wrong password" in result.stderr and "Traceback" not in result.stderr
+
+
+async def test_folder_picker_lists_folders_under_the_roots(http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    async with http.get("/api/v1/folders") as resp:
+        assert resp.status == 200, await resp.text()
+        roots = await resp.json()
+    assert roots["path"] is None and roots["roots"] and roots["folders"][0]["path"] == roots["roots"][0]
+    (tmp_path / "Pictures" / "2024").mkdir(parents=True)
+    (tmp_path / "Music").mkdir()
+    (tmp_path / ".hidden").mkdir()
+    (tmp_path / "file.txt").write_text("not a folder")
+    (tmp_path / "escape").symlink_to("/etc")
+    async with http.get("/api/v1/folders", params={"path": str(tmp_path)}) as resp:
+        assert resp.status == 200, await resp.text()
+        listing = await resp.json()
+    assert [f["name"] for f in listing["folders"]] == ["Music", "Pictures", ".hidden"]  # no files, no symlinks
+    assert listing["parent"] == str(tmp_path.parent) and listing["truncated"] is False
+    async with http.get("/api/v1/folders", params={"path": str(tmp_path / "escape")}) as resp:
+        await expect_error(resp, 404, "not_found", "path")
+    async with http.get("/api/v1/folders", params={"path": "/etc"}) as resp:
+        await expect_error(resp, 404, "not_found", "path")
+    async with http.get("/api/v1/folders", params={"path": str(tmp_path / "file.txt")}) as resp:
+        await expect_error(resp, 400, "invalid", "path")
+    async with http.get("/api/v1/folders", params={"path": "relative"}) as resp:
+        await expect_error(resp, 400, "invalid", "path")

@@ -18,7 +18,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from timevault.proto import browse, errors, jobs, plans
+from timevault.proto import browse, errors, folders, jobs, plans
 from timevault.services.gateway import bodies, browse_routes
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -54,6 +54,8 @@ API_TYPES: dict[str, type[msgspec.Struct]] = {
     "FindVersion": browse.FindVersion,
     "FindMatch": browse.FindMatch,
     "FindResult": browse.FindResult,
+    "FolderEntry": folders.FolderEntry,
+    "FolderListing": folders.FolderListing,
 }
 
 

@@ -87,6 +87,10 @@ def upload_session(session_id: str, op: str) -> str:
     return subject("upload.session", _token(session_id), op)
 
 
+# --- snapshotter: the folder picker, queue group "snapshotter" ---------------------------
+SNAPSHOTTER_QUEUE = "snapshotter"
+FOLDERS_LIST = subject("snapshot.folders")
+
 # --- JetStream work queue (stream ``TV_WORK``) ----------------------------------------
 WORK_STREAM = "TV_WORK"
 WORK_SUBJECTS = subject("work.>")

@@ -219,6 +219,7 @@ async def cancel_job(request: web.Request) -> web.Response:
 def endpoints() -> list[Endpoint]:
     from timevault.services.gateway.browse_routes import browse_endpoints
     from timevault.services.gateway.events import stream_events
+    from timevault.services.gateway.folder_routes import folder_endpoints
 
     plan = "/api/v1/plans/{plan_id}"
     return [
@@ -252,6 +253,7 @@ def endpoints() -> list[Endpoint]:
         Endpoint("GET", "/api/v1/jobs/{job_id}", get_job, "A backup or restore job", Job, errors=(404,)),
         Endpoint("POST", "/api/v1/jobs/{job_id}/cancel", cancel_job, "Cancel a job", Job, errors=(404,)),
         *browse_endpoints(),
+        *folder_endpoints(),
         Endpoint("GET", "/api/v1/events", stream_events, "Live job status, progress and plan events "
                  "(Server-Sent Events; read it with fetch() streaming and the bearer header)", sse=True,
                  query={"job": "only this job's status and progress events"}),

@@ -11,6 +11,7 @@ from nats.aio.client import Client as NATS
 
 from timevault.services.common.paths import default_data_dir
 from timevault.services.common.runner import base_parser, run_service
+from timevault.services.snapshotter.folders import FolderService, default_roots
 from timevault.services.snapshotter.remote import MAX_IN_FLIGHT
 from timevault.services.snapshotter.service import Snapshotter
 
@@ -23,6 +24,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=os.environ.get("TIMEVAULT_DATA_DIR") or str(default_data_dir()))
     p.add_argument("--max-in-flight", type=int, default=MAX_IN_FLIGHT,
                    help="unconfirmed bytes per job before waiting for the uploader")
+    p.add_argument("--root", action="append", metavar="PATH",
+                   help="a folder whose subfolders the folder picker may show (repeatable; default: "
+                        "your home, /home, /mnt, /media, /srv, /data where they exist)")
     return p
 
 
@@ -30,6 +34,8 @@ async def main(args: argparse.Namespace, nc: NATS, stack: contextlib.AsyncExitSt
                stop: asyncio.Event) -> None:
     snapshotter = Snapshotter(nc, concurrency=args.concurrency, ack_wait=args.ack_wait,
                               cache_dir=os.path.join(args.data_dir, "cache"), max_in_flight=args.max_in_flight)
+    folders = FolderService(nc, args.root or default_roots())
+    await folders.start()
     task = asyncio.create_task(snapshotter.run(stop))
 
     async def finish() -> None:

@@ -17,6 +17,12 @@ import { EXPIRED, signOut, token } from "./session.js";
 /** @typedef {import("./types.js").Job} Job */
 /** @typedef {import("./types.js").RestoreBody} RestoreBody */
 /** @typedef {import("./types.js").ErrorInfo} ErrorInfo */
+/** @typedef {import("./types.js").BrowseSession} BrowseSession */
+/** @typedef {import("./types.js").BrowseListing} BrowseListing */
+/** @typedef {import("./types.js").SnapshotDiff} SnapshotDiff */
+/** @typedef {import("./types.js").FindResult} FindResult */
+/** @typedef {import("./types.js").PlanEvent} PlanEvent */
+/** @typedef {import("./types.js").FolderListing} FolderListing */
 
 export const API = "/api/v1";
 
@@ -49,11 +55,12 @@ export function apiError(err) {
  * @param {string} method
  * @param {string} path below /api/v1, with its parts already encoded
  * @param {unknown} [body] sent as JSON
+ * @param {Record<string, string>} [extra] more request headers
  * @returns {Promise<unknown>}
  */
-async function request(method, path, body) {
+async function request(method, path, body, extra = {}) {
   /** @type {Record<string, string>} */
-  const headers = { Accept: "application/json", Authorization: `Bearer ${token() || ""}` };
+  const headers = { Accept: "application/json", Authorization: `Bearer ${token() || ""}`, ...extra };
   /** @type {RequestInit} */
   const init = { method, headers, cache: "no-store" };
   if (body !== undefined) {
@@ -167,4 +174,101 @@ export function getJob(jobId) {
  */
 export function cancelJob(jobId) {
   return /** @type {Promise<Job>} */ (request("POST", `/jobs/${enc(jobId)}/cancel`));
+}
+
+// --- browsing (the Time Machine): a session unlocked once with the password ---------------------
+
+/** The header that carries a browsing session's id (never a URL: it would end up in logs). */
+export const SESSION_HEADER = "X-Timevault-Session";
+
+/**
+ * Unlock the plan's snapshots: the password goes to a restorer once, which keeps the key in memory.
+ * @param {string} planId
+ * @param {string} password
+ * @returns {Promise<BrowseSession>}
+ */
+export function unlockPlan(planId, password) {
+  return /** @type {Promise<BrowseSession>} */ (request("POST", `/plans/${enc(planId)}/unlock`, { password }));
+}
+
+/**
+ * End a browsing session at once.
+ * @param {string} planId
+ * @param {string} session
+ * @returns {Promise<unknown>}
+ */
+export function lockPlan(planId, session) {
+  return request("POST", `/plans/${enc(planId)}/lock`, undefined, { [SESSION_HEADER]: session });
+}
+
+/**
+ * A folder of a snapshot.
+ * @param {string} planId
+ * @param {string} session
+ * @param {string} snapshotId
+ * @param {string} path absolute, as backed up
+ * @returns {Promise<BrowseListing>}
+ */
+export function listFolder(planId, session, snapshotId, path) {
+  return /** @type {Promise<BrowseListing>} */ (request("GET",
+    `/plans/${enc(planId)}/snapshots/${enc(snapshotId)}/ls?path=${enc(path)}`, undefined,
+    { [SESSION_HEADER]: session }));
+}
+
+/**
+ * What changed from one snapshot to another.
+ * @param {string} planId
+ * @param {string} session
+ * @param {string} from
+ * @param {string} to
+ * @returns {Promise<SnapshotDiff>}
+ */
+export function diffSnapshots(planId, session, from, to) {
+  return /** @type {Promise<SnapshotDiff>} */ (request("GET",
+    `/plans/${enc(planId)}/diff?from=${enc(from)}&to=${enc(to)}`, undefined, { [SESSION_HEADER]: session }));
+}
+
+/**
+ * Which snapshots hold a name.
+ * @param {string} planId
+ * @param {string} session
+ * @param {string} pattern
+ * @returns {Promise<FindResult>}
+ */
+export function findName(planId, session, pattern) {
+  return /** @type {Promise<FindResult>} */ (request("GET",
+    `/plans/${enc(planId)}/find?pattern=${enc(pattern)}&limit=200`, undefined, { [SESSION_HEADER]: session }));
+}
+
+/**
+ * Restore chosen items into `target`, or back to their original place (`target` null).
+ * @param {string} planId
+ * @param {string} session
+ * @param {string} snapshotId
+ * @param {string[]} paths
+ * @param {string | null} target
+ * @returns {Promise<Job>}
+ */
+export function restoreItems(planId, session, snapshotId, paths, target) {
+  return /** @type {Promise<Job>} */ (request("POST",
+    `/plans/${enc(planId)}/snapshots/${enc(snapshotId)}/restore-items`,
+    target ? { paths, target } : { paths }, { [SESSION_HEADER]: session }));
+}
+
+/**
+ * A job's own log lines (hook output, where restored items went).
+ * @param {string} jobId
+ * @returns {Promise<PlanEvent[]>}
+ */
+export function getJobLog(jobId) {
+  return /** @type {Promise<PlanEvent[]>} */ (request("GET", `/jobs/${enc(jobId)}/log`));
+}
+
+/**
+ * Folders the server may back up, below `path` (its roots when absent).
+ * @param {string} [path]
+ * @returns {Promise<FolderListing>}
+ */
+export function listFolders(path) {
+  return /** @type {Promise<FolderListing>} */ (request("GET", path ? `/folders?path=${enc(path)}` : "/folders"));
 }

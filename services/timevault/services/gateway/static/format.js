@@ -24,6 +24,7 @@ export function formatSize(bytes) {
 
 export const WEEKDAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"];
 const timeFmt = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit" });
+const secondsFmt = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit", second: "2-digit" });
 const dateFmt = new Intl.DateTimeFormat(undefined, { weekday: "short", day: "numeric", month: "short" });
 const yearFmt = new Intl.DateTimeFormat(undefined, { day: "numeric", month: "short", year: "numeric" });
 const fullFmt = new Intl.DateTimeFormat(undefined, { dateStyle: "full", timeStyle: "long" });
@@ -43,13 +44,14 @@ function dayDiff(date, now = new Date()) {
 /**
  * "Today, 14:05", "Yesterday, …", "Tomorrow, …", "Mon 3 Mar, …" within half a year, else with the year.
  * @param {string | null | undefined} iso
+ * @param {boolean} [seconds] "Today, 14:05:09": for snapshots, which may be seconds apart
  * @returns {string}
  */
-export function formatTime(iso) {
+export function formatTime(iso, seconds = false) {
   if (!iso) return "—";
   const date = new Date(iso);
   const diff = dayDiff(date);
-  const time = timeFmt.format(date);
+  const time = (seconds ? secondsFmt : timeFmt).format(date);
   if (diff === 0) return `Today, ${time}`;
   if (diff === -1) return `Yesterday, ${time}`;
   if (diff === 1) return `Tomorrow, ${time}`;
@@ -113,4 +115,44 @@ export function locationText(location) {
  */
 export function lines(text) {
   return text.split("\n").map((line) => line.trim()).filter(Boolean);
+}
+
+/**
+ * A time as the clock in `timeZone` shows it, with the zone: "Tomorrow, 02:30 (Europe/Berlin)".
+ * Used for the next backup, which runs by the plan's clock, not the browser's.
+ * @param {string | null | undefined} iso
+ * @param {string} timeZone IANA name
+ * @returns {string}
+ */
+export function formatInZone(iso, timeZone) {
+  if (!iso) return "—";
+  const date = new Date(iso);
+  /** @type {Intl.DateTimeFormatOptions} */
+  const zoned = { timeZone, hour: "2-digit", minute: "2-digit" };
+  let time;
+  let day;
+  try {
+    time = new Intl.DateTimeFormat(undefined, zoned).format(date);
+    day = new Intl.DateTimeFormat("en-CA", { timeZone, year: "numeric", month: "2-digit", day: "2-digit" })
+      .format(date);
+  } catch {
+    return `${formatTime(iso)} (${timeZone})`;
+  }
+  const today = new Intl.DateTimeFormat("en-CA", { timeZone, year: "numeric", month: "2-digit", day: "2-digit" })
+    .format(new Date());
+  const days = Math.round((Date.parse(day) - Date.parse(today)) / 86400000);
+  const label = days === 0 ? "Today" : days === 1 ? "Tomorrow" : days === -1 ? "Yesterday"
+    : new Intl.DateTimeFormat(undefined, { timeZone, weekday: "short", day: "numeric", month: "short" }).format(date);
+  return `${label}, ${time} (${timeZone})`;
+}
+
+/**
+ * "1 snapshot", "3 snapshots".
+ * @param {number} count
+ * @param {string} word
+ * @param {string} [words] the plural, when not word + "s"
+ * @returns {string}
+ */
+export function plural(count, word, words) {
+  return `${count.toLocaleString()} ${count === 1 ? word : (words || `${word}s`)}`;
 }

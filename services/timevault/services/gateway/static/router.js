@@ -1,6 +1,7 @@
 // @ts-check
 /**
- * @file Hash routes → views: `#/` the plan list, `#/new` the create form, `#/plans/<id>` a plan.
+ * @file Hash routes → views: `#/` the plan list, `#/new` the create form, `#/plans/<id>` a plan,
+ * `#/plans/<id>/browse` its snapshots (the Time Machine).
  *
  * A `#token=…` fragment (the link `timevault up` prints) is stored and removed from the address
  * bar at once; without a token every route shows the sign-in form.
@@ -9,6 +10,7 @@
 import { $, $$ } from "./dom.js";
 import { runEventStream } from "./events.js";
 import { setToken, token } from "./session.js";
+import { renderBrowse } from "./views/browse.js";
 import { renderCreate } from "./views/create.js";
 import { renderLogin } from "./views/login.js";
 import { renderPlan } from "./views/plan.js";
@@ -31,8 +33,11 @@ export function route() {
   $("#topnav").hidden = false;
   runEventStream();
   for (const link of $$("[data-nav]")) link.removeAttribute("aria-current");
+  const browseId = hash.match(/^#\/plans\/([^/]+)\/browse$/)?.[1];
   const planId = hash.match(/^#\/plans\/([^/]+)$/)?.[1];
-  if (planId) {
+  if (browseId) {
+    renderBrowse(decodeURIComponent(browseId));
+  } else if (planId) {
     renderPlan(decodeURIComponent(planId));
   } else if (hash === "#/new") {
     $("[data-nav=new]").setAttribute("aria-current", "page");

@@ -310,6 +310,23 @@
  */
 
 /**
+ * A folder the server may back up.
+ * @typedef {object} FolderEntry
+ * @property {string} name
+ * @property {string} path absolute
+ */
+
+/**
+ * `GET /folders?path=`: the folders below `path`, or the roots when `path` is null.
+ * @typedef {object} FolderListing
+ * @property {string | null} path
+ * @property {string | null} parent null at a root (and for the roots)
+ * @property {string[]} roots the folders the server may back up
+ * @property {FolderEntry[]} folders by name
+ * @property {boolean} truncated more folders than were sent
+ */
+
+/**
  * The body of every error reply: `{"error": ErrorInfo}`.
  * @typedef {object} ErrorInfo
  * @property {string} code

@@ -7,11 +7,12 @@ import { formatFullTime, formatTime } from "./format.js";
 /**
  * A `<time>` showing `iso` in words, with the full date on hover; "—" when there is none.
  * @param {string | null | undefined} iso
+ * @param {boolean} [seconds] with seconds (snapshot times)
  * @returns {HTMLElement}
  */
-export function timeEl(iso) {
+export function timeEl(iso, seconds = false) {
   if (!iso) return el("span", { class: "muted", text: "—" });
-  return el("time", { datetime: iso, title: formatFullTime(iso), text: formatTime(iso) });
+  return el("time", { datetime: iso, title: formatFullTime(iso), text: formatTime(iso, seconds) });
 }
 
 /** @type {ReturnType<typeof setTimeout> | undefined} */

@@ -90,6 +90,7 @@ function fillPlan(state) {
   setPill($("#plan-status"), planStatus(plan));
   $("#plan-schedule").textContent = scheduleText(plan.schedule);
   $("#btn-pause").textContent = plan.paused ? "Resume" : "Pause";
+  $("#btn-browse").setAttribute("href", `#/plans/${encodeURIComponent(plan.id)}/browse`);
   one(HTMLButtonElement, "#btn-backup").disabled = Boolean(plan.active_job);
   $("#stat-total").textContent = formatSize(plan.total_size);
   $("#stat-last").replaceChildren(plan.last_snapshot_at ? timeEl(plan.last_snapshot_at) : "None yet");
