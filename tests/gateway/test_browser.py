@@ -125,7 +125,10 @@ def test_backup_journey(browser: Browser, stack: Stack, screenshots: Path, tmp_p
     expect(page.locator("#plan-status")).to_have_text("Up to date")
     expect(page.locator("#stat-count")).to_have_text("1")
     expect(page.locator("#stat-total")).to_have_text(re.compile(r"^\d+(\.\d)? KB$"))
-    expect(page.locator("#progress")).to_be_hidden()
+    # A backup of a second still shows its final figures, not "Preparing…".
+    expect(page.locator("#progress-title")).to_have_text("Backup completed")
+    expect(page.locator("#progress-text")).to_contain_text("2 files · 123 KB")
+    expect(page.get_by_role("button", name="Cancel")).to_be_hidden()
     shot(page, screenshots, "04-plan-with-snapshot-desktop")
 
     # --- restore ----------------------------------------------------------------------------
@@ -157,10 +160,11 @@ def test_backup_journey(browser: Browser, stack: Stack, screenshots: Path, tmp_p
         "data-endorsed", "true")
 
     # --- edit the schedule (the name is shown, not editable) ------------------------------------
-    page.get_by_role("button", name="Edit schedule").click()
-    dialog = page.get_by_role("dialog", name="Edit schedule")
+    page.get_by_role("button", name="Edit settings").click()
+    dialog = page.get_by_role("dialog", name="Edit settings")
     expect(dialog.get_by_label("Name")).to_have_value("My documents")
     expect(dialog.get_by_label("Name")).not_to_be_editable()
+    expect(dialog.get_by_label("Name")).to_have_attribute("tabindex", "-1")  # Tab skips it
     dialog.get_by_label("Weekly").check()
     dialog.get_by_label("Day of week").select_option(label="Friday")
     dialog.get_by_label("Start time").fill("22:15")
@@ -193,7 +197,7 @@ def test_backup_journey(browser: Browser, stack: Stack, screenshots: Path, tmp_p
     page.goto(plan_url)
     page.get_by_role("button", name="Delete backup…").click()
     dialog = page.get_by_role("dialog", name="Delete this backup?")
-    expect(dialog).to_contain_text("removes all 1 snapshot")
+    expect(dialog).to_contain_text("removes its only snapshot and")
     expect(dialog.get_by_role("button", name="Keep it")).to_be_focused()
     shot(page, screenshots, "10-delete-warning-desktop")
     dialog.get_by_role("button", name="Delete backup and snapshots").click()

@@ -26,6 +26,12 @@ export const FIELD_IDS = {
   "location.endpoint": "f-endpoint",
   password: "f-password",
   password_confirm: "f-password2",
+  excludes: "f-excludes",
+  exclude_files: "f-excludes",
+  pre_command: "f-pre",
+  post_command: "f-post",
+  hook_timeout: "f-hook-timeout",
+  notify: "f-notify",
 };
 
 /**

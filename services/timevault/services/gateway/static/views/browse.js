@@ -19,7 +19,7 @@ import { formatSize, formatTime, plural } from "../format.js";
 import { clearErrors, showError } from "../forms.js";
 import { isActive } from "../status.js";
 import { focusHeading, onLeave, show } from "../view.js";
-import { busy, timeEl, toast } from "../widgets.js";
+import { busy, icon, timeEl, toast } from "../widgets.js";
 
 /** @typedef {import("../types.js").PlanDetail} PlanDetail */
 /** @typedef {import("../types.js").SnapshotInfo} SnapshotInfo */
@@ -323,10 +323,9 @@ function row(state, entry) {
   });
   const name = entry.type === "dir"
     ? el("button", { type: "button", class: "entry-link", onclick: () => openFolder(state, entry.path) },
-      el("span", { class: "icon", "aria-hidden": "true", text: "📁" }), `${entry.name}/`)
-    : el("span", { class: "entry-name" }, el("span", { class: "icon", "aria-hidden": "true",
-      text: entry.type === "symlink" ? "↪" : "📄" }), entry.name,
-    entry.target ? el("span", { class: "muted", text: ` → ${entry.target}` }) : null);
+      icon("dir"), `${entry.name}/`)
+    : el("span", { class: "entry-name" }, icon(entry.type), entry.name,
+      entry.target ? el("span", { class: "muted", text: ` → ${entry.target}` }) : null);
   return el("tr", { "data-entry": entry.name, "data-type": entry.type },
     el("td", { class: "pick" }, box),
     el("td", { "data-label": "Name" }, name),
@@ -421,8 +420,9 @@ function wireFind(state) {
 /** @param {BrowseState} state */
 function syncSelection(state) {
   const count = state.selected.size;
-  $("#selection-bar").hidden = count === 0 && !state.restoreJob;
+  $("#selection-bar").hidden = count === 0 && !state.restoreJob && $("#items-status").hidden;
   $("#selection-count").textContent = count ? `${plural(count, "item")} selected` : "";
+  $("#btn-clear").hidden = count === 0;
   for (const id of ["#btn-restore-original", "#btn-restore-to"]) one(HTMLButtonElement, id).disabled = count === 0;
 }
 
@@ -466,6 +466,10 @@ async function startRestore(state, target) {
       restoreItems(state.plan.id, session, snap.id, [...state.selected], target));
     if (!job) return;
     state.restoreJob = job.id;
+    state.selected.clear();  // what was ticked is on its way; start afresh
+    for (const box of document.querySelectorAll("#files-body input[type=checkbox]")) {
+      if (box instanceof HTMLInputElement) box.checked = false;
+    }
     restoreUpdate(state, job);
     pollRestore(state, job.id);
   } catch (err) {
@@ -502,6 +506,7 @@ async function restoreUpdate(state, job) {
   const box = find("#items-status");
   if (!box) return;
   box.hidden = false;
+  $("#selection-bar").hidden = false;
   box.className = "restore-status";
   const where = job.original_place ? "back to where they were" : `into ${job.target}`;
   if (isActive(job.status)) {

@@ -7,6 +7,10 @@ import { lines } from "../format.js";
 import { FIELD_IDS, clearErrors, showError } from "../forms.js";
 import { focusHeading, show } from "../view.js";
 import { busy, toast } from "../widgets.js";
+import { checkLocalPath, checkName, checkPassword, checkSources, checkTime, checkTimezone, clearWhenFixed,
+  showAll } from "../validate.js";
+import { wireFolderPicker } from "./folders.js";
+import { mountOptions, optionChecks, readOptions } from "./options.js";
 import { mountSchedule, readSchedule } from "./schedule.js";
 
 /** @typedef {import("../types.js").Location} Location */
@@ -15,6 +19,9 @@ export function renderCreate() {
   show(fromTemplate("tpl-create"), "Create a backup");
   const form = one(HTMLFormElement, "#create-form");
   mountSchedule(form, null);
+  mountOptions(form, null);
+  wireFolderPicker(form);
+  clearWhenFixed(form, createChecks(form));
   const syncLocation = () => {
     const type = locationType(form);
     for (const box of $$("[data-location]", form)) box.hidden = box.dataset.location !== type;
@@ -64,9 +71,34 @@ function readLocation(form) {
   return loc;
 }
 
+/**
+ * Every rule of the form the browser can check itself, field by field in the form's order.
+ * @param {HTMLElement} form
+ * @returns {Record<string, import("../validate.js").Check>}
+ */
+function createChecks(form) {
+  const sources = () => lines(text(form, "#f-sources"));
+  return {
+    "f-name": () => checkName(text(form, "#f-name")),
+    "f-sources": () => checkSources(sources()),
+    ...optionChecks(form),
+    "f-time": () => checkTime(text(form, "#f-time")),
+    "f-timezone": () => checkTimezone(text(form, "#f-timezone").trim()),
+    "f-path": () => locationType(form) === "local" ? checkLocalPath(text(form, "#f-path").trim(), sources()) : null,
+    "f-bucket": () => locationType(form) === "s3" && !text(form, "#f-bucket").trim() ? "An S3 location needs a bucket"
+      : null,
+    "f-password": () => checkPassword(text(form, "#f-password")),
+    "f-password2": () => text(form, "#f-password").length >= 4 && text(form, "#f-password") !== text(form, "#f-password2")
+      ? "Passwords do not match" : null,
+  };
+}
+
 /** @param {HTMLFormElement} form */
 async function submitCreate(form) {
   clearErrors(form);
+  if (showAll(form, createChecks(form))) return;  // every mistake at once, nothing sent
+  const options = readOptions(form);
+  /** @type {import("../types.js").PlanCreate} */
   const body = {
     name: text(form, "#f-name"),
     sources: lines(text(form, "#f-sources")),
@@ -74,6 +106,9 @@ async function submitCreate(form) {
     location: readLocation(form),
     password: text(form, "#f-password"),
     password_confirm: text(form, "#f-password2"),
+    ...options,
+    pre_command: options.pre_command || null,
+    post_command: options.post_command || null,
   };
   const button = one(HTMLButtonElement, "#create-submit", form);
   busy(button, true, "Creating…");

@@ -17,8 +17,10 @@ export function wireDelete(state) {
     const plan = state.plan;
     if (!plan) return;
     const count = plan.snapshot_count;
+    const snapshots = count === 0 ? "its stored data" : count === 1 ? "its only snapshot"
+      : `all ${count.toLocaleString()} snapshots`;
     $("#delete-warning").textContent =
-      `Deleting “${plan.name}” also removes all ${count} snapshot${count === 1 ? "" : "s"} and ` +
+      `Deleting “${plan.name}” also removes ${snapshots} and ` +
       `${formatSize(plan.total_size)} of backup data stored in ${locationText(plan.location)}. ` +
       "Make sure your data is safe elsewhere. This cannot be undone.";
     error.hidden = true;

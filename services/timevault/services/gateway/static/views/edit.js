@@ -1,11 +1,17 @@
 // @ts-check
-/** @file The plan page's "Edit schedule" dialog (schedule and folders; the name is shown read-only). */
+/**
+ * @file The plan page's "Edit settings" dialog: schedule, folders, what to leave out, commands and
+ * notifications (the name is shown read-only and takes no focus).
+ */
 
 import { apiError, updatePlan } from "../api.js";
 import { $, one } from "../dom.js";
 import { lines } from "../format.js";
 import { FIELD_IDS, clearErrors, showError } from "../forms.js";
 import { busy, toast } from "../widgets.js";
+import { checkSources, checkTime, checkTimezone, clearWhenFixed, showAll } from "../validate.js";
+import { wireFolderPicker } from "./folders.js";
+import { mountOptions, optionChecks, readOptions, setOptions } from "./options.js";
 import { mountSchedule, readSchedule, setSchedule } from "./schedule.js";
 
 /** @typedef {import("./plan.js").PlanState} PlanState */
@@ -21,6 +27,15 @@ export function wireEdit(state, load) {
   const form = one(HTMLFormElement, "#edit-form");
   const sources = one(HTMLTextAreaElement, "#e-sources", form);
   mountSchedule(form, null);
+  mountOptions(form, null);
+  wireFolderPicker(form);
+  const checks = {
+    "e-sources": () => checkSources(lines(sources.value)),
+    "f-time": () => checkTime(one(HTMLInputElement, "#f-time", form).value),
+    "f-timezone": () => checkTimezone(one(HTMLInputElement, "#f-timezone", form).value.trim()),
+    ...optionChecks(form),
+  };
+  clearWhenFixed(form, checks);
   $("#btn-edit").addEventListener("click", () => {
     const plan = state.plan;
     if (!plan) return;
@@ -30,6 +45,7 @@ export function wireEdit(state, load) {
     one(HTMLSelectElement, "#f-weekday", form).value = String(plan.schedule.weekday || 1);
     one(HTMLInputElement, "input[name=frequency]:checked", form).dispatchEvent(new Event("change"));
     sources.value = plan.sources.join("\n");
+    setOptions(form, plan);
     dialog.showModal();
   });
   form.addEventListener("submit", async (event) => {
@@ -37,13 +53,14 @@ export function wireEdit(state, load) {
     const plan = state.plan;
     if (!plan) return;
     clearErrors(form);
-    const body = { schedule: readSchedule(form), sources: lines(sources.value) };
+    if (showAll(form, checks)) return;
+    const body = { schedule: readSchedule(form), sources: lines(sources.value), ...readOptions(form) };
     const button = one(HTMLButtonElement, "button[type=submit]", form);
     busy(button, true, "Saving…");
     try {
       await updatePlan(plan.id, body);
       dialog.close();
-      toast("Schedule saved.");
+      toast("Settings saved.");
       await load();
     } catch (err) {
       showError(form, apiError(err), EDIT_IDS, "edit-error");

@@ -12,7 +12,7 @@ import { onEvent } from "../events.js";
 import { formatDuration, formatSize, formatTime, locationText, scheduleText } from "../format.js";
 import { isActive, pill, planStatus, setPill, snapshotStatus } from "../status.js";
 import { focusHeading, onLeave, show } from "../view.js";
-import { busy, timeEl, toast } from "../widgets.js";
+import { busy, timeEl, toast, zonedTimeEl } from "../widgets.js";
 import { wireDelete } from "./delete.js";
 import { wireEdit } from "./edit.js";
 import { showProgress, trackJob, updateProgress } from "./progress.js";
@@ -30,6 +30,7 @@ import { openRestore, restoreUpdate, wireRestore } from "./restore.js";
  * @property {Job | null} job the backup the progress card follows
  * @property {SnapshotInfo | null} restoreSnapshot the snapshot the restore dialog is for
  * @property {string | null} restoreJob the restore job the dialog follows
+ * @property {{ job: Job, at: number } | null} finished the backup that just ended, shown for a while
  */
 
 /** @typedef {() => Promise<void>} Load */
@@ -39,7 +40,7 @@ export async function renderPlan(planId) {
   show(fromTemplate("tpl-plan"), "Backup");
   const view = $("#view");
   /** @type {PlanState} */
-  const state = { plan: null, job: null, restoreSnapshot: null, restoreJob: null };
+  const state = { plan: null, job: null, restoreSnapshot: null, restoreJob: null, finished: null };
   let left = false;
   const poll = setInterval(() => { if (state.job) load(); }, 5000);
   const unsubscribe = onEvent((event) => planEvent(state, event, load));
@@ -94,13 +95,45 @@ function fillPlan(state) {
   one(HTMLButtonElement, "#btn-backup").disabled = Boolean(plan.active_job);
   $("#stat-total").textContent = formatSize(plan.total_size);
   $("#stat-last").replaceChildren(plan.last_snapshot_at ? timeEl(plan.last_snapshot_at) : "None yet");
-  $("#stat-next").replaceChildren(plan.paused ? "Paused" : timeEl(plan.next_run));
+  $("#stat-next").replaceChildren(plan.paused ? "Paused" : zonedTimeEl(plan.next_run, plan.schedule.timezone));
   $("#stat-count").textContent = String(plan.snapshot_count);
   $("#set-schedule").textContent = scheduleText(plan.schedule) + (plan.paused ? " — paused" : "");
   $("#set-sources").replaceChildren(...plan.sources.map((s) => el("code", { class: "path", text: s })));
   $("#set-location").replaceChildren(el("code", { class: "path", text: locationText(plan.location) }));
+  fillOptions(plan);
   $("#set-created").replaceChildren(timeEl(plan.created_at));
   fillSnapshots(state, plan);
+}
+
+/**
+ * What the plan leaves out, its commands and its notifications (with how the last one went).
+ * @param {PlanDetail} plan
+ */
+function fillOptions(plan) {
+  const left = plan.excludes.map((pattern) => el("code", { class: "path", text: pattern }));
+  if (plan.exclude_caches) left.push(el("span", { class: "muted", text: "Cache folders (CACHEDIR.TAG)" }));
+  if (plan.one_file_system) left.push(el("span", { class: "muted", text: "Other file systems" }));
+  $("#set-excludes").replaceChildren(...(left.length ? left : [el("span", { class: "muted", text: "Nothing" })]));
+  const hooks = [];
+  if (plan.pre_command) {
+    hooks.push(el("span", {}, "Before: ", el("code", { class: "path", text: plan.pre_command }),
+      plan.pre_command_optional ? el("span", { class: "muted", text: " (may fail)" }) : null));
+  }
+  if (plan.post_command) hooks.push(el("span", {}, "After: ", el("code", { class: "path", text: plan.post_command })));
+  $("#set-hooks").replaceChildren(...(hooks.length ? hooks : [el("span", { class: "muted", text: "None" })]));
+  const notify = plan.notify.map((url) => el("code", { class: "path", text: url }));
+  if (plan.notify.length) {
+    notify.push(el("span", { class: "muted", text: plan.notify_success
+      ? "On failures, missed backups and successes" : "On failures and missed backups" }));
+  }
+  const last = plan.notify_last;
+  if (last) {
+    const outcome = last.ok ? `delivered (${last.status})`
+      : `not delivered (${last.status}): ${last.error || `HTTP ${last.http_status}`}`;
+    notify.push(el("span", { class: last.ok ? "notify-ok" : "notify-failed", id: "notify-last" },
+      "Last report ", timeEl(last.at, true), ` ${outcome}` + (last.attempts > 1 ? `, after ${last.attempts} tries` : "")));
+  }
+  $("#set-notify").replaceChildren(...(notify.length ? notify : [el("span", { class: "muted", text: "None" })]));
 }
 
 /**
@@ -129,12 +162,12 @@ function fillSnapshots(state, plan) {
   $("#snapshots-body").replaceChildren(...snapshots.map((snap) => {
     const completed = snap.status === "completed";
     const restore = completed
-      ? el("button", { type: "button", class: "button small", "aria-label": `Restore snapshot of ${formatTime(snap.started_at)}`,
+      ? el("button", { type: "button", class: "button small", "aria-label": `Restore snapshot of ${formatTime(snap.started_at, true)}`,
         onclick: () => openRestore(state, snap) }, "Restore")
       : null;
     const duration = formatDuration(snap.started_at, snap.finished_at);
     return el("tr", { "data-snapshot": snap.id, "data-status": snap.status },
-      el("td", { "data-label": "Time" }, el("span", {}, timeEl(snap.started_at),
+      el("td", { "data-label": "Time" }, el("span", {}, timeEl(snap.started_at, true),
         duration ? el("span", { class: "muted small-text", text: ` · ${duration}` }) : null)),
       el("td", { "data-label": "Size", class: "num", text: completed ? formatSize(snap.size) : "—" }),
       el("td", { "data-label": "Added", class: "num", text: completed ? formatSize(snap.added_size) : "—" }),
@@ -162,8 +195,8 @@ function planEvent(state, event, load) {
     const job = event.data.job;
     if (!job || job.plan_id !== plan.id) return;
     if (job.kind === "backup") {
-      if (isActive(job.status)) showProgress(state, job);
-      else load();
+      showProgress(state, job);
+      if (!isActive(job.status)) load();
     }
     if (job.kind === "restore") restoreUpdate(state, job);
     return;

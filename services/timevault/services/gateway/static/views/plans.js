@@ -12,7 +12,7 @@ import { onEvent } from "../events.js";
 import { formatSize, scheduleText } from "../format.js";
 import { pill, planStatus } from "../status.js";
 import { onLeave, show } from "../view.js";
-import { timeEl } from "../widgets.js";
+import { timeEl, zonedTimeEl } from "../widgets.js";
 
 /** @typedef {import("../types.js").Plan} Plan */
 
@@ -29,6 +29,7 @@ export async function renderPlans() {
     list.replaceChildren(el("li", { class: "form-error", role: "alert", text: apiError(err).message }));
     return;
   }
+  if (find("#plan-list") !== list) return;  // another page is shown by now: leave it alone
   fillList(list, plans);
   onLeave(onEvent((event) => {
     if (event.kind === "job" || (event.kind === "plan" && event.data.kind !== "job")) {
@@ -69,8 +70,8 @@ function planCard(plan) {
     el("span", { class: "plan-schedule muted", text: scheduleText(plan.schedule) }));
   const facts = el("dl", { class: "plan-facts" },
     el("div", {}, el("dt", { text: "Last snapshot" }),
-      el("dd", {}, plan.last_snapshot_at ? timeEl(plan.last_snapshot_at) : "None yet")),
-    el("div", {}, el("dt", { text: "Next backup" }), el("dd", {}, plan.paused ? "Paused" : timeEl(plan.next_run))),
+      el("dd", {}, plan.last_snapshot_at ? timeEl(plan.last_snapshot_at, true) : "None yet")),
+    el("div", {}, el("dt", { text: "Next backup" }), el("dd", {}, plan.paused ? "Paused" : zonedTimeEl(plan.next_run, plan.schedule.timezone))),
     el("div", {}, el("dt", { text: "Total size" }), el("dd", { text: formatSize(plan.total_size) })));
   const status = planStatus(plan);
   if (!plan.active_job && plan.last_status === "failed" && plan.last_error) status.title = plan.last_error;

@@ -35,15 +35,54 @@ export async function trackJob(state, jobId) {
 export function showProgress(state, job) {
   const card = find("#progress");
   if (!card) return;
+  if (job && job.kind === "backup" && !isActive(job.status) && state.job && state.job.id === job.id) {
+    state.finished = { job, at: Date.now() };  // a backup of a second still shows what it did
+  }
   if (!job || !isActive(job.status) || job.kind !== "backup") {
     state.job = null;
+    const finished = state.finished;
+    if (finished && Date.now() - finished.at < FINISHED_SHOWN_MS) {
+      showFinished(finished.job);
+      return;
+    }
     card.hidden = true;
     return;
   }
   state.job = job;
+  state.finished = null;
   card.hidden = false;
+  card.classList.remove("done");
+  $("#btn-cancel").hidden = false;
   $("#progress-title").textContent = job.status === "pending" ? "Waiting to start…" : "Backing up…";
   updateProgress(job);
+}
+
+/** How long the figures of a finished backup stay on the card. */
+const FINISHED_SHOWN_MS = 30000;
+
+/**
+ * The card with a finished backup's final figures (they come with the job's last event).
+ * @param {Job} job
+ */
+function showFinished(job) {
+  const card = $("#progress");
+  card.hidden = false;
+  card.classList.add("done");
+  $("#btn-cancel").hidden = true;
+  const words = { completed: "Backup completed", failed: "Backup failed", canceled: "Backup canceled" };
+  $("#progress-title").textContent = words[/** @type {"completed" | "failed" | "canceled"} */ (job.status)]
+    || `Backup ${job.status}`;
+  const bar = find("#progress-bar");
+  if (bar instanceof HTMLProgressElement) bar.value = job.status === "completed" ? 100 : 0;
+  const parts = [`${job.files_done.toLocaleString()} ${job.files_done === 1 ? "file" : "files"}`,
+    formatSize(job.bytes_done)];
+  if (job.status === "completed") parts.push(`${formatSize(job.added_size)} added`);
+  if (job.started_at && job.finished_at) {
+    const seconds = Math.max(0, Math.round((Date.parse(job.finished_at) - Date.parse(job.started_at)) / 1000));
+    parts.push(seconds < 1 ? "in under a second" : `in ${seconds} s`);
+  }
+  if (job.error && job.status !== "completed") parts.push(job.error);
+  one(HTMLElement, "#progress-text").textContent = parts.join(" · ");
 }
 
 /**
