@@ -6,6 +6,8 @@
 #       restic       (bench/bench_core.py compares against it)
 #       chromium     (browser UI tests drive /usr/bin/chromium through Playwright;
 #                     `playwright install` is never run: it downloads a browser build)
+#       postgresql   (tests/services/test_hooks.py dumps a real database in a pre-command);
+#                    its cluster is started when it is not running
 #   * .venv with `pip install -e '.[test]'`: TimeVault and the tools `make test` runs (pytest,
 #     ruff, mypy and the type stubs it needs), redone only when pyproject.toml changed since the
 #     last successful install (hash kept in .venv/.setup-stamp) or a tool is missing.
@@ -21,7 +23,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON="${PYTHON:-python3}"
 VENV=.venv
 STAMP="$VENV/.setup-stamp"
-APT_PACKAGES=(nats-server restic chromium fonts-liberation)
+APT_PACKAGES=(nats-server restic chromium fonts-liberation postgresql)
 # Exact version: a newer compiler may report new errors, and CI must not change under a commit.
 TYPESCRIPT_VERSION=5.9.3
 NODE_PREFIX="$VENV/node"
@@ -69,6 +71,17 @@ if command -v dpkg-query >/dev/null 2>&1; then
     fi
 else
     log "warning: not a Debian system; install ${APT_PACKAGES[*]} yourself"
+fi
+
+# --- PostgreSQL: the hook tests need a running server on the standard port -----------------------
+if command -v pg_isready >/dev/null 2>&1 && ! pg_isready -q 2>/dev/null; then
+    if command -v pg_lsclusters >/dev/null 2>&1; then
+        log "starting PostgreSQL"
+        while read -r version cluster _; do
+            as_root pg_ctlcluster "$version" "$cluster" start >/dev/null 2>&1 || true
+        done < <(pg_lsclusters --no-header 2>/dev/null)
+    fi
+    pg_isready -q -t 30 2>/dev/null || log "warning: PostgreSQL does not answer; tests/services/test_hooks.py will fail"
 fi
 
 # --- Python virtualenv ---------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from timevault.services.common.holds import hold
 from timevault.services.common.jobs import JobContext
 from timevault.services.common.util import instance_id
 from timevault.services.common.work import ensure_work_stream
+from timevault.services.snapshotter.hooks import HookFailed, JobHooks
 from timevault.services.snapshotter.remote import MAX_IN_FLIGHT, CatalogKnownBlobs, UploadSink
 
 # The upload window (remote.MAX_IN_FLIGHT) holds sent-but-unconfirmed blobs on top of this.
@@ -134,10 +135,19 @@ class Snapshotter:
 
         async with JobContext(self.nc, job, self.instance, on_beat=keep_alive) as ctx:
             sink: UploadSink | None = None
+            hooks: JobHooks | None = None
+
+            async def finish(status: str, error: str | None = None, snapshot: SnapshotInfo | None = None) -> None:
+                if hooks is not None:
+                    await hooks.after(status)  # the post-command runs whatever the outcome
+                await ctx.finish(status, error, snapshot)
+
             try:
                 await hold("backup.start")
                 # Asked again while the catalog is away (restarting): the job goes on, not fails.
                 plan = await rpc.request_retrying(self.nc, subjects.PLAN_GET, PlanRef(plan=job.plan_id), PlanDetail)
+                hooks = JobHooks(ctx, plan)
+                await hooks.before()
                 secrets = await rpc.request_retrying(self.nc, subjects.PLAN_SECRETS, PlanRef(plan=job.plan_id),
                                                      PlanSecrets)
                 repo = await Repository.open_write_only(open_service_location(secrets.location),
@@ -171,8 +181,10 @@ class Snapshotter:
                     with contextlib.suppress(Exception):
                         await sink.close(discard=True)
                 if isinstance(exc, asyncio.CancelledError) and not ctx.cancel.is_set():
-                    raise  # service shutting down: leave the job for redelivery
-                await ctx.finish("canceled", "canceled by user")
+                    if hooks is not None:  # service shutting down: the job is redelivered, but what
+                        await hooks.after("canceled")  # the pre-command began is undone now
+                    raise
+                await finish("canceled", "canceled by user")
                 return
             except Exception as exc:
                 if sink is not None:
@@ -180,17 +192,17 @@ class Snapshotter:
                         await sink.close(discard=True)
                 reason = _reason(exc)
                 if ctx.cancel.is_set():
-                    await ctx.finish("canceled", "canceled by user")
+                    await finish("canceled", "canceled by user")
                 else:
                     log.warning("job %s failed: %s", job.id, reason)
-                    await ctx.finish("failed", reason)
+                    await finish("failed", reason if not isinstance(exc, HookFailed) else str(exc))
                 return
             info = SnapshotInfo(
                 id=snapshot_id, started_at=datetime.fromisoformat(snap.time),
                 finished_at=datetime.fromisoformat(snap.finished), size=snap.stats.size,
                 added_size=snap.stats.added_size, files=snap.stats.files, status="completed",
             )
-            await ctx.finish("completed", snapshot=info)
+            await finish("completed", snapshot=info)
             log.info("job %s: snapshot %s (%d files, %d bytes added)", job.id, snapshot_id[:12],
                      snap.stats.files, snap.stats.added_size)
 
