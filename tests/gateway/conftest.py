@@ -87,7 +87,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     port = free_port()
     procs = {
         "catalog": services.start("catalog", "--db", str(root / "catalog.db"), "--job-timeout", "10",
-                                  "--reap-every", "0.5", "--delete-wait", "10", "--test-weak-kdf"),
+                                  "--reap-every", "0.5", "--delete-wait", "10", "--test-weak-kdf",
+                                  "--notify-attempts", "3", "--notify-backoff", "0.2"),
         "uploader": services.start("uploader", "--pack-size", str(4 * 1024 * 1024)),
         "snapshotter": services.start("snapshotter", "--ack-wait", "5", "--data-dir", str(root / "worker"),
                                       "--root", str(tmp_path_factory.getbasetemp())),

@@ -243,3 +243,25 @@ def test_create_with_the_folder_picker_and_excludes(browser: Browser, stack: Sta
     shot(page, screenshots, "27-excluded-left-out-desktop")
     assert not errors, errors
     page.close()
+
+
+def test_plan_page_shows_the_last_notification(browser: Browser, stack: Stack, tmp_path: Path) -> None:
+    from timevault.services.common.natsd import free_port
+
+    closed = free_port()  # nobody listens: every attempt is refused
+    plan = api(stack, "POST", "/plans", plan_body("Notified", tmp_path / "gone", tmp_path / "vault",
+                                                  notify=[f"http://127.0.0.1:{closed}/hook"],
+                                                  pre_command="echo dumping", post_command="echo done"))
+    job = api(stack, "POST", f"/plans/{plan['id']}/backups")
+    deadline = time.monotonic() + 60
+    while api(stack, "GET", f"/plans/{plan['id']}").get("notify_last") is None:
+        assert time.monotonic() < deadline, api(stack, "GET", f"/jobs/{job['id']}")
+        time.sleep(0.2)
+    errors: list[str] = []
+    page = open_page(browser, stack, errors, f"#/plans/{plan['id']}")
+    expect(page.locator("#set-notify")).to_contain_text(f"http://127.0.0.1:{closed}/hook")
+    expect(page.locator("#notify-last")).to_contain_text("not delivered (failed)")
+    expect(page.locator("#notify-last")).to_contain_text("after 3 tries")
+    expect(page.locator("#set-hooks")).to_contain_text("Before: echo dumping")
+    assert not errors, errors
+    page.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -158,3 +159,14 @@ def test_timevault_up_starts_the_gateway(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0, proc.stderr.read().decode() if proc.stderr else ""
+    stderr = proc.stderr.read().decode() if proc.stderr else ""
+    assert info["token"] not in stderr  # not a terminal: the output may end up in a log
+    assert "sign in with the token in" in stderr
+    token_file = data / "token"
+    assert token_file.read_text().strip() == info["token"] and stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    # A restart keeps the token, so a browser that signed in stays signed in.
+    from timevault.cli.up import persistent_token
+
+    assert persistent_token(data) == info["token"]
+    token_file.chmod(0o644)  # readable by others: no longer trusted, a new one is made
+    assert persistent_token(data) != info["token"] and stat.S_IMODE(token_file.stat().st_mode) == 0o600

@@ -95,7 +95,7 @@ def catalog_proc(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFacto
     services = Services(nats_server.url, log_dir)
     db = tmp_path_factory.mktemp("catalog") / "catalog.db"
     proc = services.start("catalog", "--db", str(db), "--job-timeout", "6", "--reap-every", "0.5",
-                          "--delete-wait", "20", "--test-weak-kdf")
+                          "--delete-wait", "20", "--test-weak-kdf", "--notify-attempts", "3", "--notify-backoff", "0.2")
     yield proc
     services.stop_all()
 

@@ -524,10 +524,15 @@ def cmd_restore(args: argparse.Namespace) -> None:
 
 async def cmd_up(args: argparse.Namespace) -> int:
     from timevault.cli.up import up
+    from timevault.proto.plans import validate_notify
 
     if args.allow_private_endpoints:  # inherited by every service `up` starts
         os.environ["TIMEVAULT_ALLOW_PRIVATE_ENDPOINTS"] = "1"
     extra = {"restorer": [arg for root in args.restore_root for arg in ("--restore-root", os.path.abspath(root))]}
+    for url in validate_notify(args.notify or []):
+        extra.setdefault("catalog", []).extend(["--notify", url])
+    for root in args.root or []:
+        extra.setdefault("snapshotter", []).extend(["--root", os.path.abspath(os.path.expanduser(root))])
     return await up(Path(args.data_dir or default_data_dir()), args.listen, args.nats, extra_args=extra)
 
 
@@ -551,6 +556,11 @@ def register(subparsers: Subcommands) -> None:
                    "sources, <data-dir>/restores, the temporary folder, /mnt, /media, /srv, /home)")
     p.add_argument("--allow-private-endpoints", action="store_true",
                    help="let plans use S3 endpoints on loopback, link-local or private addresses")
+    p.add_argument("--notify", action="append", metavar="URL",
+                   help="send every plan's notifications (failures, missed backups) here too (repeatable)")
+    p.add_argument("--root", action="append", metavar="PATH",
+                   help="a folder the web UI's folder picker may show (repeatable; default: your home, "
+                        "/home, /mnt, /media, /srv, /data)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_up)
 

@@ -76,6 +76,28 @@ class NatsChild:
         await asyncio.to_thread(self.server.stop, grace)
 
 
+def persistent_token(data_dir: Path) -> str:
+    """The gateway's access token, kept in ``<data-dir>/token`` (mode 0600) so that a restart of
+    `up` keeps browsers and scripts signed in. A file that is unreadable, too short or not private
+    is replaced by a new token."""
+    path = data_dir / "token"
+    try:
+        if path.stat().st_mode & 0o077 == 0:
+            text = path.read_text().strip()
+            if len(text) >= 32:
+                return text
+    except OSError:
+        pass
+    token = secrets.token_urlsafe(32)
+    temp = path.with_name("token.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    os.chmod(temp, 0o600)
+    os.replace(temp, path)
+    return token
+
+
 class Child:
     """One supervised service process."""
 
@@ -156,7 +178,7 @@ async def up(data_dir: Path, listen: str = DEFAULT_LISTEN, nats_url: str | None 
         nats_url = nats_server.server.client_url
         log.info("JetStream in %s", data_dir / "nats")
 
-    token = secrets.token_urlsafe(32)
+    token = persistent_token(data_dir)
     env = {**os.environ, "TIMEVAULT_DATA_DIR": str(data_dir), "TIMEVAULT_NATS": nats_url}
     extra_args = extra_args or {}
     children: list[Child] = []
@@ -186,9 +208,14 @@ async def up(data_dir: Path, listen: str = DEFAULT_LISTEN, nats_url: str | None 
         print(f"timevault: up (data dir {data_dir}, gateway http://{listen}, "
               f"NATS {_without_credentials(nats_url)}); "
               "Ctrl-C to stop", file=sys.stderr, flush=True)
-        # The token itself is not printed: terminals end up in logs (journald, CI output).
-        print(f"timevault: web UI at http://{listen}/ — sign in with the token in {info_path} "
-              "(mode 0600); the CLI finds it there by itself", file=sys.stderr, flush=True)
+        if sys.stderr.isatty():
+            # A person at a terminal gets the link that signs in; the fragment never reaches a server.
+            print(f"timevault: web UI at http://{listen}/#token={token} (this link signs you in; the token is "
+                  f"also in {info_path})", file=sys.stderr, flush=True)
+        else:
+            # Not a terminal: the output may end up in logs (journald, CI), so no token there.
+            print(f"timevault: web UI at http://{listen}/ — sign in with the token in {info_path} "
+                  "(mode 0600); the CLI finds it there by itself", file=sys.stderr, flush=True)
         await _supervise([*([nats_server] if nats_server else []), *children], stop)
     finally:
         for child in reversed(children):

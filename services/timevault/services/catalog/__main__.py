@@ -9,8 +9,10 @@ import os
 
 from nats.aio.client import Client as NATS
 
+from timevault.proto.plans import validate_notify
 from timevault.services.catalog.context import CatalogOptions
 from timevault.services.catalog.db import CatalogDB
+from timevault.services.catalog.notify import NotifyConfig
 from timevault.services.catalog.service import CatalogService
 from timevault.services.common.paths import default_data_dir
 from timevault.services.common.runner import base_parser, run_service
@@ -28,6 +30,10 @@ def parser() -> argparse.ArgumentParser:
     # Tests only: cheap key derivation for new repositories (--kdf-n N is the older spelling).
     p.add_argument("--test-weak-kdf", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--kdf-n", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--notify", action="append", default=[], metavar="URL",
+                   help="also send every plan's notifications here (repeatable)")
+    p.add_argument("--notify-attempts", type=int, default=5, help="tries per notification URL")
+    p.add_argument("--notify-backoff", type=float, default=2.0, help="seconds before the first retry (doubled each time)")
     return p
 
 
@@ -37,7 +43,9 @@ async def main(args: argparse.Namespace, nc: NATS, stack: contextlib.AsyncExitSt
     stack.push_async_callback(db.close)
     options = CatalogOptions(job_timeout=args.job_timeout, pending_timeout=args.pending_timeout,
                              delete_wait=args.delete_wait, reap_every=args.reap_every,
-                             test_weak_kdf=args.test_weak_kdf or args.kdf_n is not None)
+                             test_weak_kdf=args.test_weak_kdf or args.kdf_n is not None,
+                             notify=NotifyConfig(urls=validate_notify(args.notify), attempts=args.notify_attempts,
+                                                 backoff=args.notify_backoff))
     service = CatalogService(nc, db, options)
     await service.start()
     stack.push_async_callback(service.stop)

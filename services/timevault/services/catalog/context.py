@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
 
 import msgspec
 from nats.aio.client import Client as NATS
@@ -20,8 +21,9 @@ from nats.aio.client import Client as NATS
 from timevault.proto import subjects, wire
 from timevault.proto.errors import ServiceError
 from timevault.proto.jobs import Job
-from timevault.proto.plans import PlanEvent
+from timevault.proto.plans import PlanEvent, SnapshotInfo
 from timevault.services.catalog.db import CatalogDB, PlanRow
+from timevault.services.catalog.notify import NotifyConfig
 from timevault.services.common.util import utcnow
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,8 @@ class CatalogOptions:
     reap_every: float = 2.0
     test_weak_kdf: bool = False
     """Tests only: cheap key derivation for new repositories (the default is argon2id, 64 MiB)."""
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
+    """Notification delivery: URLs for every plan, attempts and backoff."""
 
 
 class Transaction:
@@ -48,6 +52,11 @@ class Transaction:
     def __init__(self, db: CatalogDB) -> None:
         self.db = db
         self.messages: list[tuple[str, msgspec.Struct]] = []
+        self.callbacks: list[Callable[[], Awaitable[None]]] = []
+
+    def after(self, callback: Callable[[], Awaitable[None]]) -> None:
+        """Run `callback` once the transaction is committed (and its messages published)."""
+        self.callbacks.append(callback)
 
     def publish(self, subject: str, message: msgspec.Struct) -> None:
         """Publish `message` once the transaction is committed."""
@@ -66,6 +75,10 @@ class Catalog:
         self.js = nc.jetstream()
         self.db = db
         self.options = options
+        self.job_ended: list[Callable[[Job, SnapshotInfo | None], Awaitable[None]]] = []
+        """Called after the commit of every job's end (notifications)."""
+        self.slot_missed: list[Callable[[PlanRow, datetime, int, str], Awaitable[None]]] = []
+        """Called after the commit of a scheduled slot that did not run: (plan, slot, how many, why)."""
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
@@ -74,6 +87,11 @@ class Catalog:
             yield tx
         for subject, message in tx.messages:
             await self.publish(subject, message)
+        for callback in tx.callbacks:
+            try:
+                await callback()
+            except Exception:  # the write is committed; what follows it must not undo the reply
+                log.exception("after-commit step failed")
 
     async def publish(self, subject: str, message: msgspec.Struct) -> None:
         with contextlib.suppress(Exception):  # events are best effort; state is in the DB

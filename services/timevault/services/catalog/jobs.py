@@ -7,6 +7,7 @@ row in the same transaction (the real snapshot, or a failed/canceled one that re
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from datetime import datetime
@@ -196,6 +197,8 @@ class Jobs:
             message += f": {error}"
         await tx.event(job.plan_id, "job", message, job.id)
         tx.publish(subjects.job_event(job.id), JobEvent(job=job))
+        for listener in self.catalog.job_ended:
+            tx.after(functools.partial(listener, job, snapshot))
         log.info("%s", message)
         return job
 

@@ -35,6 +35,7 @@ from timevault.services.catalog.context import Catalog, CatalogOptions
 from timevault.services.catalog.db import CatalogDB
 from timevault.services.catalog.job_log import JobLogs
 from timevault.services.catalog.jobs import Jobs
+from timevault.services.catalog.notifications import Notifications
 from timevault.services.catalog.plans import Plans
 from timevault.services.catalog.reaper import Reaper
 from timevault.services.catalog.schedule import Scheduling
@@ -56,6 +57,7 @@ class CatalogService:
         self.chunks = ChunkIndex(self.catalog)
         self.reaper = Reaper(self.catalog, self.jobs)
         self.job_logs = JobLogs(self.catalog)
+        self.notifications = Notifications(self.catalog)
         self.stats = rpc.Stats()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -97,6 +99,7 @@ class CatalogService:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.notifications.close()
 
     async def _serve(self, subject: str, request_type: type[T], handler: Callable[[T], Awaitable[object]]) -> None:
         await rpc.serve(self.catalog.nc, subject, request_type, handler, queue=subjects.CATALOG_QUEUE,

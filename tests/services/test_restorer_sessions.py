@@ -1,4 +1,7 @@
-"""Browsing sessions in the restorer: held in memory only, ended by idleness or by lock."""
+"""Browsing sessions in the restorer: held in memory only, ended by idleness or by lock.
+
+(Named to run after test_catalog.py, which expects no worker to be running yet: this one starts them.)
+"""
 
 from __future__ import annotations
 
