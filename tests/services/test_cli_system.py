@@ -257,3 +257,17 @@ async def test_plan_options_flags_become_api_fields(stub: tuple[Stub, Path], tmp
                    "--data-dir", str(data))
     assert rc == 0, capsys.readouterr().err
     assert s.requests[-1] == ("PATCH", "/plans/p_1", {"pre_command": "", "notify": [], "one_file_system": False})
+
+
+async def test_plan_show_speaks_like_the_ui(stub: tuple[Stub, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    """Decimal sizes as in the web UI, times with seconds and a zone, natural plurals."""
+    import re
+
+    _, data = stub
+    assert await run("plan", "show", "Photos", "--data-dir", str(data)) == 0
+    out = capsys.readouterr().out
+    assert "total size: 2.0 KB" in out  # 2048 bytes, as the UI says it (not "2.0 KiB")
+    [row] = [line for line in out.splitlines() if line.startswith("  abababab")]
+    assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \S+", row), row
+    assert "1 file" in row and "10 bytes" in row and "+   5 bytes" in row
+    assert "excludes:   -  [CACHEDIR.TAG folders skipped]" in out and "notify:     -" in out

@@ -26,6 +26,7 @@ from typing import Any
 from timevault.cli import plan_options
 from timevault.cli.errors import CommandError, GatewayUnreachable, Incomplete, JobFailed, UsageError
 from timevault.cli.parser import Subcommands
+from timevault.cli.units import human_bytes, local_time, plural
 from timevault.proto.errors import ServiceError
 from timevault.proto.plans import (
     Schedule,
@@ -181,12 +182,8 @@ def _print_json(value: Any) -> None:
 
 
 def _size(n: int | None) -> str:
-    value = float(n or 0)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"
+    """Decimal units, as the web UI shows them (`timevault.cli.units`)."""
+    return human_bytes(n)
 
 
 def _schedule_text(schedule: dict[str, Any]) -> str:
@@ -213,15 +210,16 @@ def _show_plan(plan: dict[str, Any]) -> None:
     print(f"location:   {_location_text(plan.get('location', {}))}")
     plan_options.show(plan)
     print(f"total size: {_size(plan.get('total_size'))}")
-    print(f"next run:   {plan.get('next_run') or '-'}")
+    zone = plan.get("schedule", {}).get("timezone")
+    print(f"next run:   {local_time(plan.get('next_run'), zone) if plan.get('next_run') else '-'}")
     snapshots = plan.get("snapshots", [])
     print(f"snapshots:  {len(snapshots)}")
     for snap in snapshots:
         error = f"  {snap['error']}" if snap.get("error") else ""
         endorsed = "  (not yet endorsed)" if snap.get("status") == "completed" and not snap.get("endorsed") else ""
-        print(f"  {snap['id'][:12]}  {snap.get('started_at') or '-':32}  {snap.get('status', ''):9}  "
-              f"{_size(snap.get('size')):>10}  +{_size(snap.get('added_size')):>10}  {snap.get('files', 0)} files"
-              f"{endorsed}{error}")
+        print(f"  {snap['id'][:12]}  {local_time(snap.get('started_at')):27}  {snap.get('status', ''):9}  "
+              f"{_size(snap.get('size')):>10}  +{_size(snap.get('added_size')):>10}  "
+              f"{plural(int(snap.get('files', 0)), 'file')}{endorsed}{error}")
 
 
 # --- commands --------------------------------------------------------------------------------
