@@ -14,14 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, ViewportSize, expect, sync_playwright
 
 from tests.gateway.conftest import CHROMIUM, PASSWORD, Stack, chromium_args, plan_body, source_tree
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
 
-DESKTOP = {"width": 1280, "height": 900}
-PHONE = {"width": 390, "height": 844}
+DESKTOP = ViewportSize(width=1280, height=900)
+PHONE = ViewportSize(width=390, height=844)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def backup(stack: Stack, plan_id: str) -> dict[str, Any]:
 
 
 def open_page(browser: Browser, stack: Stack, errors: list[str], hash_: str = "#/",
-              viewport: dict[str, int] = DESKTOP) -> Page:
+              viewport: ViewportSize = DESKTOP) -> Page:
     page = browser.new_page(viewport=viewport)
     page.set_default_timeout(20_000)
     page.on("pageerror", lambda exc: errors.append(str(exc)))

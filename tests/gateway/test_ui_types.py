@@ -44,6 +44,7 @@ API_TYPES: dict[str, type[msgspec.Struct]] = {
     "RestoreBody": bodies.RestoreBody,
     "ErrorInfo": errors.ErrorInfo,
     "NotifyDelivery": plans.NotifyDelivery,
+    "S3Credentials": plans.S3Credentials,
     "UnlockBody": browse_routes.UnlockBody,
     "RestoreItemsBody": browse_routes.RestoreItemsBody,
     "BrowseSession": browse.BrowseSession,

@@ -81,6 +81,21 @@ class Location(msgspec.Struct, kw_only=True):
     """Region, for ``s3``."""
 
 
+class S3Credentials(msgspec.Struct, kw_only=True):
+    """An S3 access key for a plan's location, kept by the catalog like the write keys.
+
+    Write-only over the API: no reply carries it back (`Plan.credentials_stored` says it is there);
+    only the services that open the location get it (`PlanSecrets`).
+    """
+
+    access_key_id: str
+    """The access key id."""
+    secret_access_key: str
+    """The secret access key."""
+    session_token: str | None = None
+    """A session token, for temporary credentials."""
+
+
 class PlanCreate(msgspec.Struct, kw_only=True):
     """Request to create a plan (subject ``tv.catalog.plan.create``, HTTP ``POST /api/v1/plans``)."""
 
@@ -116,6 +131,8 @@ class PlanCreate(msgspec.Struct, kw_only=True):
     """http(s) URLs that receive a JSON POST when a backup or restore fails or a scheduled slot is missed."""
     notify_success: bool = False
     """Also notify when a backup or restore completes."""
+    credentials: S3Credentials | None = None
+    """For an S3 location: the access key to use (else the AWS chain of the machine running TimeVault)."""
 
 
 class PlanUpdate(msgspec.Struct, kw_only=True):
@@ -149,6 +166,8 @@ class PlanUpdate(msgspec.Struct, kw_only=True):
     """New notification URLs (``[]`` removes them)."""
     notify_success: bool | None = None
     """Also notify on success."""
+    credentials: S3Credentials | None = None
+    """A new S3 access key for the location (replaces the one kept)."""
 
 
 class PlanUpdateRequest(msgspec.Struct, kw_only=True):
@@ -276,6 +295,8 @@ class Plan(msgspec.Struct, kw_only=True):
     """Successes are notified too."""
     notify_last: NotifyDelivery | None = None
     """The outcome of the latest notification of this plan."""
+    credentials_stored: bool = False
+    """True when TimeVault keeps an S3 access key for the location (the key itself is never sent)."""
 
 
 class PlanDetail(Plan, kw_only=True):
@@ -314,6 +335,8 @@ class PlanAttach(msgspec.Struct, kw_only=True):
     """Schedule for future backups."""
     sources: list[str] = msgspec.field(default_factory=list)
     """Sources for future backups; taken from the latest snapshot when empty."""
+    credentials: S3Credentials | None = None
+    """For an S3 location: the access key to use."""
 
 
 class PlanEvent(msgspec.Struct, kw_only=True):
@@ -359,6 +382,8 @@ class PlanSecrets(msgspec.Struct, kw_only=True):
     """Location string for `timevault.core.storage.open_location`."""
     write_keys: bytes
     """The repository's write-tier keys (base64 in JSON)."""
+    credentials: S3Credentials | None = None
+    """The S3 access key kept for the location, if any."""
 
 
 class SnapshotListRequest(msgspec.Struct, kw_only=True):
@@ -643,6 +668,20 @@ def validate_notify(urls: list[str]) -> list[str]:
     return result
 
 
+def validate_credentials(credentials: S3Credentials | None, location: Location) -> S3Credentials | None:
+    """An access key only for S3, with a key id and a secret, no control characters."""
+    if credentials is None:
+        return None
+    if location.type != "s3":
+        raise invalid("an access key is only for S3 locations", "credentials")
+    for name, value, limit in (("access_key_id", credentials.access_key_id, 128),
+                               ("secret_access_key", credentials.secret_access_key, 1024),
+                               ("session_token", credentials.session_token or "x", 4096)):
+        if not value or len(value) > limit or any(ord(c) < 32 for c in value):
+            raise invalid(f"{name.replace('_', ' ')} must be 1..{limit} visible characters", f"credentials.{name}")
+    return credentials
+
+
 def _errors(*checks: Callable[[], object]) -> list[ServiceError]:
     found: list[ServiceError] = []
     for check in checks:
@@ -674,6 +713,7 @@ def create_errors(req: PlanCreate) -> list[ServiceError]:
         lambda: validate_command(req.post_command, "post_command"),
         lambda: validate_hook_timeout(req.hook_timeout),
         lambda: validate_notify(req.notify),
+        lambda: validate_credentials(req.credentials, req.location),
     )
 
 
@@ -689,7 +729,8 @@ def validate_create(req: PlanCreate) -> PlanCreate:
         excludes=validate_excludes(req.excludes), exclude_files=validate_exclude_files(req.exclude_files),
         pre_command=validate_command(req.pre_command, "pre_command"),
         post_command=validate_command(req.post_command, "post_command"),
-        hook_timeout=validate_hook_timeout(req.hook_timeout), notify=validate_notify(req.notify))
+        hook_timeout=validate_hook_timeout(req.hook_timeout), notify=validate_notify(req.notify),
+        credentials=validate_credentials(req.credentials, location))
 
 
 def location_url(location: Location) -> str:

@@ -36,6 +36,7 @@ from timevault.proto.plans import (
     apply_schedule_update,
     location_url,
     validate_create,
+    validate_credentials,
     validate_location,
     validate_name,
     validate_password,
@@ -44,6 +45,7 @@ from timevault.proto.plans import (
 )
 from timevault.services.catalog import plan_options, repo_ops
 from timevault.services.catalog.context import ACTIVE, Catalog
+from timevault.services.catalog.credentials import CredentialStore
 from timevault.services.catalog.db import PlanRow
 from timevault.services.catalog.jobs import Jobs
 from timevault.services.common.slots import next_run
@@ -62,12 +64,14 @@ class Plans:
         self.db = catalog.db
         self.jobs = jobs
         self.options = plan_options.OptionsStore(catalog.db)
+        self.credentials = CredentialStore(catalog.db)
 
     async def create(self, req: PlanCreate) -> Plan:
         req = validate_create(req)
         url = location_url(req.location)
         await self._check_new(req.name, url)
-        write_keys = await repo_ops.init_repository(url, req.password, self.catalog.options.test_weak_kdf)
+        write_keys = await repo_ops.init_repository(url, req.password, self.catalog.options.test_weak_kdf,
+                                                    req.credentials)
         now = utcnow()
         row = PlanRow(id=new_id("p"), name=req.name, sources=req.sources, schedule=req.schedule,
                       location=req.location, write_keys=write_keys, paused=False, deleting=False,
@@ -75,6 +79,8 @@ class Plans:
         async with self.catalog.transaction() as tx:
             await self._insert(row)
             await self.options.save(row.id, plan_options.from_create(req))
+            if req.credentials is not None:
+                await self.credentials.save(row.id, req.credentials)
             await tx.event(row.id, "created", f"plan {row.name!r} created")
         log.info("plan %s (%s) created", row.id, row.name)
         return await self.view(row)
@@ -88,7 +94,8 @@ class Plans:
         location = validate_location(req.location, sources)
         url = location_url(location)
         await self._check_new(name, url)
-        write_keys, snapshots, chunks, endorsed = await repo_ops.read_repository(url, req.password)
+        credentials = validate_credentials(req.credentials, location)
+        write_keys, snapshots, chunks, endorsed = await repo_ops.read_repository(url, req.password, credentials)
         if not sources:
             sources = snapshots[-1][1].paths if snapshots else []
         if not sources:
@@ -100,6 +107,8 @@ class Plans:
                       resumed_at=None, last_slot=None, total_size=sum(size for _, _, size in chunks))
         async with self.catalog.transaction() as tx:
             await self._insert(row)
+            if credentials is not None:
+                await self.credentials.save(row.id, credentials)
             for snapshot_id, snap in snapshots:
                 await self.db.save_snapshot(row.id, repo_ops.snapshot_info(snapshot_id, snap, row.id,
                                                                             endorsed=snapshot_id in endorsed))
@@ -109,8 +118,9 @@ class Plans:
 
     async def list_plans(self, _req: PlanListRequest) -> PlanList:
         options = await self.options.all()
-        return PlanList(plans=[await self.view(row, options.get(row.id)) for row in await self.db.list_plans()
-                               if not row.deleting])
+        keys = await self.credentials.plan_ids()
+        return PlanList(plans=[await self.view(row, options.get(row.id), row.id in keys)
+                               for row in await self.db.list_plans() if not row.deleting])
 
     async def get(self, req: PlanRef) -> PlanDetail:
         row = await self.catalog.plan(req.plan)
@@ -137,6 +147,10 @@ class Plans:
             changed = schedule_changed or sources != row.sources or new_options != options
             if new_options != options:
                 await self.options.save(row.id, new_options)
+            if update.credentials is not None:
+                await self.credentials.save(row.id, validate_credentials(update.credentials, row.location)
+                                            or update.credentials)
+                changed = True
             row = msgspec.structs.replace(row, sources=sources, schedule=schedule, updated_at=utcnow())
             if schedule_changed:
                 # A new schedule starts counting from now: never fire a past slot of the new one.
@@ -168,10 +182,11 @@ class Plans:
                     await self.jobs.end(job, "canceled", "plan deleted (worker did not stop in time)")
                 break
             await asyncio.sleep(0.2)
-        deleted = await repo_ops.delete_repository(location_url(row.location))
+        deleted = await repo_ops.delete_repository(location_url(row.location), await self.credentials.get(row.id))
         async with self.catalog.transaction() as tx:
             await self.db.delete_plan_rows(row.id)
             await self.options.delete(row.id)
+            await self.credentials.delete(row.id)
             tx.publish(subjects.plan_event(row.id),
                        PlanEvent(plan_id=row.id, ts=utcnow(), kind="deleted", message=row.name))
         log.info("plan %s deleted (%d objects removed)", row.id, deleted)
@@ -183,11 +198,14 @@ class Plans:
 
     async def secrets(self, req: PlanRef) -> PlanSecrets:
         row = await self.catalog.plan(req.plan)
-        return PlanSecrets(plan_id=row.id, location=location_url(row.location), write_keys=row.write_keys)
+        return PlanSecrets(plan_id=row.id, location=location_url(row.location), write_keys=row.write_keys,
+                           credentials=await self.credentials.get(row.id))
 
-    async def view(self, row: PlanRow, options: plan_options.PlanOptions | None = None) -> Plan:
+    async def view(self, row: PlanRow, options: plan_options.PlanOptions | None = None,
+                   keys: bool | None = None) -> Plan:
         """The plan as clients see it, with its next run, active job, latest outcome and options."""
         options = options or await self.options.get(row.id)
+        keys = keys if keys is not None else await self.credentials.get(row.id) is not None
         active = await self.db.list_jobs(plan_id=row.id, statuses=ACTIVE, kind="backup", limit=1)
         snaps = await self.db.list_snapshots(row.id)
         completed = [snap for snap in snaps if snap.status == "completed"]
@@ -201,7 +219,7 @@ class Plans:
             last_error=snaps[-1].error if snaps and snaps[-1].status == "failed" else None,
             last_snapshot_at=completed[-1].finished_at or completed[-1].started_at if completed else None,
             snapshot_count=len(completed),
-            **plan_options.view(options),
+            **plan_options.view(options), credentials_stored=keys,
         )
 
     # --- internals -----------------------------------------------------------------------

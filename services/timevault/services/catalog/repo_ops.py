@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from timevault.proto.errors import ServiceError
-from timevault.proto.plans import SnapshotInfo
+from timevault.proto.plans import S3Credentials, SnapshotInfo
 
 if TYPE_CHECKING:
     from timevault.core.repository.format import Snapshot
@@ -24,7 +24,8 @@ ChunkRow = tuple[bytes, str, int]
 """A blob in the chunk index: id, pack, length."""
 
 
-async def init_repository(url: str, password: str, test_weak_kdf: bool = False) -> bytes:
+async def init_repository(url: str, password: str, test_weak_kdf: bool = False,
+                          credentials: S3Credentials | None = None) -> bytes:
     """Create a repository at `url` (its first endorsement included); return its write keys."""
     from timevault.core import crypto
     from timevault.core.repository import Repository, RepositoryError, WeakPassword
@@ -32,7 +33,7 @@ async def init_repository(url: str, password: str, test_weak_kdf: bool = False) 
     from timevault.services.common.locations import open_service_location
 
     try:
-        storage = open_service_location(url)
+        storage = open_service_location(url, credentials)
     except ValueError as exc:
         raise ServiceError("invalid", str(exc), "location") from exc
     try:
@@ -53,7 +54,7 @@ async def init_repository(url: str, password: str, test_weak_kdf: bool = False) 
 
 
 async def read_repository(
-    url: str, password: str
+    url: str, password: str, credentials: S3Credentials | None = None
 ) -> tuple[bytes, list[tuple[str, Snapshot]], list[ChunkRow], set[str]]:
     """Open with the password and endorse its history; return write keys, snapshots (oldest
     first), the blob index and the ids of the endorsed snapshots."""
@@ -63,7 +64,7 @@ async def read_repository(
     from timevault.services.common.locations import open_service_location
 
     try:
-        storage = open_service_location(url)
+        storage = open_service_location(url, credentials)
     except ValueError as exc:
         raise ServiceError("invalid", str(exc), "location") from exc
     try:
@@ -113,11 +114,12 @@ def snapshot_info(snapshot_id: str, snap: Snapshot, plan_id: str, *, endorsed: b
                         endorsed=endorsed)
 
 
-async def delete_repository(url: str) -> int:
+async def delete_repository(url: str, credentials: S3Credentials | None = None) -> int:
     """Remove every object at the location; sweep until a pass finds nothing (late writes)."""
     from timevault.core.storage import StorageError, open_location
+    from timevault.services.common.locations import core_credentials
 
-    storage = open_location(url)
+    storage = open_location(url, core_credentials(credentials))
     deleted = 0
     try:
         empty_passes = 0

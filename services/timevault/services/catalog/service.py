@@ -64,6 +64,7 @@ class CatalogService:
     async def start(self) -> None:
         nc = self.catalog.nc
         await self.plans.options.init()
+        await self.plans.credentials.init()
         await ensure_work_stream(nc)
         plans, snapshots, jobs, schedule, chunks = self.plans, self.snapshots, self.jobs, self.schedule, self.chunks
         await self._serve(subjects.PLAN_CREATE, PlanCreate, plans.create)

@@ -11,8 +11,13 @@ them: ``timevault up --allow-private-endpoints`` (a MinIO on the LAN), which set
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from timevault.core.storage import Storage, open_location
+from timevault.proto.plans import S3Credentials
+
+if TYPE_CHECKING:
+    from timevault.core.storage.s3 import S3Credentials as CoreCredentials
 
 ALLOW_PRIVATE_ENV = "TIMEVAULT_ALLOW_PRIVATE_ENDPOINTS"
 
@@ -21,6 +26,16 @@ def private_endpoints_allowed() -> bool:
     return os.environ.get(ALLOW_PRIVATE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def open_service_location(url: str) -> Storage:
-    """`open_location` with the service policy for S3 endpoints (see the module docstring)."""
-    return open_location(url, allow_private_endpoints=private_endpoints_allowed())
+def open_service_location(url: str, credentials: S3Credentials | None = None) -> Storage:
+    """`open_location` with the service policy for S3 endpoints (see the module docstring), and
+    the plan's S3 access key when the catalog keeps one (`PlanSecrets.credentials`)."""
+    return open_location(url, core_credentials(credentials), allow_private_endpoints=private_endpoints_allowed())
+
+
+def core_credentials(credentials: S3Credentials | None) -> CoreCredentials | None:
+    """The engine's form of a kept access key."""
+    if credentials is None:
+        return None
+    from timevault.core.storage.s3 import S3Credentials as CoreCredentials
+
+    return CoreCredentials(credentials.access_key_id, credentials.secret_access_key, credentials.session_token)

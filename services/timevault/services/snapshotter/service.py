@@ -150,7 +150,7 @@ class Snapshotter:
                 await hooks.before()
                 secrets = await rpc.request_retrying(self.nc, subjects.PLAN_SECRETS, PlanRef(plan=job.plan_id),
                                                      PlanSecrets)
-                repo = await Repository.open_write_only(open_service_location(secrets.location),
+                repo = await Repository.open_write_only(open_service_location(secrets.location, secrets.credentials),
                                                         secrets.write_keys)
                 try:
                     sink = UploadSink(self.nc, job.id, job.plan_id, max_in_flight=self.max_in_flight,

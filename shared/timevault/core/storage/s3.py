@@ -5,9 +5,11 @@ Location URL::
     s3://BUCKET[/PREFIX][?endpoint=http://host:port&region=us-east-1&path_style=true
                           &concurrency=4&profile=NAME]
 
-Credentials come only from the standard AWS chain (environment variables, shared config and
-credentials files, a profile, instance or container roles). A URL carrying credentials is
-refused, and no credential ever appears in `location`, an error message or a log line.
+Credentials come from the caller (`S3Credentials`: the catalog keeps a plan's keys like its write
+keys, so they can be given in the web UI and the API), else from the standard AWS chain
+(environment variables, shared config and credentials files, a profile, instance or container
+roles). A URL carrying credentials is refused, and no credential ever appears in `location`, an
+error message or a log line.
 
 This class only speaks S3. Retrying transient failures and bounding concurrency are wrappers
 (`RetryingStorage`, `LimitedStorage`) that `open_location` puts around it; so the client's own
@@ -26,7 +28,7 @@ import re
 import socket
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -101,6 +103,15 @@ _TRANSIENT_CLIENT_ERRORS: tuple[type[BaseException], ...] = (
     TimeoutError,
     ConnectionError,
 )
+
+
+@dataclass(frozen=True, slots=True)
+class S3Credentials:
+    """An access key for S3, given by the caller instead of the AWS chain. Never printed."""
+
+    access_key_id: str
+    secret_access_key: str = field(repr=False)
+    session_token: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,11 +196,13 @@ def parse_s3_location(url: str) -> S3Options:
     return S3Options(bucket, prefix, endpoint, region, path_style, concurrency, profile)
 
 
-def open_s3_location(url: str, *, allow_private_endpoints: bool = True) -> S3Storage:
+def open_s3_location(url: str, credentials: S3Credentials | None = None, *,
+                     allow_private_endpoints: bool = True) -> S3Storage:
     """Open an ``s3://`` location as a bare `S3Storage` (no retry, no limits; see open_location).
 
     With `allow_private_endpoints` False, an endpoint given as a loopback, link-local or private
     IP address (or ``localhost``) is refused here, and names are checked when they resolve.
+    `credentials` take the place of the AWS chain.
     """
     options = parse_s3_location(url)
     if not allow_private_endpoints:
@@ -203,7 +216,7 @@ def open_s3_location(url: str, *, allow_private_endpoints: bool = True) -> S3Sto
                 literal = ipaddress.ip_address(host)
         if literal is not None and not public_address(literal):
             raise LocationError(_PRIVATE_REFUSED.format(host=host, address=literal))
-    return S3Storage(options)
+    return S3Storage(options, credentials=credentials)
 
 
 _PRIVATE_REFUSED = (
@@ -300,6 +313,7 @@ class S3Storage:
         self,
         options: S3Options,
         *,
+        credentials: S3Credentials | None = None,
         connect_timeout: float = 10.0,
         read_timeout: float = 60.0,
         multipart_threshold: int = MULTIPART_THRESHOLD,
@@ -309,6 +323,7 @@ class S3Storage:
         if part_size < 5 * MiB:
             raise ValueError("S3 parts must be at least 5 MiB")
         self._options = options
+        self._credentials = credentials
         self._key_prefix = f"{options.prefix}/" if options.prefix else ""
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
@@ -370,8 +385,12 @@ class S3Storage:
         stack = AsyncExitStack()
         try:
             session = _session(opts.profile)
+            keys = self._credentials
             creator = session.create_client(
-                "s3", region_name=opts.region, endpoint_url=opts.endpoint, config=config
+                "s3", region_name=opts.region, endpoint_url=opts.endpoint, config=config,
+                aws_access_key_id=keys.access_key_id if keys else None,
+                aws_secret_access_key=keys.secret_access_key if keys else None,
+                aws_session_token=keys.session_token if keys else None,
             )
             client = await stack.enter_async_context(creator)
         except boto.BotoCoreError as exc:

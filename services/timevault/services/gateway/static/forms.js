@@ -32,6 +32,10 @@ export const FIELD_IDS = {
   post_command: "f-post",
   hook_timeout: "f-hook-timeout",
   notify: "f-notify",
+  credentials: "f-access-key",
+  "credentials.access_key_id": "f-access-key",
+  "credentials.secret_access_key": "f-secret-key",
+  "credentials.session_token": "f-secret-key",
 };
 
 /**

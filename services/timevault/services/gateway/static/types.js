@@ -57,6 +57,15 @@
  * @property {string[]} notify URLs that get a JSON POST on failures and missed slots
  * @property {boolean} notify_success successes are notified too
  * @property {NotifyDelivery | null} notify_last how the latest notification went
+ * @property {boolean} credentials_stored TimeVault keeps an S3 access key for the location
+ */
+
+/**
+ * An S3 access key for a plan's location; sent, never read back.
+ * @typedef {object} S3Credentials
+ * @property {string} access_key_id
+ * @property {string} secret_access_key
+ * @property {string | null} [session_token]
  */
 
 /**
@@ -180,6 +189,7 @@
  * @property {number} [hook_timeout] seconds a hook may run
  * @property {string[]} [notify] URLs that get a JSON POST on failures and missed slots
  * @property {boolean} [notify_success] successes are notified too
+ * @property {S3Credentials | null} [credentials] for an S3 location
  */
 
 /**
@@ -199,6 +209,7 @@
  * @property {number} [hook_timeout]
  * @property {string[]} [notify]
  * @property {boolean} [notify_success]
+ * @property {S3Credentials} [credentials] replaces the kept S3 access key
  */
 
 /**

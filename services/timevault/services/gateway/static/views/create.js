@@ -63,7 +63,7 @@ function readLocation(form) {
   const type = locationType(form);
   if (type === "local") return { type, path: text(form, "#f-path").trim() };
   /** @type {Location} */
-  const loc = { type, bucket: text(form, "#f-bucket").trim() };
+  const loc = { type, bucket: text(form, "#f-bucket").trim() };  // the access key goes apart (credentials)
   for (const key of /** @type {const} */ (["prefix", "endpoint", "region"])) {
     const value = text(form, `#f-${key}`).trim();
     if (value) loc[key] = value;
@@ -87,6 +87,8 @@ function createChecks(form) {
     "f-path": () => locationType(form) === "local" ? checkLocalPath(text(form, "#f-path").trim(), sources()) : null,
     "f-bucket": () => locationType(form) === "s3" && !text(form, "#f-bucket").trim() ? "An S3 location needs a bucket"
       : null,
+    "f-secret-key": () => locationType(form) === "s3" && Boolean(text(form, "#f-access-key").trim())
+      !== Boolean(text(form, "#f-secret-key")) ? "Give both the access key ID and the secret, or neither" : null,
     "f-password": () => checkPassword(text(form, "#f-password")),
     "f-password2": () => text(form, "#f-password").length >= 4 && text(form, "#f-password") !== text(form, "#f-password2")
       ? "Passwords do not match" : null,
@@ -110,6 +112,10 @@ async function submitCreate(form) {
     pre_command: options.pre_command || null,
     post_command: options.post_command || null,
   };
+  const keyId = text(form, "#f-access-key").trim();
+  if (locationType(form) === "s3" && keyId) {
+    body.credentials = { access_key_id: keyId, secret_access_key: text(form, "#f-secret-key") };
+  }
   const button = one(HTMLButtonElement, "#create-submit", form);
   busy(button, true, "Creating…");
   try {

@@ -99,7 +99,8 @@ function fillPlan(state) {
   $("#stat-count").textContent = String(plan.snapshot_count);
   $("#set-schedule").textContent = scheduleText(plan.schedule) + (plan.paused ? " — paused" : "");
   $("#set-sources").replaceChildren(...plan.sources.map((s) => el("code", { class: "path", text: s })));
-  $("#set-location").replaceChildren(el("code", { class: "path", text: locationText(plan.location) }));
+  $("#set-location").replaceChildren(el("code", { class: "path", text: locationText(plan.location) }),
+    ...(plan.credentials_stored ? [el("span", { class: "muted", text: "Access key kept by TimeVault" })] : []));
   fillOptions(plan);
   $("#set-created").replaceChildren(timeEl(plan.created_at));
   fillSnapshots(state, plan);
