@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 from datetime import datetime
+from typing import Literal
 
 import nats.errors
 from nats.aio.client import Client as NATS
@@ -137,7 +138,8 @@ class Snapshotter:
             sink: UploadSink | None = None
             hooks: JobHooks | None = None
 
-            async def finish(status: str, error: str | None = None, snapshot: SnapshotInfo | None = None) -> None:
+            async def finish(status: Literal["completed", "failed", "canceled"], error: str | None = None,
+                             snapshot: SnapshotInfo | None = None) -> None:
                 if hooks is not None:
                     await hooks.after(status)  # the post-command runs whatever the outcome
                 await ctx.finish(status, error, snapshot)
