@@ -53,6 +53,7 @@ SCHEDULE_LIST = subject("catalog.schedule.list")
 SCHEDULE_FIRE = subject("catalog.schedule.fire")
 CHUNKS_LOOKUP = subject("catalog.chunks.lookup")
 CHUNKS_ADD = subject("catalog.chunks.add")
+CATALOG_STATS = subject("catalog.stats")
 
 # --- restorer: request/reply, queue group "restorer" -----------------------------------
 RESTORER_QUEUE = "restorer"
@@ -99,6 +100,8 @@ SNAPSHOTTER_DURABLE = "snapshotter"
 
 # --- events (plain publish; the gateway's SSE forwards ``tv.events.>``) ----------------
 EVENTS_ALL = subject("events.>")
+# Job and plan events (not progress) are also kept in this stream (limits retention) for replay.
+EVENTS_STREAM = "TV_EVENTS"
 
 
 def job_event(job_id: str) -> str:
@@ -124,3 +127,6 @@ PLAN_EVENTS_ALL = subject("events.plan.*")
 def job_cancel(job_id: str) -> str:
     """Cancel signal for the worker running a job (`timevault.proto.jobs.JobCancel`), published by the catalog."""
     return subject("control.cancel", _token(job_id))
+
+
+JOB_CANCEL_ALL = subject("control.cancel.*")

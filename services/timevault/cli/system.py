@@ -526,6 +526,12 @@ async def cmd_up(args: argparse.Namespace) -> int:
 
     if args.allow_private_endpoints:  # inherited by every service `up` starts
         os.environ["TIMEVAULT_ALLOW_PRIVATE_ENDPOINTS"] = "1"
+    if args.log_format:
+        from timevault.services.common import logs
+
+        os.environ["TIMEVAULT_LOG_FORMAT"] = args.log_format  # every service inherits it
+        if args.log_format == "json":
+            logs.setup("up", os.environ.get("TIMEVAULT_LOG_LEVEL", "INFO"), "json")
     extra = {"restorer": [arg for root in args.restore_root for arg in ("--restore-root", os.path.abspath(root))]}
     for url in validate_notify(args.notify or []):
         extra.setdefault("catalog", []).extend(["--notify", url])
@@ -560,6 +566,8 @@ def register(subparsers: Subcommands) -> None:
                    help="a folder the web UI's folder picker may show (repeatable; default: your home, "
                         "/home, /mnt, /media, /srv, /data)")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--log-format", choices=("text", "json"), default=None,
+                   help="format of up's and every service's log lines (default: $TIMEVAULT_LOG_FORMAT or text)")
     p.set_defaults(func=cmd_up)
 
     plan = subparsers.add_parser("plan", help="manage backup plans")

@@ -9,6 +9,12 @@ is killed -9 (a parent-death signal, `timevault.services.common.children`), and 
 that an earlier run left on the store is stopped before a new one starts.
 ``<data-dir>/gateway.json`` (mode 0600) tells the CLI where the gateway listens and which
 bearer token it accepts.
+
+The private nats-server requires one identity per service (`timevault.services.common.identities`:
+its own password, only the subjects it uses) plus the operator's (discovery and events only),
+whose URL with credentials goes into gateway.json as ``nats``. Passwords are fresh on every
+start of `up` (kept across nats-server restarts) and reach each process by its environment:
+never an argument, a file or a log line. The data folder is forced to mode 0700 and every log to 0600.
 """
 
 from __future__ import annotations
@@ -27,8 +33,9 @@ import time
 from pathlib import Path
 
 from timevault.cli.errors import CommandError
+from timevault.services.common import identities, logs
 from timevault.services.common.children import die_with_parent
-from timevault.services.common.natsd import NatsServer, free_port
+from timevault.services.common.natsd import NatsServer, free_port, open_private_log
 
 log = logging.getLogger("timevault.up")
 DEFAULT_LISTEN = "127.0.0.1:7480"
@@ -50,7 +57,7 @@ def write_private_json(path: Path, data: dict[str, object]) -> None:
 
 
 class NatsChild:
-    """The private nats-server, supervised like a service: same port, store and token on restart."""
+    """The private nats-server, supervised like a service: same port, store and passwords on restart."""
 
     name = "nats-server"
 
@@ -111,10 +118,13 @@ class Child:
 
     async def start(self) -> None:
         # Started from the event loop's thread: the parent-death signal follows the forking thread.
-        with open(self.log_path, "ab") as out:  # noqa: ASYNC230 - opening a local log file
+        out = open_private_log(self.log_path)
+        try:
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", f"timevault.services.{self.name}", *self.args, stdout=out, stderr=out,
                 stdin=asyncio.subprocess.DEVNULL, env=self.env, preexec_fn=die_with_parent())
+        finally:
+            os.close(out)
         log.info("started %s (pid %d)", self.name, self.proc.pid)
 
     def exited(self) -> bool:
@@ -144,12 +154,22 @@ def gateway_available() -> bool:
         return False
 
 
+def _say(text: str) -> None:
+    """A line for the person who ran `up` (a log record, too, when logs are JSON)."""
+    if logs.default_format() == "json":
+        log.warning("%s", text)
+    else:
+        print(text, file=sys.stderr, flush=True)
+
+
 async def up(data_dir: Path, listen: str = DEFAULT_LISTEN, nats_url: str | None = None,
              stop: asyncio.Event | None = None, extra_args: dict[str, list[str]] | None = None) -> int:
     data_dir = data_dir.expanduser().absolute()
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    logs = data_dir / "logs"
-    logs.mkdir(exist_ok=True)
+    data_dir.chmod(0o700)  # an existing folder keeps a laxer mode otherwise; it holds the catalog's keys
+    log_dir = data_dir / "logs"
+    log_dir.mkdir(exist_ok=True, mode=0o700)
+    log_dir.chmod(0o700)
     lock_file = open(data_dir / "up.lock", "w")  # noqa: ASYNC230 - local lock file held while up runs
     try:
         fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -167,32 +187,44 @@ async def up(data_dir: Path, listen: str = DEFAULT_LISTEN, nats_url: str | None 
         loop.add_signal_handler(sig, stop.set)
 
     nats_server: NatsChild | None = None
+    passwords: dict[str, str] = {}
+    operator_url = nats_url
     if nats_url is None:
-        nats_server = NatsChild(NatsServer(data_dir / "nats", log_file=logs / "nats-server.log",
-                                           token=secrets.token_urlsafe(32)), logs / "nats-server.log")
+        # "tv" first: nats-server reads a password from its environment as a config value, and a
+        # value that starts with digits could be taken for a number.
+        passwords = {user: "tv" + secrets.token_hex(24) for user in (*identities.SERVICES, identities.OPERATOR)}
+        nats_server = NatsChild(NatsServer(data_dir / "nats", log_file=log_dir / "nats-server.log",
+                                           users=passwords), log_dir / "nats-server.log")
         try:
             await nats_server.start()
         except (OSError, RuntimeError, TimeoutError) as exc:
             await nats_server.stop()
             raise UpError(f"cannot start nats-server: {exc}") from exc
-        nats_url = nats_server.server.client_url
+        nats_url = nats_server.server.url  # without credentials: each service gets its own by environment
+        operator_url = nats_server.server.user_url(identities.OPERATOR)
         log.info("JetStream in %s", data_dir / "nats")
 
     token = persistent_token(data_dir)
     env = {**os.environ, "TIMEVAULT_DATA_DIR": str(data_dir), "TIMEVAULT_NATS": nats_url}
+
+    def service_env(name: str) -> dict[str, str]:
+        if not passwords:
+            return env
+        return {**env, "TIMEVAULT_NATS_USER": name, "TIMEVAULT_NATS_PASSWORD": passwords[name]}
+
     extra_args = extra_args or {}
     children: list[Child] = []
     for name in SERVICES:
-        args: list[str] = []  # NATS URL (maybe with its token) goes by environment, not argv (ps)
+        args: list[str] = []  # NATS URL and credentials go by environment, not argv (ps)
         if name == "catalog":
             args += ["--db", str(data_dir / "catalog.db")]
         if name == "snapshotter":
             args += ["--data-dir", str(data_dir)]
-        children.append(Child(name, args + extra_args.get(name, []), env, logs / f"{name}.log"))
+        children.append(Child(name, args + extra_args.get(name, []), service_env(name), log_dir / f"{name}.log"))
     if gateway_available():
         children.append(Child("gateway", ["--listen", listen, "--data-dir", str(data_dir),
                                           *extra_args.get("gateway", [])],
-                              {**env, "TIMEVAULT_TOKEN": token}, logs / "gateway.log"))
+                              {**service_env("gateway"), "TIMEVAULT_TOKEN": token}, log_dir / "gateway.log"))
     else:
         log.warning("timevault.services.gateway is not installed; the HTTP API and CLI plan commands are unavailable")
 
@@ -203,19 +235,20 @@ async def up(data_dir: Path, listen: str = DEFAULT_LISTEN, nats_url: str | None 
         if gateway_available():
             # gateway.json is the CLI's (and scripts') sign that the system is ready to use.
             await _wait_until_serving(f"http://{listen}", token, stop)
-        write_private_json(info_path, {"url": f"http://{listen}", "token": token, "nats": nats_url,
-                                       "pid": os.getpid()})
-        print(f"timevault: up (data dir {data_dir}, gateway http://{listen}, "
-              f"NATS {_without_credentials(nats_url)}); "
-              "Ctrl-C to stop", file=sys.stderr, flush=True)
-        if sys.stderr.isatty():
+        # `nats`: the operator's identity (service discovery and events, nothing more).
+        write_private_json(info_path, {"url": f"http://{listen}", "token": token, "nats": operator_url,
+                                       "nats_inbox_prefix": identities.inbox_prefix(identities.OPERATOR)
+                                       if passwords else "_INBOX", "pid": os.getpid()})
+        _say(f"timevault: up (data dir {data_dir}, gateway http://{listen}, NATS {_without_credentials(nats_url)}); "
+             "Ctrl-C to stop")
+        if sys.stderr.isatty() and logs.default_format() != "json":
             # A person at a terminal gets the link that signs in; the fragment never reaches a server.
             print(f"timevault: web UI at http://{listen}/#token={token} (this link signs you in; the token is "
                   f"also in {info_path})", file=sys.stderr, flush=True)
         else:
-            # Not a terminal: the output may end up in logs (journald, CI), so no token there.
-            print(f"timevault: web UI at http://{listen}/ — sign in with the token in {info_path} "
-                  "(mode 0600); the CLI finds it there by itself", file=sys.stderr, flush=True)
+            # Not a terminal (or JSON logs): the output may end up in logs (journald, CI), so no token there.
+            _say(f"timevault: web UI at http://{listen}/ — sign in with the token in {info_path} "
+                 "(mode 0600); the CLI finds it there by itself")
         await _supervise([*([nats_server] if nats_server else []), *children], stop)
     finally:
         for child in reversed(children):
@@ -226,7 +259,7 @@ async def up(data_dir: Path, listen: str = DEFAULT_LISTEN, nats_url: str | None 
             info_path.unlink()
         fcntl.flock(lock_file, fcntl.LOCK_UN)
         lock_file.close()
-        print("timevault: stopped", file=sys.stderr, flush=True)
+        _say("timevault: stopped")
     return 0
 
 

@@ -15,7 +15,7 @@ from timevault.services.catalog.db import CatalogDB
 from timevault.services.catalog.notify import NotifyConfig
 from timevault.services.catalog.service import CatalogService
 from timevault.services.common.paths import default_data_dir
-from timevault.services.common.runner import base_parser, run_service
+from timevault.services.common.runner import add_stream_replicas, base_parser, run_service
 
 
 def parser() -> argparse.ArgumentParser:
@@ -27,6 +27,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--pending-timeout", type=float, default=3600.0)
     p.add_argument("--delete-wait", type=float, default=60.0)
     p.add_argument("--reap-every", type=float, default=2.0)
+    add_stream_replicas(p)
     # Tests only: cheap key derivation for new repositories (--kdf-n N is the older spelling).
     p.add_argument("--test-weak-kdf", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--kdf-n", type=int, default=None, help=argparse.SUPPRESS)
@@ -45,7 +46,8 @@ async def main(args: argparse.Namespace, nc: NATS, stack: contextlib.AsyncExitSt
                              delete_wait=args.delete_wait, reap_every=args.reap_every,
                              test_weak_kdf=args.test_weak_kdf or args.kdf_n is not None,
                              notify=NotifyConfig(urls=validate_notify(args.notify), attempts=args.notify_attempts,
-                                                 backoff=args.notify_backoff))
+                                                 backoff=args.notify_backoff),
+                             stream_replicas=args.stream_replicas)
     service = CatalogService(nc, db, options)
     await service.start()
     stack.push_async_callback(service.stop)

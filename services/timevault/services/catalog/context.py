@@ -44,6 +44,8 @@ class CatalogOptions:
     """Tests only: cheap key derivation for new repositories (the default is argon2id, 64 MiB)."""
     notify: NotifyConfig = field(default_factory=NotifyConfig)
     """Notification delivery: URLs for every plan, attempts and backoff."""
+    stream_replicas: int = 1
+    """Copies of the JetStream streams (the NATS cluster's size in a deployment)."""
 
 
 class Transaction:

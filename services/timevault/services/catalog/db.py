@@ -266,6 +266,25 @@ class CatalogDB:
         async with self._conn.execute(sql, (*params, limit)) as cur:
             return [msgspec.json.decode(row[0], type=Job) for row in await cur.fetchall()]
 
+    async def job_figures(self, buckets: tuple[float, ...]) -> list[tuple[Any, ...]]:
+        """Per (kind, status): count, bytes done, bytes added, duration sum and count, then one
+        cumulative count per bucket bound. One pass over the jobs, in SQL (for ``/metrics``)."""
+        duration = ("(julianday(json_extract(data, '$.finished_at')) - "
+                    "julianday(json_extract(data, '$.started_at'))) * 86400.0")
+        bucket_cols = "".join(f", SUM(CASE WHEN d <= {float(b)!r} THEN 1 ELSE 0 END)" for b in buckets)
+        sql = (f"SELECT kind, status, COUNT(*), COALESCE(SUM(done), 0), COALESCE(SUM(added), 0), "
+               f"COALESCE(SUM(d), 0.0), COUNT(d){bucket_cols} FROM ("
+               f"SELECT kind, status, json_extract(data, '$.bytes_done') AS done, "
+               f"json_extract(data, '$.added_size') AS added, {duration} AS d FROM jobs) "
+               f"GROUP BY kind, status ORDER BY kind, status")
+        async with self._conn.execute(sql) as cur:
+            return [tuple(row) for row in await cur.fetchall()]
+
+    async def plan_count(self) -> int:
+        async with self._conn.execute("SELECT COUNT(*) FROM plans WHERE deleting=0") as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
     async def stale_jobs(self, status: str, before: float, *, by_heartbeat: bool) -> list[tuple[Job, bool]]:
         column = "heartbeat" if by_heartbeat else "strftime('%s', created_at)"
         async with self._conn.execute(

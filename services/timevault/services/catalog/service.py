@@ -30,9 +30,11 @@ from timevault.proto.plans import (
     SnapshotRef,
 )
 from timevault.proto.schedule import ScheduleFire, ScheduleListRequest
+from timevault.proto.stats import CatalogStatsRequest
 from timevault.services.catalog.chunks import ChunkIndex
 from timevault.services.catalog.context import Catalog, CatalogOptions
 from timevault.services.catalog.db import CatalogDB
+from timevault.services.catalog.figures import Figures
 from timevault.services.catalog.job_log import JobLogs
 from timevault.services.catalog.jobs import Jobs
 from timevault.services.catalog.notifications import Notifications
@@ -41,7 +43,7 @@ from timevault.services.catalog.reaper import Reaper
 from timevault.services.catalog.schedule import Scheduling
 from timevault.services.catalog.snapshots import Snapshots
 from timevault.services.common import rpc
-from timevault.services.common.work import ensure_work_stream
+from timevault.services.common.work import ensure_event_stream, ensure_work_stream
 
 __all__ = ["CatalogOptions", "CatalogService"]
 T = TypeVar("T")
@@ -58,14 +60,17 @@ class CatalogService:
         self.reaper = Reaper(self.catalog, self.jobs)
         self.job_logs = JobLogs(self.catalog)
         self.notifications = Notifications(self.catalog)
-        self.stats = rpc.Stats()
+        self.figures = Figures(self.catalog)
+        self.stats = rpc.STATS
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         nc = self.catalog.nc
         await self.plans.options.init()
         await self.plans.credentials.init()
-        await ensure_work_stream(nc)
+        replicas = self.catalog.options.stream_replicas
+        await ensure_work_stream(nc, replicas, update=True)
+        await ensure_event_stream(nc, replicas, update=True)
         plans, snapshots, jobs, schedule, chunks = self.plans, self.snapshots, self.jobs, self.schedule, self.chunks
         await self._serve(subjects.PLAN_CREATE, PlanCreate, plans.create)
         await self._serve(subjects.PLAN_LIST, PlanListRequest, plans.list_plans)
@@ -91,6 +96,7 @@ class CatalogService:
         await self._serve(subjects.SCHEDULE_FIRE, ScheduleFire, schedule.fire)
         await self._serve(subjects.CHUNKS_LOOKUP, ChunkLookup, chunks.lookup)
         await self._serve(subjects.CHUNKS_ADD, ChunkAdd, chunks.add)
+        await self._serve(subjects.CATALOG_STATS, CatalogStatsRequest, self.figures.stats)
         await nc.subscribe(subjects.JOB_PROGRESS_ALL, cb=jobs.on_progress)
         self._tasks.append(asyncio.create_task(self.reaper.run()))
 

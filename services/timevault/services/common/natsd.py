@@ -4,6 +4,11 @@ The server writes its pid to ``<store>/nats-server.pid``. Starting a server on a
 server from an earlier run still holds (its `up` was killed on a system without parent-death
 signals, or it was started by hand) first stops that stale server: two servers must never
 share one JetStream store.
+
+With `users` (user name → password), the server requires the per-service identities of
+`timevault.services.common.identities`, each with its subject permissions. The passwords reach
+nats-server through its environment (the configuration file names ``$NATS_<USER>_PASSWORD``),
+so they are in no file and no process argument.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+
+from timevault.services.common import identities
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +46,13 @@ def find_nats_server() -> str:
     raise FileNotFoundError("nats-server not found; install it or pass --nats URL")
 
 
+def open_private_log(path: str | os.PathLike[str]) -> int:
+    """A log file opened for appending, readable only by its owner (logs may name paths and plans)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.fchmod(fd, 0o600)  # an older log may have been created with a laxer mode
+    return fd
+
+
 def _server_env() -> dict[str, str]:
     """nats-server's environment: Go's collector tuned for a stream of megabyte messages.
 
@@ -58,9 +72,11 @@ class NatsServer:
 
     def __init__(self, store_dir: str | os.PathLike[str], *, port: int | None = None,
                  max_payload: int = MAX_PAYLOAD, host: str = "127.0.0.1",
-                 log_file: str | os.PathLike[str] | None = None, token: str | None = None) -> None:
+                 log_file: str | os.PathLike[str] | None = None, token: str | None = None,
+                 users: dict[str, str] | None = None) -> None:
         self.store_dir = Path(store_dir)
         self.token = token
+        self.users = dict(users or {})
         self.host = host
         self.port = port or free_port(host)
         self.monitor_port = free_port(host)
@@ -72,6 +88,10 @@ class NatsServer:
     def url(self) -> str:
         """The address without credentials (safe to print)."""
         return f"nats://{self.host}:{self.port}"
+
+    def user_url(self, user: str) -> str:
+        """The address with `user`'s credentials (for tests; services get theirs by environment)."""
+        return f"nats://{user}:{self.users[user]}@{self.host}:{self.port}"
 
     @property
     def client_url(self) -> str:
@@ -91,6 +111,8 @@ class NatsServer:
             # Loopback is shared by every local user: without this, any of them could ask the
             # services to back up or restore anything the services can reach.
             text += f'authorization {{\n  token: "{self.token}"\n}}\n'
+        elif self.users:
+            text += identities.authorization(identities.env_password, tuple(self.users))
         fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(text)
@@ -105,16 +127,21 @@ class NatsServer:
         self.wait_ready(timeout)
 
     def spawn(self, preexec_fn: Callable[[], None] | None = None) -> None:
-        """Start the process (same port, store and token every time); `wait_ready` waits for it.
+        """Start the process (same port, store and credentials every time); `wait_ready` waits for it.
 
         `preexec_fn` (e.g. `timevault.services.common.children.die_with_parent`) runs in the child.
         """
         conf = self._config()
         self.stop_stale()
-        with open(self.log_file, "ab") as out:
+        env = _server_env()
+        env.update({identities.password_env(user): password for user, password in self.users.items()})
+        out = open_private_log(self.log_file)
+        try:
             self.proc = subprocess.Popen([find_nats_server(), "-c", str(conf)], stdout=out, stderr=out,
-                                         stdin=subprocess.DEVNULL, start_new_session=True, env=_server_env(),
+                                         stdin=subprocess.DEVNULL, start_new_session=True, env=env,
                                          preexec_fn=preexec_fn)
+        finally:
+            os.close(out)
 
     def stop_stale(self, grace: float = 10.0) -> int | None:
         """Stop a nats-server that an earlier run left on this store; returns its pid if there was one."""

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import nats.errors
@@ -30,12 +32,45 @@ log = logging.getLogger(__name__)
 Handler = Callable[[Any], Awaitable[Any]]
 
 
+@dataclass
+class Endpoint:
+    """One served endpoint's figures (as NATS service discovery reports them in ``$SRV.STATS``)."""
+
+    subject: str
+    queue_group: str
+    requests: int = 0
+    errors: int = 0
+    processing_ns: int = 0
+    last_error: str = ""
+
+
 class Stats:
-    """Counters for one service's handlers (requests and errors per subject)."""
+    """Counters for one service's handlers: requests, errors and time spent, per endpoint.
+
+    An endpoint is named by its subject, or by the `name` given to `serve` when many subjects
+    share one (each upload session has its own subjects).
+    """
 
     def __init__(self) -> None:
-        self.requests: dict[str, int] = {}
-        self.errors: dict[str, int] = {}
+        self.endpoints: dict[str, Endpoint] = {}
+
+    def endpoint(self, name: str, subject: str, queue_group: str) -> Endpoint:
+        found = self.endpoints.get(name)
+        if found is None:
+            found = self.endpoints[name] = Endpoint(subject, queue_group)
+        return found
+
+    @property
+    def requests(self) -> dict[str, int]:
+        return {name: e.requests for name, e in self.endpoints.items()}
+
+    @property
+    def errors(self) -> dict[str, int]:
+        return {name: e.errors for name, e in self.endpoints.items()}
+
+
+STATS = Stats()
+"""This process's figures: `serve` records here unless given other `Stats` (discovery reports them)."""
 
 
 async def _reply(nc: NATS, msg: Msg, body: bytes, headers: dict[str, str] | None = None) -> None:
@@ -62,11 +97,15 @@ async def serve(
     msgpack: bool = False,
     concurrent: bool = True,
     raw: bool = False,
+    name: str | None = None,
+    pattern: str | None = None,
 ) -> Subscription:
     """Subscribe `handler` on `subject`; every message gets exactly one reply (result or error).
 
     With `raw`, the handler gets the message body as received (`request_type` is ignored) and
-    decodes it itself; replies are still encoded as `msgpack` says.
+    decodes it itself; replies are still encoded as `msgpack` says. Requests, errors and time
+    are counted in `stats` (default `STATS`) under `name` (default the subject; `pattern` is the
+    subject discovery shows for it, e.g. with a wildcard for per-session subjects).
     """
     tasks: set[asyncio.Task[None]] = set()
     decode: Callable[[Any, Any], Any] = wire.decode_msgpack if msgpack else wire.decode
@@ -74,21 +113,25 @@ async def serve(
         decode = _undecoded
     encode = wire.encode_msgpack if msgpack else wire.encode
 
+    figures = (stats or STATS).endpoint(name or subject, pattern or subject, queue)
+
     async def handle(msg: Msg) -> None:
-        if stats is not None:
-            stats.requests[subject] = stats.requests.get(subject, 0) + 1
+        figures.requests += 1
+        started = time.perf_counter_ns()
         try:
             result = await handler(decode(msg.data, request_type))
             await _reply(nc, msg, encode(result))
         except ServiceError as exc:
-            if stats is not None:
-                stats.errors[subject] = stats.errors.get(subject, 0) + 1
+            figures.errors += 1
+            figures.last_error = f"{exc.code}: {exc.message}"[:200]
             await reply_error(nc, msg, exc)
         except Exception:
-            if stats is not None:
-                stats.errors[subject] = stats.errors.get(subject, 0) + 1
+            figures.errors += 1
+            figures.last_error = "internal"
             log.exception("handler for %s failed", subject)
             await reply_error(nc, msg, ServiceError("internal", f"internal error in {subject}; see the log"))
+        finally:
+            figures.processing_ns += time.perf_counter_ns() - started
 
     async def callback(msg: Msg) -> None:
         if not concurrent:

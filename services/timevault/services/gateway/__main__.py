@@ -9,6 +9,7 @@ import sys
 
 from aiohttp import web
 
+from timevault.services.common import logs
 from timevault.services.common.runner import DEFAULT_NATS
 from timevault.services.gateway.app import create_app
 from timevault.services.gateway.config import ConfigError, GatewayConfig, load_token, parse_listen
@@ -26,13 +27,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=os.environ.get("TIMEVAULT_DATA_DIR"),
                    help="TimeVault data dir (accepted for `timevault up`; the gateway keeps no files)")
     p.add_argument("--max-body", type=int, default=64 * 1024, help="largest request body in bytes")
-    p.add_argument("--log-level", default=os.environ.get("TIMEVAULT_LOG_LEVEL", "INFO"))
+    logs.add_arguments(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.setup("gateway", args.log_level, args.log_format)
     try:
         host, port = parse_listen(args.listen)
         config = GatewayConfig(nats_url=args.nats, token=load_token(args.token_file), host=host, port=port,

@@ -15,11 +15,15 @@ from pathlib import Path
 
 from aiohttp import web
 
+from timevault.services.common.discovery import Discovery
+from timevault.services.common.rpc import Stats
 from timevault.services.common.runner import connect
+from timevault.services.common.util import instance_id
 from timevault.services.gateway import openapi, protocol
 from timevault.services.gateway.config import GatewayConfig
 from timevault.services.gateway.errors import error_middleware
-from timevault.services.gateway.keys import CONFIG, NATS_CLIENT, OPENAPI, STOPPING
+from timevault.services.gateway.keys import CONFIG, HTTP_STATS, NATS_CLIENT, OPENAPI, READY_CACHE, STOPPING
+from timevault.services.gateway.metrics import http_stats_middleware
 from timevault.services.gateway.routes import add_routes, endpoints
 from timevault.services.gateway.security import (
     headers_middleware,
@@ -35,7 +39,11 @@ STATIC_DIR = Path(__file__).with_name("static")
 async def nats_connection(app: web.Application) -> AsyncIterator[None]:
     nc = await connect(app[CONFIG].nats_url, "timevault-gateway")
     app[NATS_CLIENT] = nc
+    # The gateway answers NATS service discovery too, with its HTTP routes as endpoints.
+    discovery = Discovery(nc, "gateway", instance_id("gateway"), stats=app[HTTP_STATS])
+    await discovery.start()
     yield
+    await discovery.stop()
     with contextlib.suppress(Exception):
         await asyncio.wait_for(nc.drain(), 5)
     with contextlib.suppress(Exception):
@@ -53,12 +61,15 @@ async def index(_request: web.Request) -> web.FileResponse:
 def create_app(config: GatewayConfig) -> web.Application:
     protocol.install()  # JSON errors for requests refused before any route
     app = web.Application(
-        middlewares=[headers_middleware, error_middleware, origin_middleware, make_auth_middleware(config.token)],
+        middlewares=[headers_middleware, http_stats_middleware, error_middleware, origin_middleware,
+                     make_auth_middleware(config.token)],
         client_max_size=config.max_body,
         handler_args=protocol.handler_args(),
     )
     app[CONFIG] = config
     app[STOPPING] = asyncio.Event()
+    app[HTTP_STATS] = Stats()
+    app[READY_CACHE] = {}
     table = endpoints()
     app[OPENAPI] = openapi.render(table)
     add_routes(app, table)

@@ -80,6 +80,9 @@ def _operation(endpoint: Endpoint, schema_of: dict[int, Any]) -> dict[str, Any]:
     elif endpoint.reply is not None:
         responses[str(endpoint.status)] = {"description": endpoint.summary, "content": {
             "application/json": {"schema": schema_of[id(endpoint.reply)]}}}
+    elif endpoint.media != "application/json":
+        responses["200"] = {"description": endpoint.summary,
+                            "content": {endpoint.media: {"schema": {"type": "string"}}}}
     else:
         responses["200"] = {"description": endpoint.summary, "content": {"application/json": {}}}
     error_ref = {"application/json": {"schema": {"$ref": REF.format(name="ErrorReply")}}}

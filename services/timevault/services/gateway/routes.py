@@ -61,6 +61,17 @@ class Health(msgspec.Struct, kw_only=True):
     """True while the gateway is connected to NATS."""
 
 
+class Readiness(msgspec.Struct, kw_only=True):
+    """``GET /api/v1/ready`` when ready (otherwise a 503 error body)."""
+
+    status: str
+    """``ready``."""
+    nats: bool
+    """Connected to NATS."""
+    catalog: bool
+    """A catalog answered."""
+
+
 @dataclass(frozen=True)
 class Endpoint:
     """One HTTP operation, as routed and as documented."""
@@ -79,6 +90,8 @@ class Endpoint:
     sse: bool = False
     headers: dict[str, str] = field(default_factory=dict)
     """Request header name → description (all optional as far as the document says)."""
+    media: str = "application/json"
+    """The success response's content type (``/metrics`` is Prometheus text)."""
 
 
 # --- helpers -------------------------------------------------------------------------------
@@ -220,11 +233,16 @@ def endpoints() -> list[Endpoint]:
     from timevault.services.gateway.browse_routes import browse_endpoints
     from timevault.services.gateway.events import stream_events
     from timevault.services.gateway.folder_routes import folder_endpoints
+    from timevault.services.gateway.metrics import metrics, ready
 
     plan = "/api/v1/plans/{plan_id}"
     return [
         Endpoint("GET", "/api/v1/health", health, "Is the gateway up (no auth)", Health, auth=False),
+        Endpoint("GET", "/api/v1/ready", ready, "Ready to serve: NATS connected and a catalog answers "
+                 "(no auth; 503 otherwise)", Readiness, auth=False, errors=(503,)),
         Endpoint("GET", "/api/v1/openapi.json", openapi, "This document (no auth)", auth=False),
+        Endpoint("GET", "/metrics", metrics, "Prometheus metrics: jobs, bytes, durations, every service's "
+                 "request/error/latency figures (needs the token)", media="text/plain"),
         Endpoint("GET", "/api/v1/plans", list_plans, "List plans", list[Plan]),
         Endpoint("POST", "/api/v1/plans", create_plan, "Create a plan", Plan, 201, PlanCreate, (400, 409, 503)),
         # Before the {plan_id} routes, so "attach" is never taken for a plan name.

@@ -19,7 +19,8 @@ from timevault.proto.errors import invalid
 from timevault.proto.plans import path_problem
 from timevault.services.gateway.errors import error_response
 
-PUBLIC_PATHS = frozenset({"/api/v1/health", "/api/v1/openapi.json"})
+PUBLIC_PATHS = frozenset({"/api/v1/health", "/api/v1/ready", "/api/v1/openapi.json"})
+METRICS_PATH = "/metrics"  # outside /api/ by Prometheus convention, but it needs the token too
 
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "connect-src 'self'; font-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
@@ -45,7 +46,8 @@ def make_auth_middleware(token: str) -> Middleware:
 
     @web.middleware
     async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path.startswith("/api/") and request.path not in PUBLIC_PATHS and request.method != "OPTIONS":
+        protected = request.path.startswith("/api/") or request.path == METRICS_PATH
+        if protected and request.path not in PUBLIC_PATHS and request.method != "OPTIONS":
             if not bearer_ok(request.headers.get("Authorization"), key):
                 return error_response(401, "unauthorized", "a valid 'Authorization: Bearer <token>' header is "
                                       "required (the token is in <data-dir>/gateway.json)",
@@ -82,7 +84,7 @@ def _secure(response: web.StreamResponse, path: str) -> None:
     headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
     headers.setdefault("Cross-Origin-Resource-Policy", "same-origin")
     headers.setdefault("Permissions-Policy", "camera=(), microphone=(), geolocation=()")
-    if path.startswith("/api/"):
+    if path.startswith("/api/") or path == METRICS_PATH:
         headers.setdefault("Cache-Control", "no-store")
     elif path.startswith("/static/"):
         # Revalidate (a 304 when unchanged): the UI is many modules, and a browser that kept some

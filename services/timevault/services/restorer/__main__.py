@@ -25,7 +25,7 @@ def parser() -> argparse.ArgumentParser:
 
 async def main(args: argparse.Namespace, nc: NATS, stack: contextlib.AsyncExitStack,
                stop: asyncio.Event) -> None:
-    service = RestorerService(nc, roots=args.restore_root or None, data_dir=args.data_dir)
+    service = RestorerService(nc, roots=args.restore_root or None, data_dir=args.data_dir, instance=args.instance)
     await service.start()
     stack.push_async_callback(service.stop)
     browsing = BrowseService(nc, service.instance, roots=args.restore_root or None, data_dir=args.data_dir)

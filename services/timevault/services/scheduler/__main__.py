@@ -20,7 +20,7 @@ def parser() -> argparse.ArgumentParser:
 
 async def main(args: argparse.Namespace, nc: NATS, stack: contextlib.AsyncExitStack,
                stop: asyncio.Event) -> None:
-    scheduler = Scheduler(nc, poll=args.poll)
+    scheduler = Scheduler(nc, poll=args.poll, instance=args.instance)
     task = asyncio.create_task(scheduler.run(stop))
 
     async def finish() -> None:

@@ -10,7 +10,7 @@ import os
 from nats.aio.client import Client as NATS
 
 from timevault.services.common.paths import default_data_dir
-from timevault.services.common.runner import base_parser, run_service
+from timevault.services.common.runner import add_stream_replicas, base_parser, run_service
 from timevault.services.snapshotter.folders import FolderService, default_roots
 from timevault.services.snapshotter.remote import MAX_IN_FLIGHT
 from timevault.services.snapshotter.service import Snapshotter
@@ -27,13 +27,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--root", action="append", metavar="PATH",
                    help="a folder whose subfolders the folder picker may show (repeatable; default: "
                         "your home, /home, /mnt, /media, /srv, /data where they exist)")
+    add_stream_replicas(p)
     return p
 
 
 async def main(args: argparse.Namespace, nc: NATS, stack: contextlib.AsyncExitStack,
                stop: asyncio.Event) -> None:
     snapshotter = Snapshotter(nc, concurrency=args.concurrency, ack_wait=args.ack_wait,
-                              cache_dir=os.path.join(args.data_dir, "cache"), max_in_flight=args.max_in_flight)
+                              cache_dir=os.path.join(args.data_dir, "cache"), max_in_flight=args.max_in_flight,
+                              instance=args.instance, stream_replicas=args.stream_replicas)
     folders = FolderService(nc, args.root or default_roots())
     await folders.start()
     task = asyncio.create_task(snapshotter.run(stop))

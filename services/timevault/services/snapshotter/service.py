@@ -43,8 +43,9 @@ log = logging.getLogger(__name__)
 class Snapshotter:
     def __init__(self, nc: NATS, *, concurrency: int = 1, ack_wait: float = 30.0,
                  cache_dir: str | None = None, max_in_flight: int = MAX_IN_FLIGHT,
-                 instance: str | None = None) -> None:
+                 instance: str | None = None, stream_replicas: int = 1) -> None:
         self.nc = nc
+        self.stream_replicas = stream_replicas
         self.js = nc.jetstream()
         self.concurrency = concurrency
         self.ack_wait = ack_wait
@@ -53,7 +54,7 @@ class Snapshotter:
         self.instance = instance or instance_id("snapshotter")
 
     async def run(self, stop: asyncio.Event) -> None:
-        await ensure_work_stream(self.nc)
+        await ensure_work_stream(self.nc, self.stream_replicas)
         sub = await self._subscribe(stop)
         slots = asyncio.Semaphore(self.concurrency)
         running: set[asyncio.Task[None]] = set()

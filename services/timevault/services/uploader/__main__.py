@@ -21,7 +21,8 @@ def parser() -> argparse.ArgumentParser:
 
 async def main(args: argparse.Namespace, nc: NATS, stack: contextlib.AsyncExitStack,
                stop: asyncio.Event) -> None:
-    service = UploaderService(nc, pack_size=args.pack_size, idle_timeout=args.idle_timeout)
+    service = UploaderService(nc, pack_size=args.pack_size, idle_timeout=args.idle_timeout,
+                              instance=args.instance)
     await service.start()
     stack.push_async_callback(service.stop)
 

@@ -220,19 +220,28 @@ class UploaderService:
     async def open(self, req: UploadOpen) -> UploadOpened:
         secrets = await rpc.request(self.nc, subjects.PLAN_SECRETS, PlanRef(plan=req.plan_id), PlanSecrets)
         session = Session(self, new_id("u"), req, secrets)
+
+        def name(op: str) -> str:  # one discovery endpoint per operation, not per session
+            return f"upload.session.{op}"
+
+        def pattern(op: str) -> str:
+            return subjects.subject("upload.session.*", op)
+
         # Frames are handled in order (not concurrently): ordering keeps durable_seq meaningful,
         # lets a large blob's parts follow one another, and bounds this session's memory to one
         # message (plus the parts of one blob). `raw`: the body is taken apart as views, uncopied.
         session.subs.append(await rpc.serve(self.nc, subjects.upload_session(session.id, "frames"), bytes,
                                             _storage_errors(session, session.frames), msgpack=True, raw=True,
-                                            concurrent=False))
+                                            concurrent=False, name=name("frames"), pattern=pattern("frames")))
         session.subs += [
             await rpc.serve(self.nc, subjects.upload_session(session.id, "flush"), UploadFlush,
-                            _storage_errors(session, session.flush), msgpack=True),
+                            _storage_errors(session, session.flush), msgpack=True, name=name("flush"),
+                            pattern=pattern("flush")),
             await rpc.serve(self.nc, subjects.upload_session(session.id, "close"), UploadClose,
-                            _storage_errors(session, session.close), msgpack=True),
+                            _storage_errors(session, session.close), msgpack=True, name=name("close"),
+                            pattern=pattern("close")),
             await rpc.serve(self.nc, subjects.upload_session(session.id, "ping"), UploadFlush, session.ping,
-                            msgpack=True),
+                            msgpack=True, name=name("ping"), pattern=pattern("ping")),
         ]
         self.sessions[session.id] = session
         log.info("session %s opened for job %s", session.id, req.job_id)
