@@ -34,3 +34,20 @@ async def wait_job(nc: NATS, job_id: str, seconds: float = 60, statuses: frozens
         if time.monotonic() > deadline:
             raise AssertionError(f"job {job_id} still {job.status} after {seconds}s: {job}")
         await asyncio.sleep(0.1)
+
+
+async def discover(nc: NATS, verb: str, name: str = "", wait: float = 0.5) -> list[dict[str, Any]]:
+    """Every reply to ``$SRV.<verb>[.<name>]`` (NATS service discovery) within `wait` seconds."""
+    import json
+
+    replies: list[dict[str, Any]] = []
+    inbox = nc.new_inbox()
+
+    async def collect(msg: Any) -> None:
+        replies.append(json.loads(msg.data))
+
+    sub = await nc.subscribe(inbox, cb=collect)
+    await nc.publish(f"$SRV.{verb}" + (f".{name}" if name else ""), b"", reply=inbox)
+    await asyncio.sleep(wait)
+    await sub.unsubscribe()
+    return replies
