@@ -14,7 +14,7 @@ from pathlib import Path
 
 import msgspec
 
-from timevault.proto import browse, chunks, errors, folders, jobs, plans, schedule, upload
+from timevault.proto import browse, chunks, errors, folders, jobs, plans, schedule, stats, upload
 
 SCHEMA_DIR = Path(__file__).with_name("schemas")
 
@@ -80,13 +80,16 @@ MESSAGES: tuple[type[msgspec.Struct], ...] = (
     upload.UploadFlush,
     upload.UploadClose,
     upload.UploadAck,
+    stats.CatalogStatsRequest,
+    stats.JobFigures,
+    stats.CatalogStats,
 )
 
 
 def _field_docs() -> dict[str, dict[str, str]]:
     """Struct name → field → the docstring written under the field (msgspec does not export them)."""
     docs: dict[str, dict[str, str]] = {}
-    for module in (browse, chunks, errors, folders, jobs, plans, schedule, upload):
+    for module in (browse, chunks, errors, folders, jobs, plans, schedule, stats, upload):
         for node in ast.walk(ast.parse(inspect.getsource(module))):
             if not isinstance(node, ast.ClassDef):
                 continue
@@ -109,7 +112,7 @@ def _describe(schema: dict, name: str, docs: dict[str, dict[str, str]]) -> None:
 
 
 def _bases(name: str) -> list[str]:
-    for module in (browse, chunks, errors, folders, jobs, plans, schedule, upload):
+    for module in (browse, chunks, errors, folders, jobs, plans, schedule, stats, upload):
         cls = getattr(module, name, None)
         if isinstance(cls, type):
             return [c.__name__ for c in cls.__mro__ if issubclass(c, msgspec.Struct)]
