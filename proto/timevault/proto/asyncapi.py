@@ -29,9 +29,9 @@ REF = "#/components/schemas/{name}"
 class Channel:
     key: str
     address: str
-    message: type[msgspec.Struct]
+    message: Any  # a msgspec Struct class
     summary: str
-    reply: type[msgspec.Struct] | None = None
+    reply: Any = None
     action: str = "send"  # what an outside client does: send (a request or publish) or receive
     internal: bool = False
     parameters: tuple[str, ...] = ()
