@@ -136,7 +136,8 @@ def _mounts(container: Container, copy_dir: Path, topo_root: Path) -> dict[str, 
 
 
 def plan_topology(root: Path, block: str) -> Topology:
-    env_file = {**nats_passwords(), "TIMEVAULT_TOKEN": os.urandom(24).hex(), **{
+    # moto listens on loopback: allowed as compose allows a MinIO on a private network.
+    env_file = {**nats_passwords(), "TIMEVAULT_TOKEN": os.urandom(24).hex(), "TIMEVAULT_ALLOW_PRIVATE_ENDPOINTS": "1", **{
         k: v for k, v in DUMMY_AWS_ENV.items() if k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
                                                         "AWS_DEFAULT_REGION")}}
     topo = Topology(root, env_file)

@@ -170,7 +170,8 @@ def test_service_commands_env_ports_and_paths_exist(where: str, name: str, conta
 
     # Paths named in flags and variables lie on a mounted volume.
     paths = [v for v in (env.get("TIMEVAULT_NATS_CA"), env.get("TIMEVAULT_DATA_DIR"),
-                         env.get("TIMEVAULT_NATS_PASSWORD_FILE"), _flag(args, "--db"), _flag(args, "--data-dir"))
+                         env.get("TIMEVAULT_NATS_PASSWORD_FILE"), _flag(args, "--db"), _flag(args, "--data-dir"),
+                         _flag(args, "--restore-root"))
              if v]
     for path in paths:
         assert _under_mount(path, container), f"{where} {name}: {path} is on no volume"

@@ -14,7 +14,8 @@ permission on other identities' inboxes.
 
 The same table renders the ``authorization`` block of every nats-server configuration: the one
 `timevault up` writes (`timevault.services.common.natsd`) and ``deploy/nats/users.conf`` (used by
-compose and Kubernetes; `python -m timevault.services.common.identities` prints it).
+compose and Kubernetes): ``python -m timevault.services.common.identities > deploy/nats/users.conf``
+and ``python -m timevault.services.common.identities --k8s deploy/k8s/timevault.yaml``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from timevault.proto import subjects
 
@@ -96,7 +98,8 @@ def identities() -> dict[str, Identity]:
                  publish=_catalog_requests("PLAN_SECRETS", "CHUNKS_ADD"),
                  subscribe=(s.UPLOAD_OPEN, s.subject("upload.session.*.*"), *_discovery("uploader"))),
         Identity("restorer",
-                 publish=(*_catalog_requests("SNAPSHOT_GET", "PLAN_SECRETS", "JOB_CREATE"), *job_worker_pub),
+                 publish=(*_catalog_requests("SNAPSHOT_GET", "PLAN_GET", "PLAN_SECRETS", "JOB_CREATE"),
+                          *job_worker_pub),
                  subscribe=(s.RESTORE_START, s.JOB_CANCEL_ALL, *_discovery("restorer"))),
         Identity("gateway",
                  publish=(*_catalog_requests(*GATEWAY_CATALOG_REQUESTS), s.RESTORE_START,
@@ -158,5 +161,20 @@ def users_conf() -> str:
             + authorization(env_password))
 
 
+def sync_k8s(path: Path) -> None:
+    """Rewrite the ``users.conf`` of the NATS ConfigMap in a Kubernetes manifest (indented block)."""
+    text = path.read_text()
+    head, sep, rest = text.partition("  users.conf: |\n")
+    if not sep:
+        raise SystemExit(f"{path}: no 'users.conf: |' block")
+    _, end, tail = rest.partition("---\n")
+    block = "".join(f"    {line}\n" if line else "\n" for line in users_conf().splitlines())
+    path.write_text(head + sep + block + end + tail)
+
+
 if __name__ == "__main__":
-    sys.stdout.write(users_conf())
+    # No argument: print deploy/nats/users.conf. `--k8s FILE`: update that manifest's ConfigMap.
+    if sys.argv[1:2] == ["--k8s"]:
+        sync_k8s(Path(sys.argv[2]))
+    else:
+        sys.stdout.write(users_conf())
