@@ -273,7 +273,8 @@ def endpoints() -> list[Endpoint]:
         *browse_endpoints(),
         *folder_endpoints(),
         Endpoint("GET", "/api/v1/events", stream_events, "Live job status, progress and plan events "
-                 "(Server-Sent Events; read it with fetch() streaming and the bearer header)", sse=True,
+                 "(Server-Sent Events; read it with fetch() streaming and the bearer header). Job and plan "
+                 "events carry ids: send Last-Event-ID to get the kept events after it first", sse=True,
                  query={"job": "only this job's status and progress events"}),
     ]
 
