@@ -15,6 +15,7 @@ import pytest
 from tests.core.conftest import PASSWORD
 from tests.faults.system import System, alive, children_of
 from timevault.cli.system import Gateway, GatewayUnreachable
+from timevault.services.common import identities
 from timevault.services.common.natsd import find_nats_server, free_port
 
 pytestmark = [pytest.mark.timeout(180)]
@@ -89,8 +90,10 @@ def test_a_stale_nats_server_on_the_store_is_stopped_first(system: System) -> No
     store = system.data / "nats"
     # A nats-server left behind on the store (started by hand, or by an up on a system without
     # parent-death signals): same config, so same store and pid file.
+    # Its config names the services' passwords as environment variables (up's run gave it them).
+    env = {**os.environ, **{identities.password_env(u): "stale" for u in (*identities.SERVICES, identities.OPERATOR)}}
     stale = subprocess.Popen([find_nats_server(), "-c", str(store / "nats-server.conf")], start_new_session=True,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
         deadline = time.monotonic() + 10
         while not (store / "nats-server.pid").exists() or \
