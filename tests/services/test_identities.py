@@ -30,6 +30,8 @@ from timevault.services.common.natsd import NatsServer
 pytestmark = pytest.mark.timeout(120)
 SERVICES_DIR = ROOT / "services" / "timevault" / "services"
 STREAM_DEFINITIONS = {"WORK_SUBJECTS"}  # a stream's subjects, not traffic of the service naming them
+# Sample arguments for subject functions whose arguments the code computes.
+SAMPLES = {"browse_instance": "instance.secret"}
 # Modules that only define streams (their subjects are the streams' configuration).
 NOT_TRAFFIC = {"work.py"}
 # Subjects a service reads through a JetStream consumer: allowed by its consumer's API permission.
@@ -66,9 +68,11 @@ def _subjects_used(paths: list[Path]) -> set[str]:
                 if call is None:
                     continue  # seen as the call
                 # Literal arguments as written, a sample token for the rest ("frames" for an op).
-                args = [a.value if isinstance(a, ast.Constant) else "x" for a in call.args]
+                args = [a.value if isinstance(a, ast.Constant) else SAMPLES.get(attr.attr, "x") for a in call.args]
                 if attr.attr == "upload_session":
                     args[1:] = [a if a in ("frames", "flush", "close", "ping") else "frames" for a in args[1:]]
+                if attr.attr == "browse_op":
+                    args[1:] = [a if a in subjects.BROWSE_OPS else "ls" for a in args[1:]]
                 value = value(*args)
             elif id(attr) in called:
                 continue
@@ -113,8 +117,9 @@ def test_sensitive_subjects_are_confined() -> None:
     table = identities.identities()
     secrets_askers = {u for u, i in table.items() if any(covers(a, subjects.PLAN_SECRETS) for a in i.publish)}
     assert secrets_askers == {"snapshotter", "uploader", "restorer"}
-    restore_readers = {u for u, i in table.items() if any(covers(a, subjects.RESTORE_START) for a in i.subscribe)}
-    assert restore_readers == {"restorer"}
+    for carrying_passwords in (subjects.RESTORE_START, subjects.BROWSE_OPEN, subjects.browse_op("x", "ls")):
+        readers = {u for u, i in table.items() if any(covers(a, carrying_passwords) for a in i.subscribe)}
+        assert readers == {"restorer"}, carrying_passwords
     operator = table[identities.OPERATOR]
     assert operator.publish == ("$SRV.>",) and operator.subscribe == (subjects.EVENTS_ALL,)
     assert not operator.responses

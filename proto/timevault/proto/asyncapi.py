@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 
-from timevault.proto import chunks, errors, jobs, plans, schedule, stats, subjects, upload
+from timevault.proto import browse, chunks, errors, folders, jobs, plans, schedule, stats, subjects, upload
 
 DOC = Path(__file__).resolve().parents[3] / "docs" / "asyncapi.json"
 REF = "#/components/schemas/{name}"
@@ -63,6 +63,11 @@ def channels() -> list[Channel]:
         ("jobCancel", s.JOB_CANCEL, j.JobRef, j.Job, "Cancel a job"),
         ("catalogStats", s.CATALOG_STATS, stats.CatalogStatsRequest, stats.CatalogStats, "Figures for monitoring"),
         ("restoreStart", s.RESTORE_START, j.RestoreRequest, j.Job, "Start a restore (never persisted)"),
+        ("jobEvents", s.JOB_EVENTS, j.JobRef, p.PlanEventList, "A job's log"),
+        ("browseOpen", s.BROWSE_OPEN, browse.BrowseOpen, browse.BrowseSession,
+         "Unlock a plan for browsing: a session held by one restorer copy (never persisted)"),
+        ("foldersList", s.FOLDERS_LIST, folders.FolderListRequest, folders.FolderListing,
+         "Folders a snapshotter may back up (the folder picker)"),
     ]
     internal = [
         ("planSecrets", s.PLAN_SECRETS, p.PlanRef, p.PlanSecrets, "A plan's location and write keys"),
@@ -73,9 +78,17 @@ def channels() -> list[Channel]:
         ("chunksLookup", s.CHUNKS_LOOKUP, chunks.ChunkLookup, chunks.ChunkLookupReply, "Which blobs exist"),
         ("chunksAdd", s.CHUNKS_ADD, chunks.ChunkAdd, chunks.ChunkAddReply, "Record durable blobs"),
         ("uploadOpen", s.UPLOAD_OPEN, upload.UploadOpen, upload.UploadOpened, "Open an upload session"),
+        ("jobLog", s.JOB_LOG, j.JobLog, j.JobLogged, "A worker adds lines to its job's log"),
     ]
     out = [Channel(k, a, m, t, r) for k, a, m, r, t in rr]
     out += [Channel(k, a, m, t, r, internal=True) for k, a, m, r, t in internal]
+    browse_ops = {"ls": (browse.BrowseList, browse.BrowseListing), "diff": (browse.BrowseDiff, browse.SnapshotDiff),
+                  "find": (browse.BrowseFind, browse.FindResult), "restore": (browse.BrowseRestore, j.Job),
+                  "lock": (browse.BrowseRef, browse.BrowseLocked), "touch": (browse.BrowseRef, browse.BrowseSession)}
+    for op, (request, reply) in browse_ops.items():
+        out.append(Channel(f"browse{op.title()}", _param(s.browse_op("PARAM", op), "instance"), request,
+                           f"Browsing session: {op} (at the restorer copy named by the session id)", reply,
+                           parameters=("instance",)))
     out += [
         Channel("jobEvent", _param(s.job_event("PARAM"), "job_id"), j.JobEvent,
                 "A job's status changed (kept in the TV_EVENTS stream)", action="receive", parameters=("job_id",)),

@@ -80,7 +80,8 @@ def _catalog_requests(*names: str) -> tuple[str, ...]:
 def identities() -> dict[str, Identity]:
     """Every identity by user name: the six services and the operator."""
     s = subjects
-    job_worker_pub = (s.JOB_PROGRESS_ALL, s.JOB_FINISH)
+    job_worker_pub = (s.JOB_PROGRESS_ALL, s.JOB_FINISH, s.JOB_LOG)
+    browse_ops = s.subject("browse.*.*")  # tv.browse.<restorer instance>.<op>
     table = [
         Identity("catalog",
                  publish=(s.JOB_EVENTS_ALL, s.PLAN_EVENTS_ALL, s.JOB_CANCEL_ALL, s.WORK_BACKUP,
@@ -93,17 +94,17 @@ def identities() -> dict[str, Identity]:
                  publish=(*_catalog_requests("JOB_CLAIM", "PLAN_GET", "PLAN_SECRETS", "CHUNKS_LOOKUP"),
                           *job_worker_pub, s.UPLOAD_OPEN, s.subject("upload.session.>"),
                           *_stream_admin(s.WORK_STREAM), *_consumer(s.WORK_STREAM, s.SNAPSHOTTER_DURABLE)),
-                 subscribe=(s.JOB_CANCEL_ALL, *_discovery("snapshotter"))),
+                 subscribe=(s.JOB_CANCEL_ALL, s.FOLDERS_LIST, *_discovery("snapshotter"))),
         Identity("uploader",
                  publish=_catalog_requests("PLAN_SECRETS", "CHUNKS_ADD"),
                  subscribe=(s.UPLOAD_OPEN, s.subject("upload.session.*.*"), *_discovery("uploader"))),
         Identity("restorer",
-                 publish=(*_catalog_requests("SNAPSHOT_GET", "PLAN_GET", "PLAN_SECRETS", "JOB_CREATE"),
+                 publish=(*_catalog_requests("SNAPSHOT_GET", "SNAPSHOT_LIST", "PLAN_GET", "PLAN_SECRETS", "JOB_CREATE"),
                           *job_worker_pub),
-                 subscribe=(s.RESTORE_START, s.JOB_CANCEL_ALL, *_discovery("restorer"))),
+                 subscribe=(s.RESTORE_START, s.BROWSE_OPEN, browse_ops, s.JOB_CANCEL_ALL, *_discovery("restorer"))),
         Identity("gateway",
-                 publish=(*_catalog_requests(*GATEWAY_CATALOG_REQUESTS), s.RESTORE_START,
-                          f"{SRV}.>", *_consumer(s.EVENTS_STREAM, None)),
+                 publish=(*_catalog_requests(*GATEWAY_CATALOG_REQUESTS), s.RESTORE_START, s.BROWSE_OPEN,
+                          browse_ops, s.FOLDERS_LIST, f"{SRV}.>", *_consumer(s.EVENTS_STREAM, None)),
                  subscribe=(s.EVENTS_ALL, *_discovery("gateway"))),
         # Discovery and events for people and tools outside: no request to any service.
         Identity(OPERATOR, publish=(f"{SRV}.>",), subscribe=(s.EVENTS_ALL,), responses=False),
@@ -115,7 +116,7 @@ def identities() -> dict[str, Identity]:
 GATEWAY_CATALOG_REQUESTS = (
     "PLAN_CREATE", "PLAN_LIST", "PLAN_GET", "PLAN_UPDATE", "PLAN_DELETE", "PLAN_PAUSE", "PLAN_RESUME",
     "PLAN_ATTACH", "PLAN_EVENTS", "SNAPSHOT_LIST", "JOB_CREATE", "JOB_GET", "JOB_LIST", "JOB_CANCEL",
-    "CATALOG_STATS",
+    "CATALOG_STATS", "JOB_EVENTS",
 )
 
 
