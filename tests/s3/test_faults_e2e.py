@@ -236,7 +236,9 @@ async def test_failed_snapshot_write_leaves_everything_reusable(
         assert checked.errors == [] and checked.snapshots == 0
         _, snapshot = await backup(repo, [str(source)])
         assert snapshot.stats.size > 17 * MiB
-        assert snapshot.stats.added_size == 0 and snapshot.stats.added_blobs == 0
+        # No data went up again. A folder listing may: the trees record the source's parent
+        # folders (/tmp, …), whose times change whenever anything else on the machine writes there.
+        assert snapshot.stats.added_size < 4096, snapshot.stats
         assert await stored(direct_s3, "data/") == packs_before
         target = tmp_path / "restored"
         assert (await restore(repo, "latest", str(target))).errors == []
