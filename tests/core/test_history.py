@@ -22,7 +22,7 @@ from timevault.core.checker import check
 from timevault.core.errors import HistoryError, RepositoryError
 from timevault.core.prune import forget, prune
 from timevault.core.repository import endorsements
-from timevault.core.repository.format import ConfigFile, Endorsement, Snapshot, SnapshotStats
+from timevault.core.repository.format import ConfigFile, Endorsement, ForgetRecord, Snapshot, SnapshotStats
 from timevault.core.repository.history import CONTRADICTS, ENDORSED, UNENDORSED, classify
 from timevault.core.repository.repo import ReadAccessRequired, Repository
 from timevault.core.restorer import restore
@@ -257,7 +257,12 @@ def test_classify_rules() -> None:
     }
     # The newest valid endorsement rules; an older one alongside changes nothing.
     assert classify(snapshots, {"e1": e1, "e2": e2}).status == history.status
-    assert classify({"a": snapshots["a"]}, {"e2": e2}).notes  # "b" is endorsed but gone
+    # "b" is endorsed but gone: with a forget record that is a note, without one an error for check.
+    gone = classify({"a": snapshots["a"]}, {"e2": e2})
+    assert gone.removed == ["b"] and not gone.notes
+    record = ForgetRecord(time=now.isoformat(), hostname="h", snapshots=["b"], reason="retention: keep-last 1")
+    forgotten = classify({"a": snapshots["a"]}, {"e2": e2}, {"b": record})
+    assert forgotten.removed == [] and "keep-last 1" in forgotten.notes[0]
     assert set(classify(snapshots, {}).status.values()) == {CONTRADICTS}
 
 

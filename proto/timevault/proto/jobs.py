@@ -14,20 +14,49 @@ import msgspec
 
 from timevault.proto.plans import SnapshotInfo
 
-JobKind = Literal["backup", "restore"]
+JobKind = Literal["backup", "restore", "prune"]
 JobStatus = Literal["pending", "running", "completed", "failed", "canceled"]
 TERMINAL: frozenset[str] = frozenset({"completed", "failed", "canceled"})
 
 
+class PruneSummary(msgspec.Struct, kw_only=True):
+    """What a prune did: the snapshots retention forgot and kept, and the data removed."""
+
+    forgotten: list[str] = msgspec.field(default_factory=list)
+    """Ids of the snapshots forgotten (no retention rule keeps them)."""
+    kept_by: dict[str, list[str]] = msgspec.field(default_factory=dict)
+    """Snapshot id → the rules that keep it."""
+    retention: str = ""
+    """The rules applied, as a user writes them (``timemachine``, ``keep-last 2``, ``none``)."""
+    packs_deleted: int = 0
+    """Packs deleted from the location."""
+    packs_repacked: int = 0
+    """Mostly-garbage packs whose live data was copied into new packs."""
+    bytes_freed: int = 0
+    """Bytes deleted minus the bytes written by repacking."""
+    blobs_removed: int = 0
+    """Blobs that no snapshot needed any more."""
+    packs_pending: int = 0
+    """Packs marked as garbage, deleted by a later prune once the backups that were running have ended."""
+    bytes_pending: int = 0
+    """Their size."""
+    notes: list[str] = msgspec.field(default_factory=list)
+    """Anything worth knowing (e.g. why something was left for later)."""
+    present: list[str] = msgspec.field(default_factory=list)
+    """Every snapshot the repository held once retention ran (the catalog drops rows of others)."""
+    listed_at: datetime | None = None
+    """When the snapshots were listed (UTC)."""
+
+
 class Job(msgspec.Struct, kw_only=True):
-    """A backup or restore run (``GET /api/v1/jobs/{job_id}``)."""
+    """A backup, restore or prune run (``GET /api/v1/jobs/{job_id}``)."""
 
     id: str
     """Stable id, ``j_`` + hex."""
     plan_id: str
     """The plan."""
     kind: JobKind
-    """``backup`` or ``restore``."""
+    """``backup``, ``restore`` or ``prune``."""
     status: JobStatus
     """Where in the lifecycle the job is."""
     created_at: datetime
@@ -70,6 +99,8 @@ class Job(msgspec.Struct, kw_only=True):
     A completed job with warnings finished but is incomplete (the CLI exits 3)."""
     original_place: bool = False
     """Restore: the chosen items go back where they were backed up from (`target` is unused)."""
+    prune: PruneSummary | None = None
+    """Prune (and a backup that thinned a full location): what was forgotten and removed."""
 
 
 WARNINGS_MAX = 100
@@ -88,7 +119,8 @@ class JobCreate(msgspec.Struct, kw_only=True):
     plan: str
     """Plan id or name."""
     kind: JobKind = "backup"
-    """``backup`` (queued for a snapshotter). ``restore`` is internal: the restorer records its own job."""
+    """``backup`` or ``prune`` (queued for a snapshotter). ``restore`` is internal: the restorer
+    records its own job."""
     trigger: Literal["manual", "schedule"] = "manual"
     """Who asks."""
     snapshot: str | None = None
@@ -156,6 +188,8 @@ class JobFinish(msgspec.Struct, kw_only=True):
     """The final counters, so a job that ends between two heartbeats still reports them."""
     warnings: list[str] = msgspec.field(default_factory=list)
     """What the completed job could not do (see `Job.warnings`)."""
+    prune: PruneSummary | None = None
+    """Prune (or a backup that thinned a full location): what was forgotten and removed."""
 
 
 class JobProgress(msgspec.Struct, kw_only=True):
@@ -198,7 +232,8 @@ class JobCancel(msgspec.Struct, kw_only=True):
 
 
 class BackupWork(msgspec.Struct, kw_only=True):
-    """JetStream work item on ``tv.work.backup`` (stream ``TV_WORK``, work-queue retention)."""
+    """JetStream work item on ``tv.work.backup`` or ``tv.work.prune`` (stream ``TV_WORK``,
+    work-queue retention)."""
 
     job_id: str
     """The job to run; the worker claims it from the catalog first."""

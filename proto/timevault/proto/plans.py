@@ -12,13 +12,16 @@ import re
 import unicodedata
 from collections.abc import Callable
 from datetime import datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import quote, urlencode
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 
 from timevault.proto.errors import ServiceError, invalid
+
+if TYPE_CHECKING:
+    from timevault.core.retention import Rules
 
 NAME_MAX = 64
 PASSWORD_MIN = 4
@@ -36,32 +39,67 @@ PATH_PART_MAX = 255  # bytes per name in a path
 SYSTEM_TREES = ("/proc", "/sys", "/dev", "/run", "/boot", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64",
                 "/libx32", "/usr", "/snap")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_MINUTE = re.compile(r"^:?([0-5]\d)$")
+
+
+Frequency = Literal["hourly", "daily", "weekly", "monthly"]
 
 
 class Schedule(msgspec.Struct, kw_only=True):
     """When a plan runs: local wall-clock time in the plan's time zone."""
 
-    frequency: Literal["daily", "weekly"]
-    """``daily`` or ``weekly``."""
+    frequency: Frequency
+    """``hourly``, ``daily``, ``weekly`` or ``monthly``."""
     time: str
-    """Local start time ``HH:MM`` (24 h)."""
+    """Local start time ``HH:MM`` (24 h); for ``hourly`` the minute of the hour, ``:MM``."""
     weekday: int | None = None
-    """ISO day of week, Monday=1 .. Sunday=7; required for weekly, absent for daily."""
+    """ISO day of week, Monday=1 .. Sunday=7; required for weekly, absent otherwise."""
     timezone: str = "UTC"
     """IANA time zone name, e.g. ``Europe/Berlin``."""
+    day_of_month: int | None = None
+    """Day of the month 1..31, for monthly (a month without that day runs on its last day)."""
 
 
 class ScheduleUpdate(msgspec.Struct, kw_only=True):
     """A partial schedule change; absent fields keep their value."""
 
-    frequency: Literal["daily", "weekly"] | None = None
+    frequency: Frequency | None = None
     """New frequency."""
     time: str | None = None
-    """New ``HH:MM``."""
+    """New ``HH:MM`` (``:MM`` for hourly)."""
     weekday: int | None = None
     """New ISO weekday (1..7)."""
     timezone: str | None = None
     """New IANA time zone."""
+    day_of_month: int | None = None
+    """New day of the month (1..31), for monthly."""
+
+
+class Retention(msgspec.Struct, kw_only=True):
+    """Which snapshots a plan keeps; the services forget the others after each backup.
+
+    ``timemachine`` keeps every snapshot of the last 24 hours, one a day for the past month and
+    one a week before that; ``none`` keeps everything. Any ``keep_*`` rule makes the policy
+    ``custom`` (explicit rules replace the named policy): a snapshot is kept if any rule keeps
+    it, like restic's ``--keep-*``. Buckets (hours, days, …) are in the plan's time zone.
+    """
+
+    policy: Literal["timemachine", "none", "custom"] = "timemachine"
+    """The named policy, or ``custom`` for the ``keep_*`` rules."""
+    keep_last: int | None = None
+    """Keep the newest N snapshots (-1: all)."""
+    keep_hourly: int | None = None
+    """Keep the newest snapshot of each of the last N hours that have one (-1: every hour)."""
+    keep_daily: int | None = None
+    """The same per day."""
+    keep_weekly: int | None = None
+    """The same per ISO week."""
+    keep_monthly: int | None = None
+    """The same per month."""
+    keep_yearly: int | None = None
+    """The same per year."""
+    keep_within: str | None = None
+    """Keep every snapshot within this duration of the newest one: ``1y2m3w4d5h`` (any part)."""
 
 
 class Location(msgspec.Struct, kw_only=True):
@@ -133,6 +171,11 @@ class PlanCreate(msgspec.Struct, kw_only=True):
     """Also notify when a backup or restore completes."""
     credentials: S3Credentials | None = None
     """For an S3 location: the access key to use (else the AWS chain of the machine running TimeVault)."""
+    retention: Retention | None = None
+    """Which snapshots to keep; default ``{"policy": "timemachine"}``."""
+    thin_when_full: bool = False
+    """When a local location has too little free space for a backup, forget the oldest
+    snapshots (never the newest) and prune until it has, instead of failing the backup."""
 
 
 class PlanUpdate(msgspec.Struct, kw_only=True):
@@ -168,6 +211,10 @@ class PlanUpdate(msgspec.Struct, kw_only=True):
     """Also notify on success."""
     credentials: S3Credentials | None = None
     """A new S3 access key for the location (replaces the one kept)."""
+    retention: Retention | None = None
+    """New retention (replaces the old one whole)."""
+    thin_when_full: bool | None = None
+    """Thin the oldest snapshots when the location is full (see `PlanCreate`)."""
 
 
 class PlanUpdateRequest(msgspec.Struct, kw_only=True):
@@ -217,6 +264,9 @@ class SnapshotInfo(msgspec.Struct, kw_only=True):
     """True when the password holder has vouched for this snapshot (an endorsement signed with a
     key only the password opens, made whenever the password was used); False for snapshots the
     services wrote since the password was last used."""
+    kept_by: list[str] = msgspec.field(default_factory=list)
+    """The retention rules that keep this snapshot, as of the plan's last prune (e.g.
+    ``["last", "daily"]``); empty until a prune judged it."""
 
 
 class NotifyDelivery(msgspec.Struct, kw_only=True):
@@ -297,6 +347,12 @@ class Plan(msgspec.Struct, kw_only=True):
     """The outcome of the latest notification of this plan."""
     credentials_stored: bool = False
     """True when TimeVault keeps an S3 access key for the location (the key itself is never sent)."""
+    retention: Retention = msgspec.field(default_factory=Retention)
+    """Which snapshots the plan keeps."""
+    thin_when_full: bool = False
+    """Whether a full location is made room on by forgetting the oldest snapshots."""
+    last_prune_at: datetime | None = None
+    """When the services last forgot and pruned for this plan (UTC), if ever."""
 
 
 class PlanDetail(Plan, kw_only=True):
@@ -337,6 +393,10 @@ class PlanAttach(msgspec.Struct, kw_only=True):
     """Sources for future backups; taken from the latest snapshot when empty."""
     credentials: S3Credentials | None = None
     """For an S3 location: the access key to use."""
+    retention: Retention | None = None
+    """Which snapshots to keep; default ``{"policy": "timemachine"}``."""
+    thin_when_full: bool = False
+    """See `PlanCreate`."""
 
 
 class PlanEvent(msgspec.Struct, kw_only=True):
@@ -467,30 +527,58 @@ def validate_time(value: str) -> str:
     return value
 
 
+def validate_minute(value: str) -> str:
+    """An hourly schedule's ``:MM`` (``MM`` and ``HH:MM`` are read as their minute)."""
+    text = value.strip() if isinstance(value, str) else ""
+    match = _MINUTE.match(text) or _TIME.match(text)
+    if not match:
+        raise invalid(f"an hourly schedule runs at a minute of the hour, :MM (:00..:59), got {value!r}",
+                      "schedule.time")
+    return f":{match.group(match.lastindex or 1)}"
+
+
 def validate_schedule(schedule: Schedule) -> Schedule:
-    validate_time(schedule.time)
     timezone = validate_timezone(schedule.timezone)
     if timezone != schedule.timezone:
         schedule = msgspec.structs.replace(schedule, timezone=timezone)
     if schedule.weekday is not None and not 1 <= schedule.weekday <= 7:
         raise invalid("weekday must be 1 (Monday) .. 7 (Sunday)", "schedule.weekday")
+    if schedule.day_of_month is not None and not 1 <= schedule.day_of_month <= 31:
+        raise invalid("day_of_month must be 1..31 (a month without that day runs on its last day)",
+                      "schedule.day_of_month")
+    if schedule.frequency == "hourly":
+        return msgspec.structs.replace(schedule, time=validate_minute(schedule.time), weekday=None,
+                                       day_of_month=None)
+    validate_time(schedule.time)
     if schedule.frequency == "weekly":
         if schedule.weekday is None:
             raise invalid("a weekly schedule needs a day of week", "schedule.weekday")
         if not 1 <= schedule.weekday <= 7:
             raise invalid("weekday must be 1 (Monday) .. 7 (Sunday)", "schedule.weekday")
-        return schedule
-    if schedule.frequency == "daily":
+        return msgspec.structs.replace(schedule, day_of_month=None)
+    if schedule.frequency == "monthly":
+        if schedule.day_of_month is None:
+            raise invalid("a monthly schedule needs a day of the month (1..31)", "schedule.day_of_month")
+        if not 1 <= schedule.day_of_month <= 31:
+            raise invalid("day_of_month must be 1..31 (a month without that day runs on its last day)",
+                          "schedule.day_of_month")
         return msgspec.structs.replace(schedule, weekday=None)
-    raise invalid("frequency must be daily or weekly", "schedule.frequency")
+    if schedule.frequency == "daily":
+        return msgspec.structs.replace(schedule, weekday=None, day_of_month=None)
+    raise invalid("frequency must be hourly, daily, weekly or monthly", "schedule.frequency")
 
 
 def apply_schedule_update(current: Schedule, update: ScheduleUpdate) -> Schedule:
+    frequency = update.frequency or current.frequency
+    time = update.time if update.time is not None else current.time
+    if update.time is None and current.frequency == "hourly" and frequency != "hourly":
+        raise invalid(f"a {frequency} schedule needs a start time HH:MM", "schedule.time")
     merged = Schedule(
-        frequency=update.frequency or current.frequency,
-        time=update.time if update.time is not None else current.time,
+        frequency=frequency,
+        time=time,
         weekday=update.weekday if update.weekday is not None else current.weekday,
         timezone=update.timezone if update.timezone is not None else current.timezone,
+        day_of_month=update.day_of_month if update.day_of_month is not None else current.day_of_month,
     )
     return validate_schedule(merged)
 
@@ -520,6 +608,50 @@ def _shown(path: object) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+_KEEP_COUNTS = ("keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly")
+
+
+def validate_retention(retention: Retention | None) -> Retention:
+    """Normalise: no retention is ``timemachine``; any ``keep_*`` rule makes the policy ``custom``."""
+    from timevault.core.errors import RetentionError
+    from timevault.core.retention import UNLIMITED, Duration
+
+    if retention is None:
+        return Retention()
+    counts = {name: getattr(retention, name) for name in _KEEP_COUNTS}
+    for name, value in counts.items():
+        if value is not None and (not isinstance(value, int) or value == 0 or value < UNLIMITED):
+            raise invalid(f"{name} must be a positive number, or -1 for no limit", f"retention.{name}")
+    within = retention.keep_within
+    if within is not None:
+        try:
+            within = str(Duration.parse(within))
+        except RetentionError as exc:
+            raise invalid(str(exc), "retention.keep_within") from exc
+    if any(value is not None for value in counts.values()) or within is not None:
+        return msgspec.structs.replace(retention, policy="custom", keep_within=within)
+    if retention.policy == "custom":
+        raise invalid("a custom retention needs at least one keep_* rule", "retention.policy")
+    if retention.policy not in ("timemachine", "none"):
+        raise invalid("retention policy must be timemachine, none or custom", "retention.policy")
+    return Retention(policy=retention.policy)
+
+
+def retention_rules(retention: Retention) -> Rules:
+    """The core's rules for a (validated) retention."""
+    from timevault.core.retention import TIMEMACHINE, Duration, Rules
+
+    if retention.policy == "timemachine":
+        return TIMEMACHINE
+    if retention.policy == "none":
+        return Rules()
+    return Rules(
+        last=retention.keep_last, hourly=retention.keep_hourly, daily=retention.keep_daily,
+        weekly=retention.keep_weekly, monthly=retention.keep_monthly, yearly=retention.keep_yearly,
+        within=Duration.parse(retention.keep_within) if retention.keep_within else None,
+    )
+
+
 def validate_sources(sources: list[str]) -> list[str]:
     if not sources:
         raise invalid("at least one source path is needed", "sources")
@@ -541,7 +673,11 @@ def _inside(path: str, folder: str) -> bool:
 _S3_FIELDS = ("bucket", "prefix", "endpoint", "region")
 
 
-def validate_location(location: Location, sources: list[str]) -> Location:
+def validate_location(location: Location, sources: list[str], *, blame: str = "location.path") -> Location:
+    """A normalised location. A local folder may neither lie inside a source (each backup would
+    back up the last one) nor contain one (deleting the plan would then reach the source); both
+    are refused naming `blame` (``sources`` when the sources are what changed). Paths are compared
+    as given and with symlinks resolved."""
     if location.type == "local":
         for name in _S3_FIELDS:
             if getattr(location, name) is not None:
@@ -554,8 +690,11 @@ def validate_location(location: Location, sources: list[str]) -> Location:
         path = os.path.normpath(location.path)
         _check_local_folder(path)
         for src in sources:
-            if _inside(path, src):
-                raise invalid(f"the location must not be inside the source {src}", "location.path")
+            for where, source in ((path, src), (os.path.realpath(path), os.path.realpath(src))):
+                if _inside(where, source):
+                    raise invalid(f"the location {path} must not be inside the source {src}", blame)
+                if _inside(source, where):
+                    raise invalid(f"the location {path} must not contain the source {src}", blame)
         return Location(type="local", path=path)
     if location.type == "s3":
         if location.path is not None:
@@ -730,7 +869,7 @@ def validate_create(req: PlanCreate) -> PlanCreate:
         pre_command=validate_command(req.pre_command, "pre_command"),
         post_command=validate_command(req.post_command, "post_command"),
         hook_timeout=validate_hook_timeout(req.hook_timeout), notify=validate_notify(req.notify),
-        credentials=validate_credentials(req.credentials, location))
+        credentials=validate_credentials(req.credentials, location), retention=validate_retention(req.retention))
 
 
 def location_url(location: Location) -> str:

@@ -39,6 +39,7 @@ PLAN_RESUME = subject("catalog.plan.resume")
 PLAN_ATTACH = subject("catalog.plan.attach")
 PLAN_EVENTS = subject("catalog.plan.events")
 PLAN_SECRETS = subject("catalog.plan.secrets")
+PLAN_PRUNE = subject("catalog.plan.prune")
 SNAPSHOT_LIST = subject("catalog.snapshot.list")
 SNAPSHOT_GET = subject("catalog.snapshot.get")
 JOB_CREATE = subject("catalog.job.create")
@@ -53,6 +54,8 @@ SCHEDULE_LIST = subject("catalog.schedule.list")
 SCHEDULE_FIRE = subject("catalog.schedule.fire")
 CHUNKS_LOOKUP = subject("catalog.chunks.lookup")
 CHUNKS_ADD = subject("catalog.chunks.add")
+CHUNKS_SYNC = subject("catalog.chunks.sync")
+CHUNKS_UPDATE = subject("catalog.chunks.update")
 CATALOG_STATS = subject("catalog.stats")
 
 # --- restorer: request/reply, queue group "restorer" -----------------------------------
@@ -96,7 +99,9 @@ FOLDERS_LIST = subject("snapshot.folders")
 WORK_STREAM = "TV_WORK"
 WORK_SUBJECTS = subject("work.>")
 WORK_BACKUP = subject("work.backup")
+WORK_PRUNE = subject("work.prune")
 SNAPSHOTTER_DURABLE = "snapshotter"
+PRUNER_DURABLE = "pruner"
 
 # --- events (plain publish; the gateway's SSE forwards ``tv.events.>``) ----------------
 EVENTS_ALL = subject("events.>")

@@ -20,7 +20,7 @@ from timevault.core import crypto
 from timevault.core.names import name_problem
 from timevault.core.repository.blobs import CorruptBlob
 from timevault.core.repository.format import BlobType, Node, Snapshot
-from timevault.core.repository.history import UNENDORSED, History
+from timevault.core.repository.history import UNENDORSED, History, describe_removed
 from timevault.core.repository.index import Index, pack_object_name
 from timevault.core.repository.pack import CorruptPack, read_pack_header
 from timevault.core.repository.repo import Repository, RepositoryError
@@ -185,6 +185,7 @@ async def check(
 
 def _report_history(history: History, result: CheckResult) -> None:
     result.errors.extend(history.problems)
+    result.errors.extend(describe_removed(history))
     for snapshot_id in history.contradicting():
         result.errors.append(history.describe(snapshot_id))
     result.notes.extend(history.notes)

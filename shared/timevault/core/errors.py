@@ -10,6 +10,7 @@ from the module that raises them (`timevault.core.repository`, `timevault.core.s
     │   ├── NotARepository           the location holds no usable repository (damaged config, ...)
     │   │   └── RepositoryNotFound   ... because there is none: no config at the location
     │   ├── RepositoryLocked         another process holds a conflicting lock
+    │   ├── NotEmpty                 `init` found objects that are not a repository's
     │   ├── ReadAccessRequired       the operation needs the password, not just the write keys
     │   ├── ConfigError              config is not authentic, or holds values this version cannot use
     │   ├── HistoryError             a snapshot contradicts the history endorsed with the password
@@ -33,7 +34,7 @@ from the module that raises them (`timevault.core.repository`, `timevault.core.s
     ├── RetentionError               a retention rule or duration is malformed (also a ValueError)
     ├── ExcludeError                 an exclude pattern or file cannot be used (also a ValueError)
     └── Canceled                     the caller asked to stop
-        └── BackupCanceled, RestoreCanceled
+        └── BackupCanceled, RestoreCanceled, PruneCanceled
 
 This module imports nothing, so a caller can map errors without loading the engine.
 """
@@ -201,3 +202,11 @@ class BackupCanceled(Canceled):
 
 class RestoreCanceled(Canceled):
     """A restore stopped because it was canceled."""
+
+
+class PruneCanceled(Canceled):
+    """A prune stopped at a safe point because it was canceled."""
+
+
+class NotEmpty(RepositoryError):
+    """A new repository was asked for in a folder (or prefix) that holds something else."""

@@ -1,35 +1,198 @@
-"""`forget` removes snapshots; `prune` removes the data no remaining snapshot needs.
+"""Forget and prune: retention, and garbage collection that needs neither the password nor a
+lock that stalls backups.
 
-Prune holds the repository's exclusive lock; every backup holds a shared one, so the two never
-overlap (a backup started during prune fails at once with a clear "locked" error, and prune
-refuses to start while a backup runs). Within prune the order keeps every step crash-safe:
+`forget` and `forget_by_rules` remove snapshots (the write tier may: a forget record says so,
+see `timevault.core.repository.forgets`). `prune` removes the data no remaining snapshot needs.
+It is the one implementation for everyone: the services run it with the write keys after each
+backup, `timevault repo prune` with the password.
 
-1. copy still-used blobs out of partly-used packs into new packs (blobs are self-contained
-   ciphertext, so nothing is decrypted or re-encrypted),
-2. write one index for all remaining packs that supersedes every older index file,
-3. delete the superseded index files,
-4. delete packs that are no longer referenced.
+Why it is safe without the password
+-----------------------------------
+Every snapshot names a list of the blobs it needs (`references/`), readable with the write
+keys. The blobs that the snapshots existing now need are *live*; everything else is garbage.
 
-A crash before 2 leaves extra packs (removed by the next prune); after 2 only garbage.
-Last, lists of references (`references/`) that no remaining snapshot names, directly or as the
-base of its delta, are removed.
+Why it is safe next to backups, without stalling them (two phases, like kopia's)
+--------------------------------------------------------------------------------
+A backup that is running, or that starts while prune runs, may rely on a blob that no snapshot
+needs yet: it found it in the index (or the services' chunk index) and will name it in a
+snapshot it saves later. Deleting garbage right away could break that snapshot. So prune runs
+in two phases:
 
+1. **Mark.** Compute the live set; copy the live blobs out of mostly-garbage packs into new
+   packs (blobs are self-contained ciphertext: nothing is decrypted); write an index that lists
+   every pack that stays and supersedes the index files it read, so garbage leaves the index
+   but not the storage. Then publish a *mark* in the garbage collection state (`gc/`, see
+   `timevault.core.repository.gcstate`): the packs, index files and reference lists to delete,
+   the snapshots that were live, and the time. Before publishing, the caller's hook brings any
+   cache of the index up to date (the services drop the marked blobs from the catalog's chunk
+   index). Rewriting `gc/` changes the repository's *generation* (the names of the `gc/`
+   objects), which is how a cache elsewhere learns that it is stale (a CLI prune behind the
+   services' back): a backup compares the generation after taking its lock, and reconciles
+   first if it changed.
+2. **Sweep.** A mark's objects are deleted only once every backup that started before the mark
+   (plus `GC_CLOCK_SKEW` for clocks of other machines) has ended: no live lock of one remains
+   (a lock is gone, or stale after 30 minutes without refresh; a backup whose lock lapsed does
+   not save its snapshot, see `HeldLock.ensure_unbroken`). Then prune checks the snapshots
+   saved since the mark: a blob one of them needs that is not in the index any more is found
+   in the marked packs, and that pack is indexed again instead of deleted (a backup that
+   deduplicated against garbage just before the mark keeps its data). A pack that is in the
+   index again for any reason is never deleted. When no backup is running, the sweep follows
+   the mark in the same run.
+
+Backups that start after a mark never rely on its garbage: the index they load, or the chunk
+index they reconcile with (it has the generation of the mark), lacks it, and the snapshots
+they choose as parents are not forgotten ones. A mark also records the packs no index lists
+(*orphans*: a backup writes a pack before its index file, and one killed in between leaves it
+behind). An orphan is deleted only when it has been unindexed for `ORPHAN_MIN_AGE` and no
+backup that started before it was first seen still runs; first, any blob the snapshots need that
+the index lacks is looked for in the unindexed packs, and a pack that holds one is indexed
+again (so a lost index file, or a cache that was stale, costs no data).
+
+Only one prune runs at a time (its "prune" lock); an exclusive lock (rebuild-index) excludes it.
 Prune also removes what interrupted work left behind: temporary files of writes whose writer
-died (older than `TEMP_STALE_AFTER`: a live write touches its file every moment) and lock
-files that are expired or whose process on this host is gone.
+died (older than `TEMP_STALE_AFTER`: a live write touches its file every moment) and lock files
+that are expired or whose process on this host is gone.
+
+Crash safety (kill -9 at any moment)
+------------------------------------
+New packs without their index are orphans; the new index is written in parts, the part that
+supersedes the old files last, so until it exists the old files stay in force. Before the new
+index is written the state is rewritten (`marking`): the generation changes even if prune dies
+right after the index, and caches reconcile. Deletions happen only for marks already
+published; a sweep killed half way is repeated by the next run (deleting is idempotent and
+each deletion is checked again). The state is replaced by writing the new object first.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
 
+from timevault.core import crypto, retention
 from timevault.core.checker import used_blobs
+from timevault.core.errors import PruneCanceled, ReadAccessRequired, RepositoryError
+from timevault.core.holds import hold
+from timevault.core.repository import gcstate
+from timevault.core.repository import references as refs
 from timevault.core.repository.blobs import EncodedBlob
-from timevault.core.repository.format import IndexPack
-from timevault.core.repository.index import pack_object_name, write_index_file
-from timevault.core.repository.pack import Packer
-from timevault.core.repository.repo import ReadAccessRequired, Repository, RepositoryError
+from timevault.core.repository.format import GcMark, GcOrphan, IndexFile, IndexPack, Lock, Snapshot
+from timevault.core.repository.gcstate import StoredState
+from timevault.core.repository.history import CONTRADICTS
+from timevault.core.repository.index import Index, decode_index_file, encode_index_file, pack_object_name
+from timevault.core.repository.pack import CorruptPack, Packer, index_entry, read_remote_pack_header
+from timevault.core.repository.repo import HeldLock, Repository
+from timevault.core.storage import ObjectNotFound, StorageError
+from timevault.core.storage.once import put_once
+
+GC_CLOCK_SKEW = 5 * 60
+"""Seconds by which the clocks of machines sharing a repository may disagree: a backup whose
+lock started up to this long after a mark counts as started before it."""
+ORPHAN_MIN_AGE = 60 * 60
+"""An unindexed pack is deleted only after it was first seen unindexed this long ago (a backup
+writes its pack before the pack's index file; an uploader of a backup that died may still
+finish a pack for up to its idle timeout, 10 minutes)."""
+REPACK_BELOW = 0.5
+"""A pack whose live blobs are less than this share of its bytes is repacked; fuller packs with
+some garbage stay as they are until more of them is garbage."""
+TEMP_STALE_AFTER = 10 * 60
+"""A temporary file this long unchanged has no writer any more (a pack is written in seconds)."""
+INDEX_PACKS_PER_FILE = 2048
+"""Packs per index file prune writes (~32 GiB of data each): no single object grows unbounded."""
+
+
+# --- forget ------------------------------------------------------------------------------------
+
+
+async def forget(repo: Repository, refs: list[str], reason: str = "forgotten on request") -> list[str]:
+    """Remove the named snapshots (ids, prefixes or 'latest'); returns the removed ids.
+
+    With the password the history is then endorsed without them (put back later, they
+    contradict it); without, a forget record says they were forgotten.
+    """
+    ids = list(dict.fromkeys([await repo.resolve_snapshot(ref) for ref in refs]))
+    await repo.forget_snapshots(ids, reason)
+    if repo.can_endorse:
+        await repo.endorse()
+    return ids
+
+
+@dataclass
+class RetentionResult:
+    """What retention decided: every snapshot it judged (newest first) and what it forgot."""
+
+    decisions: list[retention.Decision]
+    forgotten: list[str]
+    left_alone: list[str] = field(default_factory=list)
+    """Snapshots that contradict the endorsed history: not judged, not forgotten."""
+    snapshots: dict[str, Snapshot] = field(default_factory=dict)
+
+
+async def forget_by_rules(
+    repo: Repository, rules: retention.Rules, timezone: str = "UTC", *, dry_run: bool = False,
+    reason: str | None = None,
+) -> RetentionResult:
+    """Forget every snapshot that no rule keeps (the buckets are in `timezone`).
+
+    A repository holds the backups of one plan, so the rules apply to all its snapshots as one
+    group. Snapshots that contradict the endorsed history are left alone: they are not part of
+    it, and `check` reports them. With no rule set, nothing is forgotten.
+    """
+    damaged: list[str] = []
+    history, snapshots = await repo.load_history(damaged)
+    consistent = {sid: s for sid, s in snapshots.items() if history.status.get(sid) != CONTRADICTS}
+    judged = [retention.Snapshot(sid, _parse_time(s.time)) for sid, s in consistent.items()]
+    decisions = retention.apply(judged, rules, timezone)
+    forgotten = [d.snapshot.id for d in decisions if not d.keep]
+    if forgotten and not dry_run:
+        await repo.forget_snapshots(forgotten, reason or f"retention: {retention.describe(rules)}")
+    if repo.can_endorse and not dry_run:
+        await repo.endorse()
+    left_alone = sorted(set(snapshots) - set(consistent))
+    return RetentionResult(decisions, forgotten, left_alone, consistent)
+
+
+def _parse_time(value: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise RepositoryError(f"a snapshot has an invalid time {value!r}") from exc
+    if parsed.tzinfo is None:
+        raise RepositoryError(f"a snapshot has a time without a zone {value!r}")
+    return parsed
+
+
+# --- prune ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class CacheUpdate:
+    """What a cache of the index (the services' chunk index) must learn before a state is published."""
+
+    generation: list[str]
+    """The repository's generation once the state is published."""
+    removed_packs: list[str] = field(default_factory=list)
+    """Packs that left the index: none of their blobs may be deduplicated against any more."""
+    added: list[IndexPack] = field(default_factory=list)
+    """Packs that entered the index (repacked live blobs, packs indexed again)."""
+
+
+@dataclass
+class PruneOptions:
+    dry_run: bool = False
+    """Decide and report, write and delete nothing."""
+    mark: bool = True
+    """Mark garbage in this run (False: only sweep what earlier marks left)."""
+    repack_below: float = REPACK_BELOW
+    orphan_age: float = ORPHAN_MIN_AGE
+    clock_skew: float = GC_CLOCK_SKEW
+    on_publish: Callable[[CacheUpdate], Awaitable[None]] | None = None
+    """Runs before each new state is published; if it raises, nothing is published."""
+    cancel: asyncio.Event | None = None
+    """Checked between steps: a canceled prune stops at a safe point."""
 
 
 @dataclass
@@ -37,98 +200,459 @@ class PruneResult:
     packs_deleted: int = 0
     packs_repacked: int = 0
     bytes_freed: int = 0
+    """Bytes deleted minus the bytes of the packs written by repacking."""
+    bytes_deleted: int = 0
+    bytes_written: int = 0
     blobs_removed: int = 0
+    index_files_deleted: int = 0
+    references_deleted: int = 0
+    packs_rescued: int = 0
+    """Packs indexed again because a snapshot needed a blob in them (see the module docstring)."""
+    packs_pending: int = 0
+    """Packs marked but not deleted yet: a backup that started before the mark still runs."""
+    bytes_pending: int = 0
+    orphans_pending: int = 0
+    """Unindexed packs waiting for ORPHAN_MIN_AGE."""
+    marked: bool = False
+    notes: list[str] = field(default_factory=list)
+    generation: list[str] = field(default_factory=list)
     temp_files_removed: int = 0
+    """Temporary files of writes whose writer died (older than `TEMP_STALE_AFTER`)."""
     locks_removed: int = 0
+    """Lock files that protected nothing any more (expired, or their process is gone)."""
 
 
-# A temporary file this long unchanged has no writer any more (a pack is written in seconds).
-TEMP_STALE_AFTER = 10 * 60
+@dataclass
+class _View:
+    """What prune read of the repository: every index file, the packs in storage."""
 
+    files: dict[str, IndexFile]
+    stored: dict[str, int]
+    index: Index
+    effective: set[str]
+    """Index files in force (not superseded by another)."""
+    young: set[str]
+    """Packs listed only in index files that backups wrote (not in one prune wrote)."""
 
-async def forget(repo: Repository, refs: list[str]) -> list[str]:
-    """Remove the named snapshots (ids, prefixes or 'latest'); returns the removed ids."""
-    ids = [await repo.resolve_snapshot(ref) for ref in refs]
-    for snapshot_id in dict.fromkeys(ids):
-        await repo.storage.delete(f"snapshots/{snapshot_id}")
-    if repo.can_endorse:
-        # Endorse the history without them: put back later, they contradict it.
-        await repo.endorse()
-    return list(dict.fromkeys(ids))
+    @classmethod
+    async def load(cls, repo: Repository, files: dict[str, IndexFile] | None = None) -> _View:
+        files = dict(files or {})
+        names = [info.name.removeprefix("index/") async for info in repo.storage.list("index/")]
+        missing = [name for name in names if name not in files]
+        sem = asyncio.Semaphore(16)
 
+        async def fetch(file_id: str) -> tuple[str, IndexFile | None]:
+            async with sem:
+                try:
+                    data = await repo.storage.get(f"index/{file_id}")
+                except ObjectNotFound:
+                    return file_id, None
+            if crypto.content_hash(data).hex() != file_id:
+                raise RepositoryError(
+                    f"prune stopped: index file {file_id[:12]} does not match its name "
+                    "(run `timevault repo rebuild-index`)"
+                )
+            try:
+                return file_id, decode_index_file(repo.write_keys.meta_key, data)
+            except Exception as exc:
+                raise RepositoryError(
+                    f"prune stopped: index file {file_id[:12]} is damaged (run `timevault repo rebuild-index`)"
+                ) from exc
 
-async def _drop_unused_references(repo: Repository) -> None:
-    keep: set[str] = set()
-    for _, snapshot in await repo.list_snapshots(allow_unverified=True):
-        if snapshot.references:
-            keep.add(snapshot.references)
-            base = await repo.references_base(snapshot.references)
-            if base is not None:
-                keep.add(base)
-    async for info in repo.storage.list("references/"):
-        if info.name.removeprefix("references/") not in keep:
-            await repo.storage.delete(info.name)
-
-
-async def prune(repo: Repository) -> PruneResult:
-    if not repo.can_read:
-        raise ReadAccessRequired("prune needs the password: it must read which data snapshots use")
-    repo.require_valid_config()
-    result = PruneResult()
-    async with repo.lock(exclusive=True):
-        index = await repo.index(reload=True)
-        errors: list[str] = []
-        used = await used_blobs(repo, index, errors)
-        if errors:
-            raise RepositoryError("prune stopped, the repository has damage (run check): " + errors[0])
-        keep: list[IndexPack] = []
-        drop: list[IndexPack] = []
-        repack: list[IndexPack] = []
-        for pack in index.packs.values():
-            live = [b for b in pack.blobs if b.id in used and index.blobs[b.id].pack == pack.id]
-            if len(live) == len(pack.blobs):
-                keep.append(pack)
-            elif live:
-                repack.append(pack)
-            else:
-                drop.append(pack)
-        packer = Packer(repo.storage, repo.write_keys.meta_key)
-        for pack in repack:
-            for blob in pack.blobs:
-                if blob.id in used and index.blobs[blob.id].pack == pack.id:
-                    payload = await repo.storage.get(pack_object_name(pack.id), blob.offset, blob.length)
-                    sealed = pack.keys[blob.key]  # blobs move with their own data key: never re-encrypted
-                    await packer.add(EncodedBlob(blob.id, blob.type, blob.raw_length, payload, sealed))
-        new_packs = await packer.flush()
+        for file_id, file in await asyncio.gather(*(fetch(name) for name in missing)):
+            if file is not None:
+                files[file_id] = file
+        present = set(names)
+        files = {file_id: file for file_id, file in files.items() if file_id in present}
+        superseded = {old for file in files.values() for old in file.supersedes}
+        effective = set(files) - superseded
+        index = Index()
+        in_compacted: set[str] = set()
+        for file_id in sorted(effective):  # a stable order: the first pack named keeps a blob
+            file = files[file_id]
+            for pack in file.packs:
+                index.add_pack(pack)
+                if file.compacted:
+                    in_compacted.add(pack.id)
+        index.files = effective
         stored = {info.name.rsplit("/", 1)[-1]: info.size async for info in repo.storage.list("data/")}
-        orphans = [
-            name for name in stored if name not in index.packs and name not in {p.id for p in new_packs}
-        ]
-        old_index_files = [info.name.removeprefix("index/") async for info in repo.storage.list("index/")]
-        await write_index_file(
-            repo.storage, repo.write_keys.meta_key, keep + new_packs, supersedes=old_index_files
-        )
-        for file_id in old_index_files:
-            await repo.storage.delete(f"index/{file_id}")
-        for pack in drop + repack:
-            await repo.storage.delete(pack_object_name(pack.id))
-            result.bytes_freed += pack.size
-        for pack_id in orphans:
-            await repo.storage.delete(pack_object_name(pack_id))
-            result.bytes_freed += stored[pack_id]
-        await _drop_unused_references(repo)
-        result.bytes_freed -= sum(p.size for p in new_packs)
-        result.packs_deleted = len(drop) + len(orphans)
-        result.packs_repacked = len(repack)
-        result.blobs_removed = sum(len(p.blobs) for p in drop + repack) - sum(len(p.blobs) for p in new_packs)
-        result.temp_files_removed, freed = await _remove_leftovers(repo)
-        result.bytes_freed += freed
-        for name in await repo.stale_locks():
+        return cls(files, stored, index, effective, set(index.packs) - in_compacted)
+
+    async def refresh(self, repo: Repository) -> _View:
+        return await _View.load(repo, self.files)
+
+
+class _Run:
+    """One prune run: the lock, the state, what it read, what it did."""
+
+    def __init__(self, repo: Repository, options: PruneOptions, held: HeldLock | None) -> None:
+        self.repo = repo
+        self.options = options
+        self.held = held
+        self.result = PruneResult()
+        self.references: dict[str, set[bytes]] = {}  # references id → blob ids (bases cached too)
+        self.bases: dict[str, str | None] = {}
+
+    def checkpoint(self) -> None:
+        if self.options.cancel is not None and self.options.cancel.is_set():
+            raise PruneCanceled("prune canceled; it stopped at a safe point")
+
+    # --- what snapshots need --------------------------------------------------------------
+
+    async def needed_by(self, snapshots: dict[str, Snapshot]) -> tuple[set[bytes], set[str]]:
+        """(every blob `snapshots` need, the reference lists they name directly or as a base)."""
+        live: set[bytes] = set()
+        named: set[str] = set()
+        unreadable: list[tuple[str, Snapshot]] = []
+        for snapshot_id, snapshot in sorted(snapshots.items()):
+            if not snapshot.references:
+                unreadable.append((snapshot_id, snapshot))
+                continue
+            try:
+                live |= await self._references(snapshot.references)
+            except (RepositoryError, StorageError):
+                unreadable.append((snapshot_id, snapshot))
+                continue
+            named.add(snapshot.references)
+            base = self.bases.get(snapshot.references)
+            if base:
+                named.add(base)
+        if unreadable:
+            if not self.repo.can_read:
+                first = unreadable[0][0]
+                raise ReadAccessRequired(
+                    f"prune stopped: the list of references of snapshot {first[:8]} is missing or damaged "
+                    f"({len(unreadable)} snapshot(s)); `timevault repo prune` with the password recomputes "
+                    "what they need from their trees"
+                )
+            errors: list[str] = []
+            live |= await used_blobs(self.repo, await self.repo.index(reload=True), errors, unreadable)
+            if errors:
+                raise RepositoryError("prune stopped, the repository has damage (run check): " + errors[0])
+        return live, named
+
+    async def _references(self, references_id: str) -> set[bytes]:
+        found = self.references.get(references_id)
+        if found is not None:
+            return found
+        record = await self.repo._references_file(references_id)
+        self.bases[references_id] = record.base
+        if record.base is None:
+            ids = refs.unpack_ids(record.added)
+        else:
+            base = await self._references(record.base)
+            if self.bases.get(record.base) is not None:
+                raise RepositoryError(f"the list of references {references_id[:12]} builds on a delta")
+            ids = (base - refs.unpack_ids(record.removed)) | refs.unpack_ids(record.added)
+        self.references[references_id] = ids
+        return ids
+
+    async def snapshots(self) -> dict[str, Snapshot]:
+        """Every snapshot in storage, the contradicting ones included: prune never removes data a
+        snapshot that exists needs, whatever its standing."""
+        damaged: list[str] = []
+        _, snapshots = await self.repo.load_history(damaged)
+        if damaged:
+            raise RepositoryError(
+                "prune stopped: " + damaged[0] + " (a snapshot that cannot be read may need any data; run check)"
+            )
+        return snapshots
+
+    # --- locks ----------------------------------------------------------------------------
+
+    async def backup_locks(self) -> list[Lock]:
+        own = self.held.name if self.held is not None else None
+        return [lock for name, lock in await self.repo.live_locks() if name != own and lock.kind != "prune"]
+
+    def blocked_by(self, locks: list[Lock], moment: float) -> list[Lock]:
+        """The locks of backups that started before `moment` (within the clock skew)."""
+        return [lock for lock in locks if (lock.started or 0.0) < moment + self.options.clock_skew]
+
+    # --- finding blobs the index lacks ----------------------------------------------------
+
+    async def find_in_packs(self, missing: set[bytes], packs: Iterable[str], view: _View) -> list[IndexPack]:
+        """The entries of the unindexed `packs` (read from their headers) that hold any of `missing`."""
+        found: list[IndexPack] = []
+        for pack_id in sorted(packs):
+            size = view.stored.get(pack_id)
+            if size is None or not missing:
+                continue
+            try:
+                header = await read_remote_pack_header(
+                    self.repo.storage, self.repo.write_keys.meta_key, pack_object_name(pack_id), size
+                )
+            except ObjectNotFound:
+                continue
+            except CorruptPack as exc:
+                self.result.notes.append(f"pack {pack_id[:12]} is not in the index and unreadable: {exc}")
+                continue
+            entry = index_entry(pack_id, size, header)
+            if any(blob.id in missing for blob in entry.blobs):
+                found.append(entry)
+                missing.difference_update(blob.id for blob in entry.blobs)
+        return found
+
+
+async def prune(repo: Repository, options: PruneOptions | None = None) -> PruneResult:
+    """Sweep what earlier marks left (where no backup can need it), mark the garbage of now,
+    and sweep that too if no backup is running. See the module docstring."""
+    options = options or PruneOptions()
+    repo.require_valid_config()
+    if options.dry_run:
+        run = _Run(repo, options, None)
+        stored = await gcstate.load(repo.storage, repo.write_keys.meta_key)
+        await _plan(run, stored, await _View.load(repo))
+        return run.result
+    async with repo.lock(kind="prune") as held:
+        run = _Run(repo, options, held)
+        for name in await repo.stale_locks():  # left by killed or long-gone processes
             await repo.storage.delete(name)
-            result.locks_removed += 1
-    await repo.index(reload=True)
-    await repo.endorse()
-    return result
+            run.result.locks_removed += 1
+        stored = await gcstate.load(repo.storage, repo.write_keys.meta_key)
+        view = await _View.load(repo)
+        if options.mark:
+            stored, view = await _mark(run, stored, view)
+        stored = await _sweep(run, stored, view)
+        run.result.temp_files_removed, leftover_bytes = await _remove_leftovers(repo)
+        run.result.bytes_deleted += leftover_bytes
+        _report_pending(run, stored, view)
+        run.result.generation = stored.generation
+    repo._index = None  # what the repository object cached may be garbage now
+    if repo.can_endorse:
+        await repo.endorse()
+    return run.result
+
+
+@dataclass
+class _Plan:
+    live: set[bytes]
+    named: set[str]
+    snapshots: dict[str, Snapshot]
+    keep: list[IndexPack]
+    drop: list[IndexPack]
+    repack: list[IndexPack]
+    rescue: list[IndexPack]
+    orphans: dict[str, float]
+    references: list[str]
+
+
+async def _plan(run: _Run, stored: StoredState, view: _View) -> _Plan:
+    """Decide what to mark (and, in a dry run, report it)."""
+    snapshots = await run.snapshots()
+    live, named = await run.needed_by(snapshots)
+    index = view.index
+    pending = stored.pending_packs()
+    unindexed = {pack for pack in view.stored if pack not in index.packs}
+    # Blobs a snapshot needs that no index lists: look in the unindexed packs (an index file
+    # lost, a cache that was stale when a backup deduplicated). Found, they are indexed again.
+    missing = {blob for blob in live if blob not in index}
+    rescue = await run.find_in_packs(missing, unindexed, view) if missing else []
+    if missing:
+        raise RepositoryError(
+            f"prune stopped, the repository has damage (run check): {len(missing)} blob(s) that snapshots "
+            f"need are in no pack, first {next(iter(missing)).hex()[:16]}"
+        )
+    for entry in rescue:
+        index.add_pack(entry)
+    rescued = {entry.id for entry in rescue}
+    missing_packs = [pack for pack in index.packs if pack not in view.stored]
+    if missing_packs:
+        raise RepositoryError(
+            f"prune stopped, the repository has damage (run check): pack {missing_packs[0][:12]} is in the "
+            "index but missing from storage"
+        )
+    busy = bool(await run.backup_locks()) if not run.options.dry_run else False
+    keep: list[IndexPack] = []
+    drop: list[IndexPack] = []
+    repack: list[IndexPack] = []
+    for pack in index.packs.values():
+        if busy and pack.id in view.young and pack.id not in rescued:
+            keep.append(pack)  # perhaps a running backup's, not named by a snapshot yet
+            continue
+        live_bytes = sum(b.length for b in pack.blobs if b.id in live and index.blobs[b.id].pack == pack.id)
+        if live_bytes == 0:
+            drop.append(pack)
+        elif live_bytes < run.options.repack_below * sum(b.length for b in pack.blobs) and any(
+            b.id not in live or index.blobs[b.id].pack != pack.id for b in pack.blobs
+        ):
+            repack.append(pack)
+        else:
+            keep.append(pack)
+    now = time.time()
+    known = {orphan.pack: orphan.seen for orphan in stored.state.orphans}
+    orphans = {pack: known.get(pack, now) for pack in unindexed - pending - rescued}
+    unused = sorted(
+        [info.name.removeprefix("references/") async for info in run.repo.storage.list("references/")]
+    )
+    references = [ref for ref in unused if ref not in named]
+    rescue = [pack for pack in keep if pack.id in rescued]  # rescued packs that stay as they are
+    plan = _Plan(live, named, snapshots, keep, drop, repack, rescue, orphans, references)
+    result = run.result
+    if run.options.dry_run:
+        result.packs_deleted = len(drop)
+        result.packs_repacked = len(repack)
+        result.bytes_deleted = sum(p.size for p in drop + repack)
+        live_in_repack = sum(b.length for p in repack for b in p.blobs if b.id in live)
+        result.bytes_written = live_in_repack
+        result.bytes_freed = result.bytes_deleted - live_in_repack
+        result.blobs_removed = sum(1 for p in drop + repack for b in p.blobs if b.id not in live)
+        result.references_deleted = len(references)
+        result.packs_rescued = len(rescue)
+        result.orphans_pending = len(orphans)
+        result.packs_pending = len(pending)
+    return plan
+
+
+async def _mark(run: _Run, stored: StoredState, view: _View) -> tuple[StoredState, _View]:
+    repo, options, result = run.repo, run.options, run.result
+    plan = await _plan(run, stored, view)
+    run.checkpoint()
+    meta_key = repo.write_keys.meta_key
+    # 1. Copy the live blobs of mostly-garbage packs into new packs (not indexed yet: orphans
+    #    until the index below names them).
+    packer = Packer(repo.storage, meta_key, write_index=False)
+    index = view.index
+    for pack in plan.repack:
+        data = await repo.storage.get(pack_object_name(pack.id))
+        if len(data) != pack.size:
+            raise RepositoryError(f"prune stopped: pack {pack.id[:12]} is truncated (run check)")
+        for blob in pack.blobs:
+            if blob.id in plan.live and index.blobs[blob.id].pack == pack.id:
+                payload = bytes(memoryview(data)[blob.offset : blob.offset + blob.length])
+                sealed = pack.keys[blob.key]  # blobs move with their own data key: never re-encrypted
+                await packer.add(EncodedBlob(blob.id, blob.type, blob.raw_length, payload, sealed))
+        del data
+        run.checkpoint()
+    new_packs = list(await packer.flush())
+    result.bytes_written = sum(p.size for p in new_packs)
+    await hold("prune.repacked")
+    # 2. The generation changes before the new index exists (see the module docstring).
+    stored = await gcstate.publish(repo.storage, meta_key, stored, gcstate.next_state(stored.state,
+                                                                                      marking=time.time()))
+    await hold("prune.marking")
+    # 3. The new index: every pack that stays, the rescued and the new ones; the part that
+    #    supersedes every file read is written last.
+    entries = plan.keep + new_packs
+    superseded = sorted(view.files)
+    parts = [entries[i : i + INDEX_PACKS_PER_FILE] for i in range(0, len(entries), INDEX_PACKS_PER_FILE)] or [[]]
+    written: dict[str, IndexFile] = {}
+    for number, part in enumerate(parts):
+        last = number == len(parts) - 1
+        file_id, data = encode_index_file(meta_key, part, superseded if last else None, compacted=True)
+        await put_once(repo.storage, f"index/{file_id}", data)
+        written[file_id] = IndexFile(packs=part, supersedes=superseded if last else [], compacted=True)
+    await hold("prune.indexed")
+    # 4. Publish the mark; caches learn first what left the index.
+    removed = [p.id for p in plan.drop + plan.repack]
+    now = time.time()
+    mark = GcMark(time=now, snapshots=sorted(plan.snapshots), packs=removed, index=superseded,
+                  references=plan.references)
+    orphans = [GcOrphan(pack, seen) for pack, seen in sorted(plan.orphans.items())]
+    state = gcstate.next_state(stored.state, marks=[*stored.state.marks, mark], orphans=orphans,
+                               last_mark=now, marking=0.0)
+    generation, state_id, state_data = gcstate.precompute_generation(meta_key, state)
+    if options.on_publish is not None:
+        await options.on_publish(CacheUpdate(generation, removed, plan.rescue + new_packs))
+    await hold("prune.cache-updated")
+    stored = await gcstate.publish_encoded(repo.storage, stored, state, state_id, state_data)
+    await hold("prune.marked")
+    result.marked = True
+    result.packs_repacked = len(plan.repack)
+    result.packs_rescued += len(plan.rescue)
+    result.blobs_removed = sum(1 for p in plan.drop + plan.repack for b in p.blobs if b.id not in plan.live)
+    files = {**view.files, **written}
+    return stored, await _View.load(repo, files)
+
+
+async def _sweep(run: _Run, stored: StoredState, view: _View) -> StoredState:
+    """Delete what the published marks (and orphans) allow now; publish what is left."""
+    repo, options, result = run.repo, run.options, run.result
+    state = stored.state
+    if not state.marks and not state.orphans:
+        return stored
+    locks = await run.backup_locks()
+    now = time.time()
+    index = view.index
+    remaining: list[GcMark] = []
+    rescued: list[IndexPack] = []
+    current: dict[str, Snapshot] | None = None
+    for position, mark in enumerate(state.marks):
+        if run.blocked_by(locks, mark.time):
+            remaining.extend(state.marks[position:])  # later marks are later still
+            break
+        if current is None:
+            current = await run.snapshots()
+        run.checkpoint()
+        since = {sid: s for sid, s in current.items() if sid not in set(mark.snapshots)}
+        needed, named = await run.needed_by(since)
+        for snapshot in current.values():
+            if snapshot.references:
+                named.add(snapshot.references)
+                base = run.bases.get(snapshot.references)
+                if base:
+                    named.add(base)
+        missing = {blob for blob in needed if blob not in index}
+        back = await run.find_in_packs(missing, [p for p in mark.packs if p not in index.packs], view)
+        if back:
+            # Saved since the mark with a blob the mark took out: that pack goes back in.
+            file_id, data = encode_index_file(repo.write_keys.meta_key, back)
+            await put_once(repo.storage, f"index/{file_id}", data)
+            for entry in back:
+                index.add_pack(entry)
+            rescued.extend(back)
+            result.packs_rescued += len(back)
+        await hold("prune.sweeping")
+        for pack_id in mark.packs:
+            size = view.stored.get(pack_id)
+            if pack_id in index.packs or size is None:
+                continue  # indexed again (never delete what the index names), or gone already
+            await repo.storage.delete(pack_object_name(pack_id))
+            del view.stored[pack_id]
+            result.packs_deleted += 1
+            result.bytes_deleted += size
+            await hold("prune.deleting")
+        for file_id in mark.index:
+            if file_id not in view.effective and file_id in view.files:
+                await repo.storage.delete(f"index/{file_id}")
+                view.files.pop(file_id, None)
+                result.index_files_deleted += 1
+        for references_id in mark.references:
+            if references_id not in named:
+                await repo.storage.delete(f"references/{references_id}")
+                result.references_deleted += 1
+    orphans: list[GcOrphan] = []
+    for orphan in state.orphans:
+        if orphan.pack in index.packs or orphan.pack not in view.stored:
+            continue  # indexed since (or rescued), or gone
+        old_enough = now - orphan.seen >= options.orphan_age
+        if not (result.marked and old_enough) or run.blocked_by(locks, orphan.seen):
+            orphans.append(orphan)  # deleted only in a run whose mark looked for needed blobs in it
+            continue
+        size = view.stored.pop(orphan.pack)
+        await repo.storage.delete(pack_object_name(orphan.pack))
+        result.packs_deleted += 1
+        result.bytes_deleted += size
+    result.bytes_freed = result.bytes_deleted - result.bytes_written
+    if remaining == state.marks and orphans == state.orphans and not rescued:
+        return stored
+    new_state = gcstate.next_state(state, marks=remaining, orphans=orphans)
+    generation, state_id, state_data = gcstate.precompute_generation(repo.write_keys.meta_key, new_state)
+    if options.on_publish is not None:
+        await options.on_publish(CacheUpdate(generation, [], rescued))
+    return await gcstate.publish_encoded(repo.storage, stored, new_state, state_id, state_data)
+
+
+def _report_pending(run: _Run, stored: StoredState, view: _View) -> None:
+    result = run.result
+    result.packs_pending = len(stored.pending_packs())
+    result.bytes_pending = sum(view.stored.get(pack, 0) for pack in stored.pending_packs())
+    result.orphans_pending = len(stored.state.orphans)
+    if result.packs_pending:
+        result.notes.append(
+            f"{result.packs_pending} pack(s) ({result.bytes_pending} bytes) are marked and will be deleted by a "
+            "later prune, once the backups that were running when they were marked have ended"
+        )
+    result.bytes_freed = result.bytes_deleted - result.bytes_written
 
 
 async def _remove_leftovers(repo: Repository) -> tuple[int, int]:
@@ -144,3 +668,25 @@ async def _remove_leftovers(repo: Repository) -> tuple[int, int]:
             removed += 1
             freed += leftover.size
     return removed, freed
+
+
+async def pending_packs(repo: Repository) -> set[str]:
+    """Packs garbage collection took out of the index and will delete (never index them again)."""
+    with contextlib.suppress(RepositoryError):
+        return (await gcstate.load(repo.storage, repo.write_keys.meta_key)).pending_packs()
+    return set()
+
+
+__all__ = [
+    "GC_CLOCK_SKEW",
+    "ORPHAN_MIN_AGE",
+    "CacheUpdate",
+    "PruneCanceled",
+    "PruneOptions",
+    "PruneResult",
+    "RetentionResult",
+    "forget",
+    "forget_by_rules",
+    "prune",
+]
+

@@ -110,6 +110,24 @@ def named_policy(name: str) -> Rules:
     raise RetentionError(f"unknown retention policy {name!r}: use timemachine or none")
 
 
+def describe(rules: Rules) -> str:
+    """The rules as a user writes them: ``timemachine``, ``none`` or ``keep-last 2, keep-daily 7``."""
+    if rules == TIMEMACHINE:
+        return "timemachine"
+    if rules.empty():
+        return "none"
+    parts = []
+    for name in ("last", "hourly", "daily", "weekly", "monthly", "yearly"):
+        value = getattr(rules, name)
+        if value is not None:
+            parts.append(f"keep-{name} {'unlimited' if value == UNLIMITED else value}")
+    if rules.within is not None:
+        parts.append(f"keep-within {rules.within}")
+    if rules.daily_within is not None:
+        parts.append(f"one a day within {rules.daily_within}")
+    return ", ".join(parts)
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """What retention needs to know of a snapshot."""

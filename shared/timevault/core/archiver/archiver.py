@@ -18,7 +18,7 @@ import contextlib
 import os
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -495,19 +495,25 @@ async def backup(
     workers: int = 2,
     in_flight: int = IN_FLIGHT_BYTES,
     excludes: ExcludeOptions | None = None,
+    on_locked: Callable[[], Awaitable[None]] | None = None,
 ) -> tuple[str, Snapshot]:
     """Back up `paths` into `repo`; returns (snapshot id, snapshot).
 
     `in_flight` bounds the bytes of chunks read but not yet handed to the sink (memory).
     `excludes` says what to leave out (`timevault.core.archiver.excludes`); None leaves out nothing.
+    `on_locked` runs once the backup holds its lock, before anything is deduplicated: the
+    services bring their chunk index up to date with the repository there (a prune that
+    marked data after that moment waits for this backup; see `timevault.core.prune`).
     """
     sources = normalize_sources(paths)
     repo.require_valid_config()  # a changed or out-of-range config is never obeyed
     rules = Excludes(excludes, sources) if excludes is not None and excludes.active else None
     started = datetime.now(UTC).isoformat()
-    async with repo.lock(exclusive=False):
+    async with repo.lock(kind="backup") as held:
+        if on_locked is not None:
+            await on_locked()
         if sink is None or known is None:  # in-process: pack and dedup against the index here
-            index = await repo.index()
+            index = await repo.current_index()
             sink = sink or PackerSink(repo, index)
             known = known or IndexKnownBlobs(index)
         source_names = sorted(os.fsdecode(s) for s in sources)
@@ -543,6 +549,8 @@ async def backup(
                 counter.cancel()
             parent.close()
             archiver.close()
+        # Garbage collection trusts that a backup whose lock lapsed does not save (HeldLock).
+        held.ensure_unbroken()
         near = None
         if parent_id is not None:
             with contextlib.suppress(RepositoryError):

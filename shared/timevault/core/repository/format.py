@@ -133,10 +133,14 @@ class IndexPack(msgspec.Struct):
 
 
 class IndexFile(msgspec.Struct):
-    """`index/<id>`: blob → pack locations for a set of packs; may supersede older index files."""
+    """`index/<id>`: blob → pack locations for a set of packs; may supersede older index files.
+
+    `compacted` marks the files prune writes (every pack they list was known when it ran), as
+    opposed to the one file per pack a backup writes."""
 
     packs: list[IndexPack]
     supersedes: list[str] = []
+    compacted: bool = False
 
 
 class Node(msgspec.Struct, omit_defaults=True):
@@ -233,10 +237,64 @@ class EndorsementFile(msgspec.Struct):
 
 
 class Lock(msgspec.Struct):
-    """`locks/<id>`: held by backups (shared) and prune (exclusive) while they run."""
+    """`locks/<id>`: held by backups (``kind`` "backup"), prune ("prune") and repairs
+    (``exclusive``) while they run. `time` is the last refresh; `started` when it was taken
+    (garbage collection waits for every backup that started before its mark)."""
 
     exclusive: bool
     hostname: str
     pid: int
     time: float
     expires: float
+    kind: str = ""
+    started: float = 0.0
+
+
+class ForgetRecord(msgspec.Struct):
+    """`forgets/<id>`: snapshots removed without the password (by the services' retention),
+    so that `check` can tell them from snapshots deleted by someone without the keys. Removed
+    by the next endorsement, which no longer lists them."""
+
+    time: str
+    hostname: str
+    snapshots: list[str]
+    reason: str = ""
+
+
+class GcOrphan(msgspec.Struct, array_like=True):
+    """A pack no index lists, and when garbage collection first saw it so."""
+
+    pack: str
+    seen: float
+
+
+class GcMark(msgspec.Struct):
+    """One mark of garbage collection: what it took out of the index, to delete later.
+
+    `snapshots` are the snapshots whose references were live when it was made (a snapshot not
+    among them that needs a marked blob gets its pack back); `packs` the packs no index lists
+    any more, `index` the index files its index superseded, `references` the lists of
+    references no snapshot named."""
+
+    time: float
+    snapshots: list[str]
+    packs: list[str] = []
+    index: list[str] = []
+    references: list[str] = []
+
+
+class GcState(msgspec.Struct):
+    """`gc/<id>`: the state of garbage collection (two-phase; see `timevault.core.prune`).
+
+    Usually one exists; each prune run that changes it writes a new one and removes the old
+    ones, so the set of `gc/` names changes whenever data may have left the repository (what a
+    cache of the index compares to know it is stale)."""
+
+    time: float
+    hostname: str
+    marks: list[GcMark] = []
+    orphans: list[GcOrphan] = []
+    last_mark: float = 0.0
+    marking: float = 0.0
+    """Set while a mark is being written (the state is rewritten before the new index, so that
+    the generation changes even if prune is killed right after writing it)."""

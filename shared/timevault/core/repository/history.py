@@ -27,10 +27,11 @@ state, endorsement included, shows a consistent (older) history. docs/security.m
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from timevault.core.repository.format import Endorsement, Snapshot
+from timevault.core.repository.format import Endorsement, ForgetRecord, Snapshot
 
 ENDORSED = "endorsed"
 UNENDORSED = "unendorsed"
@@ -51,6 +52,9 @@ class History:
     endorsement: Endorsement | None = None
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    """Endorsed snapshots that are gone without a forget record: deleted by someone who has no
+    keys (storage, or by hand). Not a reason to refuse listings; `check` reports them."""
 
     def endorsed(self, snapshot_id: str) -> bool:
         return self.status.get(snapshot_id) == ENDORSED
@@ -95,11 +99,17 @@ def newest(endorsements: dict[str, Endorsement]) -> tuple[str, Endorsement] | No
     return endorsement_id, endorsement
 
 
-def classify(snapshots: dict[str, Snapshot], endorsements: dict[str, Endorsement]) -> History:
+def classify(
+    snapshots: dict[str, Snapshot],
+    endorsements: dict[str, Endorsement],
+    forgotten: Mapping[str, ForgetRecord] | None = None,
+) -> History:
     """Judge every snapshot against the newest valid endorsement (see the module docstring).
 
-    `snapshots` and `endorsements` must already be authentic (names and signatures checked).
+    `snapshots` and `endorsements` must already be authentic (names and signatures checked);
+    `forgotten` maps the snapshots that forget records name to their record.
     """
+    forgotten = forgotten or {}
     history = History()
     current = newest(endorsements)
     if current is None:
@@ -127,12 +137,26 @@ def classify(snapshots: dict[str, Snapshot], endorsements: dict[str, Endorsement
             history.status[snapshot_id] = CONTRADICTS
             history.reasons[snapshot_id] = reason
     gone = listed - set(snapshots)
-    if gone:
+    recorded = sorted(gone & set(forgotten))
+    if recorded:
+        reasons = sorted({forgotten[snapshot_id].reason for snapshot_id in recorded} - {""})
+        why = f" ({'; '.join(reasons)})" if reasons else ""
         history.notes.append(
-            f"{len(gone)} snapshot(s) endorsed on {_when(endorsement.time)} are gone since "
-            "(forgotten by retention, or deleted)"
+            f"{len(recorded)} snapshot(s) endorsed on {_when(endorsement.time)} were forgotten since "
+            f"without the password{why}"
         )
+    history.removed = sorted(gone - set(forgotten))
     return history
+
+
+def describe_removed(history: History) -> list[str]:
+    """One line per endorsed snapshot that is gone without a forget record (for `check`)."""
+    when = _when(history.endorsement.time) if history.endorsement else "?"
+    return [
+        f"snapshot {snapshot_id[:8]}, endorsed on {when}, is gone and no forget record explains it: "
+        "it was deleted by someone without the keys (storage, or by hand)"
+        for snapshot_id in history.removed
+    ]
 
 
 def _why_not_consistent(

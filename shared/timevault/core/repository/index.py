@@ -108,13 +108,21 @@ def decode_index_file(meta_key: bytes, data: bytes) -> IndexFile:
         raise CorruptIndex(f"index file is damaged: {exc}") from exc
 
 
+def encode_index_file(
+    meta_key: bytes, packs: list[IndexPack], supersedes: list[str] | None = None, *, compacted: bool = False
+) -> tuple[str, bytes]:
+    """(id, stored bytes) of an index file: its id is the hash of its ciphertext."""
+    plaintext = _encoder.encode(IndexFile(packs=packs, supersedes=supersedes or [], compacted=compacted))
+    data = crypto.encrypt(meta_key, plaintext, b"index")
+    return crypto.content_hash(data).hex(), data
+
+
 async def write_index_file(
-    storage: Storage, meta_key: bytes, packs: list[IndexPack], supersedes: list[str] | None = None
+    storage: Storage, meta_key: bytes, packs: list[IndexPack], supersedes: list[str] | None = None,
+    *, compacted: bool = False,
 ) -> str:
     """Write one index file and return its id (a hash of its ciphertext)."""
-    plaintext = _encoder.encode(IndexFile(packs=packs, supersedes=supersedes or []))
-    data = crypto.encrypt(meta_key, plaintext, b"index")
-    file_id = crypto.content_hash(data).hex()
+    file_id, data = encode_index_file(meta_key, packs, supersedes, compacted=compacted)
     await put_once(storage, f"index/{file_id}", data)
     return file_id
 
@@ -125,6 +133,7 @@ __all__ = [
     "Index",
     "PackBlob",
     "decode_index_file",
+    "encode_index_file",
     "pack_object_name",
     "write_index_file",
 ]

@@ -137,6 +137,7 @@ class Packer:
         pack_size: int = PACK_SIZE,
         max_pending: int = 2,
         on_written: Callable[[IndexPack], Awaitable[None] | None] | None = None,
+        write_index: bool = True,
     ) -> None:
         self._storage = storage
         self._meta_key = meta_key
@@ -151,6 +152,8 @@ class Packer:
         # so without it `flush` would not see the failure (and asyncio would log it as never
         # retrieved). Every later `add` and `flush` raises it.
         self.failure: BaseException | None = None
+        # Prune writes one index for all its packs itself (a pack without one is garbage until then).
+        self._write_index = write_index
         self.written: list[IndexPack] = []
         self.bytes_written = 0
 
@@ -187,7 +190,8 @@ class Packer:
             blobs.clear()
             await put_once(self._storage, pack_object_name(pack_id), parts)
             del parts
-            await write_index_file(self._storage, self._meta_key, [entry])
+            if self._write_index:
+                await write_index_file(self._storage, self._meta_key, [entry])
             self.written.append(entry)
             self.bytes_written += entry.size
             if self._on_written is not None:

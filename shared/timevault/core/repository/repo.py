@@ -33,7 +33,7 @@ from timevault.core.errors import (
     RepositoryNotFound,
 )
 from timevault.core.repository import config as repoconfig
-from timevault.core.repository import endorsements, references
+from timevault.core.repository import endorsements, forgets, gcstate, references
 from timevault.core.repository import keys as keyfiles
 from timevault.core.repository.blobs import CorruptBlob, decode
 from timevault.core.repository.format import (
@@ -43,6 +43,7 @@ from timevault.core.repository.format import (
     Config,
     ConfigFile,
     Endorsement,
+    ForgetRecord,
     IndexPack,
     Lock,
     MasterKeys,
@@ -74,6 +75,8 @@ TREE_PACK_MAX = 32 * 1024 * 1024
 DECODE_INLINE_MAX = 64 * 1024
 LOCK_STALE_AFTER = 30 * 60
 LOCK_REFRESH_EVERY = 5 * 60
+# A lock this close to expiring no longer vouches for its holder (see HeldLock).
+LOCK_SAFETY = 60
 
 _tree_decoder = msgspec.msgpack.Decoder(Tree)
 _snapshot_decoder = msgspec.msgpack.Decoder(Snapshot)
@@ -104,6 +107,7 @@ class Repository:
         self._unsealer = crypto.Unsealer(private_key) if private_key else None
         self._key_name = key_name
         self._index: Index | None = None
+        self._index_generation: list[str] = []
         self._tree_packs: OrderedDict[str, asyncio.Future[bytes]] = OrderedDict()
         self._snapshot_key = crypto.subkey(write.meta_key, "snapshot id")
         # Snapshots and endorsements never change (their names are hashes of their content),
@@ -279,9 +283,23 @@ class Repository:
 
     async def index(self, *, reload: bool = False) -> Index:
         if self._index is None or reload:
+            generation = await self.gc_generation()
             self._index = await Index.load(self.storage, self.write_keys.meta_key)
+            self._index_generation = generation
             self._tree_packs.clear()
         return self._index
+
+    async def current_index(self) -> Index:
+        """The index, loaded again if garbage collection changed the repository since it was
+        (a backup must never deduplicate against data that prune took out of the index)."""
+        if self._index is not None and await self.gc_generation() == self._index_generation:
+            return self._index
+        return await self.index(reload=True)
+
+    async def gc_generation(self) -> list[str]:
+        """The names of the `gc/` objects: they change whenever prune may have removed data, so a
+        cache of the index (the services' chunk index) compares them to know it is stale."""
+        return sorted([info.name.removeprefix("gc/") async for info in self.storage.list("gc/")])
 
     async def repair_index(self) -> list[str]:
         """Load the index, completing it from the packs' own headers where index files are
@@ -302,9 +320,11 @@ class Repository:
     async def rebuild_index(self) -> tuple[int, int, list[str]]:
         """Write back index entries for every pack no readable index file lists, and replace
         damaged index files. Returns (packs recovered, index files replaced, problems)."""
-        async with self.lock(exclusive=True):
+        async with self.lock(exclusive=True, kind="repair"):
             index = await Index.load(self.storage, self.write_keys.meta_key, [])
-            recovered, problems = await self._recover_unindexed(index)
+            # Packs that prune took out of the index and will delete must stay out of it.
+            pending = (await gcstate.load(self.storage, self.write_keys.meta_key)).pending_packs()
+            recovered, problems = await self._recover_unindexed(index, skip=pending)
             damaged = sorted(index.damaged_files)
             if recovered or damaged:
                 await write_index_file(self.storage, self.write_keys.meta_key, recovered, supersedes=damaged)
@@ -314,10 +334,16 @@ class Repository:
             self._tree_packs.clear()
             return len(recovered), len(damaged), problems
 
-    async def _recover_unindexed(self, index: Index) -> tuple[list[IndexPack], list[str]]:
+    async def _recover_unindexed(
+        self, index: Index, skip: set[str] | None = None
+    ) -> tuple[list[IndexPack], list[str]]:
         """Add to `index` every stored pack it lacks, from the pack's header (two ranged reads)."""
         stored = {info.name: info.size async for info in self.storage.list("data/")}
-        missing = [(name, size) for name, size in stored.items() if name.rsplit("/", 1)[-1] not in index.packs]
+        skip = skip or set()
+        missing = [
+            (name, size) for name, size in stored.items()
+            if name.rsplit("/", 1)[-1] not in index.packs and name.rsplit("/", 1)[-1] not in skip
+        ]
         sem = asyncio.Semaphore(8)
         problems: list[str] = []
 
@@ -426,11 +452,43 @@ class Repository:
 
     async def _history(self, damaged: list[str] | None = None) -> tuple[History, dict[str, Snapshot]]:
         damaged = damaged if damaged is not None else []
+        records = await self.forget_records(damaged)
         snapshots = await self._load_all_snapshots(damaged)
         problems: list[str] = []
-        history = classify(snapshots, await self.load_endorsements(problems))
+        forgotten = {snapshot_id: record for record in records.values() for snapshot_id in record.snapshots}
+        history = classify(snapshots, await self.load_endorsements(problems), forgotten)
         history.problems[:0] = problems
         return history, snapshots
+
+    # --- forgetting (the write tier may; see forgets.py) ---------------------------------
+
+    async def forget_snapshots(self, snapshot_ids: list[str], reason: str) -> None:
+        """Remove snapshots: first a record saying so (readable by key holders only), then the
+        snapshot objects. Their data stays until prune. The caller endorses afterwards if it can."""
+        ids = sorted(dict.fromkeys(snapshot_ids))
+        if not ids:
+            return
+        record = ForgetRecord(time=_now(), hostname=socket.gethostname(), snapshots=ids, reason=reason)
+        record_id, data = forgets.encode(self.write_keys.meta_key, record)
+        await put_once(self.storage, f"forgets/{record_id}", data)
+        for snapshot_id in ids:
+            await self.storage.delete(f"snapshots/{snapshot_id}")
+            self._snapshots.pop(snapshot_id, None)
+
+    async def forget_records(self, problems: list[str] | None = None) -> dict[str, ForgetRecord]:
+        """Every readable forget record by id; damaged ones go to `problems`."""
+        found: dict[str, ForgetRecord] = {}
+        async for info in self.storage.list("forgets/"):
+            record_id = info.name.removeprefix("forgets/")
+            try:
+                found[record_id] = forgets.decode(self.write_keys.meta_key, record_id,
+                                                  await self.storage.get(info.name))
+            except ObjectNotFound:
+                continue
+            except RepositoryError as exc:
+                if problems is not None:
+                    problems.append(str(exc))
+        return found
 
     async def history(self) -> History:
         """The standing of every snapshot (endorsed, written since, contradicting)."""
@@ -483,6 +541,9 @@ class Repository:
         """
         if self._sign_key is None:
             raise ReadAccessRequired("endorsing the history needs the password")
+        # Read before the history: a record written after this may name a snapshot that the new
+        # endorsement still lists, and must then stay.
+        records = await self.forget_records()
         history, snapshots = await self._history()
         consistent = {
             snapshot_id: s for snapshot_id, s in snapshots.items() if history.status.get(snapshot_id) != CONTRADICTS
@@ -490,6 +551,7 @@ class Repository:
         head = max(consistent.items(), key=lambda item: (item[1].time, item[0]), default=None)
         current = history.endorsement
         if current is not None and set(current.snapshots) == set(consistent) and not history.problems:
+            await self._drop_forget_records(records, set(current.snapshots))
             return history.endorsement_id
         endorsement = Endorsement(
             repo_id=self.write_keys.repo_id,
@@ -507,7 +569,14 @@ class Repository:
             if old_id != endorsement_id and (when is None or when < made):
                 await self.storage.delete(f"endorsements/{old_id}")
                 del self._endorsements[old_id]
+        await self._drop_forget_records(records, set(endorsement.snapshots))
         return endorsement_id
+
+    async def _drop_forget_records(self, records: dict[str, ForgetRecord], endorsed: set[str]) -> None:
+        """Records whose snapshots the newest endorsement no longer lists have served their purpose."""
+        for record_id, record in records.items():
+            if not endorsed.intersection(record.snapshots):
+                await self.storage.delete(f"forgets/{record_id}")
 
     # --- what snapshots reference (readable by the write tier) ---------------------------
 
@@ -657,24 +726,33 @@ class Repository:
     # --- locks ---------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def lock(self, *, exclusive: bool) -> AsyncIterator[None]:
-        """Shared locks for backups, an exclusive one for prune; refreshed while held."""
+    async def lock(self, *, exclusive: bool = False, kind: str = "backup") -> AsyncIterator[HeldLock]:
+        """Take a lock for the block; refreshed while held.
+
+        Backups take shared locks (``kind`` "backup"), which only an exclusive lock excludes.
+        Prune takes a "prune" lock: one prune at a time, never blocking backups (its two-phase
+        collection waits for the backups that started before its mark instead). Repairs that
+        rewrite the index (`rebuild_index`) take an exclusive one.
+        """
         lock_id = secrets.token_hex(16)
         name = f"locks/{lock_id}"
+        held = HeldLock(name, kind, time.time())
 
         async def write_lock() -> None:
             now = time.time()
-            lock = Lock(exclusive, socket.gethostname(), os.getpid(), now, now + LOCK_STALE_AFTER)
+            lock = Lock(exclusive, socket.gethostname(), os.getpid(), now, now + LOCK_STALE_AFTER, kind,
+                        held.started)
             await self.storage.put(name, self.encrypt_meta(msgspec.msgpack.encode(lock), b"lock"))
+            held.refreshed(now, lock.expires)
 
         await write_lock()
         try:
-            for other_name, other in await self._live_locks():
-                if other_name != name and (exclusive or other.exclusive):
-                    kind = "an exclusive" if other.exclusive else "a"
+            for other_name, other in await self.live_locks():
+                if other_name != name and _conflicts(exclusive, kind, other):
+                    what = "an exclusive" if other.exclusive else ("a prune" if other.kind == "prune" else "a")
                     raise RepositoryLocked(
-                        f"{self.storage.location}: {kind} lock is held by {other.hostname} "
-                        f"(pid {other.pid}) since {datetime.fromtimestamp(other.time, UTC):%Y-%m-%d %H:%M} UTC"
+                        f"{self.storage.location}: {what} lock is held by {other.hostname} "
+                        f"(pid {other.pid}) since {datetime.fromtimestamp(other.started or other.time, UTC):%Y-%m-%d %H:%M} UTC"
                     )
         except BaseException:
             await self.storage.delete(name)
@@ -688,7 +766,7 @@ class Repository:
 
         refresher = asyncio.create_task(refresh())
         try:
-            yield
+            yield held
         finally:
             refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -701,7 +779,8 @@ class Repository:
                 # prune removes it.
                 log.warning("cannot remove the lock %s: %s", name, exc)
 
-    async def _live_locks(self) -> list[tuple[str, Lock]]:
+    async def live_locks(self) -> list[tuple[str, Lock]]:
+        """Every lock that still protects something: not expired, its process not known dead."""
         live = []
         now = time.time()
         async for info in self.storage.list("locks/"):
@@ -714,6 +793,42 @@ class Repository:
             if lock.expires > now and not _dead_local_process(lock):
                 live.append((info.name, lock))
         return live
+
+
+class HeldLock:
+    """A lock this process holds: its name, and whether it has been live all along.
+
+    A process that was suspended (a laptop asleep) for longer than `LOCK_STALE_AFTER` had a
+    stale lock meanwhile, and garbage collection may have removed data it relied on; such a
+    backup must not write its snapshot (`ensure_unbroken`)."""
+
+    def __init__(self, name: str, kind: str, started: float) -> None:
+        self.name = name
+        self.kind = kind
+        self.started = started
+        self.expires = started + LOCK_STALE_AFTER
+        self.lapsed = False
+
+    def refreshed(self, now: float, expires: float) -> None:
+        if now >= self.expires:
+            self.lapsed = True
+        self.expires = expires
+
+    def ensure_unbroken(self) -> None:
+        """Raise RepositoryLocked if the lock expired (or nearly) at any point while held."""
+        if self.lapsed or time.time() >= self.expires - LOCK_SAFETY:
+            raise RepositoryLocked(
+                "this operation's repository lock expired while it ran (the process was paused or "
+                "storage was unreachable for too long): data it relied on may have been pruned "
+                "meanwhile, so it stops without saving; run it again"
+            )
+
+
+def _conflicts(exclusive: bool, kind: str, other: Lock) -> bool:
+    """Whether a lock of (exclusive, kind) may not be held next to `other`."""
+    if exclusive or other.exclusive:
+        return True
+    return kind == "prune" and other.kind == "prune"
 
 
 def _dead_local_process(lock: Lock) -> bool:
