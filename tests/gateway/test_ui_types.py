@@ -30,6 +30,8 @@ TSC = Path(os.environ.get("TIMEVAULT_TSC", REPO_ROOT / ".venv" / "node" / "node_
 # JSDoc typedef in static/types.js → the Struct whose JSON it describes.
 API_TYPES: dict[str, type[msgspec.Struct]] = {
     "Schedule": plans.Schedule,
+    "Retention": plans.Retention,
+    "PruneSummary": jobs.PruneSummary,
     "Location": plans.Location,
     "Plan": plans.Plan,
     "PlanDetail": plans.PlanDetail,

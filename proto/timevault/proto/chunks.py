@@ -112,6 +112,9 @@ class ChunkUpdate(msgspec.Struct, kw_only=True):
     """The generation the catalog must have recorded for `generation` to be recorded."""
     generation: list[str] = msgspec.field(default_factory=list)
     """The repository's generation once the change is published."""
+    final: bool = True
+    """False for the leading parts of a long change (their `chunks` only); the final part drops
+    `removed_packs` and records `generation`."""
 
 
 class ChunkUpdateReply(msgspec.Struct, kw_only=True):

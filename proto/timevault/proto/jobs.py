@@ -65,8 +65,8 @@ class Job(msgspec.Struct, kw_only=True):
     """When a worker started it (UTC)."""
     finished_at: datetime | None = None
     """When it ended (UTC)."""
-    trigger: Literal["manual", "schedule"] = "manual"
-    """Who asked for it."""
+    trigger: Literal["manual", "schedule", "backup"] = "manual"
+    """Who asked for it (``backup``: a prune that follows a successful backup)."""
     files_done: int = 0
     """Files processed so far."""
     files_total: int = 0
@@ -121,7 +121,7 @@ class JobCreate(msgspec.Struct, kw_only=True):
     kind: JobKind = "backup"
     """``backup`` or ``prune`` (queued for a snapshotter). ``restore`` is internal: the restorer
     records its own job."""
-    trigger: Literal["manual", "schedule"] = "manual"
+    trigger: Literal["manual", "schedule", "backup"] = "manual"
     """Who asks."""
     snapshot: str | None = None
     """Restore: the full snapshot id."""

@@ -31,8 +31,8 @@ class Notification(msgspec.Struct, kw_only=True):
     """The plan (id and name)."""
     job: str | None = None
     """The job's id; null for a missed or skipped scheduled backup."""
-    kind: Literal["backup", "restore", "schedule"] = "backup"
-    """What it is about: a backup or restore job, or a scheduled slot that did not run."""
+    kind: Literal["backup", "restore", "schedule", "prune"] = "backup"
+    """What it is about: a backup, restore or prune job, or a scheduled slot that did not run."""
     status: Literal["completed", "failed", "canceled", "missed"]
     """The outcome."""
     error: str | None = None

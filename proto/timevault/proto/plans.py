@@ -637,6 +637,17 @@ def validate_retention(retention: Retention | None) -> Retention:
     return Retention(policy=retention.policy)
 
 
+def describe_retention(retention: Retention) -> str:
+    """The retention as a user writes it: ``timemachine``, ``none`` or ``keep-last 2, keep-daily 7``."""
+    if retention.policy != "custom":
+        return retention.policy
+    parts = [f"{name.replace('_', '-')} {'all' if value == -1 else value}"
+             for name in _KEEP_COUNTS if (value := getattr(retention, name)) is not None]
+    if retention.keep_within:
+        parts.append(f"keep-within {retention.keep_within}")
+    return ", ".join(parts)
+
+
 def retention_rules(retention: Retention) -> Rules:
     """The core's rules for a (validated) retention."""
     from timevault.core.retention import TIMEMACHINE, Duration, Rules

@@ -43,6 +43,7 @@ from timevault.core.errors import (
     HistoryError,
     LocationError,
     LocationNotFound,
+    NotEmpty,
     RepositoryLocked,
     RepositoryNotFound,
     RetentionError,
@@ -80,6 +81,7 @@ _BY_CLASS: tuple[tuple[type[BaseException], Exit, str], ...] = (
     (LocationError, Exit.USAGE, "invalid"),
     (RetentionError, Exit.USAGE, "invalid"),
     (ExcludeError, Exit.USAGE, "invalid"),
+    (NotEmpty, Exit.USAGE, "invalid"),  # `repo init` in a folder that holds something else
     (DamagedData, Exit.FAILURE, "damaged"),
     (ConfigError, Exit.FAILURE, "damaged"),  # a config changed behind the password holder's back
     (HistoryError, Exit.FAILURE, "unverified"),  # contradicts the endorsed history

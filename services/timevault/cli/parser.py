@@ -34,5 +34,20 @@ class Version(argparse.Action):
         parser.exit()
 
 
+def add_retention_flags(parser: argparse.ArgumentParser, *, policy: bool = True) -> None:
+    """``--retention`` and the ``--keep-*`` rules (shared with ``repo forget``)."""
+    if policy:
+        parser.add_argument("--retention", choices=("timemachine", "none"),
+                            help="named policy: timemachine (every snapshot of the last 24 hours, one a day for a "
+                            "month, one a week before that; the default for new plans) or none (keep everything)")
+    periods = {"last": "", "hourly": "hours", "daily": "days", "weekly": "weeks", "monthly": "months",
+               "yearly": "years"}
+    for rule, period in periods.items():
+        what = f"the newest snapshot of each of the last N {period} that have one" if period else "the newest N snapshots"
+        parser.add_argument(f"--keep-{rule}", type=int, metavar="N",
+                            help=f"keep {what} (-1: no limit); explicit rules replace the named policy")
+    parser.add_argument("--keep-within", metavar="DURATION",
+                        help="keep every snapshot within DURATION of the newest, e.g. 36h, 10d, 2w, 6m, 1y2m")
+
 Subcommands: TypeAlias = "argparse._SubParsersAction[Parser]"
 """What `add_subparsers` returns on a `Parser`: each command module registers its commands there."""

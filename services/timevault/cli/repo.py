@@ -9,22 +9,25 @@ password holder's signature over the snapshots that exist now; see
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 from typing import Any
 
-from timevault.cli.errors import CommandError, Incomplete
+from timevault.cli.errors import CommandError, Incomplete, UsageError
 from timevault.cli.exclude_args import exclude_options
 from timevault.cli.passwords import get_password
 from timevault.cli.progress import ProgressBar, human_bytes
 from timevault.cli.units import plural
 from timevault.core.archiver import backup, left_out
 from timevault.core.checker import check
-from timevault.core.prune import forget, prune
+from timevault.core.prune import PruneOptions, forget, forget_by_rules, prune
 from timevault.core.repository import Repository, Snapshot
 from timevault.core.repository.history import CONTRADICTS, ENDORSED, History
 from timevault.core.restorer import restore
+from timevault.core.retention import Rules
+from timevault.core.retention import describe as describe_rules
 from timevault.core.storage import open_location
 
 
@@ -217,31 +220,89 @@ async def cmd_check(args: argparse.Namespace) -> None:
     print("no errors found")
 
 
+def _rules_of(args: argparse.Namespace) -> Rules | None:
+    """The retention rules the flags give, or None when none is given."""
+    from timevault.proto.plans import Retention, retention_rules, validate_retention
+
+    keep = {name: getattr(args, name) for name in _KEEP_FLAGS if getattr(args, name, None) is not None}
+    if not keep and not args.retention:
+        return None
+    return retention_rules(validate_retention(Retention(**keep) if keep else Retention(policy=args.retention)))
+
+
+_KEEP_FLAGS = ("keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly",
+               "keep_within")
+
+
 async def cmd_forget(args: argparse.Namespace) -> None:
+    rules = _rules_of(args)
+    if args.snapshots and rules is not None:
+        raise UsageError("give either SNAPSHOTs to forget or retention rules (--keep-…, --retention), not both")
+    if not args.snapshots and rules is None:
+        raise UsageError("nothing to forget: give SNAPSHOT ids, or retention rules such as --keep-last 10")
     repo = await _open(args)
     try:
-        removed = await forget(repo, args.snapshots)  # endorses the history without them
+        if args.snapshots:
+            ids = list(dict.fromkeys([await repo.resolve_snapshot(ref) for ref in args.snapshots]))
+            if not args.dry_run:
+                ids = await forget(repo, ids)  # endorses the history without them
+            outcome: dict[str, Any] = {"dry_run": args.dry_run, "forgotten": ids, "kept": [], "left_alone": []}
+        else:
+            from timevault.cli.system import _local_timezone
+
+            timezone = args.timezone or _local_timezone()
+            result = await forget_by_rules(repo, rules or Rules(), timezone, dry_run=args.dry_run)
+            outcome = {
+                "dry_run": args.dry_run,
+                "rules": describe_rules(rules or Rules()),
+                "timezone": timezone,
+                "forgotten": result.forgotten,
+                "kept": [{"id": d.snapshot.id, "time": d.snapshot.time.isoformat(), "reasons": d.reasons}
+                         for d in result.decisions if d.keep],
+                "left_alone": result.left_alone,
+            }
     finally:
         await repo.close()
-    for snapshot_id in removed:
-        print(f"removed snapshot {snapshot_id[:8]}")
-    print("run `timevault repo prune` to free the space their data used")
+    if args.json:
+        print(json.dumps(outcome))
+        return
+    verb = "would forget" if args.dry_run else "forgot"
+    for kept in outcome["kept"]:
+        print(f"keep   {kept['id'][:8]}  {kept['time'][:19].replace('T', ' ')}  ({', '.join(kept['reasons'])})")
+    for snapshot_id in outcome["forgotten"]:
+        print(f"{'forget' if args.dry_run else 'forgot'} {snapshot_id[:8]}")
+    for snapshot_id in outcome["left_alone"]:
+        print(f"left alone {snapshot_id[:8]} (contradicts the endorsed history: see `timevault repo check`)")
+    print(f"{verb} {len(outcome['forgotten'])} snapshot(s)"
+          + ("" if args.dry_run else "; run `timevault repo prune` to free the space their data used"))
 
 
 async def cmd_prune(args: argparse.Namespace) -> None:
     repo = await _open(args)
     try:
-        result = await prune(repo)  # endorses the history it leaves
+        result = await prune(repo, PruneOptions(dry_run=args.dry_run))  # endorses the history it leaves
     finally:
         await repo.close()
-    leftovers = ""
-    if result.temp_files_removed or result.locks_removed:
-        leftovers = (f", removed {result.temp_files_removed} stale temporary file(s) and "
-                     f"{result.locks_removed} stale lock(s)")
-    print(
-        f"deleted {result.packs_deleted} packs, repacked {result.packs_repacked}, "
-        f"freed {human_bytes(result.bytes_freed)}{leftovers}"
-    )
+    if args.json:
+        print(json.dumps({"dry_run": args.dry_run, **dataclasses.asdict(result)}))
+        return
+    if args.dry_run:
+        print(f"would delete {result.packs_deleted} pack(s) and repack {result.packs_repacked}, freeing about "
+              f"{human_bytes(result.bytes_freed)}")
+    else:
+        leftovers = ""
+        if result.temp_files_removed or result.locks_removed:
+            leftovers = (f", removed {result.temp_files_removed} stale temporary file(s) and "
+                         f"{result.locks_removed} stale lock(s)")
+        print(f"deleted {result.packs_deleted} pack(s), repacked {result.packs_repacked}, "
+              f"freed {human_bytes(result.bytes_freed)}{leftovers}")
+    if result.packs_rescued:
+        print(f"indexed {result.packs_rescued} pack(s) again: snapshots need data in them")
+    for note in result.notes:
+        print(f"note: {note}")
+    if result.orphans_pending:
+        print(f"note: {result.orphans_pending} pack(s) no index lists (left by interrupted backups) are deleted by a "
+              "prune an hour or more after they were first seen")
 
 
 async def cmd_passwd(args: argparse.Namespace) -> None:

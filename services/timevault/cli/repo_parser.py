@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 from timevault.cli.exclude_args import add_exclude_arguments
-from timevault.cli.parser import Subcommands
+from timevault.cli.parser import Subcommands, add_retention_flags
 
 
 def register(subparsers: Subcommands) -> None:
@@ -82,9 +82,16 @@ def register(subparsers: Subcommands) -> None:
     p.add_argument("--json", action="store_true", help="print JSON (the API's FindResult)")
     p = add("check", "cmd_check", "verify the repository's structure (and all data with --read-data)")
     p.add_argument("--read-data", action="store_true", help="download, decrypt and verify every blob")
-    p = add("forget", "cmd_forget", "remove snapshots (their data stays until prune)")
-    p.add_argument("snapshots", nargs="+", metavar="SNAPSHOT")
-    p = add("prune", "cmd_prune", "remove data that no snapshot needs")
+    p = add("forget", "cmd_forget", "remove snapshots, named or by retention rules (their data stays until prune)")
+    p.add_argument("snapshots", nargs="*", metavar="SNAPSHOT", help="id, unique id prefix, or 'latest'")
+    add_retention_flags(p)
+    p.add_argument("--timezone", metavar="TZ", help="zone of the rules' days, weeks, … (default: this machine's)")
+    p.add_argument("--dry-run", action="store_true", help="say what would be forgotten, forget nothing")
+    p.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    p = add("prune", "cmd_prune", "remove data that no snapshot needs (in two phases: data a running backup may "
+            "still rely on is marked now and deleted by a later prune)")
+    p.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
+    p.add_argument("--json", action="store_true", help="print the outcome as JSON")
     add(
         "rebuild-index",
         "cmd_rebuild_index",

@@ -25,10 +25,11 @@ from typing import Any
 
 from timevault.cli import plan_options
 from timevault.cli.errors import CommandError, GatewayUnreachable, Incomplete, JobFailed, UsageError
-from timevault.cli.parser import Subcommands
+from timevault.cli.parser import Subcommands, add_retention_flags
 from timevault.cli.units import human_bytes, local_time, plural
 from timevault.proto.errors import ServiceError
 from timevault.proto.plans import (
+    Frequency,
     Schedule,
     parse_location,
     parse_weekday,
@@ -190,9 +191,34 @@ def _schedule_text(schedule: dict[str, Any]) -> str:
     from timevault.proto.plans import WEEKDAYS
 
     when = "daily"
-    if schedule.get("frequency") == "weekly" and schedule.get("weekday"):
+    frequency = schedule.get("frequency")
+    if frequency == "weekly" and schedule.get("weekday"):
         when = f"weekly on {WEEKDAYS[int(schedule['weekday']) - 1]}"
+    elif frequency == "hourly":
+        return f"hourly at {schedule.get('time')} past the hour ({schedule.get('timezone', 'UTC')})"
+    elif frequency == "monthly" and schedule.get("day_of_month"):
+        when = f"monthly on day {schedule['day_of_month']}"
     return f"{when} at {schedule.get('time')} ({schedule.get('timezone', 'UTC')})"
+
+
+_POLICIES = {
+    "timemachine": "timemachine (every snapshot of the last 24 hours, one a day for the past month, one a week "
+                   "before that)",
+    "none": "none (every snapshot is kept)",
+}
+
+
+def _retention_text(retention: dict[str, Any] | None) -> str:
+    from timevault.proto.plans import Retention, describe_retention
+
+    if not retention:
+        return "-"
+    policy = str(retention.get("policy", ""))
+    if policy in _POLICIES:
+        return _POLICIES[policy]
+    import msgspec
+
+    return describe_retention(msgspec.convert(retention, Retention))
 
 
 def _location_text(location: dict[str, Any]) -> str:
@@ -209,17 +235,21 @@ def _show_plan(plan: dict[str, Any]) -> None:
     print(f"schedule:   {_schedule_text(plan.get('schedule', {}))}{'  [paused]' if plan.get('paused') else ''}")
     print(f"location:   {_location_text(plan.get('location', {}))}")
     plan_options.show(plan)
+    print(f"retention:  {_retention_text(plan.get('retention'))}"
+          f"{'; thins the oldest snapshots when the location is full' if plan.get('thin_when_full') else ''}")
     print(f"total size: {_size(plan.get('total_size'))}")
     zone = plan.get("schedule", {}).get("timezone")
     print(f"next run:   {local_time(plan.get('next_run'), zone) if plan.get('next_run') else '-'}")
+    print(f"last prune: {local_time(plan.get('last_prune_at'), zone) if plan.get('last_prune_at') else '-'}")
     snapshots = plan.get("snapshots", [])
     print(f"snapshots:  {len(snapshots)}")
     for snap in snapshots:
         error = f"  {snap['error']}" if snap.get("error") else ""
         endorsed = "  (not yet endorsed)" if snap.get("status") == "completed" and not snap.get("endorsed") else ""
+        kept = f"  kept by: {', '.join(snap['kept_by'])}" if snap.get("kept_by") else ""
         print(f"  {snap['id'][:12]}  {local_time(snap.get('started_at')):27}  {snap.get('status', ''):9}  "
               f"{_size(snap.get('size')):>10}  +{_size(snap.get('added_size')):>10}  "
-              f"{plural(int(snap.get('files', 0)), 'file')}{endorsed}{error}")
+              f"{plural(int(snap.get('files', 0)), 'file')}{endorsed}{kept}{error}")
 
 
 # --- commands --------------------------------------------------------------------------------
@@ -241,25 +271,65 @@ def _local_timezone() -> str:
         return "UTC"
 
 
+def _schedule_of(args: argparse.Namespace) -> Schedule:
+    """The schedule the create/attach flags describe (validated)."""
+    frequency: Frequency = (
+        "weekly" if args.weekly else "monthly" if args.monthly else "hourly" if args.hourly else "daily")
+    weekday = parse_weekday(args.weekly) if args.weekly else None
+    return validate_schedule(Schedule(frequency=frequency, time=args.at, weekday=weekday,
+                                      day_of_month=_day_of_month(args.monthly) if args.monthly else None,
+                                      timezone=args.timezone or _local_timezone()))
+
+
+def _day_of_month(text: str) -> int:
+    if not text.strip().isdigit() or not 1 <= int(text) <= 31:
+        raise ServiceError("invalid", f"--monthly takes a day of the month 1..31, not {text!r}",
+                           "schedule.day_of_month")
+    return int(text)
+
+
+def _schedule_body(schedule: Schedule) -> dict[str, Any]:
+    return {k: v for k, v in vars_of(schedule).items() if v is not None}
+
+
+_KEEP_FLAGS = ("keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly",
+               "keep_within")
+
+
+def _retention_body(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The retention the flags ask for (validated), or None when none is given.
+
+    Explicit ``--keep-*`` rules replace the named policy."""
+    from timevault.proto.plans import Retention, validate_retention
+
+    keep = {name: getattr(args, name) for name in _KEEP_FLAGS if getattr(args, name, None) is not None}
+    if not keep and not getattr(args, "retention", None):
+        return None
+    retention = validate_retention(Retention(**keep) if keep else Retention(policy=args.retention))
+    return {k: v for k, v in vars_of(retention).items() if v is not None}
+
+
 def cmd_plan_create(args: argparse.Namespace) -> None:
     from timevault.cli.passwords import get_password
 
     name = validate_name(args.name)
     sources = validate_sources([os.path.abspath(os.path.expanduser(s)) for s in args.source])
     plan_options.body(args)  # bad options are reported before the password is asked
-    weekday = parse_weekday(args.weekly) if args.weekly else None
-    schedule = validate_schedule(Schedule(frequency="weekly" if args.weekly else "daily", time=args.at,
-                                          weekday=weekday, timezone=args.timezone or _local_timezone()))
+    schedule = _schedule_of(args)
     location = validate_location(parse_location(args.location), sources)
+    retention = _retention_body(args)
     gateway = Gateway.find(args.data_dir)
     password = get_password(args.password_file, confirm=True, prompt="Backup password")
-    body = {
+    body: dict[str, Any] = {
         "name": name, "sources": sources,
-        "schedule": {k: v for k, v in (("frequency", schedule.frequency), ("time", schedule.time),
-                                       ("weekday", schedule.weekday), ("timezone", schedule.timezone)) if v},
+        "schedule": _schedule_body(schedule),
         "location": {k: v for k, v in vars_of(location).items() if v is not None},
         "password": password, "password_confirm": password, **plan_options.body(args),
     }
+    if retention is not None:
+        body["retention"] = retention
+    if args.thin_when_full:
+        body["thin_when_full"] = True
     plan = gateway.call("POST", "/plans", body)
     if args.json:
         _print_json(plan)
@@ -274,22 +344,24 @@ def cmd_plan_attach(args: argparse.Namespace) -> None:
     name = validate_name(args.name)
     paths = [os.path.abspath(os.path.expanduser(s)) for s in args.source or []]
     sources = validate_sources(paths) if paths else []
-    weekday = parse_weekday(args.weekly) if args.weekly else None
-    schedule = validate_schedule(Schedule(frequency="weekly" if args.weekly else "daily", time=args.at,
-                                          weekday=weekday, timezone=args.timezone or _local_timezone()))
+    schedule = _schedule_of(args)
     location = validate_location(parse_location(args.location), sources)
+    retention = _retention_body(args)
     gateway = Gateway.find(args.data_dir)
     # The repository exists already: the password is checked against it, so one prompt suffices.
     password = get_password(args.password_file, prompt="Backup password")
     body: dict[str, Any] = {
         "name": name,
-        "schedule": {k: v for k, v in (("frequency", schedule.frequency), ("time", schedule.time),
-                                       ("weekday", schedule.weekday), ("timezone", schedule.timezone)) if v},
+        "schedule": _schedule_body(schedule),
         "location": {k: v for k, v in vars_of(location).items() if v is not None},
         "password": password,
     }
     if sources:
         body["sources"] = sources
+    if retention is not None:
+        body["retention"] = retention
+    if args.thin_when_full:
+        body["thin_when_full"] = True
     plan = gateway.call("POST", "/plans/attach", body)
     if args.json:
         _print_json(plan)
@@ -327,14 +399,21 @@ def cmd_plan_show(args: argparse.Namespace) -> None:
 
 
 def cmd_plan_update(args: argparse.Namespace) -> None:
+    from timevault.proto.plans import validate_minute
+
     schedule: dict[str, Any] = {}
     if args.daily:
         schedule["frequency"] = "daily"
+    if args.hourly:
+        schedule["frequency"] = "hourly"
     if args.weekly:
         schedule["frequency"] = "weekly"
         schedule["weekday"] = parse_weekday(args.weekly)
+    if args.monthly:
+        schedule["frequency"] = "monthly"
+        schedule["day_of_month"] = _day_of_month(args.monthly)
     if args.at:
-        schedule["time"] = validate_time(args.at)
+        schedule["time"] = validate_minute(args.at) if args.hourly else validate_time(args.at)
     if args.timezone:
         schedule["timezone"] = validate_timezone(args.timezone)
     body: dict[str, Any] = {}
@@ -343,15 +422,21 @@ def cmd_plan_update(args: argparse.Namespace) -> None:
     if args.source:
         body["sources"] = validate_sources([os.path.abspath(os.path.expanduser(s)) for s in args.source])
     body.update(plan_options.body(args, update=True))
+    retention = _retention_body(args)
+    if retention is not None:
+        body["retention"] = retention
+    if args.thin_when_full is not None:
+        body["thin_when_full"] = args.thin_when_full
     if not body:
-        raise UsageError("nothing to change: give --daily, --weekly DAY, --at HH:MM, --timezone, --source, "
-                         "or an exclude, hook or notify option")
+        raise UsageError("nothing to change: give --hourly, --daily, --weekly DAY, --monthly DAY, --at, --timezone, "
+                         "--source, --retention, --keep-…, --[no-]thin-when-full, or an exclude, hook or notify option")
     gateway = Gateway.find(args.data_dir)
     plan = gateway.call("PATCH", f"/plans/{_q(gateway.plan_id(args.name))}", body)
     if args.json:
         _print_json(plan)
     else:
-        print(f"updated plan {plan['name']!r}: {_schedule_text(plan['schedule'])}")
+        print(f"updated plan {plan['name']!r}: {_schedule_text(plan['schedule'])}; "
+              f"retention {_retention_text(plan.get('retention'))}")
 
 
 def cmd_plan_delete(args: argparse.Namespace) -> None:
@@ -429,6 +514,8 @@ def _wait(gateway: Gateway, job: dict[str, Any], as_json: bool) -> None:
     warnings = [str(w) for w in job.get("warnings") or []]
     if as_json:
         _print_json(job)
+    elif job["kind"] == "prune" and job.get("prune"):
+        print(f"prune {job['id']} completed: {_prune_text(job['prune'])}")
     else:
         extra = f" (snapshot {job['snapshot_id'][:12]})" if job.get("snapshot_id") and job["kind"] == "backup" else ""
         for warning in warnings:
@@ -438,6 +525,16 @@ def _wait(gateway: Gateway, job: dict[str, Any], as_json: bool) -> None:
     if warnings:
         raise Incomplete(f"{job['kind']} {job['id']} finished, but {len(warnings)} item(s) could not be "
                          "restored (listed above); everything else was")
+
+
+def _prune_text(summary: dict[str, Any]) -> str:
+    text = (f"forgot {len(summary.get('forgotten', []))} snapshot(s), kept {len(summary.get('kept_by', {}))}; "
+            f"deleted {summary.get('packs_deleted', 0)} pack(s), repacked {summary.get('packs_repacked', 0)}, "
+            f"freed {_size(summary.get('bytes_freed', 0))}")
+    if summary.get("packs_pending"):
+        text += (f"; {summary['packs_pending']} pack(s) ({_size(summary.get('bytes_pending'))}) are marked and go "
+                 "once the backups that were running end")
+    return text
 
 
 _PROGRESS_FIELDS = ("files_done", "files_total", "bytes_done", "bytes_total", "rate")
@@ -498,6 +595,17 @@ def cmd_backup(args: argparse.Namespace) -> None:
         print(f"backup {job['id']} started")
 
 
+def cmd_plan_prune(args: argparse.Namespace) -> None:
+    gateway = Gateway.find(args.data_dir)
+    job = gateway.call("POST", f"/plans/{_q(gateway.plan_id(args.name))}/prune")
+    if args.wait:
+        _wait(gateway, job, args.json)
+    elif args.json:
+        _print_json(job)
+    else:
+        print(f"prune {job['id']} started")
+
+
 def cmd_restore(args: argparse.Namespace) -> None:
     from timevault.cli.passwords import get_password
 
@@ -543,6 +651,17 @@ async def cmd_up(args: argparse.Namespace) -> int:
 # --- registration ----------------------------------------------------------------------------
 
 
+def _frequency_flags(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    freq = parser.add_mutually_exclusive_group(required=required)
+    freq.add_argument("--hourly", action="store_true", help="every hour, at the minute --at :MM")
+    freq.add_argument("--daily", action="store_true")
+    freq.add_argument("--weekly", metavar="DAY", help="monday..sunday")
+    freq.add_argument("--monthly", metavar="DAY", help="day of the month 1..31 (a month without it: its last day)")
+
+
+_retention_flags = add_retention_flags
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", default=None,
                         help="TimeVault data dir (default ~/.local/share/timevault); finds gateway.json")
@@ -576,14 +695,16 @@ def register(subparsers: Subcommands) -> None:
     create = plans.add_parser("create", help="create a plan (asks for the password twice)")
     create.add_argument("name")
     create.add_argument("--source", action="append", required=True, metavar="PATH")
-    freq = create.add_mutually_exclusive_group(required=True)
-    freq.add_argument("--daily", action="store_true")
-    freq.add_argument("--weekly", metavar="DAY", help="monday..sunday")
-    create.add_argument("--at", required=True, metavar="HH:MM")
+    _frequency_flags(create, required=True)
+    create.add_argument("--at", required=True, metavar="HH:MM", help="start time (hourly: :MM, the minute)")
     create.add_argument("--location", required=True, help="folder path or s3://bucket/prefix?endpoint=&region=")
     create.add_argument("--timezone", metavar="TZ", help="IANA zone (default: this machine's)")
     create.add_argument("--password-file", metavar="F")
     plan_options.add_arguments(create)
+    _retention_flags(create)
+    create.add_argument("--thin-when-full", action="store_true",
+                        help="when the location is too full for a backup, forget the oldest snapshots (never the "
+                        "newest) until it fits, instead of failing")
     _common(create)
     create.set_defaults(func=cmd_plan_create)
 
@@ -592,12 +713,13 @@ def register(subparsers: Subcommands) -> None:
     attach.add_argument("--location", required=True, help="folder path or s3://bucket/prefix?endpoint=&region=")
     attach.add_argument("--source", action="append", metavar="PATH",
                         help="paths for future backups (default: those of the latest snapshot)")
-    afreq = attach.add_mutually_exclusive_group(required=True)
-    afreq.add_argument("--daily", action="store_true")
-    afreq.add_argument("--weekly", metavar="DAY", help="monday..sunday")
-    attach.add_argument("--at", required=True, metavar="HH:MM")
+    _frequency_flags(attach, required=True)
+    attach.add_argument("--at", required=True, metavar="HH:MM", help="start time (hourly: :MM, the minute)")
     attach.add_argument("--timezone", metavar="TZ", help="IANA zone (default: this machine's)")
     attach.add_argument("--password-file", metavar="F")
+    _retention_flags(attach)
+    attach.add_argument("--thin-when-full", action="store_true",
+                        help="when the location is too full for a backup, forget the oldest snapshots first")
     _common(attach)
     attach.set_defaults(func=cmd_plan_attach)
 
@@ -610,15 +732,19 @@ def register(subparsers: Subcommands) -> None:
     _common(show)
     show.set_defaults(func=cmd_plan_show)
 
-    update = plans.add_parser("update", help="change schedule or sources (never the name)")
+    update = plans.add_parser("update", help="change schedule, sources or retention (never the name)")
     update.add_argument("name")
-    ufreq = update.add_mutually_exclusive_group()
-    ufreq.add_argument("--daily", action="store_true")
-    ufreq.add_argument("--weekly", metavar="DAY")
-    update.add_argument("--at", metavar="HH:MM")
+    _frequency_flags(update, required=False)
+    update.add_argument("--at", metavar="HH:MM", help="start time (hourly: :MM, the minute)")
     update.add_argument("--timezone", metavar="TZ")
     update.add_argument("--source", action="append", metavar="PATH")
     plan_options.add_arguments(update, update=True)
+    _retention_flags(update)
+    thin = update.add_mutually_exclusive_group()
+    thin.add_argument("--thin-when-full", dest="thin_when_full", action="store_true", default=None,
+                      help="forget the oldest snapshots when the location is too full for a backup")
+    thin.add_argument("--no-thin-when-full", dest="thin_when_full", action="store_false",
+                      help="fail a backup that does not fit instead")
     _common(update)
     update.set_defaults(func=cmd_plan_update)
 
@@ -627,6 +753,13 @@ def register(subparsers: Subcommands) -> None:
     delete.add_argument("--yes", action="store_true", help="confirm")
     _common(delete)
     delete.set_defaults(func=cmd_plan_delete)
+
+    prune = plans.add_parser("prune", help="forget the snapshots the plan's retention drops and remove unused "
+                             "data, now (the services also do this after each backup)")
+    prune.add_argument("name")
+    prune.add_argument("--wait", action="store_true", help="wait for the prune; exit 0 only if it completed")
+    _common(prune)
+    prune.set_defaults(func=cmd_plan_prune)
 
     for action, func in (("pause", cmd_plan_pause), ("resume", cmd_plan_resume)):
         sp = plans.add_parser(action, help=f"{action} the plan's schedule")

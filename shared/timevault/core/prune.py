@@ -549,7 +549,7 @@ async def _mark(run: _Run, stored: StoredState, view: _View) -> tuple[StoredStat
                   references=plan.references)
     orphans = [GcOrphan(pack, seen) for pack, seen in sorted(plan.orphans.items())]
     state = gcstate.next_state(stored.state, marks=[*stored.state.marks, mark], orphans=orphans,
-                               last_mark=now, marking=0.0)
+                               last_mark=now, marking=0.0, last_snapshots=sorted(plan.snapshots))
     generation, state_id, state_data = gcstate.precompute_generation(meta_key, state)
     if options.on_publish is not None:
         await options.on_publish(CacheUpdate(generation, removed, plan.rescue + new_packs))
@@ -670,6 +670,18 @@ async def _remove_leftovers(repo: Repository) -> tuple[int, int]:
     return removed, freed
 
 
+async def mark_due(repo: Repository, every: float) -> bool:
+    """Whether a prune that forgot nothing itself should still mark: a snapshot of the last mark
+    is gone (forgotten elsewhere), or the last mark is older than `every` seconds (what
+    interrupted backups left behind is found then), or it never marked."""
+    stored = await gcstate.load(repo.storage, repo.write_keys.meta_key)
+    state = stored.state
+    if state.marks or state.orphans or not state.last_mark or time.time() - state.last_mark >= every:
+        return True
+    current = {info.name.removeprefix("snapshots/") async for info in repo.storage.list("snapshots/")}
+    return not set(state.last_snapshots) <= current
+
+
 async def pending_packs(repo: Repository) -> set[str]:
     """Packs garbage collection took out of the index and will delete (never index them again)."""
     with contextlib.suppress(RepositoryError):
@@ -687,6 +699,7 @@ __all__ = [
     "RetentionResult",
     "forget",
     "forget_by_rules",
+    "mark_due",
     "prune",
 ]
 

@@ -23,7 +23,7 @@ import aiosqlite
 import msgspec
 
 from timevault.proto.jobs import Job
-from timevault.proto.plans import Location, PlanEvent, Schedule, SnapshotInfo
+from timevault.proto.plans import Location, PlanEvent, Retention, Schedule, SnapshotInfo
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS plans (
@@ -73,7 +73,32 @@ CREATE TABLE IF NOT EXISTS events (
     data TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_plan ON events (plan_id, seq);
+CREATE TABLE IF NOT EXISTS lifecycle (
+    plan_id TEXT PRIMARY KEY,
+    data TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS packs (
+    plan_id TEXT NOT NULL,
+    id TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    PRIMARY KEY (plan_id, id)
+) WITHOUT ROWID;
 """
+
+
+class LifecycleRow(msgspec.Struct, kw_only=True):
+    """A plan's retention settings and what the catalog knows of its repository's state.
+
+    Kept apart from the ``plans`` row (and as JSON) so that adding a setting needs no migration.
+    A plan created before this table existed has no row: it keeps everything (`Retention`
+    ``none``) and its chunk index is reconciled before its next backup (`generation` unknown).
+    """
+
+    retention: Retention = msgspec.field(default_factory=lambda: Retention(policy="none"))
+    thin_when_full: bool = False
+    generation: list[str] | None = None
+    """The repository's generation the chunk index matches; None: unknown (reconcile first)."""
+    last_prune_at: datetime | None = None
 
 
 class PlanRow(msgspec.Struct, kw_only=True):
@@ -217,11 +242,28 @@ class CatalogDB:
         conn = self._writing()
         await conn.execute("UPDATE plans SET total_size = total_size + ? WHERE id=?", (delta, plan_id))
 
+    async def set_total_size(self, plan_id: str, size: int) -> None:
+        conn = self._writing()
+        await conn.execute("UPDATE plans SET total_size = ? WHERE id=?", (size, plan_id))
+
     async def delete_plan_rows(self, plan_id: str) -> None:
         conn = self._writing()
-        for table, column in (("chunks", "plan_id"), ("snapshots", "plan_id"), ("jobs", "plan_id"),
-                              ("events", "plan_id"), ("plans", "id")):
+        for table, column in (("chunks", "plan_id"), ("packs", "plan_id"), ("snapshots", "plan_id"),
+                              ("jobs", "plan_id"), ("events", "plan_id"), ("lifecycle", "plan_id"),
+                              ("plans", "id")):
             await conn.execute(f"DELETE FROM {table} WHERE {column}=?", (plan_id,))
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def get_lifecycle(self, plan_id: str) -> LifecycleRow:
+        async with self._conn.execute("SELECT data FROM lifecycle WHERE plan_id=?", (plan_id,)) as cur:
+            row = await cur.fetchone()
+        return LifecycleRow() if row is None else msgspec.json.decode(row[0], type=LifecycleRow)
+
+    async def save_lifecycle(self, plan_id: str, lifecycle: LifecycleRow) -> None:
+        conn = self._writing()
+        await conn.execute("INSERT OR REPLACE INTO lifecycle (plan_id, data) VALUES (?,?)",
+                           (plan_id, msgspec.json.encode(lifecycle)))
 
     # --- jobs ----------------------------------------------------------------------------
 
@@ -306,6 +348,10 @@ class CatalogDB:
             (plan_id, snap.id, _iso(snap.started_at), msgspec.json.encode(snap)),
         )
 
+    async def delete_snapshot(self, plan_id: str, snapshot_id: str) -> None:
+        conn = self._writing()
+        await conn.execute("DELETE FROM snapshots WHERE plan_id=? AND id=?", (plan_id, snapshot_id))
+
     async def list_snapshots(self, plan_id: str) -> list[SnapshotInfo]:
         async with self._conn.execute(
             "SELECT data FROM snapshots WHERE plan_id=? ORDER BY started_at, id", (plan_id,)
@@ -333,6 +379,56 @@ class CatalogDB:
             [(plan_id, cid, pack, length) for cid, pack, length in chunks],
         )
         return conn.total_changes - before
+
+    async def add_packs(self, plan_id: str, packs: list[tuple[str, int]]) -> int:
+        """Record packs; returns the bytes of those that were new (a repeated report adds 0)."""
+        conn = self._writing()
+        added = 0
+        for pack_id, size in packs:
+            cur = await conn.execute("INSERT OR IGNORE INTO packs (plan_id, id, size) VALUES (?,?,?)",
+                                     (plan_id, pack_id, size))
+            if cur.rowcount == 1:
+                added += size
+        return added
+
+    async def drop_packs(self, plan_id: str, pack_ids: list[str]) -> int:
+        """Forget packs and every chunk row that points into them; returns the bytes dropped."""
+        conn = self._writing()
+        dropped = 0
+        for start in range(0, len(pack_ids), 500):
+            batch = pack_ids[start : start + 500]
+            marks = ",".join("?" * len(batch))
+            async with conn.execute(f"SELECT COALESCE(SUM(size), 0) FROM packs WHERE plan_id=? AND id IN ({marks})",
+                                    (plan_id, *batch)) as cur:
+                row = await cur.fetchone()
+            dropped += int(row[0]) if row else 0
+            await conn.execute(f"DELETE FROM packs WHERE plan_id=? AND id IN ({marks})", (plan_id, *batch))
+            await conn.execute(f"DELETE FROM chunks WHERE plan_id=? AND pack IN ({marks})", (plan_id, *batch))
+        return dropped
+
+    async def put_chunks(self, plan_id: str, chunks: list[tuple[bytes, str, int]]) -> None:
+        """Insert or move chunk rows (a blob now in another pack)."""
+        conn = self._writing()
+        await conn.executemany(
+            "INSERT OR REPLACE INTO chunks (plan_id, id, pack, length) VALUES (?,?,?,?)",
+            [(plan_id, cid, pack, length) for cid, pack, length in chunks],
+        )
+
+    async def replace_chunks(self, plan_id: str, chunks: list[tuple[bytes, str, int]],
+                             packs: list[tuple[str, int]]) -> None:
+        """The plan's chunk index becomes exactly `chunks` in `packs` (a reconcile), and its total
+        size the sum of the packs'."""
+        conn = self._writing()
+        await conn.execute("DELETE FROM chunks WHERE plan_id=?", (plan_id,))
+        await conn.execute("DELETE FROM packs WHERE plan_id=?", (plan_id,))
+        await self.add_chunks(plan_id, chunks)
+        await self.add_packs(plan_id, packs)
+        await self.set_total_size(plan_id, sum(size for _, size in packs))
+
+    async def count_chunks(self, plan_id: str) -> int:
+        async with self._conn.execute("SELECT COUNT(*) FROM chunks WHERE plan_id=?", (plan_id,)) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
 
     # --- events --------------------------------------------------------------------------
 

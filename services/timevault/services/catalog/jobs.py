@@ -31,15 +31,18 @@ from timevault.proto.jobs import (
     JobListRequest,
     JobProgress,
     JobRef,
+    PruneSummary,
     capped_warnings,
 )
-from timevault.proto.plans import SnapshotInfo
+from timevault.proto.plans import PlanRef, SnapshotInfo
+from timevault.services.catalog import pruning
 from timevault.services.catalog.context import ACTIVE, Catalog, Transaction
 from timevault.services.catalog.db import PlanRow
 from timevault.services.common.util import new_id, utcnow
 
 log = logging.getLogger(__name__)
 Outcome = Literal["completed", "failed", "canceled"]
+Trigger = Literal["manual", "schedule", "backup"]
 
 
 class Jobs:
@@ -54,7 +57,17 @@ class Jobs:
             row = await self.catalog.plan(req.plan)
             if req.kind == "restore":
                 return await self._create_restore(tx, row, req)
-            job = await self.create_backup(tx, row, req.trigger, None)
+            if req.kind == "prune":
+                job = await self.create_prune(tx, row, req.trigger)
+            else:
+                job = await self.create_backup(tx, row, req.trigger, None)
+        await self.dispatch(job)
+        return job
+
+    async def prune(self, req: PlanRef) -> Job:
+        """``tv.catalog.plan.prune``: forget by the plan's retention and remove unused data, now."""
+        async with self.catalog.transaction() as tx:
+            job = await self.create_prune(tx, await self.catalog.plan(req.plan), "manual")
         await self.dispatch(job)
         return job
 
@@ -104,6 +117,7 @@ class Jobs:
         return job
 
     async def finish(self, req: JobFinish) -> Job:
+        follow_up: Job | None = None
         async with self.catalog.transaction() as tx:
             job, _, _ = await self.catalog.job(req.job_id)
             if job.status in TERMINAL:
@@ -119,7 +133,25 @@ class Jobs:
                                               bytes_done=req.progress.bytes_done,
                                               files_total=req.progress.files_total,
                                               bytes_total=req.progress.bytes_total)
-            return await self.record_end(tx, job, req.status, req.error, snapshot=req.snapshot)
+            job = await self.record_end(tx, job, req.status, req.error, snapshot=req.snapshot, prune=req.prune)
+            if job.kind == "backup" and job.status == "completed":
+                follow_up = await self._prune_after_backup(tx, job)
+        if follow_up is not None:
+            try:
+                await self.dispatch(follow_up)
+            except ServiceError as exc:
+                log.warning("cannot queue the prune after backup %s: %s", job.id, exc)
+        return job
+
+    async def _prune_after_backup(self, tx: Transaction, backup: Job) -> Job | None:
+        """After each successful backup the plan is thinned and pruned (unless a prune is queued
+        or running already: it will see this snapshot too)."""
+        plan = await self.db.get_plan(backup.plan_id)
+        if plan is None or plan.deleting:
+            return None
+        if await self.db.list_jobs(plan_id=plan.id, statuses=ACTIVE, kind="prune", limit=1):
+            return None
+        return await self.create_prune(tx, plan, "backup")
 
     async def on_progress(self, msg: Msg) -> None:
         """A worker's `JobProgress`: its job's counters and heartbeat."""
@@ -140,7 +172,7 @@ class Jobs:
 
     # --- for the other parts of the catalog ----------------------------------------------
 
-    async def create_backup(self, tx: Transaction, row: PlanRow, trigger: Literal["manual", "schedule"],
+    async def create_backup(self, tx: Transaction, row: PlanRow, trigger: Trigger,
                             slot: datetime | None) -> Job:
         """Insert a pending backup job (``busy`` if the plan has one); `dispatch` it after the commit."""
         active = await self.db.list_jobs(plan_id=row.id, statuses=ACTIVE, kind="backup", limit=1)
@@ -153,16 +185,29 @@ class Jobs:
         await tx.event(row.id, "job", f"backup {job.id} requested ({trigger})", job.id)
         return job
 
+    async def create_prune(self, tx: Transaction, row: PlanRow, trigger: Trigger) -> Job:
+        """Insert a pending prune job (``busy`` if the plan has one); `dispatch` it after the commit."""
+        active = await self.db.list_jobs(plan_id=row.id, statuses=ACTIVE, kind="prune", limit=1)
+        if active:
+            raise ServiceError("busy", f"plan {row.name!r} is busy: prune {active[0].id} is "
+                               f"{active[0].status}", "plan")
+        job = Job(id=new_id("j"), plan_id=row.id, kind="prune", status="pending", created_at=utcnow(),
+                  trigger=trigger)
+        await self.db.save_job(job, heartbeat=time.time())
+        await tx.event(row.id, "job", f"prune {job.id} requested ({trigger})", job.id)
+        return job
+
     async def dispatch(self, job: Job) -> None:
-        """Announce a committed backup job and put it on the work queue (failing it if that fails)."""
+        """Announce a committed backup or prune job and put it on the work queue (failing it if that fails)."""
         await self.catalog.publish(subjects.job_event(job.id), JobEvent(job=job))
         try:
             work = BackupWork(job_id=job.id, plan_id=job.plan_id)
-            await self.catalog.js.publish(subjects.WORK_BACKUP, wire.encode(work))
+            subject = subjects.WORK_PRUNE if job.kind == "prune" else subjects.WORK_BACKUP
+            await self.catalog.js.publish(subject, wire.encode(work))
         except Exception as exc:
             log.error("cannot queue job %s: %s", job.id, exc)
             await self.end(job, "failed", f"cannot queue the job: {exc}")
-            raise ServiceError("unavailable", "cannot queue the backup (JetStream unavailable)") from exc
+            raise ServiceError("unavailable", f"cannot queue the {job.kind} (JetStream unavailable)") from exc
 
     async def end(self, job: Job, status: Outcome, error: str | None) -> Job:
         """End a job in a transaction of its own, unless it ended meanwhile (then that stands)."""
@@ -173,11 +218,16 @@ class Jobs:
             return await self.record_end(tx, found[0], status, error)
 
     async def record_end(self, tx: Transaction, job: Job, status: Outcome, error: str | None, *,
-                         snapshot: SnapshotInfo | None = None) -> Job:
-        """End a job within `tx`; a backup also gets its snapshot row (a failed one records why)."""
+                         snapshot: SnapshotInfo | None = None, prune: PruneSummary | None = None) -> Job:
+        """End a job within `tx`; a backup also gets its snapshot row (a failed one records why); what
+        a prune (or a backup thinning a full location) forgot and removed is recorded too, whatever
+        the outcome: it happened."""
         now = utcnow()
         job = msgspec.structs.replace(job, status=status, finished_at=now,
                                       error=error if status != "completed" else None)
+        if prune is not None:
+            job.prune = prune
+            await pruning.record(tx, job, prune)
         if job.kind == "backup":
             if snapshot is not None and status == "completed":
                 snapshot = msgspec.structs.replace(snapshot, job_id=job.id, plan_id=job.plan_id,
@@ -223,4 +273,4 @@ class Jobs:
 
 def worker_kind(job: Job) -> str:
     """The kind of service that runs `job` (for messages)."""
-    return "snapshotter" if job.kind == "backup" else "restorer"
+    return "restorer" if job.kind == "restore" else "snapshotter"

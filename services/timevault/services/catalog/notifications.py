@@ -39,9 +39,12 @@ class Notifications:
         await self.notifier.close()
 
     async def job_ended(self, job: Job, snapshot: SnapshotInfo | None) -> None:
-        """After a backup or restore ended: failures and cancels always, successes when asked for."""
+        """After a backup, restore or prune ended: failures and cancels always, successes of backups
+        and restores when asked for."""
         if job.status not in ("completed", "failed", "canceled"):
             return
+        if job.kind == "prune" and job.status == "completed":
+            return  # one follows every backup: only a prune that failed is news
         row = await self.catalog.db.get_plan(job.plan_id)
         if row is None:
             return

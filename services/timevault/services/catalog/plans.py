@@ -33,20 +33,23 @@ from timevault.proto.plans import (
     PlanRef,
     PlanSecrets,
     PlanUpdateRequest,
+    Retention,
     apply_schedule_update,
+    describe_retention,
     location_url,
     validate_create,
     validate_credentials,
     validate_location,
     validate_name,
     validate_password,
+    validate_retention,
     validate_schedule,
     validate_sources,
 )
 from timevault.services.catalog import plan_options, repo_ops
 from timevault.services.catalog.context import ACTIVE, Catalog
 from timevault.services.catalog.credentials import CredentialStore
-from timevault.services.catalog.db import PlanRow
+from timevault.services.catalog.db import LifecycleRow, PlanRow
 from timevault.services.catalog.jobs import Jobs
 from timevault.services.common.slots import next_run
 from timevault.services.common.util import new_id, utcnow
@@ -70,18 +73,24 @@ class Plans:
         req = validate_create(req)
         url = location_url(req.location)
         await self._check_new(req.name, url)
+        field = "location.path" if req.location.type == "local" else "location"
         write_keys = await repo_ops.init_repository(url, req.password, self.catalog.options.test_weak_kdf,
-                                                    req.credentials)
+                                                    req.credentials, field)
         now = utcnow()
         row = PlanRow(id=new_id("p"), name=req.name, sources=req.sources, schedule=req.schedule,
                       location=req.location, write_keys=write_keys, paused=False, deleting=False,
                       created_at=now, updated_at=now, resumed_at=None, last_slot=None, total_size=0)
+        # A new repository has no garbage collection state yet: its generation is the empty one.
+        lifecycle = LifecycleRow(retention=req.retention or Retention(), thin_when_full=req.thin_when_full,
+                                 generation=[])
         async with self.catalog.transaction() as tx:
             await self._insert(row)
             await self.options.save(row.id, plan_options.from_create(req))
             if req.credentials is not None:
                 await self.credentials.save(row.id, req.credentials)
-            await tx.event(row.id, "created", f"plan {row.name!r} created")
+            await self.db.save_lifecycle(row.id, lifecycle)
+            await tx.event(row.id, "created", f"plan {row.name!r} created; retention "
+                           f"{describe_retention(lifecycle.retention)}")
         log.info("plan %s (%s) created", row.id, row.name)
         return await self.view(row)
 
@@ -93,9 +102,12 @@ class Plans:
         sources = validate_sources(req.sources) if req.sources else []
         location = validate_location(req.location, sources)
         url = location_url(location)
+        retention = validate_retention(req.retention)
         await self._check_new(name, url)
         credentials = validate_credentials(req.credentials, location)
-        write_keys, snapshots, chunks, endorsed = await repo_ops.read_repository(url, req.password, credentials)
+        contents = await repo_ops.read_repository(url, req.password, credentials)
+        write_keys, snapshots, chunks, endorsed = (contents.write_keys, contents.snapshots, contents.chunks,
+                                                   contents.endorsed)
         if not sources:
             sources = snapshots[-1][1].paths if snapshots else []
         if not sources:
@@ -104,16 +116,20 @@ class Plans:
         plan_id = await self._attached_plan_id(snapshots)
         row = PlanRow(id=plan_id, name=name, sources=sources, schedule=schedule, location=location,
                       write_keys=write_keys, paused=False, deleting=False, created_at=now, updated_at=now,
-                      resumed_at=None, last_slot=None, total_size=sum(size for _, _, size in chunks))
+                      resumed_at=None, last_slot=None, total_size=0)
+        lifecycle = LifecycleRow(retention=retention, thin_when_full=req.thin_when_full,
+                                 generation=contents.generation)
         async with self.catalog.transaction() as tx:
             await self._insert(row)
             if credentials is not None:
                 await self.credentials.save(row.id, credentials)
+            await self.db.save_lifecycle(row.id, lifecycle)
             for snapshot_id, snap in snapshots:
                 await self.db.save_snapshot(row.id, repo_ops.snapshot_info(snapshot_id, snap, row.id,
                                                                             endorsed=snapshot_id in endorsed))
-            await self.db.add_chunks(row.id, chunks)
-            await tx.event(row.id, "attached", f"attached with {len(snapshots)} snapshots")
+            await self.db.replace_chunks(row.id, chunks, contents.packs)
+            await tx.event(row.id, "attached", f"attached with {len(snapshots)} snapshots; retention "
+                           f"{describe_retention(retention)}")
         return await self.get(PlanRef(plan=row.id))
 
     async def list_plans(self, _req: PlanListRequest) -> PlanList:
@@ -137,14 +153,18 @@ class Plans:
                 if validate_location(update.location, row.sources) != row.location:
                     raise ServiceError("invalid", "a plan's location cannot be changed", "location")
             sources = validate_sources(update.sources) if update.sources is not None else row.sources
-            validate_location(row.location, sources)
+            validate_location(row.location, sources, blame="sources")
             schedule = row.schedule
             if update.schedule is not None:
                 schedule = apply_schedule_update(row.schedule, update.schedule)
+            lifecycle = await self.db.get_lifecycle(row.id)
+            retention = validate_retention(update.retention) if update.retention is not None else lifecycle.retention
+            thin = update.thin_when_full if update.thin_when_full is not None else lifecycle.thin_when_full
             schedule_changed = schedule != row.schedule
             options = await self.options.get(row.id)
             new_options = plan_options.apply_update(options, update)
-            changed = schedule_changed or sources != row.sources or new_options != options
+            retention_changed = retention != lifecycle.retention or thin != lifecycle.thin_when_full
+            changed = schedule_changed or sources != row.sources or new_options != options or retention_changed
             if new_options != options:
                 await self.options.save(row.id, new_options)
             if update.credentials is not None:
@@ -156,8 +176,15 @@ class Plans:
                 # A new schedule starts counting from now: never fire a past slot of the new one.
                 row.last_slot = max(row.last_slot or row.created_at, utcnow())
             await self.db.save_plan(row)
+            if retention_changed:
+                await self.db.save_lifecycle(row.id, msgspec.structs.replace(lifecycle, retention=retention,
+                                                                             thin_when_full=thin))
             if changed:
-                await tx.event(row.id, "updated", "settings changed")
+                message = "settings changed"
+                if retention_changed:
+                    message += f"; retention {describe_retention(retention)}" + (
+                        ", thinning when full" if thin else "")
+                await tx.event(row.id, "updated", message)
         return await self.view(row)
 
     async def pause(self, req: PlanRef) -> Plan:
@@ -209,6 +236,7 @@ class Plans:
         active = await self.db.list_jobs(plan_id=row.id, statuses=ACTIVE, kind="backup", limit=1)
         snaps = await self.db.list_snapshots(row.id)
         completed = [snap for snap in snaps if snap.status == "completed"]
+        lifecycle = await self.db.get_lifecycle(row.id)
         return Plan(
             id=row.id, name=row.name, sources=row.sources, schedule=row.schedule, location=row.location,
             paused=row.paused, created_at=row.created_at, updated_at=row.updated_at,
@@ -220,6 +248,9 @@ class Plans:
             last_snapshot_at=completed[-1].finished_at or completed[-1].started_at if completed else None,
             snapshot_count=len(completed),
             **plan_options.view(options), credentials_stored=keys,
+            retention=lifecycle.retention,
+            thin_when_full=lifecycle.thin_when_full,
+            last_prune_at=lifecycle.last_prune_at,
         )
 
     # --- internals -----------------------------------------------------------------------

@@ -3,8 +3,9 @@
 This module only wires subjects to handlers. The handlers live with their concern:
 `plans` (plans, their event log and write keys), `snapshots`, `jobs` (their lifecycle and
 `JobEvent`s), `reaper` (jobs whose worker went silent), `schedule` (slots fired once),
-`chunks` (the per-plan index used for dedup) and `repo_ops` (the operations on a repository
-itself, the only ones that see a password). `context` holds what they share; `db` the SQL.
+`chunks` (the per-plan index used for dedup, kept in step with the repository), `pruning` (what
+a prune did, recorded) and `repo_ops` (the operations on a repository itself, the only ones that
+see a password). `context` holds what they share; `db` the SQL.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import TypeVar
 from nats.aio.client import Client as NATS
 
 from timevault.proto import subjects
-from timevault.proto.chunks import ChunkAdd, ChunkLookup
+from timevault.proto.chunks import ChunkAdd, ChunkLookup, ChunkSync, ChunkUpdate
 from timevault.proto.jobs import JobClaim, JobCreate, JobFinish, JobListRequest, JobLog, JobRef
 from timevault.proto.plans import (
     PlanAttach,
@@ -97,6 +98,9 @@ class CatalogService:
         await self._serve(subjects.CHUNKS_LOOKUP, ChunkLookup, chunks.lookup)
         await self._serve(subjects.CHUNKS_ADD, ChunkAdd, chunks.add)
         await self._serve(subjects.CATALOG_STATS, CatalogStatsRequest, self.figures.stats)
+        await self._serve(subjects.CHUNKS_SYNC, ChunkSync, chunks.sync)
+        await self._serve(subjects.CHUNKS_UPDATE, ChunkUpdate, chunks.update)
+        await self._serve(subjects.PLAN_PRUNE, PlanRef, jobs.prune)
         await nc.subscribe(subjects.JOB_PROGRESS_ALL, cb=jobs.on_progress)
         self._tasks.append(asyncio.create_task(self.reaper.run()))
 

@@ -15,7 +15,7 @@ from nats.aio.subscription import Subscription
 
 from timevault.proto import subjects, wire
 from timevault.proto.errors import ServiceError
-from timevault.proto.jobs import Job, JobFinish, JobLog, JobLogged, JobProgress, capped_warnings
+from timevault.proto.jobs import Job, JobFinish, JobLog, JobLogged, JobProgress, PruneSummary, capped_warnings
 from timevault.proto.plans import SnapshotInfo
 from timevault.services.common import rpc
 from timevault.services.common.util import utcnow
@@ -89,12 +89,15 @@ class JobContext:
             log.warning("job %s: cannot record %d log lines: %s", self.job.id, len(lines), exc)
 
     async def finish(self, status: Literal["completed", "failed", "canceled"], error: str | None = None,
-                     snapshot: SnapshotInfo | None = None, warnings: list[str] | None = None) -> Job | None:
+                     snapshot: SnapshotInfo | None = None, warnings: list[str] | None = None,
+                     prune: PruneSummary | None = None) -> Job | None:
         """Report the outcome; retried while the catalog is unreachable (e.g. NATS restarting).
 
-        `warnings`: what a completed job could not do (a restore's lost files), capped."""
+        `warnings`: what a completed job could not do (a restore's lost files), capped; `prune`:
+        what a prune (or a backup that thinned a full location) forgot and removed."""
         request = JobFinish(job_id=self.job.id, worker=self.worker, status=status, error=error,
-                            snapshot=snapshot, progress=self.progress, warnings=capped_warnings(warnings or []))
+                            snapshot=snapshot, progress=self.progress, warnings=capped_warnings(warnings or []),
+                            prune=prune)
         try:
             # A repeated report is harmless: the catalog answers it with the finished job.
             return await rpc.request_retrying(self.nc, subjects.JOB_FINISH, request, Job, give_up_after=120)

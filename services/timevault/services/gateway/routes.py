@@ -187,6 +187,11 @@ async def start_backup(request: web.Request) -> web.Response:
     return reply(job, 202, {"Location": f"/api/v1/jobs/{job.id}"})
 
 
+async def start_prune(request: web.Request) -> web.Response:
+    job = await call(request, subjects.PLAN_PRUNE, PlanRef(plan=ref(request, "plan_id")), Job)
+    return reply(job, 202, {"Location": f"/api/v1/jobs/{job.id}"})
+
+
 async def list_snapshots(request: web.Request) -> web.Response:
     req = SnapshotListRequest(plan=ref(request, "plan_id"))
     return reply((await call(request, subjects.SNAPSHOT_LIST, req, SnapshotList)).snapshots)
@@ -258,6 +263,9 @@ def endpoints() -> list[Endpoint]:
         Endpoint("POST", plan + "/pause", pause_plan, "Pause the schedule", Plan, errors=(404,)),
         Endpoint("POST", plan + "/resume", resume_plan, "Resume the schedule", Plan, errors=(404,)),
         Endpoint("POST", plan + "/backups", start_backup, "Back up now", Job, 202, errors=(404, 409)),
+        Endpoint("POST", plan + "/prune", start_prune, "Forget the snapshots the plan's retention drops and "
+                 "remove the data no snapshot needs, now (a job of kind `prune`; the services also do this "
+                 "after each successful backup)", Job, 202, errors=(404, 409)),
         Endpoint("GET", plan + "/snapshots", list_snapshots, "Backup runs, oldest first", list[SnapshotInfo],
                  errors=(404,)),
         Endpoint("POST", plan + "/snapshots/{snapshot_id}/restore", restore_snapshot,
@@ -268,7 +276,7 @@ def endpoints() -> list[Endpoint]:
         Endpoint("GET", plan + "/jobs", plan_jobs, "The plan's jobs, newest first", list[Job], errors=(400, 404),
                  query={"active": "`true`: only pending and running jobs",
                         "limit": "jobs to return (1..1000, default 50)"}),
-        Endpoint("GET", "/api/v1/jobs/{job_id}", get_job, "A backup or restore job", Job, errors=(404,)),
+        Endpoint("GET", "/api/v1/jobs/{job_id}", get_job, "A backup, restore or prune job", Job, errors=(404,)),
         Endpoint("POST", "/api/v1/jobs/{job_id}/cancel", cancel_job, "Cancel a job", Job, errors=(404,)),
         *browse_endpoints(),
         *folder_endpoints(),

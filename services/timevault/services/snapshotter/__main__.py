@@ -14,6 +14,7 @@ from timevault.services.common.runner import add_stream_replicas, base_parser, r
 from timevault.services.snapshotter.folders import FolderService, default_roots
 from timevault.services.snapshotter.remote import MAX_IN_FLIGHT
 from timevault.services.snapshotter.service import Snapshotter
+from timevault.services.snapshotter.space import RESERVE
 
 
 def parser() -> argparse.ArgumentParser:
@@ -28,6 +29,9 @@ def parser() -> argparse.ArgumentParser:
                    help="a folder whose subfolders the folder picker may show (repeatable; default: "
                         "your home, /home, /mnt, /media, /srv, /data where they exist)")
     add_stream_replicas(p)
+    p.add_argument("--reserve", type=int, default=int(os.environ.get("TIMEVAULT_RESERVE_BYTES") or RESERVE),
+                   help="bytes a backup leaves free on a local location's disk (it fails before starting, or "
+                   "thins the oldest snapshots when the plan says so, if it would not)")
     return p
 
 
@@ -35,7 +39,8 @@ async def main(args: argparse.Namespace, nc: NATS, stack: contextlib.AsyncExitSt
                stop: asyncio.Event) -> None:
     snapshotter = Snapshotter(nc, concurrency=args.concurrency, ack_wait=args.ack_wait,
                               cache_dir=os.path.join(args.data_dir, "cache"), max_in_flight=args.max_in_flight,
-                              instance=args.instance, stream_replicas=args.stream_replicas)
+                              instance=args.instance, stream_replicas=args.stream_replicas,
+                              reserve=args.reserve)
     folders = FolderService(nc, args.root or default_roots())
     await folders.start()
     task = asyncio.create_task(snapshotter.run(stop))

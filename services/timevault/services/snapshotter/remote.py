@@ -93,7 +93,9 @@ class UploadSink:
                  max_part: int | None = None, max_requests: int = MAX_REQUESTS,
                  batch_bytes: int = BATCH_BYTES, cancel: asyncio.Event | None = None) -> None:
         self.nc = nc
-        self.cancel = cancel  # a canceled job stops retrying at once (plan delete waits for it)
+        # The job's cancel signal: a canceled job stops retrying at once, also in the middle of
+        # waiting out an uploader outage (up to `give_up_after`; plan delete waits for it).
+        self.cancel = cancel
         self.job_id = job_id
         self.plan_id = plan_id
         self.max_in_flight = max_in_flight
@@ -344,10 +346,40 @@ class UploadSink:
             self.reconnects += 1
 
         try:
-            await retry.while_unavailable(op, give_up_after=self.give_up_after, on_retry=lost)
+            try:
+                await op()  # the usual case, without the machinery below
+                return
+            except ServiceError as exc:
+                if not retry.is_retryable(exc):
+                    raise
+                lost(exc)
+            await self._until_canceled(retry.while_unavailable(op, give_up_after=self.give_up_after,
+                                                               on_retry=lost))
         except ServiceError:
             self._abandon_requests()
             raise
+
+    async def _until_canceled(self, waiting: Awaitable[None]) -> None:
+        """Await `waiting`, but raise BackupCanceled as soon as the job is canceled."""
+        from timevault.core.errors import BackupCanceled
+
+        task = asyncio.ensure_future(waiting)
+        if self.cancel is None:
+            await task
+            return
+        canceled = asyncio.ensure_future(self.cancel.wait())
+        try:
+            done, _ = await asyncio.wait({task, canceled}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            canceled.cancel()
+        if task in done:
+            task.result()
+            return
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+        self._abandon_requests()
+        raise BackupCanceled("backup canceled while the uploader was unavailable")
 
 
 def _frame(seq: int, blob: EncodedBlob, size: int, part: int = 0, parts: int = 1) -> BlobFrame:

@@ -1,4 +1,4 @@
-"""The snapshotter: takes backup jobs from the JetStream work queue and runs them.
+"""The snapshotter: takes backup and prune jobs from the JetStream work queue and runs them.
 
 Per job: claim it at the catalog, open the repository with the write tier only (it never sees
 the password), run `timevault.core.archiver.backup` with the catalog for dedup and uploaders as the sink,
@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Literal
 
@@ -24,15 +25,17 @@ from nats.js.client import JetStreamContext
 
 from timevault.proto import subjects, wire
 from timevault.proto.errors import ServiceError
-from timevault.proto.jobs import BackupWork, Job, JobClaim
+from timevault.proto.jobs import BackupWork, Job, JobClaim, PruneSummary
 from timevault.proto.plans import PlanDetail, PlanRef, PlanSecrets, SnapshotInfo
 from timevault.services.common import rpc
 from timevault.services.common.holds import hold
 from timevault.services.common.jobs import JobContext
 from timevault.services.common.util import instance_id
 from timevault.services.common.work import ensure_work_stream
+from timevault.services.snapshotter.catalog_index import CatalogIndex
 from timevault.services.snapshotter.hooks import HookFailed, JobHooks
 from timevault.services.snapshotter.remote import MAX_IN_FLIGHT, CatalogKnownBlobs, UploadSink
+from timevault.services.snapshotter.space import RESERVE, ensure_space
 
 # The upload window (remote.MAX_IN_FLIGHT) holds sent-but-unconfirmed blobs on top of this.
 ARCHIVER_IN_FLIGHT = 32 * 1024 * 1024
@@ -43,7 +46,7 @@ log = logging.getLogger(__name__)
 class Snapshotter:
     def __init__(self, nc: NATS, *, concurrency: int = 1, ack_wait: float = 30.0,
                  cache_dir: str | None = None, max_in_flight: int = MAX_IN_FLIGHT,
-                 instance: str | None = None, stream_replicas: int = 1) -> None:
+                 instance: str | None = None, stream_replicas: int = 1, reserve: int = RESERVE) -> None:
         self.nc = nc
         self.stream_replicas = stream_replicas
         self.js = nc.jetstream()
@@ -52,11 +55,20 @@ class Snapshotter:
         self.cache_dir = cache_dir
         self.max_in_flight = max_in_flight
         self.instance = instance or instance_id("snapshotter")
+        self.reserve = reserve
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Take backup and prune jobs from their work queues until `stop` is set."""
         await ensure_work_stream(self.nc, self.stream_replicas)
-        sub = await self._subscribe(stop)
-        slots = asyncio.Semaphore(self.concurrency)
+        await asyncio.gather(
+            self._consume(stop, subjects.WORK_BACKUP, subjects.SNAPSHOTTER_DURABLE, self.concurrency, self.run_job),
+            self._consume(stop, subjects.WORK_PRUNE, subjects.PRUNER_DURABLE, 1, self.run_prune),
+        )
+
+    async def _consume(self, stop: asyncio.Event, subject: str, durable: str, concurrency: int,
+                       run: Callable[[Job, Msg | None], Awaitable[None]]) -> None:
+        sub = await self._subscribe(stop, subject, durable)
+        slots = asyncio.Semaphore(concurrency)
         running: set[asyncio.Task[None]] = set()
         while not stop.is_set():
             await slots.acquire()
@@ -73,7 +85,7 @@ class Snapshotter:
                 await asyncio.sleep(0.5)
                 continue
             for msg in msgs:
-                task = asyncio.create_task(self._handle(msg))
+                task = asyncio.create_task(self._handle(msg, run))
                 running.add(task)
                 task.add_done_callback(running.discard)
                 task.add_done_callback(lambda _task: slots.release())
@@ -84,20 +96,20 @@ class Snapshotter:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
 
-    async def _subscribe(self, stop: asyncio.Event) -> JetStreamContext.PullSubscription:
-        config = ConsumerConfig(durable_name=subjects.SNAPSHOTTER_DURABLE, ack_policy=AckPolicy.EXPLICIT,
-                                ack_wait=self.ack_wait, max_deliver=50, filter_subject=subjects.WORK_BACKUP)
+    async def _subscribe(self, stop: asyncio.Event, subject: str, durable: str) -> JetStreamContext.PullSubscription:
+        config = ConsumerConfig(durable_name=durable, ack_policy=AckPolicy.EXPLICIT,
+                                ack_wait=self.ack_wait, max_deliver=50, filter_subject=subject)
         while True:
             try:
-                return await self.js.pull_subscribe(subjects.WORK_BACKUP, durable=subjects.SNAPSHOTTER_DURABLE,
-                                                    stream=subjects.WORK_STREAM, config=config)
+                return await self.js.pull_subscribe(subject, durable=durable, stream=subjects.WORK_STREAM,
+                                                    config=config)
             except Exception as exc:
                 if stop.is_set():
                     raise
                 log.info("waiting for JetStream: %s", exc)
                 await asyncio.sleep(0.5)
 
-    async def _handle(self, msg: Msg) -> None:
+    async def _handle(self, msg: Msg, run: Callable[[Job, Msg | None], Awaitable[None]]) -> None:
         try:
             work = wire.decode(msg.data, BackupWork)
         except ServiceError:
@@ -118,44 +130,81 @@ class Snapshotter:
                 log.info("job %s not taken: %s", work.job_id, exc)  # finished, canceled or running elsewhere
                 await msg.ack()
             return
-        log.info("job %s: backup of plan %s (attempt %d)", job.id, job.plan_id, job.attempt)
+        log.info("job %s: %s of plan %s (attempt %d)", job.id, job.kind, job.plan_id, job.attempt)
         try:
-            await self.run_job(job, msg)
+            await run(job, msg)
         finally:
             with contextlib.suppress(Exception):
                 await msg.ack()
+
+    async def run_prune(self, job: Job, msg: Msg | None = None) -> None:
+        """A prune job: forget by the plan's retention, then remove unused data (see `pruning`)."""
+        from timevault.core.errors import PruneCanceled
+        from timevault.core.repository import Repository
+        from timevault.services.common.locations import open_service_location
+        from timevault.services.snapshotter.pruning import prune_plan
+
+        async with JobContext(self.nc, job, self.instance, on_beat=_keep_alive(msg)) as ctx:
+            try:
+                plan = await rpc.request_retrying(self.nc, subjects.PLAN_GET, PlanRef(plan=job.plan_id), PlanDetail)
+                secrets = await rpc.request_retrying(self.nc, subjects.PLAN_SECRETS, PlanRef(plan=job.plan_id),
+                                                     PlanSecrets)
+                repo = await Repository.open_write_only(open_service_location(secrets.location, secrets.credentials),
+                                                        secrets.write_keys)
+                try:
+                    summary = await prune_plan(self.nc, repo, plan, always_mark=job.trigger == "manual",
+                                               cancel=ctx.cancel)
+                finally:
+                    await repo.close()
+            except (PruneCanceled, asyncio.CancelledError) as exc:
+                if isinstance(exc, asyncio.CancelledError) and not ctx.cancel.is_set():
+                    raise  # service shutting down: leave the job for redelivery
+                await ctx.finish("canceled", "canceled by user")
+                return
+            except Exception as exc:
+                reason = _reason(exc)
+                log.warning("job %s failed: %s", job.id, reason)
+                await ctx.finish("failed", reason)
+                return
+            await ctx.finish("completed", prune=summary)
+            log.info("job %s: forgot %d snapshot(s), deleted %d pack(s), freed %d bytes", job.id,
+                     len(summary.forgotten), summary.packs_deleted, summary.bytes_freed)
 
     async def run_job(self, job: Job, msg: Msg | None = None) -> None:
         from timevault.core.archiver import BackupCanceled, ExcludeOptions, Progress, backup
         from timevault.core.repository import Repository
         from timevault.services.common.locations import open_service_location
 
-        async def keep_alive() -> None:
-            if msg is not None:
-                with contextlib.suppress(Exception):
-                    await msg.in_progress()
-
-        async with JobContext(self.nc, job, self.instance, on_beat=keep_alive) as ctx:
+        async with JobContext(self.nc, job, self.instance, on_beat=_keep_alive(msg)) as ctx:
             sink: UploadSink | None = None
             hooks: JobHooks | None = None
+            thinned = PruneSummary()
 
             async def finish(status: Literal["completed", "failed", "canceled"], error: str | None = None,
                              snapshot: SnapshotInfo | None = None) -> None:
                 if hooks is not None:
                     await hooks.after(status)  # the post-command runs whatever the outcome
-                await ctx.finish(status, error, snapshot)
+                # A backup reports thinning only when it forgot something.
+                await ctx.finish(status, error, snapshot, prune=thinned if thinned.forgotten else None)
 
             try:
                 await hold("backup.start")
                 # Asked again while the catalog is away (restarting): the job goes on, not fails.
                 plan = await rpc.request_retrying(self.nc, subjects.PLAN_GET, PlanRef(plan=job.plan_id), PlanDetail)
-                hooks = JobHooks(ctx, plan)
-                await hooks.before()
                 secrets = await rpc.request_retrying(self.nc, subjects.PLAN_SECRETS, PlanRef(plan=job.plan_id),
                                                      PlanSecrets)
                 repo = await Repository.open_write_only(open_service_location(secrets.location, secrets.credentials),
                                                         secrets.write_keys)
                 try:
+                    # Room first: a backup that cannot fit fails before anything runs, the pre-command too.
+                    await ensure_space(self.nc, repo, plan, reserve=self.reserve, summary=thinned)
+                    hooks = JobHooks(ctx, plan)
+                    await hooks.before()
+                    catalog = CatalogIndex(self.nc, job.plan_id)
+
+                    async def sync() -> None:  # holding the backup's lock: see CatalogIndex
+                        await catalog.sync(repo)
+
                     sink = UploadSink(self.nc, job.id, job.plan_id, max_in_flight=self.max_in_flight,
                                       cancel=ctx.cancel)
 
@@ -171,7 +220,8 @@ class Snapshotter:
                                                      excludes=ExcludeOptions(
                                                          patterns=plan.excludes, files=plan.exclude_files,
                                                          caches=plan.exclude_caches,
-                                                         one_file_system=plan.one_file_system))
+                                                         one_file_system=plan.one_file_system),
+                                                     on_locked=sync)
                     await sink.close()
                     await hold("backup.finish")
                     log.info("job %s: waited %.2f s for the upload window, %.2f s for batch replies; "
@@ -219,3 +269,14 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, TimeVaultError) and str(exc):
         return str(exc)
     return f"{type(exc).__name__}: {exc}"
+
+
+def _keep_alive(msg: Msg | None) -> Callable[[], Awaitable[None]]:
+    """The heartbeat's extra: keep the work item from being redelivered while the job runs."""
+
+    async def keep_alive() -> None:
+        if msg is not None:
+            with contextlib.suppress(Exception):
+                await msg.in_progress()
+
+    return keep_alive

@@ -21,7 +21,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.subscription import Subscription
 
 from timevault.proto import subjects
-from timevault.proto.chunks import ChunkAdd, ChunkAddReply, ChunkRef
+from timevault.proto.chunks import ChunkAdd, ChunkAddReply, ChunkRef, PackRef
 from timevault.proto.errors import ServiceError
 from timevault.proto.plans import PlanRef, PlanSecrets
 from timevault.proto.upload import (
@@ -111,9 +111,10 @@ class Session:
     async def _record(self, entry: IndexPack) -> None:
         await hold("upload.record")
         chunks = [ChunkRef(id=b.id.hex(), pack=entry.id, length=b.length) for b in entry.blobs]
-        request = ChunkAdd(plan_id=self.plan_id, chunks=chunks, pack_bytes=entry.size, job_id=self.job_id)
-        # Resending is safe for the index (known ids are ignored); after a lost reply the plan's
-        # total size may count this pack twice, which only skews a statistic.
+        # `packs` (not `pack_bytes`): the catalog counts a pack once, so resending after a lost
+        # reply neither adds ids twice nor the pack's size.
+        request = ChunkAdd(plan_id=self.plan_id, chunks=chunks, job_id=self.job_id,
+                           packs=[PackRef(id=entry.id, size=entry.size)])
         await rpc.request_retrying(self.service.nc, subjects.CHUNKS_ADD, request, ChunkAddReply,
                                    give_up_after=10)
         for blob in entry.blobs:
@@ -204,14 +205,24 @@ class UploaderService:
         self.instance = instance or instance_id("uploader")
         self.sessions: dict[str, Session] = {}
         self._reaper: asyncio.Task[None] | None = None
+        self._open_sub: Subscription | None = None
 
     async def start(self) -> None:
-        await rpc.serve(self.nc, subjects.UPLOAD_OPEN, UploadOpen, self.open, queue=subjects.UPLOADER_QUEUE)
+        self._open_sub = await rpc.serve(self.nc, subjects.UPLOAD_OPEN, UploadOpen, self.open,
+                                         queue=subjects.UPLOADER_QUEUE)
         self._reaper = asyncio.create_task(self._expire_idle())
 
     async def stop(self) -> None:
+        # No new sessions first: a stopped uploader must not take work it will never do.
+        if self._open_sub is not None:
+            with contextlib.suppress(Exception):
+                await self._open_sub.unsubscribe()
+            self._open_sub = None
         if self._reaper:
             self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+            self._reaper = None
         for session in list(self.sessions.values()):
             with contextlib.suppress(Exception):
                 await session.packer.abort()

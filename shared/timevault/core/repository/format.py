@@ -295,6 +295,8 @@ class GcState(msgspec.Struct):
     marks: list[GcMark] = []
     orphans: list[GcOrphan] = []
     last_mark: float = 0.0
+    last_snapshots: list[str] = []
+    """The snapshots of the last mark: when one of them is gone, there is garbage to mark."""
     marking: float = 0.0
     """Set while a mark is being written (the state is rewritten before the new index, so that
     the generation changes even if prune is killed right after writing it)."""

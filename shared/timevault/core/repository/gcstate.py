@@ -87,6 +87,7 @@ def merge(states: list[GcState]) -> GcState:
         marks=sorted(marks.values(), key=lambda m: m.time),
         orphans=[GcOrphan(pack, seen) for pack, seen in sorted(orphans.items())],
         last_mark=max((s.last_mark for s in states), default=0.0),
+        last_snapshots=max(states, key=lambda s: s.last_mark).last_snapshots if states else [],
     )
 
 

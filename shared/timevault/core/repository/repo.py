@@ -27,13 +27,14 @@ from timevault.core.errors import (
     ConfigError,
     HistoryError,
     NotARepository,
+    NotEmpty,
     ReadAccessRequired,
     RepositoryError,
     RepositoryLocked,
     RepositoryNotFound,
 )
 from timevault.core.repository import config as repoconfig
-from timevault.core.repository import endorsements, forgets, gcstate, references
+from timevault.core.repository import endorsements, forgets, gcstate, layout, references
 from timevault.core.repository import keys as keyfiles
 from timevault.core.repository.blobs import CorruptBlob, decode
 from timevault.core.repository.format import (
@@ -55,7 +56,7 @@ from timevault.core.repository.format import (
 from timevault.core.repository.history import CONTRADICTS, History, classify
 from timevault.core.repository.index import Index, pack_object_name, write_index_file
 from timevault.core.repository.pack import CorruptPack, index_entry, read_remote_pack_header
-from timevault.core.storage import ObjectNotFound, Storage, StorageError
+from timevault.core.storage import LocationNotFound, ObjectNotFound, Storage, StorageError
 from timevault.core.storage.once import put_once
 
 __all__ = [
@@ -137,6 +138,7 @@ class Repository:
             pass
         else:
             raise RepositoryError(f"{storage.location}: a repository already exists here")
+        await _refuse_if_not_empty(storage)
         repo_id = secrets.token_hex(16)
         master = keyfiles.new_master_keys(repo_id)
         config = Config(
@@ -842,6 +844,24 @@ def _dead_local_process(lock: Lock) -> bool:
     except PermissionError:
         return False
     return False
+
+
+async def _refuse_if_not_empty(storage: Storage) -> None:
+    """A new repository goes only where nothing is: deleting it (or its plan) later must never
+    reach files that were there before. Raises NotEmpty naming what is in the way."""
+    try:
+        async for info in storage.list():
+            if layout.is_object_name(info.name):
+                raise NotEmpty(
+                    f"{storage.location}: an incomplete TimeVault repository is here (no config; a "
+                    "`repo init` was interrupted?): remove it, or choose an empty folder"
+                )
+            raise NotEmpty(
+                f"{storage.location} is not empty and not a TimeVault repository (it holds {info.name}, "
+                "for one): choose an empty or new folder"
+            )
+    except LocationNotFound:
+        return  # created by the first write
 
 
 async def _load_config(storage: Storage) -> bytes:

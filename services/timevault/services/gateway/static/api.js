@@ -150,6 +150,15 @@ export function startBackup(planId) {
 }
 
 /**
+ * Forget what the plan's retention drops and free the space no snapshot needs, now.
+ * @param {string} planId
+ * @returns {Promise<Job>}
+ */
+export function startPrune(planId) {
+  return /** @type {Promise<Job>} */ (request("POST", `/plans/${enc(planId)}/prune`));
+}
+
+/**
  * @param {string} planId
  * @param {string} snapshotId
  * @param {RestoreBody} body

@@ -1,8 +1,9 @@
 // @ts-check
-/** @file Text for sizes, times, durations, schedules and locations, as the UI shows them. */
+/** @file Text for sizes, times, durations, schedules, retention and locations, as the UI shows them. */
 
 /** @typedef {import("./types.js").Schedule} Schedule */
 /** @typedef {import("./types.js").Location} Location */
+/** @typedef {import("./types.js").Retention} Retention */
 
 const SIZE_UNITS = ["bytes", "KB", "MB", "GB", "TB", "PB"];
 
@@ -90,9 +91,41 @@ export function formatDuration(start, end) {
  */
 export function scheduleText(schedule) {
   if (!schedule) return "";
-  const when = schedule.frequency === "weekly" && schedule.weekday
-    ? `Every ${WEEKDAYS[schedule.weekday - 1]}` : "Every day";
-  return `${when} at ${schedule.time} (${schedule.timezone || "UTC"})`;
+  const zone = schedule.timezone || "UTC";
+  if (schedule.frequency === "hourly") return `Every hour at ${schedule.time} (${zone})`;
+  let when = "Every day";
+  if (schedule.frequency === "weekly" && schedule.weekday) when = `Every ${WEEKDAYS[schedule.weekday - 1]}`;
+  if (schedule.frequency === "monthly" && schedule.day_of_month) when = `Monthly on day ${schedule.day_of_month}`;
+  return `${when} at ${schedule.time} (${zone})`;
+}
+
+/**
+ * "Like Time Machine: …", "Everything", or the custom rules ("the newest 2; one a day for 7 days").
+ * @param {Retention | null | undefined} retention
+ * @returns {string}
+ */
+export function retentionText(retention) {
+  if (!retention || retention.policy === "timemachine") {
+    return "Like Time Machine: every backup of the last 24 hours, one a day for a month, one a week before that";
+  }
+  if (retention.policy === "none") return "Everything";
+  /** @type {string[]} */
+  const parts = [];
+  /** @param {number | null | undefined} n @param {string} unit */
+  const each = (n, unit) => {
+    if (n === null || n === undefined) return;
+    parts.push(n === -1 ? `one every ${unit}` : `one a ${unit} for ${n} ${unit}${n === 1 ? "" : "s"}`);
+  };
+  if (retention.keep_last !== null && retention.keep_last !== undefined) {
+    parts.push(retention.keep_last === -1 ? "every backup" : `the newest ${retention.keep_last}`);
+  }
+  each(retention.keep_hourly, "hour");
+  each(retention.keep_daily, "day");
+  each(retention.keep_weekly, "week");
+  each(retention.keep_monthly, "month");
+  each(retention.keep_yearly, "year");
+  if (retention.keep_within) parts.push(`everything within ${retention.keep_within}`);
+  return parts.join("; ");
 }
 
 /**

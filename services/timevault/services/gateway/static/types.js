@@ -10,10 +10,24 @@
 /**
  * When a plan runs: local wall-clock time in the plan's time zone.
  * @typedef {object} Schedule
- * @property {"daily" | "weekly"} frequency
- * @property {string} time "HH:MM", 24 h
+ * @property {"hourly" | "daily" | "weekly" | "monthly"} frequency
+ * @property {string} time "HH:MM", 24 h; hourly: ":MM", the minute of the hour
  * @property {number | null} [weekday] ISO day of week, Monday = 1 … Sunday = 7 (weekly only)
  * @property {string} timezone IANA name, e.g. "Europe/Berlin"
+ * @property {number | null} [day_of_month] 1 … 31 (monthly only; a month without it runs on its last day)
+ */
+
+/**
+ * Which snapshots a plan keeps (the services forget the others after each backup).
+ * @typedef {object} Retention
+ * @property {"timemachine" | "none" | "custom"} policy
+ * @property {number | null} [keep_last]
+ * @property {number | null} [keep_hourly]
+ * @property {number | null} [keep_daily]
+ * @property {number | null} [keep_weekly]
+ * @property {number | null} [keep_monthly]
+ * @property {number | null} [keep_yearly]
+ * @property {string | null} [keep_within] e.g. "36h", "2w", "1y2m"
  */
 
 /**
@@ -58,6 +72,9 @@
  * @property {boolean} notify_success successes are notified too
  * @property {NotifyDelivery | null} notify_last how the latest notification went
  * @property {boolean} credentials_stored TimeVault keeps an S3 access key for the location
+ * @property {Retention} retention
+ * @property {boolean} thin_when_full forget the oldest snapshots when the location is too full
+ * @property {string | null} last_prune_at when the services last forgot and pruned
  */
 
 /**
@@ -106,6 +123,7 @@
  * @property {string | null} job_id
  * @property {string | null} plan_id
  * @property {boolean} [endorsed] vouched for with the password (false: written since it was last used)
+ * @property {string[]} [kept_by] the retention rules that keep it, as of the last prune
  */
 
 /**
@@ -113,16 +131,33 @@
  */
 
 /**
- * A backup or restore run (`GET /jobs/{id}`).
+ * What a prune did (`Job.prune`).
+ * @typedef {object} PruneSummary
+ * @property {string[]} forgotten ids of the snapshots forgotten
+ * @property {Record<string, string[]>} kept_by snapshot id → the rules that keep it
+ * @property {string} retention the rules applied, e.g. "timemachine", "keep-last 2"
+ * @property {number} packs_deleted
+ * @property {number} packs_repacked
+ * @property {number} bytes_freed
+ * @property {number} blobs_removed
+ * @property {number} packs_pending marked, deleted once running backups end
+ * @property {number} bytes_pending
+ * @property {string[]} notes
+ * @property {string[]} present
+ * @property {string | null} listed_at
+ */
+
+/**
+ * A backup, restore or prune run (`GET /jobs/{id}`).
  * @typedef {object} Job
  * @property {string} id
  * @property {string} plan_id
- * @property {"backup" | "restore"} kind
+ * @property {"backup" | "restore" | "prune"} kind
  * @property {JobStatus} status
  * @property {string} created_at
  * @property {string | null} started_at
  * @property {string | null} finished_at
- * @property {"manual" | "schedule"} trigger
+ * @property {"manual" | "schedule" | "backup"} trigger
  * @property {number} files_done
  * @property {number} files_total 0 while unknown
  * @property {number} bytes_done
@@ -138,6 +173,7 @@
  * @property {number} added_size
  * @property {string[]} warnings what a completed job could not do (a restore's lost files)
  * @property {boolean} original_place restore: the items went back where they were backed up from
+ * @property {PruneSummary | null} [prune] prune (or a backup that thinned a full location): what was removed
  */
 
 /**
@@ -190,6 +226,8 @@
  * @property {string[]} [notify] URLs that get a JSON POST on failures and missed slots
  * @property {boolean} [notify_success] successes are notified too
  * @property {S3Credentials | null} [credentials] for an S3 location
+ * @property {Retention} [retention] default: timemachine
+ * @property {boolean} [thin_when_full]
  */
 
 /**
@@ -210,6 +248,8 @@
  * @property {string[]} [notify]
  * @property {boolean} [notify_success]
  * @property {S3Credentials} [credentials] replaces the kept S3 access key
+ * @property {Retention} [retention] replaces the old one whole
+ * @property {boolean} [thin_when_full]
  */
 
 /**

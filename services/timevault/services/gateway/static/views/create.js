@@ -11,6 +11,7 @@ import { checkLocalPath, checkName, checkPassword, checkSources, checkTime, chec
   showAll } from "../validate.js";
 import { wireFolderPicker } from "./folders.js";
 import { mountOptions, optionChecks, readOptions } from "./options.js";
+import { mountRetention, readRetention, readThinWhenFull } from "./retention.js";
 import { mountSchedule, readSchedule } from "./schedule.js";
 
 /** @typedef {import("../types.js").Location} Location */
@@ -20,6 +21,7 @@ export function renderCreate() {
   const form = one(HTMLFormElement, "#create-form");
   mountSchedule(form, null);
   mountOptions(form, null);
+  mountRetention(form, null, false);
   wireFolderPicker(form);
   clearWhenFixed(form, createChecks(form));
   const syncLocation = () => {
@@ -111,6 +113,8 @@ async function submitCreate(form) {
     ...options,
     pre_command: options.pre_command || null,
     post_command: options.post_command || null,
+    retention: readRetention(form),
+    thin_when_full: readThinWhenFull(form),
   };
   const keyId = text(form, "#f-access-key").trim();
   if (locationType(form) === "s3" && keyId) {

@@ -12,6 +12,7 @@ import { busy, toast } from "../widgets.js";
 import { checkSources, checkTime, checkTimezone, clearWhenFixed, showAll } from "../validate.js";
 import { wireFolderPicker } from "./folders.js";
 import { mountOptions, optionChecks, readOptions, setOptions } from "./options.js";
+import { mountRetention, readRetention, readThinWhenFull, setRetention } from "./retention.js";
 import { mountSchedule, readSchedule, setSchedule } from "./schedule.js";
 
 /** @typedef {import("./plan.js").PlanState} PlanState */
@@ -28,6 +29,7 @@ export function wireEdit(state, load) {
   const sources = one(HTMLTextAreaElement, "#e-sources", form);
   mountSchedule(form, null);
   mountOptions(form, null);
+  mountRetention(form, null, false);
   wireFolderPicker(form);
   const checks = {
     "e-sources": () => checkSources(lines(sources.value)),
@@ -44,6 +46,7 @@ export function wireEdit(state, load) {
     setSchedule(form, plan.schedule);
     one(HTMLSelectElement, "#f-weekday", form).value = String(plan.schedule.weekday || 1);
     one(HTMLInputElement, "input[name=frequency]:checked", form).dispatchEvent(new Event("change"));
+    setRetention(form, plan.retention, plan.thin_when_full);
     sources.value = plan.sources.join("\n");
     setOptions(form, plan);
     dialog.showModal();
@@ -54,7 +57,10 @@ export function wireEdit(state, load) {
     if (!plan) return;
     clearErrors(form);
     if (showAll(form, checks)) return;
-    const body = { schedule: readSchedule(form), sources: lines(sources.value), ...readOptions(form) };
+    const body = {
+      schedule: readSchedule(form), sources: lines(sources.value), ...readOptions(form),
+      retention: readRetention(form), thin_when_full: readThinWhenFull(form),
+    };
     const button = one(HTMLButtonElement, "button[type=submit]", form);
     busy(button, true, "Saving…");
     try {

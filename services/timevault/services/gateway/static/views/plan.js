@@ -6,10 +6,10 @@
  * (in case the event stream drops).
  */
 
-import { ApiError, apiError, cancelJob, getPlan, pauseOrResume, startBackup } from "../api.js";
+import { ApiError, apiError, cancelJob, getPlan, pauseOrResume, startBackup, startPrune } from "../api.js";
 import { $, $$, el, find, fromTemplate, one } from "../dom.js";
 import { onEvent } from "../events.js";
-import { formatDuration, formatSize, formatTime, locationText, scheduleText } from "../format.js";
+import { formatDuration, formatSize, formatTime, locationText, retentionText, scheduleText } from "../format.js";
 import { isActive, pill, planStatus, setPill, snapshotStatus } from "../status.js";
 import { focusHeading, onLeave, show } from "../view.js";
 import { busy, timeEl, toast, zonedTimeEl } from "../widgets.js";
@@ -98,6 +98,8 @@ function fillPlan(state) {
   $("#stat-next").replaceChildren(plan.paused ? "Paused" : zonedTimeEl(plan.next_run, plan.schedule.timezone));
   $("#stat-count").textContent = String(plan.snapshot_count);
   $("#set-schedule").textContent = scheduleText(plan.schedule) + (plan.paused ? " — paused" : "");
+  $("#set-retention").textContent = retentionText(plan.retention)
+    + (plan.thin_when_full ? "; the oldest go first when the disk is full" : "");
   $("#set-sources").replaceChildren(...plan.sources.map((s) => el("code", { class: "path", text: s })));
   $("#set-location").replaceChildren(el("code", { class: "path", text: locationText(plan.location) }),
     ...(plan.credentials_stored ? [el("span", { class: "muted", text: "Access key kept by TimeVault" })] : []));
@@ -176,8 +178,23 @@ function fillSnapshots(state, plan) {
       el("td", { "data-label": "Status" }, pill(snapshotStatus(snap.status)),
         completed ? endorsement(snap) : null,
         snap.error ? el("span", { class: "snap-error", text: snap.error }) : null),
+      el("td", { "data-label": "Kept by", class: "kept-by muted small-text",
+        text: completed && snap.kept_by && snap.kept_by.length ? snap.kept_by.join(", ") : "—" }),
       el("td", { class: "row-actions" }, restore));
   }));
+}
+
+/**
+ * "Cleaned up: forgot 2 backups, freed 1.2 GB."
+ * @param {Job} job
+ * @returns {string}
+ */
+function pruneText(job) {
+  const summary = job.prune;
+  if (!summary) return "Clean-up finished.";
+  const forgot = summary.forgotten.length;
+  const text = `Cleaned up: forgot ${forgot} backup${forgot === 1 ? "" : "s"}, freed ${formatSize(summary.bytes_freed)}.`;
+  return summary.packs_pending ? `${text} ${formatSize(summary.bytes_pending)} more once running backups end.` : text;
 }
 
 /**
@@ -200,6 +217,10 @@ function planEvent(state, event, load) {
       if (!isActive(job.status)) load();
     }
     if (job.kind === "restore") restoreUpdate(state, job);
+    if (job.kind === "prune" && !isActive(job.status)) {
+      if (job.trigger === "manual") toast(job.status === "completed" ? pruneText(job) : `Clean-up ${job.status}: ${job.error || ""}`);
+      load();
+    }
     return;
   }
   if (event.data.plan_id !== plan.id) return;
@@ -229,6 +250,20 @@ function wirePlan(state, load) {
     } finally {
       busy(backup, false);
       await load();
+    }
+  });
+  const prune = one(HTMLButtonElement, "#btn-prune");
+  prune.addEventListener("click", async () => {
+    if (!state.plan) return;
+    $("#plan-error").hidden = true;
+    busy(prune, true, "Cleaning up…");
+    try {
+      await startPrune(state.plan.id);
+      toast("Clean-up started: backups the plan no longer keeps are forgotten and their space freed.");
+    } catch (err) {
+      showPlanError(apiError(err));
+    } finally {
+      busy(prune, false);
     }
   });
   $("#btn-pause").addEventListener("click", async () => {

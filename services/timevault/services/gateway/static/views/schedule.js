@@ -19,44 +19,53 @@ export function mountSchedule(root, schedule) {
   one(HTMLInputElement, "#f-timezone", root).value = (schedule && schedule.timezone) || zone;
   if (schedule) setSchedule(root, schedule);
   const sync = () => {
-    $("[data-weekly]", root).hidden = frequency(root) !== "weekly";
+    const chosen = frequency(root);
+    $("[data-weekly]", root).hidden = chosen !== "weekly";
+    $("[data-monthly]", root).hidden = chosen !== "monthly";
+    $("[data-hourly]", root).hidden = chosen !== "hourly";
   };
   for (const radio of $$("input[name=frequency]", root)) radio.addEventListener("change", sync);
   sync();
 }
 
 /**
- * Show `schedule` in mounted fields (the time zone too).
+ * Show `schedule` in mounted fields (the time zone too). An hourly ":MM" shows as "00:MM".
  * @param {HTMLElement} root
  * @param {Schedule} schedule
  */
 export function setSchedule(root, schedule) {
   one(HTMLInputElement, `input[name=frequency][value=${schedule.frequency}]`, root).checked = true;
-  one(HTMLInputElement, "#f-time", root).value = schedule.time;
+  one(HTMLInputElement, "#f-time", root).value = schedule.time.startsWith(":") ? `00${schedule.time}` : schedule.time;
   if (schedule.weekday) one(HTMLSelectElement, "#f-weekday", root).value = String(schedule.weekday);
+  if (schedule.day_of_month) one(HTMLInputElement, "#f-monthday", root).value = String(schedule.day_of_month);
   one(HTMLInputElement, "#f-timezone", root).value = schedule.timezone;
 }
 
 /**
  * @param {HTMLElement} root
- * @returns {"daily" | "weekly"}
+ * @returns {Schedule["frequency"]}
  */
 function frequency(root) {
-  return one(HTMLInputElement, "input[name=frequency]:checked", root).value === "weekly" ? "weekly" : "daily";
+  const value = one(HTMLInputElement, "input[name=frequency]:checked", root).value;
+  return value === "hourly" || value === "weekly" || value === "monthly" ? value : "daily";
 }
 
 /**
- * The schedule the fields show (a weekday only when weekly).
+ * The schedule the fields show (a weekday only when weekly, a day of the month only when
+ * monthly; hourly sends the minute, ":MM").
  * @param {HTMLElement} root
  * @returns {Schedule}
  */
 export function readSchedule(root) {
+  const time = one(HTMLInputElement, "#f-time", root).value;
   /** @type {Schedule} */
   const schedule = {
     frequency: frequency(root),
-    time: one(HTMLInputElement, "#f-time", root).value,
+    time,
     timezone: one(HTMLInputElement, "#f-timezone", root).value.trim(),
   };
+  if (schedule.frequency === "hourly" && time.includes(":")) schedule.time = `:${time.split(":")[1]}`;
   if (schedule.frequency === "weekly") schedule.weekday = Number(one(HTMLSelectElement, "#f-weekday", root).value);
+  if (schedule.frequency === "monthly") schedule.day_of_month = Number(one(HTMLInputElement, "#f-monthday", root).value);
   return schedule;
 }
