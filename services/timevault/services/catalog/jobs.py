@@ -145,11 +145,11 @@ class Jobs:
 
     async def _prune_after_backup(self, tx: Transaction, backup: Job) -> Job | None:
         """After each successful backup the plan is thinned and pruned (unless a prune is queued
-        or running already: it will see this snapshot too)."""
+        already: it will see this snapshot too; one that runs may have listed the snapshots before)."""
         plan = await self.db.get_plan(backup.plan_id)
         if plan is None or plan.deleting:
             return None
-        if await self.db.list_jobs(plan_id=plan.id, statuses=ACTIVE, kind="prune", limit=1):
+        if await self.db.list_jobs(plan_id=plan.id, statuses=("pending",), kind="prune", limit=1):
             return None
         return await self.create_prune(tx, plan, "backup")
 
@@ -186,8 +186,11 @@ class Jobs:
         return job
 
     async def create_prune(self, tx: Transaction, row: PlanRow, trigger: Trigger) -> Job:
-        """Insert a pending prune job (``busy`` if the plan has one); `dispatch` it after the commit."""
-        active = await self.db.list_jobs(plan_id=row.id, statuses=ACTIVE, kind="prune", limit=1)
+        """Insert a pending prune job; `dispatch` it after the commit. ``busy`` if the plan has one
+        pending, or (asked for by a person) running: a prune after a backup may queue behind a
+        running one, which listed the snapshots before that backup ended."""
+        statuses = ACTIVE if trigger == "manual" else ("pending",)
+        active = await self.db.list_jobs(plan_id=row.id, statuses=statuses, kind="prune", limit=1)
         if active:
             raise ServiceError("busy", f"plan {row.name!r} is busy: prune {active[0].id} is "
                                f"{active[0].status}", "plan")

@@ -3,8 +3,9 @@ snapshot says which retention rules keep it, and the plan's log tells what was f
 how much space was freed.
 
 The repository is the truth: a snapshot the prune did not find there any more (forgotten by
-`timevault repo forget` behind the services' back, say) loses its row too — but only if its row
-is older than the listing, so that a backup that finished while the prune ran is never dropped.
+`timevault repo forget` behind the services' back, say) loses its row too — but only if its
+backup had ended before the prune started, so that a backup that finished while the prune ran
+is never dropped.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from datetime import timedelta
 import msgspec
 
 from timevault.proto.jobs import Job, PruneSummary
+from timevault.proto.plans import SnapshotInfo
 from timevault.services.catalog.context import Transaction
+from timevault.services.catalog.db import CatalogDB
 from timevault.services.common.util import utcnow
 
-# A row this much older than the listing must have been in it (clocks of one machine).
+# A row without a job (attached) this much older than the listing must have been in it.
 _LISTING_SLACK = timedelta(seconds=5)
 # The plan's log names at most this many snapshots per line.
 _NAMED = 12
@@ -37,15 +40,25 @@ async def record(tx: Transaction, job: Job, summary: PruneSummary) -> None:
         elif snap.id in summary.kept_by:
             if snap.kept_by != summary.kept_by[snap.id]:
                 await db.save_snapshot(job.plan_id, msgspec.structs.replace(snap, kept_by=summary.kept_by[snap.id]))
-        elif summary.listed_at is not None and snap.id not in present:
-            finished = snap.finished_at or snap.started_at
-            if finished is not None and finished < summary.listed_at - _LISTING_SLACK:
-                await db.delete_snapshot(job.plan_id, snap.id)
-                gone.append(snap.id)
+        elif summary.listed_at is not None and snap.id not in present and await _listed_before(db, snap, job, summary):
+            await db.delete_snapshot(job.plan_id, snap.id)
+            gone.append(snap.id)
     lifecycle = await db.get_lifecycle(job.plan_id)
     await db.save_lifecycle(job.plan_id, msgspec.structs.replace(lifecycle, last_prune_at=utcnow()))
     for line in describe(summary, gone):
         await tx.event(job.plan_id, "prune", line, job.id)
+
+
+async def _listed_before(db: CatalogDB, snap: SnapshotInfo, job: Job, summary: PruneSummary) -> bool:
+    """Whether `snap` was surely in storage when the prune listed the snapshots: its backup ended
+    before the prune job started (both times by the catalog's clock), or, for a row without a
+    job (attached), it finished well before the listing."""
+    if snap.job_id is not None:
+        found = await db.get_job(snap.job_id)
+        ended = found[0].finished_at if found is not None else None
+        return ended is not None and job.started_at is not None and ended < job.started_at
+    finished = snap.finished_at or snap.started_at
+    return finished is not None and summary.listed_at is not None and finished < summary.listed_at - _LISTING_SLACK
 
 
 def describe(summary: PruneSummary, gone: list[str]) -> list[str]:
