@@ -404,7 +404,6 @@ async def prune(repo: Repository, options: PruneOptions | None = None) -> PruneR
         await _plan(run, stored, await _View.load(repo))
         return run.result
     async with repo.lock(kind="prune") as held:
-        await repo.remove_stale_locks()  # left by killed or long-gone processes
         run = _Run(repo, options, held)
         for name in await repo.stale_locks():  # left by killed or long-gone processes
             await repo.storage.delete(name)

@@ -781,21 +781,6 @@ class Repository:
                 # prune removes it.
                 log.warning("cannot remove the lock %s: %s", name, exc)
 
-    async def remove_stale_locks(self) -> int:
-        """Delete locks that protect nothing any more (expired, or of a process of this host that is
-        gone, e.g. killed); returns how many. Unreadable objects under ``locks/`` are left alone."""
-        removed = 0
-        now = time.time()
-        async for info in self.storage.list("locks/"):
-            try:
-                lock = _lock_decoder.decode(self.decrypt_meta(await self.storage.get(info.name), b"lock"))
-            except (ObjectNotFound, crypto.Unauthenticated, msgspec.DecodeError):
-                continue
-            if lock.expires <= now or _dead_local_process(lock):
-                await self.storage.delete(info.name)
-                removed += 1
-        return removed
-
     async def live_locks(self) -> list[tuple[str, Lock]]:
         """Every lock that still protects something: not expired, its process not known dead."""
         live = []
