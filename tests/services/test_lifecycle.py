@@ -194,12 +194,15 @@ async def test_prune_on_request_and_racing_a_backup(catalog: NATS, workers: dict
         (source / f"f{i}.bin").write_bytes(os.urandom(MiB))
     await backup(catalog, plan.id)
     await settle(catalog, plan.id)
-    for i in range(6):
-        (source / f"f{i}.bin").write_bytes(os.urandom(2 * MiB))  # everything changes
+    for i in range(24):
+        (source / f"f{i}.bin").write_bytes(os.urandom(2 * MiB))  # everything changes: a backup that takes a while
     backup_job = await rpc.request(catalog, subjects.JOB_CREATE, JobCreate(plan=plan.id), Job)
-    await wait_job(catalog, backup_job.id, 30, frozenset({"running", "completed", "failed"}))
+    running = await wait_job(catalog, backup_job.id, 30, frozenset({"running", "completed", "failed"}))
+    assert running.status == "running"
     prune_job = await rpc.request(catalog, subjects.PLAN_PRUNE, PlanRef(plan=plan.id), Job, timeout=20)
     assert prune_job.kind == "prune" and prune_job.trigger == "manual"
+    assert (await wait_job(catalog, backup_job.id, 1, frozenset({"pending", "running", "completed"}))).status \
+        == "running", "the prune must be asked for while the backup runs"
     with pytest.raises(ServiceError) as busy:  # one prune per plan at a time
         await rpc.request(catalog, subjects.PLAN_PRUNE, PlanRef(plan=plan.id), Job)
     assert busy.value.code == "busy"
