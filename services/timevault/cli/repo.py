@@ -22,7 +22,7 @@ from timevault.cli.progress import ProgressBar, human_bytes
 from timevault.cli.units import plural
 from timevault.core.archiver import backup, left_out
 from timevault.core.checker import check
-from timevault.core.prune import PruneOptions, forget, forget_by_rules, prune
+from timevault.core.prune import PruneOptions, PruneResult, forget, forget_by_rules, prune
 from timevault.core.repository import Repository, Snapshot
 from timevault.core.repository.history import CONTRADICTS, ENDORSED, History
 from timevault.core.restorer import restore
@@ -261,6 +261,10 @@ async def cmd_forget(args: argparse.Namespace) -> None:
                          for d in result.decisions if d.keep],
                 "left_alone": result.left_alone,
             }
+        pruned = None
+        if args.prune and not args.dry_run:  # in the same process: the password is derived once
+            pruned = await prune(repo)
+            outcome["prune"] = {"dry_run": False, **dataclasses.asdict(pruned)}
     finally:
         await repo.close()
     if args.json:
@@ -273,8 +277,12 @@ async def cmd_forget(args: argparse.Namespace) -> None:
         print(f"{'forget' if args.dry_run else 'forgot'} {snapshot_id[:8]}")
     for snapshot_id in outcome["left_alone"]:
         print(f"left alone {snapshot_id[:8]} (contradicts the endorsed history: see `timevault repo check`)")
-    print(f"{verb} {len(outcome['forgotten'])} snapshot(s)"
-          + ("" if args.dry_run else "; run `timevault repo prune` to free the space their data used"))
+    if pruned is None:
+        print(f"{verb} {len(outcome['forgotten'])} snapshot(s)"
+              + ("" if args.dry_run else "; run `timevault repo prune` to free the space their data used"))
+        return
+    print(f"{verb} {len(outcome['forgotten'])} snapshot(s)")
+    _print_prune(pruned, args.dry_run)
 
 
 async def cmd_prune(args: argparse.Namespace) -> None:
@@ -286,7 +294,11 @@ async def cmd_prune(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps({"dry_run": args.dry_run, **dataclasses.asdict(result)}))
         return
-    if args.dry_run:
+    _print_prune(result, args.dry_run)
+
+
+def _print_prune(result: PruneResult, dry_run: bool) -> None:
+    if dry_run:
         print(f"would delete {result.packs_deleted} pack(s) and repack {result.packs_repacked}, freeing about "
               f"{human_bytes(result.bytes_freed)}")
     else:

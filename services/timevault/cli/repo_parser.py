@@ -87,6 +87,7 @@ def register(subparsers: Subcommands) -> None:
     add_retention_flags(p)
     p.add_argument("--timezone", metavar="TZ", help="zone of the rules' days, weeks, … (default: this machine's)")
     p.add_argument("--dry-run", action="store_true", help="say what would be forgotten, forget nothing")
+    p.add_argument("--prune", action="store_true", help="then remove the data no snapshot needs, as `repo prune` does (not with --dry-run)")
     p.add_argument("--json", action="store_true", help="print the outcome as JSON")
     p = add("prune", "cmd_prune", "remove data that no snapshot needs (in two phases: data a running backup may "
             "still rely on is marked now and deleted by a later prune)")
