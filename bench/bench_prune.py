@@ -47,9 +47,9 @@ RSS_LIMIT_MIB = 300
 def forget_and_prune(tool: Tool, keep: int) -> tuple[float, int, dict]:
     """(seconds, peak RSS KiB, what the tool said) of forgetting all but `keep` and pruning."""
     if isinstance(tool, TimeVault):
-        step = tool.step("forget-prune", [*tool.repo_cmd("forget", str(tool.repo), "--keep-last", str(keep)),
-                                          "--prune", "--json"])
-        return step.seconds, step.max_rss_kib, json.loads(step.stdout)
+        ran = tool.step("forget-prune", [*tool.repo_cmd("forget", str(tool.repo), "--keep-last", str(keep)),
+                                         "--prune", "--json"])
+        return ran.seconds, ran.max_rss_kib, json.loads(ran.stdout)
     assert isinstance(tool, Restic)
     step: Step = tool.step("forget-prune", [tool.exe, "forget", "--keep-last", str(keep), "--prune"])
     return step.seconds, step.max_rss_kib, {"stdout_tail": step.stdout[-1500:]}

@@ -84,8 +84,8 @@ def test_retention_is_chosen_shown_and_changed(browser: Browser, stack: Stack, t
     expect(page.locator("#plan-error")).to_be_hidden()
     expect(page.locator("#toast")).to_contain_text("Cleaned up: forgot 0 backups", timeout=60_000)
 
-    page.get_by_role("button", name="Edit schedule").click()
-    dialog = page.get_by_role("dialog", name="Edit schedule")
+    page.get_by_role("button", name="Edit settings").click()
+    dialog = page.get_by_role("dialog", name="Edit settings")
     expect(dialog.get_by_label("Custom")).to_be_checked()
     expect(dialog.get_by_label("Newest backups")).to_have_value("1")
     dialog.get_by_label("Everything", exact=True).check()
