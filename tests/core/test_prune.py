@@ -121,6 +121,8 @@ async def test_prune_marks_while_a_backup_runs_and_deletes_once_it_ended(repo: R
         # A backup holds its lock: prune neither refuses nor waits; it marks and leaves the data.
         result = await prune(repo)
         assert result.marked and result.packs_deleted == 0 and result.packs_pending >= 1
+        checked = await check(await reopen(repo))
+        assert checked.errors == [] and any("prune marked them" in n for n in checked.notes), checked.notes
         assert {p.name for p in (Path(repo.storage.location) / "data").rglob("*") if p.is_file()} == packs
         # Other backups may run alongside.
         await backup(repo, [str(source)])

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from timevault.core import crypto
 from timevault.core.names import name_problem
+from timevault.core.repository import gcstate
 from timevault.core.repository.blobs import CorruptBlob
 from timevault.core.repository.format import BlobType, Node, Snapshot
 from timevault.core.repository.history import UNENDORSED, History, describe_removed
@@ -145,9 +146,19 @@ async def check(
                 f"pack {pack_id[:12]} has size {stored[pack_id]}, the index says {pack.size}"
             )
     unindexed = set(stored) - set(index.packs)
-    if unindexed:
+    try:
+        marked = unindexed & (await gcstate.load(repo.storage, repo.write_keys.meta_key)).pending_packs()
+    except RepositoryError as exc:
+        result.errors.append(str(exc))
+        marked = set()
+    if marked:
         result.notes.append(
-            f"{len(unindexed)} pack(s) are not in the index (left by an interrupted "
+            f"{len(marked)} pack(s) hold only data no snapshot needs: prune marked them and deletes them "
+            "once the backups that were running then have ended"
+        )
+    if unindexed - marked:
+        result.notes.append(
+            f"{len(unindexed - marked)} pack(s) are not in the index (left by an interrupted "
             "backup; prune removes them, `timevault repo rebuild-index` indexes them)"
         )
     await _note_leftovers(repo, result)
