@@ -672,11 +672,13 @@ async def _remove_leftovers(repo: Repository) -> tuple[int, int]:
 
 async def mark_due(repo: Repository, every: float) -> bool:
     """Whether a prune that forgot nothing itself should still mark: a snapshot of the last mark
-    is gone (forgotten elsewhere), or the last mark is older than `every` seconds (what
-    interrupted backups left behind is found then), or it never marked."""
+    is gone (forgotten elsewhere), the last mark is older than `every` seconds (what interrupted
+    backups left behind is found then), it never marked, or unindexed packs wait to be deleted
+    (only a run that marks deletes them). Marks that wait for running backups need no new mark:
+    every run sweeps."""
     stored = await gcstate.load(repo.storage, repo.write_keys.meta_key)
     state = stored.state
-    if state.marks or state.orphans or not state.last_mark or time.time() - state.last_mark >= every:
+    if state.orphans or not state.last_mark or time.time() - state.last_mark >= every:
         return True
     current = {info.name.removeprefix("snapshots/") async for info in repo.storage.list("snapshots/")}
     return not set(state.last_snapshots) <= current
