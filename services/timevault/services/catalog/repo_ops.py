@@ -165,7 +165,7 @@ async def delete_repository(url: str, credentials: S3Credentials | None = None) 
     from timevault.services.common.locations import core_credentials
 
     storage = open_location(url, core_credentials(credentials))
-    local = not url.startswith("s3://")
+    local = "://" not in url  # a folder path (location_url of a local location)
     deleted = 0
     try:
         empty_passes = 0
