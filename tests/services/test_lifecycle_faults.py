@@ -126,15 +126,18 @@ async def test_kill_9_of_the_snapshotter_in_the_middle_of_a_prune(stack: tuple[S
             old.unlink()
         (source / f"gen-{i}.bin").write_bytes(os.urandom(3 * MiB))
         (source / "same.txt").write_text("unchanged\n" * 1000)
-        done = await backup(nc, plan.id)
+        job = await rpc.request(nc, subjects.JOB_CREATE, JobCreate(plan=plan.id), Job)
+        done = await wait_job(nc, job.id, 120)
         assert done.status == "completed", done.error
+        # Then the prune after it: it ends, or it holds at the point (and stays there).
+        deadline = time.monotonic() + 120
+        while not held.exists() and (await rpc.request(nc, subjects.JOB_LIST, JobListRequest(
+                plan=plan.id, active=True), JobList)).jobs:
+            assert time.monotonic() < deadline, "the prune neither ended nor held"
+            await asyncio.sleep(0.1)
         if held.exists():
             break
-        await settle(nc, plan.id)
-    deadline = time.monotonic() + 60
-    while not held.exists():  # the prune after the backup reaches the point
-        assert time.monotonic() < deadline, f"{point} never reached"
-        await asyncio.sleep(0.1)
+    assert held.exists(), f"{point} never reached"
     s.procs["snapshotter"].kill()
     start_snapshotter(s)  # no hold now: the work item comes back, the job is taken over
     await settle(nc, plan.id, 180)
@@ -178,7 +181,8 @@ async def test_a_full_location_fails_before_starting_or_thins_the_oldest(stack: 
     before = tree(location)
     refused = await backup(nc, plan.id)
     assert refused.status == "failed"
-    assert refused.error and "not enough free space" in refused.error and "--thin-when-full" in refused.error
+    assert refused.error and refused.error.startswith("location is full: ") and "--thin-when-full" in refused.error
+    assert "nothing was written" in refused.error
     assert {k for k in tree(location) if not k.startswith("locks/")} == {k for k in before if not k.startswith("locks/")}
 
     # With thinning, the oldest snapshot goes (never the newest) until the backup fits.

@@ -27,7 +27,8 @@ from timevault.services.snapshotter.catalog_index import CatalogIndex
 from timevault.services.snapshotter.pruning import add_result
 
 RESERVE = 64 * 1024 * 1024
-"""Bytes a backup leaves free on the location's disk (``--reserve`` of the snapshotter)."""
+"""Bytes a backup leaves free on the location's disk (``--reserve`` of the snapshotter; at most 5 %
+of the disk)."""
 CAPACITY_ENV = "TIMEVAULT_TEST_LOCATION_CAPACITY"
 """Tests only: the location's disk holds this many bytes (free = this − what the folder holds),
 since a real disk cannot be filled on demand. Wraps the real folder: what thinning deletes counts."""
@@ -38,6 +39,7 @@ RECENT = 5
 class Space:
     free: int
     needed: int
+    reserve: int
 
     @property
     def enough(self) -> bool:
@@ -88,6 +90,16 @@ def _source_bytes(sources: list[str]) -> int:
     return total
 
 
+def capacity_bytes(path: str) -> int:
+    capacity = os.environ.get(CAPACITY_ENV)
+    if capacity:
+        return int(capacity)
+    probe = path
+    while not os.path.exists(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    return shutil.disk_usage(probe).total
+
+
 async def measure(plan: PlanDetail, reserve: int) -> Space:
     assert plan.location.path is not None
     completed = [s for s in plan.snapshots if s.status == "completed"]
@@ -95,7 +107,9 @@ async def measure(plan: PlanDetail, reserve: int) -> Space:
         estimate = max(s.added_size for s in completed[-RECENT:])
     else:
         estimate = await asyncio.to_thread(_source_bytes, plan.sources)
-    return Space(await asyncio.to_thread(free_bytes, plan.location.path), estimate + reserve)
+    # A small disk (a USB stick, a test's tmpfs) keeps a reserve in proportion: 5 % at most.
+    kept = min(reserve, await asyncio.to_thread(capacity_bytes, plan.location.path) // 20)
+    return Space(await asyncio.to_thread(free_bytes, plan.location.path), estimate + kept, kept)
 
 
 async def ensure_space(nc: NATS, repo: Repository, plan: PlanDetail, *, reserve: int = RESERVE,
@@ -111,9 +125,9 @@ async def ensure_space(nc: NATS, repo: Repository, plan: PlanDetail, *, reserve:
     if not plan.thin_when_full:
         raise ServiceError(
             "failed",
-            f"not enough free space at {where}: {_human(space.free)} free, about {_human(space.needed)} needed "
-            f"(what recent backups added, plus {_human(reserve)} kept free); nothing was written. Free some space, "
-            f"or let the plan thin its oldest snapshots when full (`timevault plan update {plan.name!r} "
+            f"location is full: {where} has {_human(space.free)} free, about {_human(space.needed)} is needed "
+            f"(what recent backups added, plus {_human(space.reserve)} kept free); nothing was written. Free some "
+            f"space, or let the plan thin its oldest snapshots when full (`timevault plan update {plan.name!r} "
             "--thin-when-full`)")
     catalog = CatalogIndex(nc, plan.id)
     await catalog.sync(repo)
@@ -134,5 +148,5 @@ async def ensure_space(nc: NATS, repo: Repository, plan: PlanDetail, *, reserve:
     if not space.enough:
         raise ServiceError(
             "failed",
-            f"not enough free space at {where} even after thinning {len(summary.forgotten)} old snapshot(s): "
-            f"{_human(space.free)} free, about {_human(space.needed)} needed; nothing was written")
+            f"location is full: {where} has {_human(space.free)} free even after thinning "
+            f"{len(summary.forgotten)} old snapshot(s), about {_human(space.needed)} is needed; nothing was written")
