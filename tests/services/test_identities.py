@@ -35,7 +35,10 @@ SAMPLES = {"browse_instance": "instance.secret"}
 # Modules that only define streams (their subjects are the streams' configuration).
 NOT_TRAFFIC = {"work.py"}
 # Subjects a service reads through a JetStream consumer: allowed by its consumer's API permission.
-VIA_CONSUMER = {"snapshotter": {subjects.WORK_BACKUP: f"$JS.API.CONSUMER.MSG.NEXT.{subjects.WORK_STREAM}.snapshotter"}}
+VIA_CONSUMER = {"snapshotter": {
+    subjects.WORK_BACKUP: f"$JS.API.CONSUMER.MSG.NEXT.{subjects.WORK_STREAM}.snapshotter",
+    subjects.WORK_PRUNE: f"$JS.API.CONSUMER.MSG.NEXT.{subjects.WORK_STREAM}.pruner",
+}}
 
 
 def covers(allow: str, used: str) -> bool:

@@ -61,6 +61,8 @@ def channels() -> list[Channel]:
         ("jobGet", s.JOB_GET, j.JobRef, j.Job, "One job"),
         ("jobList", s.JOB_LIST, j.JobListRequest, j.JobList, "Jobs, newest first"),
         ("jobCancel", s.JOB_CANCEL, j.JobRef, j.Job, "Cancel a job"),
+        ("planPrune", s.PLAN_PRUNE, p.PlanRef, j.Job,
+         "Forget what the plan's retention drops and remove unused data now (a prune job)"),
         ("catalogStats", s.CATALOG_STATS, stats.CatalogStatsRequest, stats.CatalogStats, "Figures for monitoring"),
         ("restoreStart", s.RESTORE_START, j.RestoreRequest, j.Job, "Start a restore (never persisted)"),
         ("jobEvents", s.JOB_EVENTS, j.JobRef, p.PlanEventList, "A job's log"),
@@ -77,6 +79,10 @@ def channels() -> list[Channel]:
         ("scheduleFire", s.SCHEDULE_FIRE, schedule.ScheduleFire, schedule.ScheduleFireReply, "Claim a slot once"),
         ("chunksLookup", s.CHUNKS_LOOKUP, chunks.ChunkLookup, chunks.ChunkLookupReply, "Which blobs exist"),
         ("chunksAdd", s.CHUNKS_ADD, chunks.ChunkAdd, chunks.ChunkAddReply, "Record durable blobs"),
+        ("chunksSync", s.CHUNKS_SYNC, chunks.ChunkSync, chunks.ChunkSyncReply,
+         "Bring a plan's chunk index in step with its repository (by the repository's generation)"),
+        ("chunksUpdate", s.CHUNKS_UPDATE, chunks.ChunkUpdate, chunks.ChunkUpdateReply,
+         "A prune tells the chunk index what leaves the repository's index, before publishing it"),
         ("uploadOpen", s.UPLOAD_OPEN, upload.UploadOpen, upload.UploadOpened, "Open an upload session"),
         ("jobLog", s.JOB_LOG, j.JobLog, j.JobLogged, "A worker adds lines to its job's log"),
     ]
@@ -102,6 +108,9 @@ def channels() -> list[Channel]:
                 parameters=("job_id",)),
         Channel("workBackup", s.WORK_BACKUP, j.BackupWork,
                 "Backup work items (JetStream stream TV_WORK, work-queue retention)", action="receive",
+                internal=True),
+        Channel("workPrune", s.WORK_PRUNE, j.BackupWork,
+                "Prune work items (JetStream stream TV_WORK, work-queue retention)", action="receive",
                 internal=True),
     ]
     return out

@@ -84,16 +84,18 @@ def identities() -> dict[str, Identity]:
     browse_ops = s.subject("browse.*.*")  # tv.browse.<restorer instance>.<op>
     table = [
         Identity("catalog",
-                 publish=(s.JOB_EVENTS_ALL, s.PLAN_EVENTS_ALL, s.JOB_CANCEL_ALL, s.WORK_BACKUP,
+                 publish=(s.JOB_EVENTS_ALL, s.PLAN_EVENTS_ALL, s.JOB_CANCEL_ALL, s.WORK_BACKUP, s.WORK_PRUNE,
                           *_stream_admin(s.WORK_STREAM), *_stream_admin(s.EVENTS_STREAM)),
                  subscribe=(s.subject("catalog.>"), s.JOB_PROGRESS_ALL, *_discovery("catalog"))),
         Identity("scheduler",
                  publish=_catalog_requests("SCHEDULE_LIST", "SCHEDULE_FIRE"),
                  subscribe=(s.PLAN_EVENTS_ALL, *_discovery("scheduler"))),
         Identity("snapshotter",
-                 publish=(*_catalog_requests("JOB_CLAIM", "PLAN_GET", "PLAN_SECRETS", "CHUNKS_LOOKUP"),
+                 publish=(*_catalog_requests("JOB_CLAIM", "PLAN_GET", "PLAN_SECRETS", "CHUNKS_LOOKUP", "CHUNKS_SYNC",
+                                             "CHUNKS_UPDATE"),
                           *job_worker_pub, s.UPLOAD_OPEN, s.subject("upload.session.>"),
-                          *_stream_admin(s.WORK_STREAM), *_consumer(s.WORK_STREAM, s.SNAPSHOTTER_DURABLE)),
+                          *_stream_admin(s.WORK_STREAM), *_consumer(s.WORK_STREAM, s.SNAPSHOTTER_DURABLE),
+                          *_consumer(s.WORK_STREAM, s.PRUNER_DURABLE)),
                  subscribe=(s.JOB_CANCEL_ALL, s.FOLDERS_LIST, *_discovery("snapshotter"))),
         Identity("uploader",
                  publish=_catalog_requests("PLAN_SECRETS", "CHUNKS_ADD"),
@@ -116,7 +118,7 @@ def identities() -> dict[str, Identity]:
 GATEWAY_CATALOG_REQUESTS = (
     "PLAN_CREATE", "PLAN_LIST", "PLAN_GET", "PLAN_UPDATE", "PLAN_DELETE", "PLAN_PAUSE", "PLAN_RESUME",
     "PLAN_ATTACH", "PLAN_EVENTS", "SNAPSHOT_LIST", "JOB_CREATE", "JOB_GET", "JOB_LIST", "JOB_CANCEL",
-    "CATALOG_STATS", "JOB_EVENTS",
+    "CATALOG_STATS", "JOB_EVENTS", "PLAN_PRUNE",
 )
 
 
