@@ -15,9 +15,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SOURCE_ROOTS = [REPO_ROOT / "shared", REPO_ROOT / "proto", REPO_ROOT / "services"]
 
 # Third-party packages that only the outer layers may use. aiohttp is allowed in the core's S3
-# backend alone, because aiobotocore is built on it.
+# backend, because aiobotocore is built on it, and in the Space backend, which speaks HTTP.
 NETWORK_LIBS = {"nats", "aiohttp", "aiosqlite"}
-CORE_EXCEPTIONS = {"timevault.core.storage.s3": {"aiohttp"}}
+CORE_EXCEPTIONS = {"timevault.core.storage.s3": {"aiohttp"}, "timevault.core.storage.space": {"aiohttp"}}
 
 
 def _modules() -> dict[str, Path]:
@@ -69,6 +69,15 @@ def _violations(module: str, imported: set[str]) -> list[str]:
                 bad.append(f"{name}: {layer} must not import an outer layer")
         if layer == "core" and name.startswith("timevault.proto"):
             bad.append(f"{name}: the core must not import the NATS contracts")
+        if layer in {"core", "proto", "services"} and name.startswith("timevault.space"):
+            bad.append(f"{name}: only the command line may import the Space server")
+        if layer == "space":
+            # The Space server stands beside the services: the core and aiohttp, nothing of TimeVault's
+            # own system (no NATS contracts, no service, no command line).
+            if top in {"nats", "aiosqlite"}:
+                bad.append(f"{name}: the Space server must not depend on {top}")
+            if name.startswith(("timevault.services", "timevault.cli", "timevault.proto")):
+                bad.append(f"{name}: the Space server may import only timevault.core")
         if layer == "services":
             if name.startswith("timevault.cli"):
                 bad.append(f"{name}: services must not import the command line")
@@ -87,7 +96,7 @@ MODULES = _modules()
 
 def test_every_layer_has_modules() -> None:
     layers = {_layer(m) for m in MODULES}
-    assert {"core", "proto", "services", "cli"} <= layers, layers
+    assert {"core", "proto", "services", "cli", "space"} <= layers, layers
 
 
 @pytest.mark.parametrize("module", sorted(MODULES))
@@ -105,3 +114,10 @@ def test_the_check_catches_a_crossing() -> None:
     assert _violations("timevault.services.gateway.app", {"timevault.cli.up"})
     assert not _violations("timevault.cli.system", {"timevault.services.common.paths"})
     assert not _violations("timevault.core.storage.s3", {"aiohttp"})
+    assert not _violations("timevault.core.storage.space", {"aiohttp"})
+    assert _violations("timevault.core.storage.local", {"aiohttp"})
+    assert _violations("timevault.space.api", {"timevault.services.common.rpc"})
+    assert _violations("timevault.space.app", {"timevault.cli.main"})
+    assert not _violations("timevault.space.app", {"timevault.core.storage", "aiohttp.web"})
+    assert _violations("timevault.services.catalog.spaces", {"timevault.space.device"})
+    assert not _violations("timevault.cli.space", {"timevault.space.server"})

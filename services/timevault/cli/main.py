@@ -10,7 +10,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from timevault.cli import exits, repo_parser
+from timevault.cli import exits, repo_parser, space
 from timevault.cli.parser import Parser, Version
 from timevault.core.memory import tune_allocator
 
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     from timevault.cli import system
 
     system.register(subparsers)
+    space.register(subparsers)
     return parser
 
 

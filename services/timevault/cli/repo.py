@@ -19,6 +19,7 @@ from timevault.cli.errors import CommandError, Incomplete, UsageError
 from timevault.cli.exclude_args import exclude_options
 from timevault.cli.passwords import get_password
 from timevault.cli.progress import ProgressBar, human_bytes
+from timevault.cli.space import SpaceCommandError, read_token_file
 from timevault.cli.units import plural
 from timevault.core.archiver import backup, left_out
 from timevault.core.checker import check
@@ -28,7 +29,7 @@ from timevault.core.repository.history import CONTRADICTS, ENDORSED, History
 from timevault.core.restorer import restore
 from timevault.core.retention import Rules
 from timevault.core.retention import describe as describe_rules
-from timevault.core.storage import open_location
+from timevault.core.storage import LocationError, Storage, open_location
 
 
 def snapshot_json(
@@ -63,9 +64,24 @@ def default_cache_dir() -> str:
     return os.path.join(base, "timevault")
 
 
+def _location(args: argparse.Namespace) -> Storage:
+    """The storage of LOCATION; a Space location signs in with $TIMEVAULT_SPACE_TOKEN_FILE's token."""
+    token = None
+    if args.location.startswith(("space://", "space+http://")):
+        path = os.environ.get("TIMEVAULT_SPACE_TOKEN_FILE")
+        if not path:
+            raise LocationError("a Space location needs a device token: run `timevault space login URL "
+                                "--token-file F` and set TIMEVAULT_SPACE_TOKEN_FILE=F")
+        try:
+            token = read_token_file(path)
+        except SpaceCommandError as exc:
+            raise LocationError(str(exc)) from exc
+    return open_location(args.location, space_token=token)
+
+
 async def _open(args: argparse.Namespace) -> Repository:
     password = get_password(args.password_file)
-    return await Repository.open(open_location(args.location), password)
+    return await Repository.open(_location(args), password)
 
 
 async def _endorse(repo: Repository) -> None:
@@ -81,7 +97,7 @@ def _warn_config(repo: Repository) -> None:
 
 async def cmd_init(args: argparse.Namespace) -> None:
     password = get_password(args.password_file, confirm=True)
-    repo = await Repository.init(open_location(args.location), password)
+    repo = await Repository.init(_location(args), password)
     try:
         print(f"created repository {repo.config.id[:8]} at {repo.storage.location}")
         print("Keep the password safe: without it the backups cannot be restored.")

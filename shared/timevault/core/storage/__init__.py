@@ -49,16 +49,32 @@ __all__ = [
 ]
 
 
-def open_location(location: str, credentials: S3Credentials | None = None, *,
-                  allow_private_endpoints: bool = True) -> Storage:
-    """Open a location: a folder path, ``file:///abs/path`` or ``s3://bucket/prefix?...``.
+# A Space may be restarted (an upgrade, a crash) while a backup runs: its retries span ~30 s.
+SPACE_RETRY_ATTEMPTS = 8
+SPACE_RETRY_BASE_DELAY = 0.5
+SPACE_RETRY_MAX_DELAY = 8.0
 
-    S3 comes wrapped as Limited(Retrying(S3)): transient failures are retried with backoff,
-    and at most ``concurrency`` (URL parameter, default 4) requests are in flight. With
+
+def open_location(location: str, credentials: S3Credentials | None = None, *,
+                  allow_private_endpoints: bool = True, space_token: str | None = None) -> Storage:
+    """Open a location: a folder path, ``file:///abs/path``, ``s3://bucket/prefix?...``, or a
+    TimeVault Space, ``space://host[:port]/repo`` (``space+http://`` on loopback).
+
+    S3 and Spaces come wrapped as Limited(Retrying(...)): transient failures are retried with
+    backoff, and at most ``concurrency`` (URL parameter, default 4) requests are in flight. With
     `allow_private_endpoints` False (the services' default), an S3 endpoint on a loopback,
-    link-local or private address is refused.
-    `credentials` (S3 only) take the place of the AWS chain.
+    link-local or private address is refused; it does not apply to Spaces, whose address this
+    TimeVault signed in to (and plain HTTP is for loopback Spaces only).
+    `credentials` (S3 only) take the place of the AWS chain; `space_token` is the device token of
+    a Space location (`timevault space login`).
     """
+    if location.startswith(("space://", "space+http://")):
+        from timevault.core.storage.space import open_space_location
+
+        space = open_space_location(location, space_token)
+        retrying = RetryingStorage(space, attempts=SPACE_RETRY_ATTEMPTS, base_delay=SPACE_RETRY_BASE_DELAY,
+                                   max_delay=SPACE_RETRY_MAX_DELAY)
+        return LimitedStorage(retrying, space.concurrency)
     if location.startswith("s3://"):
         # Imported here so that local-only installs never load aiobotocore.
         from timevault.core.storage.s3 import open_s3_location

@@ -1,0 +1,384 @@
+"""A repository in a TimeVault Space (``timevault space serve``) as a `Storage` location.
+
+Location URLs::
+
+    space://HOST[:PORT]/REPO[?ca=FILE&concurrency=N]   HTTPS (ca: a private CA's certificate)
+    space+http://HOST:PORT/REPO[?concurrency=N]         plain HTTP, loopback hosts only
+
+The device token that signs this TimeVault in to the Space (``timevault space login``) is given
+separately, never in the URL, and never appears in `location`, an error message or a log line.
+
+The Space keeps each account's repositories apart, counts every write against the account's
+quota and keeps deleted objects in a trash; to this class it is a plain object store with
+``PUT``/``GET`` (with ``Range``)/``HEAD``/``DELETE`` on ``/space/v1/repos/REPO/objects/NAME``,
+paged listing and batch deletes. Like `S3Storage` it only speaks the protocol: `open_location`
+wraps it in `RetryingStorage` and `LimitedStorage`, so every transient failure (5xx, 429, a
+dropped or refused connection, a timeout) surfaces as `TransientStorageError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import os
+import ssl
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs, quote, urlsplit
+
+import aiohttp
+from aiohttp import payload as aiohttp_payload
+
+from timevault.core.storage.base import (
+    LocationError,
+    ObjectInfo,
+    ObjectNotFound,
+    Payload,
+    StorageError,
+    TransientStorageError,
+    check_name,
+    check_range,
+    payload_parts,
+)
+
+SCHEMES = ("space", "space+http")
+DEFAULT_CONCURRENCY = 4
+MAX_CONCURRENCY = 64
+DELETE_BATCH = 1000
+LIST_PAGE = 1000
+_PARAMS = frozenset({"ca", "concurrency"})
+_TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (aiohttp.ClientError, TimeoutError, ConnectionError)
+
+
+class SpaceSignedOut(StorageError):
+    """The Space refused the device token (none given, revoked, or its account removed): sign in again."""
+
+
+class SpaceQuotaExceeded(StorageError):
+    """A write does not fit in the account's quota."""
+
+
+@dataclass(frozen=True, slots=True)
+class SpaceOptions:
+    """A parsed Space location; holds no secrets."""
+
+    scheme: str
+    """``space`` (HTTPS) or ``space+http``."""
+    host: str
+    port: int | None
+    repo: str
+    ca: str | None = None
+    concurrency: int = DEFAULT_CONCURRENCY
+
+    @property
+    def base_url(self) -> str:
+        """``https://host[:port]`` or ``http://host:port``: the Space's own address."""
+        return space_origin(self.scheme, self.host, self.port)
+
+    @property
+    def location(self) -> str:
+        return f"{self.scheme}://{_netloc(self.host, self.port)}/{self.repo}"
+
+
+def _netloc(host: str, port: int | None) -> str:
+    shown = f"[{host}]" if ":" in host else host
+    return f"{shown}:{port}" if port is not None else shown
+
+
+def space_origin(scheme: str, host: str, port: int | None) -> str:
+    web = "http" if scheme in ("space+http", "http") else "https"
+    if (web, port) in (("https", 443), ("http", 80)):
+        port = None
+    return f"{web}://{_netloc(host.lower(), port)}"
+
+
+def is_loopback_host(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def is_space_location(location: str) -> bool:
+    return location.startswith(tuple(f"{scheme}://" for scheme in SCHEMES))
+
+
+def parse_space_location(url: str) -> SpaceOptions:
+    """Parse and check a ``space://`` or ``space+http://`` location. Errors never echo secrets."""
+    parts = urlsplit(url)
+    if parts.scheme not in SCHEMES:
+        raise LocationError("a Space location starts with space:// or space+http://")
+    if "@" in parts.netloc:
+        raise LocationError("a Space location must not contain credentials; sign in with `timevault space login`")
+    host = parts.hostname or ""
+    try:
+        port = parts.port
+    except ValueError:
+        raise LocationError("invalid port in the Space location") from None
+    if not host:
+        raise LocationError("a Space location needs a host: space://HOST[:PORT]/REPO")
+    if parts.scheme == "space+http" and not is_loopback_host(host):
+        raise LocationError("space+http:// (plain HTTP) is for loopback hosts only; use space:// (HTTPS)")
+    repo = parts.path.strip("/")
+    if not repo or "/" in repo:
+        raise LocationError("a Space location names one repository: space://HOST[:PORT]/REPO")
+    try:
+        check_name(repo)
+    except ValueError:
+        raise LocationError(f"invalid Space repository name {repo!r}") from None
+    if len(repo) > 64:
+        raise LocationError("a Space repository name is at most 64 characters")
+    try:
+        params = parse_qs(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
+    except ValueError:
+        raise LocationError("malformed query string in the Space location") from None
+    unknown = sorted(set(params) - _PARAMS)
+    if unknown:
+        raise LocationError(f"unknown Space location parameter(s) {', '.join(unknown)}; known: ca, concurrency")
+    value = {key: values[-1] for key, values in params.items()}
+    ca = value.get("ca") or None
+    if ca is not None:
+        if parts.scheme != "space":
+            raise LocationError("ca= is for space:// (HTTPS) locations")
+        ca = os.path.abspath(os.path.expanduser(ca))
+    concurrency = DEFAULT_CONCURRENCY
+    if "concurrency" in value:
+        text = value["concurrency"]
+        if not text.isdigit() or not 1 <= int(text) <= MAX_CONCURRENCY:
+            raise LocationError(f"Space parameter concurrency must be 1..{MAX_CONCURRENCY}")
+        concurrency = int(text)
+    return SpaceOptions(parts.scheme, host, port, repo, ca, concurrency)
+
+
+@dataclass(frozen=True, slots=True)
+class SpaceEndpoint:
+    """A Space as a person names it for signing in: its base URL (and a private CA, if any)."""
+
+    base_url: str
+    ca: str | None = None
+
+
+def parse_space_url(text: str) -> SpaceEndpoint:
+    """``https://host[:port]``, ``http://LOOPBACK:port``, or a ``space://``/``space+http://`` URL."""
+    parts = urlsplit(text.strip())
+    scheme = {"https": "space", "http": "space+http"}.get(parts.scheme, parts.scheme)
+    if scheme not in SCHEMES:
+        raise LocationError(f"a Space URL starts with https://, http:// (loopback only) or space://, got {text!r}")
+    host = parts.hostname or ""
+    try:
+        port = parts.port
+    except ValueError:
+        raise LocationError("invalid port in the Space URL") from None
+    if not host or "@" in parts.netloc:
+        raise LocationError(f"a Space URL needs a host (and no credentials): {text!r}")
+    if scheme == "space+http" and not is_loopback_host(host):
+        raise LocationError("plain HTTP is for Spaces on a loopback address only; use https://")
+    ca = parse_qs(parts.query).get("ca", [None])[-1]
+    return SpaceEndpoint(space_origin(scheme, host, port), os.path.abspath(ca) if ca else None)
+
+
+def ssl_for(base_url: str, ca: str | None) -> ssl.SSLContext | bool:
+    """The TLS settings for a Space: the system's CAs, or only `ca` when given."""
+    if not base_url.startswith("https://"):
+        return False
+    if ca is None:
+        return True
+    try:
+        return ssl.create_default_context(cafile=ca)
+    except (OSError, ssl.SSLError) as exc:
+        raise LocationError(f"cannot load the CA certificate {ca}: {exc}") from exc
+
+
+class _PartsPayload(aiohttp_payload.Payload):
+    """A request body made of buffers sent one after the other (no joined copy of a pack)."""
+
+    def __init__(self, parts: list[memoryview]) -> None:
+        super().__init__(parts, content_type="application/octet-stream")
+        self._parts = parts
+        self._size = sum(part.nbytes for part in parts)
+
+    async def write(self, writer: Any) -> None:
+        for part in self._parts:
+            if part.nbytes:
+                await writer.write(part)
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        return b"".join(self._parts).decode(encoding, errors)
+
+
+def open_space_location(url: str, token: str | None) -> SpaceStorage:
+    """Open a Space location as a bare `SpaceStorage` (no retry, no limits; see open_location)."""
+    return SpaceStorage(parse_space_location(url), token)
+
+
+class SpaceStorage:
+    """Objects of one repository of the account the device token belongs to.
+
+    The aiohttp session binds to the event loop it was created in, so it is created lazily on
+    first use, inside the running loop, and released by `close`.
+    """
+
+    supports_delete_many = True  # POST /repos/REPO/delete, see timevault/core/storage/batch.py
+
+    def __init__(
+        self,
+        options: SpaceOptions,
+        token: str | None,
+        *,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 60.0,
+    ) -> None:
+        self._options = options
+        self._token = token
+        self._timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_read=read_timeout)
+        self._ssl = ssl_for(options.base_url, options.ca)
+        self._prefix = f"{options.base_url}/space/v1/repos/{options.repo}"
+        self._session: aiohttp.ClientSession | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+
+    @property
+    def location(self) -> str:
+        return self._options.location
+
+    @property
+    def options(self) -> SpaceOptions:
+        return self._options
+
+    @property
+    def concurrency(self) -> int:
+        return self._options.concurrency
+
+    def _where(self, op: str, name: str) -> str:
+        return f"{self.location}: {op} {name}"
+
+    def _http(self, op: str, name: str) -> aiohttp.ClientSession:
+        if self._closed:
+            raise StorageError(f"{self.location}: storage is closed")
+        if self._token is None:
+            raise SpaceSignedOut(f"{self._where(op, name)}: no device token: sign in to this Space first "
+                                 f"(timevault space login {self._options.base_url})")
+        loop = asyncio.get_running_loop()
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=max(10, 2 * self.concurrency), ssl=self._ssl)
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=self._timeout,
+                headers={"Authorization": f"Bearer {self._token}"},
+                auto_decompress=False,
+            )
+            self._loop = loop
+        elif loop is not self._loop:
+            raise StorageError(f"{self.location}: used from a different event loop than it was opened in")
+        return self._session
+
+    def _object_url(self, name: str) -> str:
+        return f"{self._prefix}/objects/{quote(check_name(name), safe='/')}"
+
+    async def _refusal(self, response: aiohttp.ClientResponse, op: str, name: str) -> StorageError:
+        """The error for a non-success answer, with the Space's own message."""
+        message = ""
+        try:
+            body = json.loads(await response.read())
+            error = body.get("error") if isinstance(body, dict) else None
+            if isinstance(error, dict):
+                message = str(error.get("message") or "")
+        except (ValueError, aiohttp.ClientError, TimeoutError):
+            pass
+        status = response.status
+        detail = f"{status} {message or response.reason or ''}".strip()
+        where = self._where(op, name)
+        if status == 401:
+            return SpaceSignedOut(f"{where}: signed out of Space: {message or 'the device token was refused'}")
+        if status == 404:
+            return ObjectNotFound(f"{where}: object not found")
+        if status == 413 and "quota" in message:
+            return SpaceQuotaExceeded(f"{where}: {message}")
+        if status == 429 or status >= 500:
+            return TransientStorageError(f"{where}: {detail}")
+        return StorageError(f"{where}: {detail}")
+
+    async def _send(self, op: str, name: str, method: str, url: str, **kwargs: Any) -> tuple[bytes, int | None]:
+        """One request; returns the body and declared size of a 2xx answer (416: empty),
+        raises the mapped error otherwise."""
+        http = self._http(op, name)
+        try:
+            async with http.request(method, url, allow_redirects=False, **kwargs) as response:
+                if response.status == 416:  # the range starts at or past the end: nothing to read
+                    return b"", 0
+                if response.status >= 300:
+                    raise await self._refusal(response, op, name)
+                if method == "HEAD":
+                    size = response.headers.get("X-Object-Size")
+                    return b"", int(size) if size and size.isdigit() else response.content_length
+                data = await response.read()
+                expected = response.content_length
+                if expected is not None and len(data) != expected:
+                    raise TransientStorageError(f"{self._where(op, name)}: short read ({len(data)} of {expected} bytes)")
+                return data, expected
+        except StorageError:
+            raise
+        except _TRANSIENT_ERRORS as exc:
+            raise TransientStorageError(f"{self._where(op, name)}: {type(exc).__name__}: {exc}") from exc
+
+    async def put(self, name: str, data: Payload) -> None:
+        url = self._object_url(name)
+        await self._send("put", name, "PUT", url, data=_PartsPayload(payload_parts(data)))
+
+    async def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        check_range(offset, length)
+        url = self._object_url(name)
+        if length == 0:
+            await self.stat(name)  # nothing to read, but a missing object is still an error
+            return b""
+        headers = {}
+        if offset or length is not None:
+            end = "" if length is None else str(offset + length - 1)
+            headers["Range"] = f"bytes={offset}-{end}"
+        data, _ = await self._send("get", name, "GET", url, headers=headers)
+        return data
+
+    async def stat(self, name: str) -> ObjectInfo:
+        _, size = await self._send("stat", name, "HEAD", self._object_url(name))
+        if size is None:
+            raise TransientStorageError(f"{self._where('stat', name)}: the answer has no size")
+        return ObjectInfo(name, size)
+
+    async def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
+        after = ""
+        label = prefix or "(all)"
+        while True:
+            params = {"prefix": prefix, "limit": str(LIST_PAGE)}
+            if after:
+                params["after"] = after
+            body, _ = await self._send("list", label, "GET", f"{self._prefix}/objects", params=params)
+            try:
+                page = json.loads(body)
+                entries = [(str(e["name"]), int(e["size"])) for e in page["objects"]]
+                after = page.get("next") or ""
+            except (ValueError, KeyError, TypeError) as exc:
+                raise TransientStorageError(f"{self._where('list', label)}: unreadable answer") from exc
+            for name, size in entries:
+                yield ObjectInfo(name, size)
+            if not after:
+                return
+
+    async def delete(self, name: str) -> None:
+        await self._send("delete", name, "DELETE", self._object_url(name))
+
+    async def delete_many(self, names: Iterable[str]) -> None:
+        batch = [check_name(name) for name in names]
+        for start in range(0, len(batch), DELETE_BATCH):
+            chunk = batch[start : start + DELETE_BATCH]
+            await self._send("delete", f"{len(chunk)} objects", "POST", f"{self._prefix}/delete",
+                             json={"names": chunk})
+
+    async def close(self) -> None:
+        self._closed = True
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
