@@ -1,4 +1,5 @@
-"""Fixtures: a real moto S3 server per session, and a `storage` fixture for every location."""
+"""Fixtures: a real moto S3 server and a real TimeVault Space per session, and a `storage`
+fixture for every location."""
 
 from __future__ import annotations
 
@@ -11,19 +12,24 @@ import pytest
 
 from tests.storage.fault_proxy import FaultProxy
 from tests.support.moto_server import DUMMY_AWS_ENV, create_bucket, start_moto_server
+from tests.support.space_server import SpaceServer
 from timevault.core.storage import Storage, open_location
 from timevault.core.storage.local import LocalStorage
 from timevault.core.storage.s3 import S3Options, S3Storage
+from timevault.core.storage.space import SpaceStorage, parse_space_location
 
 BUCKET = "timevault-test"
 
-# Every location the conformance suite runs against. "s3-wrapped" is what open_location
-# gives users: Limited(Retrying(S3)).
+# Every location the conformance suite runs against. "s3-wrapped" and "space-wrapped" are what
+# open_location gives users: Limited(Retrying(S3)), Limited(Retrying(Space)).
 LOCATIONS = [
     pytest.param("local"),
     pytest.param("s3", marks=pytest.mark.s3),
     pytest.param("s3-wrapped", marks=pytest.mark.s3),
+    pytest.param("space", marks=pytest.mark.space),
+    pytest.param("space-wrapped", marks=pytest.mark.space),
 ]
+SPACE_USER = "conformance"
 
 
 @pytest.fixture(scope="session")
@@ -55,6 +61,24 @@ async def s3_bucket(moto_endpoint: str) -> str:
     return BUCKET
 
 
+@pytest.fixture(scope="session")
+def space_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SpaceServer]:
+    """One real Space for the session, storing in a folder, with 8 MiB segments (so that the
+    suite's reads across 8 MiB boundaries cross segments too)."""
+    server = SpaceServer(tmp_path_factory.mktemp("space") / "data", args=["--segment-mib", "8"])
+    server.start()
+    try:
+        server.add_user(SPACE_USER)
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def space_token(space_server: SpaceServer) -> str:
+    return space_server.sign_in_device(SPACE_USER)
+
+
 def unique_prefix() -> str:
     return f"t-{uuid.uuid4().hex[:12]}"
 
@@ -83,6 +107,21 @@ def make_storage(
 
         def factory() -> Storage:
             return LocalStorage(root)
+
+    elif kind.startswith("space"):
+        # Looked up only here so that other runs never start a Space.
+        server: SpaceServer = request.getfixturevalue("space_server")
+        token: str = request.getfixturevalue("space_token")
+        location = server.location(unique_prefix())
+        if kind == "space":
+
+            def factory() -> Storage:
+                return SpaceStorage(parse_space_location(location), token)
+
+        else:
+
+            def factory() -> Storage:
+                return open_location(location, space_token=token)
 
     else:
         # Looked up only here so that local-only runs never start moto.

@@ -215,9 +215,9 @@ async def test_list_with_prefix(storage: Storage) -> None:
 
 async def test_list_paginates_and_batch_delete(storage: Storage) -> None:
     if isinstance(storage, LimitedStorage):
-        # moto takes ~10 ms a put; 1000 more of them would prove nothing new: the wrappers pass
-        # pages through (their list is tested page by page in test_s3_faults).
-        pytest.skip("same S3 pagination as the [s3] case")
+        # 1000 more puts would prove nothing new: the wrappers pass pages through (their list is
+        # tested page by page in test_s3_faults and test_space_faults).
+        pytest.skip("same pagination as the unwrapped case of this location")
     # More than one ListObjectsV2 page (1000 keys) and more than one DeleteObjects batch.
     count = 1001
     objects = {f"data/{i % 7:02x}/obj-{i:05d}": i.to_bytes(2, "big") for i in range(count)}

@@ -64,7 +64,7 @@ async def cmd_serve(args: argparse.Namespace) -> int:
             tls_key=Path(args.tls_key) if args.tls_key else None,
             public_url=args.public_url, trash_days=args.trash_days,
             device_expires_in=args.device_expires_in, device_interval=args.device_interval,
-            janitor_every=args.janitor_every,
+            janitor_every=args.janitor_every, segment_size=args.segment_mib * 1024 * 1024,
         )
         return await serve(config)
     except (ConfigError, LocationError) as exc:
@@ -397,6 +397,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     serve.add_argument("--device-interval", type=float, default=5.0, help=argparse.SUPPRESS)
     serve.add_argument("--device-expires-in", type=float, default=600.0, help=argparse.SUPPRESS)
     serve.add_argument("--janitor-every", type=float, default=600.0, help=argparse.SUPPRESS)
+    serve.add_argument("--segment-mib", type=int, default=24, help=argparse.SUPPRESS)
     serve.set_defaults(func=_guard(cmd_serve))
 
     user = commands.add_parser("user", help="manage the Space's accounts")

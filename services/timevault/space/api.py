@@ -260,13 +260,15 @@ async def get_object(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def head_object(request: web.Request) -> web.Response:
+async def head_object(request: web.Request) -> web.StreamResponse:
     state = _state(request)
     owner = await device_owner(request, state.db)
     repo, name = _repo(request), _name(request.match_info["name"])
     row = await state.store.find(owner.account_id, repo, name)
-    response = web.Response(status=200, headers={"X-Object-Size": str(row.size), "Accept-Ranges": "bytes"})
+    response = web.StreamResponse(status=200, headers={"X-Object-Size": str(row.size), "Accept-Ranges": "bytes"})
     response.content_length = row.size
+    await response.prepare(request)  # HEAD: headers only
+    await response.write_eof()
     return response
 
 

@@ -231,8 +231,10 @@ class SpaceStorage:
         *,
         connect_timeout: float = 10.0,
         read_timeout: float = 60.0,
+        list_page_size: int = LIST_PAGE,
     ) -> None:
         self._options = options
+        self._list_page_size = list_page_size
         self._token = token
         self._timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_read=read_timeout)
         self._ssl = ssl_for(options.base_url, options.ca)
@@ -352,7 +354,7 @@ class SpaceStorage:
         after = ""
         label = prefix or "(all)"
         while True:
-            params = {"prefix": prefix, "limit": str(LIST_PAGE)}
+            params = {"prefix": prefix, "limit": str(self._list_page_size)}
             if after:
                 params["after"] = after
             body, _ = await self._send("list", label, "GET", f"{self._prefix}/objects", params=params)
