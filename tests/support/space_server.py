@@ -48,7 +48,7 @@ class SpaceServer:
     def start(self, timeout: float = 30.0) -> SpaceServer:
         command = [sys.executable, "-m", "timevault.cli.main", "space", "serve", "--data-dir", str(self.data_dir),
                    "--listen", f"127.0.0.1:{self.port}", *self.args]
-        log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it
+        log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                      env={**os.environ, **self.env})
         log.close()
