@@ -104,3 +104,23 @@ async def test_concurrent_backups_into_one_repository(repo: Repository, tmp_path
         assert (await restore(fresh, snapshot_id, str(target))).errors == []
         assert_manifests_equal(tree_manifest(restored_path(target, source)), tree_manifest(source))
     assert _locks(repo) == []
+
+
+async def test_a_pack_write_that_failed_early_is_not_hidden_by_later_ones(tmp_path: Path) -> None:
+    """A pack whose write failed while nobody waited on it fails the next add and the flush,
+    even when every later write succeeded (its blobs would be missing from the snapshot)."""
+    from timevault.core.repository.blobs import EncodedBlob
+    from timevault.core.repository.pack import Packer
+
+    faulty = FaultyStorage(LocalStorage(tmp_path / "repo"), [Fault("put", StorageError("quota exceeded"),
+                                                                    name="^data/", on_call=1)])
+    packer = Packer(faulty, b"k" * 32, pack_size=1000, max_pending=4)
+    blobs = [EncodedBlob(bytes([i]) * 32, BlobType.DATA, 600, bytes([i]) * 600) for i in range(6)]
+    with pytest.raises(StorageError, match="quota exceeded"):
+        for blob in blobs:
+            await packer.add(blob)
+            await asyncio.sleep(0.05)  # let the write of a sealed pack finish (or fail) meanwhile
+        await packer.flush()
+    with pytest.raises(StorageError, match="quota exceeded"):
+        await packer.flush()
+    faulty.assert_all_fired()
