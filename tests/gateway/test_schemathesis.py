@@ -37,7 +37,13 @@ def fuzz_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+# A Space URL on a closed loopback port: generated URLs must never send the catalog to other hosts.
+NO_SPACE = "http://127.0.0.1:9"
+
+
 def sandbox(case: Any, root: Path) -> None:
+    if isinstance(case.query, dict) and isinstance(case.query.get("space"), str):
+        case.query["space"] = NO_SPACE
     body = case.body
     if not isinstance(body, dict):
         return
@@ -54,6 +60,8 @@ def sandbox(case: Any, root: Path) -> None:
     for key in ("notify", "exclude_files"):
         if isinstance(body.get(key), list):
             body[key] = []
+    if isinstance(body.get("space"), str):
+        body["space"] = NO_SPACE
 
 
 def _excluded() -> list[Any]:
@@ -70,7 +78,10 @@ def test_api_conforms_to_its_openapi_document(stack: Stack, fuzz_root: Path, mod
     failures: list[str] = []
     operations = 0
     calls: list[str] = []
-    for result in schema.exclude(path="/api/v1/events").get_all_operations():
+    # Signing in contacts the Space named in the body (an unreachable one is rightly a 503); it is
+    # covered against a real Space in tests/space/test_system.py.
+    operations_to_fuzz = schema.exclude(path="/api/v1/events").exclude(path="/api/v1/spaces/login")
+    for result in operations_to_fuzz.get_all_operations():
         if isinstance(result, Err):
             raise result.err()  # the document itself is broken: that is the failure to report
         operation = result.ok()

@@ -105,8 +105,9 @@ class Retention(msgspec.Struct, kw_only=True):
 class Location(msgspec.Struct, kw_only=True):
     """Where the plan's repository is stored."""
 
-    type: Literal["local", "s3"]
-    """``local`` (a folder on this machine's disks) or ``s3`` (AWS S3 or compatible)."""
+    type: Literal["local", "s3", "space"]
+    """``local`` (a folder on this machine's disks), ``s3`` (AWS S3 or compatible) or ``space``
+    (a TimeVault Space this TimeVault is signed in to)."""
     path: str | None = None
     """Absolute folder path, for ``local``."""
     bucket: str | None = None
@@ -117,6 +118,9 @@ class Location(msgspec.Struct, kw_only=True):
     """Endpoint URL for S3-compatible services (absent for AWS)."""
     region: str | None = None
     """Region, for ``s3``."""
+    url: str | None = None
+    """The repository on a Space, for ``space``: ``space://host[:port]/repo`` (HTTPS) or
+    ``space+http://127.0.0.1:port/repo`` (loopback)."""
 
 
 class S3Credentials(msgspec.Struct, kw_only=True):
@@ -444,6 +448,8 @@ class PlanSecrets(msgspec.Struct, kw_only=True):
     """The repository's write-tier keys (base64 in JSON)."""
     credentials: S3Credentials | None = None
     """The S3 access key kept for the location, if any."""
+    space_token: str | None = None
+    """For a location on a TimeVault Space: the device token this TimeVault signed in with."""
 
 
 class SnapshotListRequest(msgspec.Struct, kw_only=True):
@@ -723,7 +729,16 @@ def validate_location(location: Location, sources: list[str], *, blame: str = "l
         if location.region is not None and not re.match(r"^[a-z0-9-]{1,32}$", location.region):
             raise invalid("the s3 region is a name such as eu-central-1", "location.region")
         return location
-    raise invalid("location type must be local or s3", "location.type")
+    if location.type == "space":
+        from timevault.core.storage.base import LocationError
+        from timevault.core.storage.space_url import parse_space_location
+
+        try:
+            parse_space_location(location.url or "")
+        except LocationError as exc:
+            raise invalid(str(exc), "location.url") from exc
+        return Location(type="space", url=location.url)
+    raise invalid("location type must be local, s3 or space", "location.type")
 
 
 def _check_local_folder(path: str) -> None:
@@ -887,6 +902,8 @@ def location_url(location: Location) -> str:
     """The string `timevault.core.storage.open_location` understands for `location`."""
     if location.type == "local":
         return location.path or ""
+    if location.type == "space":
+        return location.url or ""
     query = {k: v for k, v in (("endpoint", location.endpoint), ("region", location.region)) if v}
     prefix = quote((location.prefix or "").strip("/"))
     url = f"s3://{location.bucket}/{prefix}" if prefix else f"s3://{location.bucket}"
@@ -894,7 +911,8 @@ def location_url(location: Location) -> str:
 
 
 def parse_location(text: str) -> Location:
-    """Parse a CLI location: a folder path, ``file:///path`` or ``s3://bucket/prefix?endpoint=..&region=..``."""
+    """Parse a CLI location: a folder path, ``file:///path``, ``s3://bucket/prefix?endpoint=..&region=..``
+    or a Space, ``space://host[:port]/repo``."""
     from urllib.parse import parse_qs, unquote, urlparse
 
     if text.startswith("s3://"):
@@ -907,8 +925,10 @@ def parse_location(text: str) -> Location:
             endpoint=query.get("endpoint", [None])[0],
             region=query.get("region", [None])[0],
         )
+    if text.startswith(("space://", "space+http://")):
+        return Location(type="space", url=text)
     if text.startswith("file://"):
         text = unquote(urlparse(text).path)
     if "://" in text:
-        raise invalid(f"unsupported location {text!r}; use a folder path or s3://bucket/prefix", "location")
+        raise invalid(f"unsupported location {text!r}; use a folder path, s3://bucket/prefix or space://host/repo", "location")
     return Location(type="local", path=os.path.abspath(os.path.expanduser(text)))

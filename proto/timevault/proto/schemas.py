@@ -14,7 +14,7 @@ from pathlib import Path
 
 import msgspec
 
-from timevault.proto import browse, chunks, errors, folders, jobs, plans, schedule, stats, upload
+from timevault.proto import browse, chunks, errors, folders, jobs, plans, schedule, spaces, stats, upload
 
 SCHEMA_DIR = Path(__file__).with_name("schemas")
 
@@ -77,6 +77,11 @@ MESSAGES: tuple[type[msgspec.Struct], ...] = (
     chunks.ChunkSyncReply,
     chunks.ChunkUpdate,
     chunks.ChunkUpdateReply,
+    spaces.SpaceRef,
+    spaces.SpaceListRequest,
+    spaces.SpaceLogin,
+    spaces.SpaceStatus,
+    spaces.SpaceList,
     upload.UploadOpen,
     upload.UploadOpened,
     upload.BlobFrame,

@@ -57,6 +57,10 @@ CHUNKS_ADD = subject("catalog.chunks.add")
 CHUNKS_SYNC = subject("catalog.chunks.sync")
 CHUNKS_UPDATE = subject("catalog.chunks.update")
 CATALOG_STATS = subject("catalog.stats")
+SPACE_LOGIN = subject("catalog.space.login")
+SPACE_STATUS = subject("catalog.space.status")
+SPACE_LIST = subject("catalog.space.list")
+SPACE_LOGOUT = subject("catalog.space.logout")
 
 # --- restorer: request/reply, queue group "restorer" -----------------------------------
 RESTORER_QUEUE = "restorer"

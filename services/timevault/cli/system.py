@@ -224,6 +224,8 @@ def _retention_text(retention: dict[str, Any] | None) -> str:
 def _location_text(location: dict[str, Any]) -> str:
     if location.get("type") == "local":
         return str(location.get("path"))
+    if location.get("type") == "space":
+        return str(location.get("url"))
     prefix = f"/{location['prefix']}" if location.get("prefix") else ""
     return f"s3://{location.get('bucket')}{prefix}"
 
@@ -697,7 +699,8 @@ def register(subparsers: Subcommands) -> None:
     create.add_argument("--source", action="append", required=True, metavar="PATH")
     _frequency_flags(create, required=True)
     create.add_argument("--at", required=True, metavar="HH:MM", help="start time (hourly: :MM, the minute)")
-    create.add_argument("--location", required=True, help="folder path or s3://bucket/prefix?endpoint=&region=")
+    create.add_argument("--location", required=True,
+                        help="folder path, s3://bucket/prefix?endpoint=&region= or space://host/repo")
     create.add_argument("--timezone", metavar="TZ", help="IANA zone (default: this machine's)")
     create.add_argument("--password-file", metavar="F")
     plan_options.add_arguments(create)

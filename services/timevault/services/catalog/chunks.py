@@ -30,6 +30,7 @@ from timevault.proto.plans import location_url
 from timevault.services.catalog import repo_ops
 from timevault.services.catalog.context import Catalog
 from timevault.services.catalog.credentials import CredentialStore
+from timevault.services.catalog.spaces import space_token_for
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +70,9 @@ class ChunkIndex:
         # Read outside the transaction (it may take a while); the generation is read before the
         # index, so the rows are at least as new as the generation recorded with them.
         credentials = await CredentialStore(db).get(plan.id)
-        chunks, packs, generation = await repo_ops.index_rows(location_url(plan.location), plan.write_keys,
-                                                              credentials)
+        url = location_url(plan.location)
+        chunks, packs, generation = await repo_ops.index_rows(url, plan.write_keys, credentials,
+                                                              space_token=await space_token_for(db, url))
         async with self.catalog.transaction() as tx:
             current = await db.get_plan(plan.id)
             if current is None or current.deleting:

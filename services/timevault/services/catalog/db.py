@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from contextvars import ContextVar
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiosqlite
 import msgspec
@@ -83,6 +83,13 @@ CREATE TABLE IF NOT EXISTS packs (
     size INTEGER NOT NULL,
     PRIMARY KEY (plan_id, id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS space_signins (
+    space TEXT PRIMARY KEY,
+    ca TEXT,
+    account TEXT NOT NULL,
+    token TEXT NOT NULL,
+    signed_in_at TEXT NOT NULL
+);
 """
 
 
@@ -127,6 +134,15 @@ def _iso(value: datetime | None) -> str | None:
 
 # The database whose transaction the running task is in (None: not in one).
 _current: ContextVar[CatalogDB | None] = ContextVar("catalog_transaction", default=None)
+
+
+class SpaceSignIn(NamedTuple):
+    """This TimeVault's sign-in to one TimeVault Space: its device token (secret, like write keys)."""
+
+    space: str
+    ca: str | None
+    account: str
+    token: str
 
 
 class CatalogDB:
@@ -459,3 +475,25 @@ class CatalogDB:
     async def write(self, sql: str, params: tuple[object, ...] = ()) -> None:
         """One statement on a module's own tables, inside the running `transaction`."""
         await self._writing().execute(sql, params)
+
+    # --- TimeVault Space sign-ins (timevault.services.catalog.spaces) -----------------------
+
+    async def get_space_signin(self, space: str) -> SpaceSignIn | None:
+        async with self._conn.execute(
+            "SELECT space, ca, account, token FROM space_signins WHERE space=?", (space,)
+        ) as cur:
+            row = await cur.fetchone()
+        return None if row is None else SpaceSignIn(*row)
+
+    async def list_space_signins(self) -> list[str]:
+        async with self._conn.execute("SELECT space FROM space_signins ORDER BY space") as cur:
+            return [str(row[0]) for row in await cur.fetchall()]
+
+    async def save_space_signin(self, signin: SpaceSignIn, when: datetime) -> None:
+        await self._writing().execute(
+            "INSERT OR REPLACE INTO space_signins (space, ca, account, token, signed_in_at) VALUES (?,?,?,?,?)",
+            (signin.space, signin.ca, signin.account, signin.token, when.isoformat()))
+
+    async def delete_space_signin(self, space: str, token: str) -> None:
+        await self._writing().execute("DELETE FROM space_signins WHERE space=? AND token=?", (space, token))
+

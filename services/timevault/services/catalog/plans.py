@@ -51,6 +51,7 @@ from timevault.services.catalog.context import ACTIVE, Catalog
 from timevault.services.catalog.credentials import CredentialStore
 from timevault.services.catalog.db import LifecycleRow, PlanRow
 from timevault.services.catalog.jobs import Jobs
+from timevault.services.catalog.spaces import SpaceSignIns
 from timevault.services.common.slots import next_run
 from timevault.services.common.util import new_id, utcnow
 
@@ -62,8 +63,9 @@ _PLAN_ID = re.compile(r"p_[0-9a-f]{16}")  # timevault.services.common.util.new_i
 
 
 class Plans:
-    def __init__(self, catalog: Catalog, jobs: Jobs) -> None:
+    def __init__(self, catalog: Catalog, jobs: Jobs, spaces: SpaceSignIns) -> None:
         self.catalog = catalog
+        self.spaces = spaces
         self.db = catalog.db
         self.jobs = jobs
         self.options = plan_options.OptionsStore(catalog.db)
@@ -75,7 +77,8 @@ class Plans:
         await self._check_new(req.name, url)
         field = "location.path" if req.location.type == "local" else "location"
         write_keys = await repo_ops.init_repository(url, req.password, self.catalog.options.test_weak_kdf,
-                                                    req.credentials, field)
+                                                    req.credentials, field,
+                                                    space_token=await self.spaces.require_token(url))
         now = utcnow()
         row = PlanRow(id=new_id("p"), name=req.name, sources=req.sources, schedule=req.schedule,
                       location=req.location, write_keys=write_keys, paused=False, deleting=False,
@@ -105,7 +108,8 @@ class Plans:
         retention = validate_retention(req.retention)
         await self._check_new(name, url)
         credentials = validate_credentials(req.credentials, location)
-        contents = await repo_ops.read_repository(url, req.password, credentials)
+        contents = await repo_ops.read_repository(url, req.password, credentials,
+                                                  space_token=await self.spaces.require_token(url))
         write_keys, snapshots, chunks, endorsed = (contents.write_keys, contents.snapshots, contents.chunks,
                                                    contents.endorsed)
         if not sources:
@@ -209,7 +213,9 @@ class Plans:
                     await self.jobs.end(job, "canceled", "plan deleted (worker did not stop in time)")
                 break
             await asyncio.sleep(0.2)
-        deleted = await repo_ops.delete_repository(location_url(row.location), await self.credentials.get(row.id))
+        url = location_url(row.location)
+        deleted = await repo_ops.delete_repository(url, await self.credentials.get(row.id),
+                                                   space_token=await self.spaces.token_for(url))
         async with self.catalog.transaction() as tx:
             await self.db.delete_plan_rows(row.id)
             await self.options.delete(row.id)
@@ -225,8 +231,10 @@ class Plans:
 
     async def secrets(self, req: PlanRef) -> PlanSecrets:
         row = await self.catalog.plan(req.plan)
-        return PlanSecrets(plan_id=row.id, location=location_url(row.location), write_keys=row.write_keys,
-                           credentials=await self.credentials.get(row.id))
+        url = location_url(row.location)
+        return PlanSecrets(plan_id=row.id, location=url, write_keys=row.write_keys,
+                           credentials=await self.credentials.get(row.id),
+                           space_token=await self.spaces.token_for(url))
 
     async def view(self, row: PlanRow, options: plan_options.PlanOptions | None = None,
                    keys: bool | None = None) -> Plan:

@@ -25,7 +25,8 @@ ChunkRow = tuple[bytes, str, int]
 
 
 async def init_repository(url: str, password: str, test_weak_kdf: bool = False,
-                          credentials: S3Credentials | None = None, location_field: str = "location") -> bytes:
+                          credentials: S3Credentials | None = None, location_field: str = "location", *,
+                          space_token: str | None = None) -> bytes:
     """Create a repository at `url` (its first endorsement included); return its write keys.
 
     A location that holds anything else is refused (`location_field` names it in the error):
@@ -37,7 +38,7 @@ async def init_repository(url: str, password: str, test_weak_kdf: bool = False,
     from timevault.services.common.locations import open_service_location
 
     try:
-        storage = open_service_location(url, credentials)
+        storage = open_service_location(url, credentials, space_token)
     except ValueError as exc:
         raise ServiceError("invalid", str(exc), "location") from exc
     try:
@@ -71,8 +72,8 @@ class RepositoryContents(NamedTuple):
     generation: list[str]
 
 
-async def read_repository(url: str, password: str, credentials: S3Credentials | None = None
-                          ) -> RepositoryContents:
+async def read_repository(url: str, password: str, credentials: S3Credentials | None = None, *,
+                          space_token: str | None = None) -> RepositoryContents:
     """Open with the password and endorse its history; return write keys, snapshots (oldest
     first), the blob index, the ids of the endorsed snapshots, the packs and the generation."""
     from timevault.core.repository import RepositoryError, WrongPassword
@@ -81,7 +82,7 @@ async def read_repository(url: str, password: str, credentials: S3Credentials | 
     from timevault.services.common.locations import open_service_location
 
     try:
-        storage = open_service_location(url, credentials)
+        storage = open_service_location(url, credentials, space_token)
     except ValueError as exc:
         raise ServiceError("invalid", str(exc), "location") from exc
     try:
@@ -133,8 +134,8 @@ def snapshot_info(snapshot_id: str, snap: Snapshot, plan_id: str, *, endorsed: b
                         endorsed=endorsed)
 
 
-async def index_rows(url: str, write_keys: bytes, credentials: S3Credentials | None = None
-                     ) -> tuple[list[ChunkRow], list[tuple[str, int]], list[str]]:
+async def index_rows(url: str, write_keys: bytes, credentials: S3Credentials | None = None, *,
+                     space_token: str | None = None) -> tuple[list[ChunkRow], list[tuple[str, int]], list[str]]:
     """The repository's index as chunk rows and packs, and its generation (read first: an index
     read after a newer generation appeared is only ever newer still)."""
     from timevault.core.repository import Repository, RepositoryError
@@ -142,7 +143,7 @@ async def index_rows(url: str, write_keys: bytes, credentials: S3Credentials | N
     from timevault.core.storage import StorageError
     from timevault.services.common.locations import open_service_location
 
-    storage = open_service_location(url, credentials)
+    storage = open_service_location(url, credentials, space_token)
     try:
         repo = await Repository.open_write_only(storage, write_keys)
         generation = await repo.gc_generation()
@@ -155,7 +156,8 @@ async def index_rows(url: str, write_keys: bytes, credentials: S3Credentials | N
     return chunks, [(pack.id, pack.size) for pack in index.packs.values()], generation
 
 
-async def delete_repository(url: str, credentials: S3Credentials | None = None) -> int:
+async def delete_repository(url: str, credentials: S3Credentials | None = None, *,
+                            space_token: str | None = None) -> int:
     """Remove the repository's objects at the location, and nothing else: only names the
     format defines (and, in a local folder, their interrupted temporary files and the format's
     own folders once empty). Sweeps until a pass finds nothing (late writes of a job that was
@@ -164,7 +166,7 @@ async def delete_repository(url: str, credentials: S3Credentials | None = None) 
     from timevault.core.storage import StorageError, open_location
     from timevault.services.common.locations import core_credentials
 
-    storage = open_location(url, core_credentials(credentials))
+    storage = open_location(url, core_credentials(credentials), space_token=space_token)
     local = "://" not in url  # a folder path (location_url of a local location)
     deleted = 0
     try:

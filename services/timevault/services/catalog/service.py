@@ -43,6 +43,7 @@ from timevault.services.catalog.plans import Plans
 from timevault.services.catalog.reaper import Reaper
 from timevault.services.catalog.schedule import Scheduling
 from timevault.services.catalog.snapshots import Snapshots
+from timevault.services.catalog.spaces import SpaceSignIns
 from timevault.services.common import rpc
 from timevault.services.common.work import ensure_event_stream, ensure_work_stream
 
@@ -54,7 +55,8 @@ class CatalogService:
     def __init__(self, nc: NATS, db: CatalogDB, options: CatalogOptions | None = None) -> None:
         self.catalog = Catalog(nc, db, options or CatalogOptions())
         self.jobs = Jobs(self.catalog)
-        self.plans = Plans(self.catalog, self.jobs)
+        self.spaces = SpaceSignIns(self.catalog)
+        self.plans = Plans(self.catalog, self.jobs, self.spaces)
         self.snapshots = Snapshots(self.catalog)
         self.schedule = Scheduling(self.catalog, self.jobs)
         self.chunks = ChunkIndex(self.catalog)
@@ -102,9 +104,11 @@ class CatalogService:
         await self._serve(subjects.CHUNKS_UPDATE, ChunkUpdate, chunks.update)
         await self._serve(subjects.PLAN_PRUNE, PlanRef, jobs.prune)
         await nc.subscribe(subjects.JOB_PROGRESS_ALL, cb=jobs.on_progress)
+        await self.spaces.start(self.stats)
         self._tasks.append(asyncio.create_task(self.reaper.run()))
 
     async def stop(self) -> None:
+        await self.spaces.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

@@ -26,10 +26,13 @@ def private_endpoints_allowed() -> bool:
     return os.environ.get(ALLOW_PRIVATE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def open_service_location(url: str, credentials: S3Credentials | None = None) -> Storage:
-    """`open_location` with the service policy for S3 endpoints (see the module docstring), and
-    the plan's S3 access key when the catalog keeps one (`PlanSecrets.credentials`)."""
-    return open_location(url, core_credentials(credentials), allow_private_endpoints=private_endpoints_allowed())
+def open_service_location(url: str, credentials: S3Credentials | None = None,
+                          space_token: str | None = None) -> Storage:
+    """`open_location` with the service policy for S3 endpoints (see the module docstring), the
+    plan's S3 access key when the catalog keeps one (`PlanSecrets.credentials`), and for a
+    TimeVault Space location the device token (`PlanSecrets.space_token`)."""
+    return open_location(url, core_credentials(credentials), allow_private_endpoints=private_endpoints_allowed(),
+                         space_token=space_token)
 
 
 def core_credentials(credentials: S3Credentials | None) -> CoreCredentials | None:

@@ -26,7 +26,7 @@ ERROR_TEXT = {400: "Invalid input (the body names the field)",
               409: "Duplicate name, or the plan is busy",
               500: "Internal error", 503: "A needed service or the location is unreachable"}
 REQUEST_TYPES = ("PlanCreate", "PlanAttach", "PlanUpdate", "Schedule", "ScheduleUpdate", "Location", "RestoreBody",
-                 "UnlockBody", "RestoreItemsBody", "S3Credentials")
+                 "UnlockBody", "RestoreItemsBody", "S3Credentials", "SpaceRef")
 
 
 def build(table: list[Endpoint], version: str = "1") -> dict[str, Any]:

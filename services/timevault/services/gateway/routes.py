@@ -239,6 +239,7 @@ def endpoints() -> list[Endpoint]:
     from timevault.services.gateway.events import stream_events
     from timevault.services.gateway.folder_routes import folder_endpoints
     from timevault.services.gateway.metrics import metrics, ready
+    from timevault.services.gateway.spaces import space_endpoints
 
     plan = "/api/v1/plans/{plan_id}"
     return [
@@ -284,6 +285,7 @@ def endpoints() -> list[Endpoint]:
                  "(Server-Sent Events; read it with fetch() streaming and the bearer header). Job and plan "
                  "events carry ids: send Last-Event-ID to get the kept events after it first", sse=True,
                  query={"job": "only this job's status and progress events"}),
+        *space_endpoints(),
     ]
 
 

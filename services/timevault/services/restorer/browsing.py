@@ -161,7 +161,7 @@ class BrowseService:
         plan = await rpc.request(self.nc, subjects.PLAN_SECRETS, PlanRef(plan=req.plan), PlanSecrets)
         name = (await rpc.request(self.nc, subjects.PLAN_GET, PlanRef(plan=plan.plan_id), PlanDetail)).name
         try:
-            storage = open_service_location(plan.location, plan.credentials)
+            storage = open_service_location(plan.location, plan.credentials, plan.space_token)
         except ValueError as exc:
             raise ServiceError("unavailable", f"cannot open the repository: {exc}", "location") from exc
         try:

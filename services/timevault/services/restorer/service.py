@@ -90,7 +90,7 @@ class RestorerService:
             raise invalid(str(exc), "target") from exc
         secrets = await rpc.request(self.nc, subjects.PLAN_SECRETS, PlanRef(plan=req.plan), PlanSecrets)
         try:
-            storage = held_reads(open_service_location(secrets.location, secrets.credentials), "restore.read")
+            storage = held_reads(open_service_location(secrets.location, secrets.credentials, secrets.space_token), "restore.read")
         except ValueError as exc:
             raise ServiceError("unavailable", f"cannot open the repository: {exc}", "location") from exc
         try:

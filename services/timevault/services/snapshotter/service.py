@@ -149,8 +149,9 @@ class Snapshotter:
                 plan = await rpc.request_retrying(self.nc, subjects.PLAN_GET, PlanRef(plan=job.plan_id), PlanDetail)
                 secrets = await rpc.request_retrying(self.nc, subjects.PLAN_SECRETS, PlanRef(plan=job.plan_id),
                                                      PlanSecrets)
-                repo = await Repository.open_write_only(open_service_location(secrets.location, secrets.credentials),
-                                                        secrets.write_keys)
+                repo = await Repository.open_write_only(
+                    open_service_location(secrets.location, secrets.credentials, secrets.space_token),
+                    secrets.write_keys)
                 try:
                     summary = await prune_plan(self.nc, repo, plan, always_mark=job.trigger == "manual",
                                                cancel=ctx.cancel)
@@ -193,7 +194,7 @@ class Snapshotter:
                 plan = await rpc.request_retrying(self.nc, subjects.PLAN_GET, PlanRef(plan=job.plan_id), PlanDetail)
                 secrets = await rpc.request_retrying(self.nc, subjects.PLAN_SECRETS, PlanRef(plan=job.plan_id),
                                                      PlanSecrets)
-                repo = await Repository.open_write_only(open_service_location(secrets.location, secrets.credentials),
+                repo = await Repository.open_write_only(open_service_location(secrets.location, secrets.credentials, secrets.space_token),
                                                         secrets.write_keys)
                 try:
                     # Room first: a backup that cannot fit fails before anything runs, the pre-command too.

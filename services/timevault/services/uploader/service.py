@@ -81,7 +81,7 @@ class Session:
         self.plan_id = req.plan_id
         # Every blob of the job is encrypted with this one key; packs carry it once in their header.
         self.sealed_key = req.sealed_key
-        self.storage = open_service_location(secrets.location, secrets.credentials)
+        self.storage = open_service_location(secrets.location, secrets.credentials, secrets.space_token)
         keys = decode_write_keys(secrets.write_keys)
 
         async def written(entry: IndexPack) -> None:
