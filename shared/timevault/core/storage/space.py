@@ -156,8 +156,8 @@ class SpaceStorage:
         if self._closed:
             raise StorageError(f"{self.location}: storage is closed")
         if self._token is None:
-            raise SpaceSignedOut(f"{self._where(op, name)}: no device token: sign in to this Space first "
-                                 f"(timevault space login {self._options.base_url})")
+            raise SpaceSignedOut(f"{self._where(op, name)}: signed out of Space (no device token): sign in to "
+                                 f"this Space first (timevault space login {self._options.base_url})")
         loop = asyncio.get_running_loop()
         if self._session is None:
             connector = aiohttp.TCPConnector(limit=max(10, 2 * self.concurrency), ssl=self._ssl)
