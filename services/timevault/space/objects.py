@@ -185,13 +185,26 @@ class ObjectStore:
                      write: Callable[[bytes], Awaitable[None]]) -> None:
         """Send `length` bytes from `offset` through `write`, one piece at a time."""
         end = offset + length
-        while offset < end:
-            piece = min(self.read_piece, end - offset)
-            data = await self.read(row, offset, piece)
-            if len(data) != piece:
-                raise StorageError(f"segment of {row.version} is shorter than recorded")
-            await write(data)
-            offset += piece
+
+        def next_read(at: int) -> asyncio.Future[bytes] | None:
+            return asyncio.ensure_future(self.read(row, at, min(self.read_piece, end - at))) if at < end else None
+
+        # The next piece is read from storage while this one goes out on the socket.
+        reading = next_read(offset)
+        try:
+            while reading is not None:
+                data = await reading
+                expected = min(self.read_piece, end - offset)
+                if len(data) != expected:
+                    raise StorageError(f"segment of {row.version} is shorter than recorded")
+                offset += expected
+                reading = next_read(offset)
+                await write(data)
+        finally:
+            if reading is not None and not reading.done():
+                reading.cancel()
+                with contextlib.suppress(BaseException):
+                    await reading
 
     async def read(self, row: ObjectRow, offset: int, length: int) -> bytes:
         """Bytes [offset, offset+length) of a version; a range across segments is joined."""
