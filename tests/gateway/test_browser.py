@@ -85,6 +85,9 @@ def test_backup_journey(browser: Browser, stack: Stack, screenshots: Path, tmp_p
     expect(page.get_by_label("Day of week")).to_be_hidden()
     page.get_by_label("Start time").fill("02:30")
     page.get_by_label("Time zone").fill("Europe/Berlin")
+    # TimeVault Space is the first choice, as in the product brief; this journey uses a folder.
+    expect(page.get_by_label("TimeVault Space")).to_be_checked()
+    page.get_by_label("This machine's disks").check()
     page.get_by_label("Folder", exact=True).fill(str(repo))
     page.get_by_label("Backup password").fill("abc")
     page.get_by_label("Password again").fill("abc")
@@ -217,7 +220,7 @@ def test_keyboard_only_create_form(browser: Browser, stack: Stack) -> None:
     page.goto(f"{stack.url}/#/new")
     expect(page.get_by_role("heading", name="Create a backup")).to_be_visible()
     seen: list[str] = []
-    for _ in range(40):
+    for _ in range(60):
         page.keyboard.press("Tab")
         info = page.evaluate("""() => { const e = document.activeElement;
             return e ? `${e.tagName}:${e.id || e.name || e.textContent.trim()}` : ''; }""")

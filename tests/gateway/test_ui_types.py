@@ -18,8 +18,9 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from timevault.proto import browse, errors, folders, jobs, plans
+from timevault.proto import browse, errors, folders, jobs, plans, spaces
 from timevault.services.gateway import bodies, browse_routes
+from timevault.services.gateway import spaces as gateway_spaces
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 GATEWAY = REPO_ROOT / "services" / "timevault" / "services" / "gateway"
@@ -44,6 +45,8 @@ API_TYPES: dict[str, type[msgspec.Struct]] = {
     "JobProgress": jobs.JobProgress,
     "JobEvent": jobs.JobEvent,
     "RestoreBody": bodies.RestoreBody,
+    "SpaceStatus": spaces.SpaceStatus,
+    "SpaceLoginReply": gateway_spaces.SpaceLoginReply,
     "ErrorInfo": errors.ErrorInfo,
     "NotifyDelivery": plans.NotifyDelivery,
     "S3Credentials": plans.S3Credentials,

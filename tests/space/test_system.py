@@ -175,3 +175,81 @@ def test_sign_in_api_validation(system: System) -> None:
     assert status == 400 and "loopback" in body["error"]["message"]
     status, body = system.api("GET", "/spaces/status")
     assert status == 400 and body["error"]["field"] == "space"
+
+
+@pytest.mark.browser
+def test_web_ui_signs_in_with_a_qr_code(system: System, make_space: Any, tmp_path: Path, test_output_dir: Path) -> None:
+    """The TimeVault web UI: Space is the first location choice; Sign in shows the QR code and the
+    user code, then the account and its free space; a revoked token shows "signed out of Space"."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from tests.gateway.conftest import CHROMIUM, chromium_args
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM}")
+    shots = test_output_dir / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
+    space: SpaceServer = make_space("--device-interval", "1")
+    space.add_user("uli", quota=100 * 1024 * 1024)
+    source = tmp_path / "Pictures"
+    source.mkdir()
+    (source / "cat.jpg").write_bytes(os.urandom(50_000))
+    holder = space.holder("uli")
+    errors: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=chromium_args())
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.set_default_timeout(20_000)
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(f"{system.url}/#token={system.token}")
+        expect(page.get_by_role("heading", name="Backups", exact=True)).to_be_visible()
+        page.goto(f"{system.url}/#/new")
+        expect(page.get_by_role("heading", name="Create a backup")).to_be_visible()
+        radios = page.locator("input[name=location_type]")
+        assert radios.first.get_attribute("value") == "space"
+        expect(page.get_by_label("TimeVault Space")).to_be_checked()
+        expect(page.get_by_label("Folder", exact=True)).to_be_hidden()
+
+        page.get_by_label("Space address").fill(space.url)
+        page.get_by_label("Space address").press("Tab")
+        expect(page.locator("#space-state")).to_have_text("Not signed in.")
+        page.get_by_role("button", name="Sign in", exact=True).click()
+        qr = page.get_by_alt_text("QR code: scan it with your phone to sign in")
+        expect(qr).to_be_visible()
+        page.wait_for_function("() => document.querySelector('.space-qr').complete")
+        assert qr.evaluate("img => img.naturalWidth") > 100  # the SVG drew, it is not a broken image
+        code = page.locator("#space-user-code").inner_text()
+        assert len(code) == 9 and code[4] == "-"
+        page.screenshot(path=str(shots / "space-ui-01-sign-in-qr.png"), full_page=True)
+        holder.decide(code, "approve")
+        expect(page.locator("#space-state")).to_have_text("Signed in as uli · 105 MB free")
+        expect(page.locator("#space-signin")).to_be_hidden()
+
+        page.get_by_label("Name", exact=True).fill("UI pictures")
+        page.get_by_label("Folders to back up").fill(str(source))
+        page.get_by_label("Start time").fill("04:00")
+        page.get_by_label("Backup password").fill("correct horse")
+        page.get_by_label("Password again").fill("correct horse")
+        page.screenshot(path=str(shots / "space-ui-02-signed-in.png"), full_page=True)
+        page.get_by_role("button", name="Create backup").click()
+        expect(page.get_by_role("heading", name="UI pictures")).to_be_visible()
+        expect(page.locator("#set-location")).to_have_text(space.location("ui-pictures"))
+        expect(page.locator("#space-out")).to_be_hidden()
+
+        # The account holder revokes this TimeVault on the Space's pages.
+        (device,) = holder.call("GET", "/space/v1/devices")[1]["devices"]
+        holder.call("DELETE", f"/space/v1/devices/{device['id']}")
+        page.reload()
+        notice = page.locator("#space-out")
+        expect(notice).to_contain_text("Signed out of Space")
+        page.screenshot(path=str(shots / "space-ui-03-signed-out.png"), full_page=True)
+        page.get_by_role("button", name="Sign in again").click()
+        code = page.locator("#space-user-code").inner_text()
+        holder.decide(code, "approve")
+        expect(notice).to_contain_text("Signed in as uli")
+        browser.close()
+    assert errors == []
+    status, plans = system.api("GET", "/plans")
+    assert status == 200
+    plan_id = next(p["id"] for p in plans if p["name"] == "UI pictures")
+    assert system.api("DELETE", f"/plans/{plan_id}")[0] == 200

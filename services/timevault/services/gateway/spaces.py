@@ -27,9 +27,14 @@ class SpaceLoginReply(SpaceLogin, kw_only=True):
 
 
 def qr_svg(text: str) -> str:
+    """A standalone SVG document (with its namespace, so it also works as an image's data URL)."""
+    import io
+
     import segno  # only when someone signs in
 
-    return str(segno.make(text, error="m").svg_inline(scale=5, border=2, title="QR code to sign in"))
+    out = io.BytesIO()
+    segno.make(text, error="m").save(out, kind="svg", xmldecl=False, scale=5, border=2, title="QR code to sign in")
+    return out.getvalue().decode()
 
 
 def _space_ref(value: str | None) -> SpaceRef:

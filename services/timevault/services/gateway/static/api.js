@@ -23,6 +23,8 @@ import { EXPIRED, signOut, token } from "./session.js";
 /** @typedef {import("./types.js").FindResult} FindResult */
 /** @typedef {import("./types.js").PlanEvent} PlanEvent */
 /** @typedef {import("./types.js").FolderListing} FolderListing */
+/** @typedef {import("./types.js").SpaceStatus} SpaceStatus */
+/** @typedef {import("./types.js").SpaceLoginReply} SpaceLoginReply */
 
 export const API = "/api/v1";
 
@@ -280,4 +282,14 @@ export function getJobLog(jobId) {
  */
 export function listFolders(path) {
   return /** @type {Promise<FolderListing>} */ (request("GET", path ? `/folders?path=${enc(path)}` : "/folders"));
+}
+
+/** @param {string} space the Space's URL */
+export function spaceLogin(space) {
+  return /** @type {Promise<SpaceLoginReply>} */ (request("POST", "/spaces/login", { space }));
+}
+
+/** @param {string} space */
+export function spaceStatus(space) {
+  return /** @type {Promise<SpaceStatus>} */ (request("GET", `/spaces/status?space=${enc(space)}`));
 }

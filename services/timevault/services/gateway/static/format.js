@@ -136,6 +136,7 @@ export function retentionText(retention) {
 export function locationText(location) {
   if (!location) return "";
   if (location.type === "local") return location.path || "";
+  if (location.type === "space") return location.url || "";
   const prefix = location.prefix ? `/${location.prefix}` : "";
   const where = location.endpoint ? ` at ${location.endpoint}` : (location.region ? ` (${location.region})` : "");
   return `s3://${location.bucket}${prefix}${where}`;

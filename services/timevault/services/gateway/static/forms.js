@@ -33,6 +33,7 @@ export const FIELD_IDS = {
   "location.path": "f-path",
   "location.bucket": "f-bucket",
   "location.endpoint": "f-endpoint",
+  "location.url": "f-space",
   password: "f-password",
   password_confirm: "f-password2",
   excludes: "f-excludes",

@@ -33,12 +33,39 @@
 /**
  * Where a plan's repository is stored.
  * @typedef {object} Location
- * @property {"local" | "s3"} type
+ * @property {"local" | "s3" | "space"} type
  * @property {string | null} [path] local: absolute folder
  * @property {string | null} [bucket] s3
  * @property {string | null} [prefix] s3: key prefix
  * @property {string | null} [endpoint] s3: endpoint URL of an S3-compatible service
  * @property {string | null} [region] s3
+ * @property {string | null} [url] space: "space://host[:port]/repo" (or "space+http://" on loopback)
+ */
+
+/**
+ * This TimeVault's sign-in to one TimeVault Space (`GET /spaces/status?space=URL`).
+ * @typedef {object} SpaceStatus
+ * @property {string} space the Space's base URL
+ * @property {"pending" | "signed_in" | "signed_out" | "denied" | "expired" | "failed"} status
+ * @property {string | null} [account]
+ * @property {number | null} [quota] bytes; null: unlimited or unknown
+ * @property {number | null} [used] bytes, trash included
+ * @property {number | null} [free] bytes left under the quota
+ * @property {string | null} [message] why not signed in, or why the numbers are missing
+ * @property {string | null} [user_code] while pending
+ * @property {string | null} [verification_uri_complete] while pending
+ */
+
+/**
+ * A started sign-in (`POST /spaces/login`): what to show, and the QR code as SVG.
+ * @typedef {object} SpaceLoginReply
+ * @property {string} space
+ * @property {string} user_code e.g. "WDJB-MJHT"
+ * @property {string} verification_uri
+ * @property {string} verification_uri_complete
+ * @property {number} expires_in seconds
+ * @property {number} interval seconds
+ * @property {string} qr_svg an SVG document of the QR code for verification_uri_complete
  */
 
 /**

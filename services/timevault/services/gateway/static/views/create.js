@@ -5,7 +5,7 @@ import { apiError, createPlan } from "../api.js";
 import { $$, fromTemplate, one } from "../dom.js";
 import { lines } from "../format.js";
 import { FIELD_IDS, clearErrors, showError } from "../forms.js";
-import { focusHeading, show } from "../view.js";
+import { focusHeading, onLeave, show } from "../view.js";
 import { busy, toast } from "../widgets.js";
 import { checkLocalPath, checkName, checkPassword, checkSources, checkTime, checkTimezone, clearWhenFixed,
   showAll } from "../validate.js";
@@ -13,6 +13,7 @@ import { wireFolderPicker } from "./folders.js";
 import { mountOptions, optionChecks, readOptions } from "./options.js";
 import { mountRetention, readRetention, readThinWhenFull } from "./retention.js";
 import { mountSchedule, readSchedule } from "./schedule.js";
+import { mountSpaceChooser, readSpaceLocation } from "./space.js";
 
 /** @typedef {import("../types.js").Location} Location */
 
@@ -24,6 +25,9 @@ export function renderCreate() {
   mountRetention(form, null, false);
   wireFolderPicker(form);
   clearWhenFixed(form, createChecks(form));
+  let left = false;
+  onLeave(() => { left = true; });
+  mountSpaceChooser(form, () => left);
   const syncLocation = () => {
     const type = locationType(form);
     for (const box of $$("[data-location]", form)) box.hidden = box.dataset.location !== type;
@@ -42,7 +46,8 @@ export function renderCreate() {
  * @returns {Location["type"]}
  */
 function locationType(form) {
-  return one(HTMLInputElement, "input[name=location_type]:checked", form).value === "s3" ? "s3" : "local";
+  const value = one(HTMLInputElement, "input[name=location_type]:checked", form).value;
+  return value === "s3" || value === "space" ? value : "local";
 }
 
 /**
@@ -64,6 +69,7 @@ function text(form, selector) {
 function readLocation(form) {
   const type = locationType(form);
   if (type === "local") return { type, path: text(form, "#f-path").trim() };
+  if (type === "space") return { type, url: readSpaceLocation(form) };
   /** @type {Location} */
   const loc = { type, bucket: text(form, "#f-bucket").trim() };  // the access key goes apart (credentials)
   for (const key of /** @type {const} */ (["prefix", "endpoint", "region"])) {

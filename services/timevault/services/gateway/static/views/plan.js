@@ -17,6 +17,7 @@ import { wireDelete } from "./delete.js";
 import { wireEdit } from "./edit.js";
 import { showProgress, trackJob, updateProgress } from "./progress.js";
 import { openRestore, restoreUpdate, wireRestore } from "./restore.js";
+import { showSpaceNotice } from "./space.js";
 
 /** @typedef {import("../types.js").PlanDetail} PlanDetail */
 /** @typedef {import("../types.js").SnapshotInfo} SnapshotInfo */
@@ -66,6 +67,7 @@ export async function renderPlan(planId) {
     if (left) return;  // another page is shown by now
     state.plan = plan;
     fillPlan(state);
+    showSpaceNotice(plan, $("#space-out"), () => left);
     if (plan.active_job) await trackJob(state, plan.active_job);
     else showProgress(state, null);
   };
