@@ -209,7 +209,7 @@ def test_cli_login_prints_code_and_qr(space: SpaceServer, run: Run, tmp_path: Pa
     space.add_user("jon")
     login = _login(space, tmp_path / "token")
     assert login.stdout is not None
-    lines = []
+    lines: list[str] = []
     while not any("Waiting for approval" in line for line in lines):
         lines.append(login.stdout.readline())
     text = "".join(lines)

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, ViewportSize, expect, sync_playwright
 
 from tests.gateway.conftest import CHROMIUM, chromium_args
 from tests.support.space_server import PASSWORD, SpaceServer
@@ -19,8 +19,8 @@ from timevault.core.storage.space import SpaceStorage, parse_space_location
 
 pytestmark = [pytest.mark.browser, pytest.mark.space, pytest.mark.timeout(180)]
 
-DESKTOP = {"width": 1280, "height": 860}
-PHONE = {"width": 390, "height": 844}
+DESKTOP: ViewportSize = {"width": 1280, "height": 860}
+PHONE: ViewportSize = {"width": 390, "height": 844}
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def shots(test_output_dir: Path) -> Path:
     return path
 
 
-def new_page(browser: Browser, viewport: dict[str, int], errors: list[str]) -> Page:
+def new_page(browser: Browser, viewport: ViewportSize, errors: list[str]) -> Page:
     page = browser.new_page(viewport=viewport)
     page.set_default_timeout(20_000)
     page.on("pageerror", lambda exc: errors.append(str(exc)))

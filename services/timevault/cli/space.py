@@ -374,7 +374,7 @@ def _guard(func: Any) -> Any:
     return run
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     space = subparsers.add_parser("space", help="run a TimeVault Space, manage its accounts, sign in to one")
     commands = space.add_subparsers(dest="space_command", required=True, metavar="COMMAND")
 

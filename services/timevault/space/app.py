@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from timevault.core.storage import StorageError, open_location
 from timevault.space.api import add_routes
@@ -89,7 +90,7 @@ async def on_prepare(request: web.Request, response: web.StreamResponse) -> None
 
 
 @web.middleware
-async def origin_middleware(request: web.Request, handler: web.RequestHandler) -> web.StreamResponse:
+async def origin_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Browsers may call the API only from the Space's own pages (no CORS, ever)."""
     origin = request.headers.get("Origin")
     if request.method == "OPTIONS":
@@ -99,8 +100,8 @@ async def origin_middleware(request: web.Request, handler: web.RequestHandler) -
     return await handler(request)
 
 
-def _page(name: str) -> web.RequestHandler:
-    async def page(_request: web.Request) -> web.FileResponse:
+def _page(name: str) -> Handler:
+    async def page(_request: web.Request) -> web.StreamResponse:
         return web.FileResponse(STATIC_DIR / name, headers={"Cache-Control": "no-cache"})
     return page
 

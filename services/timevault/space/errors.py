@@ -12,6 +12,7 @@ import json
 import logging
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 log = logging.getLogger("timevault.space")
 
@@ -68,7 +69,7 @@ def not_found(message: str, field: str | None = None) -> SpaceError:
 
 
 @web.middleware
-async def error_middleware(request: web.Request, handler: web.RequestHandler) -> web.StreamResponse:
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except SpaceError as exc:
