@@ -417,11 +417,24 @@ async def _no_jobs_running(stack: Stack) -> None:
         await asyncio.sleep(0.2)
 
 
+async def _settled_subscriptions(stack: Stack) -> int:
+    """The subscription count once it stops moving: services that are still starting, or streams of
+    earlier tests still closing, must not be counted as this test's."""
+    last = _nats_subscriptions(stack)
+    for _ in range(50):
+        await asyncio.sleep(0.2)
+        now = _nats_subscriptions(stack)
+        if now == last:
+            return now
+        last = now
+    return last
+
+
 async def test_events_stream_ends_soon_after_its_client_leaves(app_url: str, stack: Stack) -> None:
     """`--wait` closes its stream when the job ends; the gateway must not keep the subscription
     until its next keep-alive (15 s)."""
     await _no_jobs_running(stack)
-    before = _nats_subscriptions(stack)
+    before = await _settled_subscriptions(stack)
     host, port = app_url.removeprefix("http://").rsplit(":", 1)
     reader, writer = await asyncio.open_connection(host, int(port))
     writer.write(f"GET /api/v1/events?job=j_gone HTTP/1.1\r\nHost: {host}\r\n"
