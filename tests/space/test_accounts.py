@@ -214,10 +214,10 @@ def test_passwords_are_stored_as_argon2id(space: SpaceServer, run: Run, tmp_path
     short = tmp_path / "short"
     short.write_text("short\n")
     weak = run("space", "user", "add", "jay-p", "--data-dir", str(space.data_dir), "--password-file", str(short))
-    assert weak.returncode == 1 and "at least 8" in weak.stderr
+    assert weak.returncode == 2 and "at least 8" in weak.stderr  # a value not acceptable: exit 2
     bad_quota = run("space", "user", "add", "jay-p", "--data-dir", str(space.data_dir), "--quota", "lots",
                     "--password-file", str(password_file))
-    assert bad_quota.returncode == 1 and "60MiB" in bad_quota.stderr
+    assert bad_quota.returncode == 2 and "60MiB" in bad_quota.stderr
 
 
 async def test_no_token_or_a_made_up_one_is_refused(space: SpaceServer) -> None:

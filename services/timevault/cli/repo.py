@@ -29,7 +29,7 @@ from timevault.core.repository.history import CONTRADICTS, ENDORSED, History
 from timevault.core.restorer import restore
 from timevault.core.retention import Rules
 from timevault.core.retention import describe as describe_rules
-from timevault.core.storage import LocationError, Storage, open_location
+from timevault.core.storage import Storage, open_location
 
 
 def snapshot_json(
@@ -70,12 +70,9 @@ def _location(args: argparse.Namespace) -> Storage:
     if args.location.startswith(("space://", "space+http://")):
         path = os.environ.get("TIMEVAULT_SPACE_TOKEN_FILE")
         if not path:
-            raise LocationError("a Space location needs a device token: run `timevault space login URL "
-                                "--token-file F` and set TIMEVAULT_SPACE_TOKEN_FILE=F")
-        try:
-            token = read_token_file(path)
-        except SpaceCommandError as exc:
-            raise LocationError(str(exc)) from exc
+            raise SpaceCommandError("a Space location needs a device token: run `timevault space login URL "
+                                    "--token-file F` and set TIMEVAULT_SPACE_TOKEN_FILE=F")
+        token = read_token_file(path)
     return open_location(args.location, space_token=token)
 
 

@@ -20,20 +20,46 @@ Building the parser imports nothing heavy: each command imports what it needs wh
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from timevault.cli.errors import CommandError as CommandFailed
+from timevault.cli.errors import CommandError, UsageError
+from timevault.cli.parser import Subcommands
 
 POLL_EVERY = 1.0
 
 
-class SpaceCommandError(Exception):
+class SpaceCommandError(CommandError):
     """A user-facing failure of a space command (one line, exit 1)."""
+
+
+@contextlib.contextmanager
+def _account_errors() -> Iterator[None]:
+    """The Space's account and value errors as the command line reports them (timevault.cli.exits):
+    a bad value is `invalid` (exit 2), an unknown or duplicate account a failure (exit 1)."""
+    from timevault.proto.errors import ServiceError
+    from timevault.space.accounts import AccountError, AccountExists, AccountMissing
+    from timevault.space.passwords import PasswordPolicyError
+    from timevault.space.sizes import SizeError
+
+    try:
+        yield
+    except SizeError as exc:
+        raise ServiceError("invalid", str(exc), "quota") from exc
+    except PasswordPolicyError as exc:
+        raise ServiceError("invalid", str(exc), "password") from exc
+    except AccountExists as exc:
+        raise ServiceError("conflict", str(exc)) from exc
+    except AccountMissing as exc:
+        raise ServiceError("not_found", str(exc)) from exc
+    except AccountError as exc:
+        raise ServiceError("invalid", str(exc), "name") from exc
 
 
 def _default_space_dir() -> str:
@@ -83,7 +109,7 @@ def _read_new_password(args: argparse.Namespace) -> str:
 def _prompt_twice(name: str) -> str:
     import getpass
 
-    from timevault.cli.passwords import PasswordError
+    from timevault.cli.errors import PasswordError
 
     if not sys.stdin.isatty():
         raise PasswordError("no password given: use --password-file or set TIMEVAULT_SPACE_PASSWORD_FILE")
@@ -107,9 +133,10 @@ def cmd_user_add(args: argparse.Namespace) -> int:
     from timevault.space.accounts import add_user, check_account_name
     from timevault.space.sizes import format_size
 
-    check_account_name(args.name)
-    quota = _quota(args.quota)
-    add_user(_space_dir(args), args.name, _read_new_password(args), quota)
+    with _account_errors():
+        check_account_name(args.name)
+        quota = _quota(args.quota)
+        add_user(_space_dir(args), args.name, _read_new_password(args), quota)
     print(f"added account {args.name!r} (quota {format_size(quota)})")
     return 0
 
@@ -134,7 +161,8 @@ def cmd_user_list(args: argparse.Namespace) -> int:
 def cmd_user_remove(args: argparse.Namespace) -> int:
     from timevault.space.accounts import remove_user
 
-    remove_user(_space_dir(args), args.name)
+    with _account_errors():
+        remove_user(_space_dir(args), args.name)
     print(f"removed account {args.name!r}; its devices are signed out and its objects will be removed")
     return 0
 
@@ -145,9 +173,11 @@ def cmd_user_set_quota(args: argparse.Namespace) -> int:
 
     text = args.size if args.size is not None else args.quota
     if text is None:
-        raise SpaceCommandError("give the new quota: set-quota NAME SIZE (like 60MiB, 10GiB or unlimited)")
-    quota = _quota(text)
-    set_quota(_space_dir(args), args.name, quota)
+        raise UsageError("give the new quota: set-quota NAME SIZE (like 60MiB, 10GiB or unlimited)",
+                         prog="timevault space user set-quota")
+    with _account_errors():
+        quota = _quota(text)
+        set_quota(_space_dir(args), args.name, quota)
     print(f"quota of {args.name!r} is now {format_size(quota)}")
     return 0
 
@@ -333,48 +363,7 @@ def cmd_logout(args: argparse.Namespace) -> int:
 # --- registration --------------------------------------------------------------------------------
 
 
-def _guard(func: Any) -> Any:
-    """Expected failures become one line and exit 1 (the CLI's main handles anything else)."""
-    import inspect
-
-    def report(exc: BaseException) -> int:
-        message = getattr(exc, "message", None) or str(exc)
-        print(f"timevault: error: {message}", file=sys.stderr)
-        return 1
-
-    def expected() -> tuple[type[BaseException], ...]:
-        from timevault.cli.passwords import PasswordError
-        from timevault.cli.system import CommandError
-        from timevault.core.storage import LocationError
-        from timevault.proto.errors import ServiceError
-        from timevault.space.accounts import AccountError
-        from timevault.space.passwords import PasswordPolicyError
-        from timevault.space.sizes import SizeError
-
-        return (SpaceCommandError, CommandError, ServiceError, PasswordError, LocationError, AccountError,
-                PasswordPolicyError, SizeError, CommandFailed)
-
-    if inspect.iscoroutinefunction(func):
-        async def run_async(args: argparse.Namespace) -> int:
-            try:
-                return int(await func(args))
-            except Exception as exc:
-                if isinstance(exc, expected()):
-                    return report(exc)
-                raise
-        return run_async
-
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return int(func(args))
-        except Exception as exc:
-            if isinstance(exc, expected()):
-                return report(exc)
-            raise
-    return run
-
-
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(subparsers: Subcommands) -> None:
     space = subparsers.add_parser("space", help="run a TimeVault Space, manage its accounts, sign in to one")
     commands = space.add_subparsers(dest="space_command", required=True, metavar="COMMAND")
 
@@ -398,7 +387,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     serve.add_argument("--device-expires-in", type=float, default=600.0, help=argparse.SUPPRESS)
     serve.add_argument("--janitor-every", type=float, default=600.0, help=argparse.SUPPRESS)
     serve.add_argument("--segment-mib", type=int, default=24, help=argparse.SUPPRESS)
-    serve.set_defaults(func=_guard(cmd_serve))
+    serve.set_defaults(func=(cmd_serve))
 
     user = commands.add_parser("user", help="manage the Space's accounts")
     users = user.add_subparsers(dest="user_command", required=True, metavar="ACTION")
@@ -408,21 +397,21 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add.add_argument("--quota", metavar="SIZE", help="like 60MiB or 10GiB (default unlimited)")
     add.add_argument("--password-file", metavar="F",
                      help="read the password from F (else $TIMEVAULT_SPACE_PASSWORD_FILE, else prompt)")
-    add.set_defaults(func=_guard(cmd_user_add))
+    add.set_defaults(func=(cmd_user_add))
     lst = users.add_parser("list", help="accounts with usage, quota and devices")
     data_dir(lst)
     lst.add_argument("--json", action="store_true")
-    lst.set_defaults(func=_guard(cmd_user_list))
+    lst.set_defaults(func=(cmd_user_list))
     remove = users.add_parser("remove", help="remove an account, sign out its devices, delete its objects")
     remove.add_argument("name")
     data_dir(remove)
-    remove.set_defaults(func=_guard(cmd_user_remove))
+    remove.set_defaults(func=(cmd_user_remove))
     quota = users.add_parser("set-quota", help="change an account's quota (takes effect at once)")
     quota.add_argument("name")
     quota.add_argument("size", nargs="?", metavar="SIZE", help="like 60MiB, 10GiB, a byte count or unlimited")
     quota.add_argument("--quota", metavar="SIZE", help=argparse.SUPPRESS)
     data_dir(quota)
-    quota.set_defaults(func=_guard(cmd_user_set_quota))
+    quota.set_defaults(func=(cmd_user_set_quota))
 
     approve = commands.add_parser("approve", help="approve (or --deny) a device's sign-in code, for scripts")
     approve.add_argument("user_code", metavar="USER_CODE")
@@ -432,7 +421,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                          help="read the password from F (else $TIMEVAULT_SPACE_PASSWORD_FILE, else prompt)")
     approve.add_argument("--deny", action="store_true", help="deny the device instead")
     approve.add_argument("--json", action="store_true")
-    approve.set_defaults(func=_guard(cmd_approve))
+    approve.set_defaults(func=(cmd_approve))
 
     login = commands.add_parser("login", help="sign this TimeVault in to a Space (QR code or user code)")
     login.add_argument("url", metavar="URL", help="the Space: https://host[:port] (http:// on loopback)")
@@ -441,11 +430,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                        help="no running system: write the device token to F (0600) for "
                             "`timevault repo` (TIMEVAULT_SPACE_TOKEN_FILE=F)")
     login.add_argument("--json", action="store_true", help="print JSON lines")
-    login.set_defaults(func=_guard(cmd_login))
+    login.set_defaults(func=(cmd_login))
 
     logout = commands.add_parser("logout", help="sign out of a Space (revokes the device token)")
     logout.add_argument("url", metavar="URL")
     logout.add_argument("--data-dir", default=None, help="TimeVault data dir of the running system")
     logout.add_argument("--token-file", metavar="F", help="revoke the token in F and remove the file")
     logout.add_argument("--json", action="store_true")
-    logout.set_defaults(func=_guard(cmd_logout))
+    logout.set_defaults(func=(cmd_logout))

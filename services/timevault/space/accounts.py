@@ -17,7 +17,15 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 
 
 class AccountError(ValueError):
-    """A user-facing problem with an account command."""
+    """A user-facing problem with an account command (a bad name)."""
+
+
+class AccountExists(AccountError):
+    """An account of that name exists already."""
+
+
+class AccountMissing(AccountError):
+    """No account has that name."""
 
 
 @dataclass(frozen=True)
@@ -46,7 +54,7 @@ def add_user(data_dir: Path, name: str, password: str, quota: int | None) -> Non
     db = open_db(data_dir)
     try:
         if db.account_by_name(name) is not None:
-            raise AccountError(f"an account named {name!r} exists already")
+            raise AccountExists(f"an account named {name!r} exists already")
         db.add_account(name, hash_password(password), quota)
     finally:
         db.close()
@@ -64,7 +72,7 @@ def remove_user(data_dir: Path, name: str) -> None:
     db = open_db(data_dir)
     try:
         if not db.remove_account(name):
-            raise AccountError(f"no account named {name!r}")
+            raise AccountMissing(f"no account named {name!r}")
     finally:
         db.close()
 
@@ -73,6 +81,6 @@ def set_quota(data_dir: Path, name: str, quota: int | None) -> None:
     db = open_db(data_dir)
     try:
         if not db.set_quota(name, quota):
-            raise AccountError(f"no account named {name!r}")
+            raise AccountMissing(f"no account named {name!r}")
     finally:
         db.close()
