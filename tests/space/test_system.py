@@ -101,7 +101,7 @@ def test_plans_on_a_space(system: System, make_space: Any, run: Run, tmp_path: P
     assert body["error"]["message"].startswith("sign in to this Space first")
     refused = run("plan", "create", "Documents", "--source", str(source), "--daily", "--at", "03:00",
                   "--location", location, "--password-file", str(password_file), *tv)
-    assert refused.returncode == 1 and "sign in to this Space first" in refused.stderr
+    assert refused.returncode == 2 and "sign in to this Space first" in refused.stderr  # the 400: exit 2
     assert system.api("GET", f"/spaces/status?space={space.url}")[1]["status"] == "signed_out"
 
     # Sign in through the system; the catalog keeps the token.
