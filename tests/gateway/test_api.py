@@ -420,11 +420,12 @@ async def _no_jobs_running(stack: Stack) -> None:
 async def _settled_subscriptions(stack: Stack) -> int:
     """The subscription count once it stops moving: services that are still starting, or streams of
     earlier tests still closing, must not be counted as this test's."""
-    last = _nats_subscriptions(stack)
-    for _ in range(50):
+    last, steady = _nats_subscriptions(stack), 0
+    for _ in range(100):
         await asyncio.sleep(0.2)
         now = _nats_subscriptions(stack)
-        if now == last:
+        steady = steady + 1 if now == last else 0
+        if steady == 6:  # unchanged for 1.2 s: longer than a closed stream takes to end (1 s)
             return now
         last = now
     return last

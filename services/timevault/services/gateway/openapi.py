@@ -108,6 +108,12 @@ def _query_schema(name: str) -> dict[str, Any]:
         return {"type": "integer", "minimum": 1, "maximum": 1000}
     if name == "active":
         return {"type": "string", "enum": ["true", "false"]}
+    if name == "space":
+        # No maxLength: a query over the server's request-line limit (8 KiB) is refused by aiohttp
+        # itself, as text/plain; the gateway refuses URLs over 2048 characters with its own 400.
+        from timevault.services.gateway.spaces import SPACE_URL
+
+        return {"type": "string", "pattern": SPACE_URL.pattern}
     return {"type": "string", "pattern": "^[A-Za-z0-9_-]+$"}
 
 

@@ -8,6 +8,8 @@ or expired. A Space is named by its URL, e.g. ``https://space.example.org``.
 
 from __future__ import annotations
 
+import re
+
 import msgspec
 from aiohttp import web
 
@@ -17,6 +19,8 @@ from timevault.proto.spaces import SpaceList, SpaceListRequest, SpaceLogin, Spac
 from timevault.services.gateway.routes import SLOW, Endpoint, body, call, reply
 
 MAX_URL = 2048
+SPACE_URL = re.compile(r"^(https?|space|space\+http)://\S+$")
+"""What a Space URL looks like before it is parsed (the OpenAPI pattern of the ``space`` parameter)."""
 
 
 class SpaceLoginReply(SpaceLogin, kw_only=True):
@@ -38,7 +42,7 @@ def qr_svg(text: str) -> str:
 
 
 def _space_ref(value: str | None) -> SpaceRef:
-    if not value or len(value) > MAX_URL or any(ord(c) < 32 for c in value):
+    if not value or len(value) > MAX_URL or not SPACE_URL.match(value):
         raise invalid("give the Space's URL, like https://space.example.org", "space")
     return SpaceRef(space=value)
 
