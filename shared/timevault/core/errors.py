@@ -29,6 +29,8 @@ from the module that raises them (`timevault.core.repository`, `timevault.core.s
     │   ├── ObjectNotFound           one object does not exist
     │   ├── ObjectExists             a write-once put found the name taken
     │   ├── TransientStorageError    may succeed when tried again (throttling, 5xx, timeouts)
+    │   ├── SpaceSignedOut           a TimeVault Space refused the device token: sign in again
+    │   ├── SpaceQuotaExceeded       a write to a TimeVault Space is over the account's quota
     │   └── InvalidObjectName, InvalidRange   a caller's mistake (also ValueErrors)
     ├── LocationError                the location string cannot be understood (also a ValueError)
     ├── RetentionError               a retention rule or duration is malformed (also a ValueError)
@@ -175,6 +177,15 @@ class TransientStorageError(StorageError):
     Locations raise it so that `RetryingStorage` (the one place retries happen) can tell
     retryable failures from permanent ones such as access denied or a missing bucket.
     """
+
+
+class SpaceSignedOut(StorageError):
+    """A TimeVault Space refused the device token (none given, revoked, or its account removed):
+    sign in again. Permanent: never retried."""
+
+
+class SpaceQuotaExceeded(StorageError):
+    """A write to a TimeVault Space does not fit in the account's quota. Permanent."""
 
 
 class LocationError(TimeVaultError, ValueError):

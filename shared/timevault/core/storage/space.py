@@ -28,6 +28,7 @@ from urllib.parse import quote
 import aiohttp
 from aiohttp import payload as aiohttp_payload
 
+from timevault.core.errors import SpaceQuotaExceeded, SpaceSignedOut
 from timevault.core.storage.base import (
     LocationError,
     ObjectInfo,
@@ -65,14 +66,6 @@ __all__ = [
 DELETE_BATCH = 1000
 LIST_PAGE = 1000
 _TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (aiohttp.ClientError, TimeoutError, ConnectionError)
-
-
-class SpaceSignedOut(StorageError):
-    """The Space refused the device token (none given, revoked, or its account removed): sign in again."""
-
-
-class SpaceQuotaExceeded(StorageError):
-    """A write does not fit in the account's quota."""
 
 
 def ssl_for(base_url: str, ca: str | None) -> ssl.SSLContext | bool:
