@@ -115,7 +115,7 @@ async def test_a_pack_write_that_failed_early_is_not_hidden_by_later_ones(tmp_pa
     faulty = FaultyStorage(LocalStorage(tmp_path / "repo"), [Fault("put", StorageError("quota exceeded"),
                                                                     name="^data/", on_call=1)])
     packer = Packer(faulty, b"k" * 32, pack_size=1000, max_pending=4)
-    blobs = [EncodedBlob(bytes([i]) * 32, BlobType.DATA, 600, bytes([i]) * 600) for i in range(6)]
+    blobs = [EncodedBlob(bytes([i]) * 32, BlobType.DATA, 600, bytes([i]) * 600, b"s" * 48) for i in range(6)]
     with pytest.raises(StorageError, match="quota exceeded"):
         for blob in blobs:
             await packer.add(blob)
