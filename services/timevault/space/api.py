@@ -212,7 +212,9 @@ async def put_object(request: web.Request) -> web.Response:
         raise SpaceError(411, "length_required", "a write needs a Content-Length header (no chunked bodies)")
     if size > state.config.max_object:
         raise SpaceError(413, "too_large", f"objects are at most {state.config.max_object} bytes")
-    stored = await state.store.put(owner.account_id, repo, name, size, request.content)
+    # If-None-Match: * (RFC 9110 §13.1.2): create only, never replace (412 when the name is taken).
+    exclusive = request.headers.get("If-None-Match", "").strip() == "*"
+    stored = await state.store.put(owner.account_id, repo, name, size, request.content, exclusive=exclusive)
     return _json({"name": name, "size": stored.size}, status=200 if stored.unchanged else 201)
 
 

@@ -292,8 +292,10 @@ class SpaceDB:
         with self.write() as conn:
             self._to_purge(conn, ("version = ? AND state = 'pending'", (version,)))
 
-    def finish_put(self, version: str, identical_to: str | None = None) -> list[str]:
-        """Make a pending version the live object; returns versions whose bytes to remove now.
+    def finish_put(self, version: str, identical_to: str | None = None,
+                   exclusive: bool = False) -> tuple[list[str], bool]:
+        """Make a pending version the live object; returns the versions whose bytes to remove now,
+        and whether an `exclusive` write found the name taken (it then stored nothing).
 
         The version it replaces goes to the trash, except a lock (removed) or, when
         `identical_to` is still the live version, the new version itself (a repeated write of
@@ -302,11 +304,13 @@ class SpaceDB:
         with self.write() as conn:
             new = self._object(conn, "version = ?", (version,))
             if new is None or new.state != "pending":
-                return []  # the account was removed meanwhile: the purge queue has it
+                return [], False  # the account was removed meanwhile: the purge queue has it
             old = self._object(conn, "account = ? AND repo = ? AND name = ? AND state = 'live'",
                                (new.account, new.repo, new.name))
+            if old is not None and exclusive:
+                return self._to_purge(conn, ("version = ?", (version,))), True
             if old is not None and old.version == identical_to:
-                return self._to_purge(conn, ("version = ?", (version,)))
+                return self._to_purge(conn, ("version = ?", (version,))), False
             purged: list[str] = []
             if old is not None:
                 if is_lock(old.name):
@@ -315,7 +319,7 @@ class SpaceDB:
                     conn.execute("UPDATE objects SET state = 'trash', deleted = ? WHERE version = ?",
                                  (time.time(), old.version))
             conn.execute("UPDATE objects SET state = 'live' WHERE version = ?", (version,))
-        return purged
+        return purged, False
 
     # --- reading objects -------------------------------------------------------------------
 
@@ -380,14 +384,18 @@ class SpaceDB:
         return [ObjectRow(*row) for row in rows], int(total)
 
     def restore_trash(self, account: str, versions: list[str]) -> int:
-        """Make trashed versions live again; a live object of the same name swaps into the trash."""
+        """Make trashed versions live again; a live object of the same name swaps into the trash.
+
+        Among several versions of one name restored together, the one deleted last ends up live
+        (they are restored in the order they were deleted).
+        """
         restored = 0
         now = time.time()
         with self.write() as conn:
-            for version in versions:
-                row = self._object(conn, "version = ? AND account = ? AND state = 'trash'", (version, account))
-                if row is None:
-                    continue
+            rows = [self._object(conn, "version = ? AND account = ? AND state = 'trash'", (version, account))
+                    for version in dict.fromkeys(versions)]
+            for row in sorted((r for r in rows if r is not None), key=lambda r: (r.deleted or 0.0, r.version)):
+                version = row.version
                 conn.execute(
                     "UPDATE objects SET state = 'trash', deleted = ? "
                     "WHERE account = ? AND repo = ? AND name = ? AND state = 'live'",

@@ -74,6 +74,10 @@ def quota_error(used: int, quota: int | None, size: int) -> SpaceError:
     )
 
 
+def _exists(name: str) -> SpaceError:
+    return SpaceError(412, "exists", f"object {name} exists (If-None-Match: * never replaces one)", "name")
+
+
 def _storage_failure(exc: StorageError) -> SpaceError:
     log.warning("storage: %s", exc)
     return SpaceError(503, "unavailable", "the Space's storage is unavailable; try again",
@@ -96,7 +100,11 @@ class ObjectStore:
 
     # --- writes ----------------------------------------------------------------------------
 
-    async def put(self, account: str, repo: str, name: str, size: int, body: StreamReader) -> Stored:
+    async def put(self, account: str, repo: str, name: str, size: int, body: StreamReader, *,
+                  exclusive: bool = False) -> Stored:
+        """Store a new version; with `exclusive`, only if no live object has the name (else 412)."""
+        if exclusive and await self.db.run(self._sdb.live_object, account, repo, name) is not None:
+            raise _exists(name)
         segments = max(1, -(-size // self.segment_size))
         row = ObjectRow(new_id(), account, repo, name, size, self.segment_size, segments, "pending",
                         time.time(), None)
@@ -107,13 +115,15 @@ class ObjectStore:
             raise quota_error(refused.used, refused.quota, size)
         try:
             await self._receive(row, body)
-            identical = await self._identical_live(row)
-            purged = await self.db.run(self._sdb.finish_put, row.version, identical)
+            identical = None if exclusive else await self._identical_live(row)
+            purged, taken = await self.db.run(self._sdb.finish_put, row.version, identical, exclusive)
         except BaseException:
             # Cancelled too (the client went away): the pending version must not linger.
             await asyncio.shield(self._abort(row))
             raise
         self.purge_soon(purged)
+        if taken:  # a racing writer created it first
+            raise _exists(name)
         return Stored(size, unchanged=row.version in purged)
 
     async def _receive(self, row: ObjectRow, body: StreamReader) -> None:

@@ -28,7 +28,7 @@ from urllib.parse import quote
 import aiohttp
 from aiohttp import payload as aiohttp_payload
 
-from timevault.core.errors import SpaceQuotaExceeded, SpaceSignedOut
+from timevault.core.errors import ObjectExists, SpaceQuotaExceeded, SpaceSignedOut
 from timevault.core.storage.base import (
     LocationError,
     ObjectInfo,
@@ -110,6 +110,7 @@ class SpaceStorage:
     """
 
     supports_delete_many = True  # POST /repos/REPO/delete, see timevault/core/storage/batch.py
+    supports_put_new = True  # PUT with If-None-Match: *, see timevault/core/storage/once.py
 
     def __init__(
         self,
@@ -185,6 +186,8 @@ class SpaceStorage:
             return SpaceSignedOut(f"{where}: signed out of Space: {message or 'the device token was refused'}")
         if status == 404:
             return ObjectNotFound(f"{where}: object not found")
+        if status == 412:
+            return ObjectExists(f"{where}: object exists")
         if status == 413 and "quota" in message:
             return SpaceQuotaExceeded(f"{where}: {message}")
         if status == 429 or status >= 500:
@@ -217,6 +220,16 @@ class SpaceStorage:
     async def put(self, name: str, data: Payload) -> None:
         url = self._object_url(name)
         await self._send("put", name, "PUT", url, data=_PartsPayload(payload_parts(data)))
+
+    async def put_new(self, name: str, data: Payload) -> bool:
+        """`put` with ``If-None-Match: *``: the Space refuses (412) to replace an existing object."""
+        url = self._object_url(name)
+        try:
+            await self._send("put", name, "PUT", url, data=_PartsPayload(payload_parts(data)),
+                             headers={"If-None-Match": "*"})
+        except ObjectExists:
+            return False
+        return True
 
     async def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         check_range(offset, length)
