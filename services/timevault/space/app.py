@@ -41,6 +41,10 @@ async def resources(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     config.data_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
+    if config.storage is None:
+        # The default folder is the Space's own; a folder location is never created by the
+        # storage layer (a vanished disk must not be silently replaced by an empty folder).
+        (config.data_dir / "objects").mkdir(mode=0o700, exist_ok=True)
     db = DBThread(SpaceDB(config.db_path))
     storage = open_location(config.storage_location)
     store = ObjectStore(db, storage, segment_size=config.segment_size, upload_buffer=config.upload_buffer,
