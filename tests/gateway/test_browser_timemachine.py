@@ -172,6 +172,7 @@ def test_form_shows_every_mistake_at_once_and_clears_each(browser: Browser, stac
     errors: list[str] = []
     page = open_page(browser, stack, errors, "#/new")
     expect(page.get_by_role("heading", name="Create a backup")).to_be_visible()
+    page.get_by_label("This machine's disks").check()  # TimeVault Space is the first choice
     page.get_by_label("Backup password").fill("abc")
     page.get_by_role("button", name="Create backup").click()
     for field in ("f-name", "f-sources", "f-path", "f-password"):
@@ -221,6 +222,7 @@ def test_create_with_the_folder_picker_and_excludes(browser: Browser, stack: Sta
     expect(page.get_by_label("Folders to back up", exact=True)).to_have_value(str(src))
     page.get_by_label("Leave out").fill("*.tmp\nbuild/")
     expect(page.get_by_label("Skip cache folders")).to_be_checked()
+    page.get_by_label("This machine's disks").check()  # TimeVault Space is the first choice
     page.get_by_label("Folder", exact=True).fill(str(tmp_path / "vault"))
     page.get_by_label("Backup password").fill(PASSWORD)
     page.get_by_label("Password again").fill(PASSWORD)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from dataclasses import dataclass
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import SplitResult, parse_qs, urlsplit
 
 from timevault.core.storage.base import LocationError, check_name
 
@@ -67,9 +67,16 @@ def is_space_location(location: str) -> bool:
     return location.startswith(tuple(f"{scheme}://" for scheme in SCHEMES))
 
 
+def _split(url: str) -> SplitResult:
+    try:
+        return urlsplit(url)
+    except ValueError as exc:  # e.g. "Invalid IPv6 URL"
+        raise LocationError(f"cannot read the Space URL: {exc}") from None
+
+
 def parse_space_location(url: str) -> SpaceOptions:
     """Parse and check a ``space://`` or ``space+http://`` location. Errors never echo secrets."""
-    parts = urlsplit(url)
+    parts = _split(url)
     if parts.scheme not in SCHEMES:
         raise LocationError("a Space location starts with space:// or space+http://")
     if "@" in parts.netloc:
@@ -124,7 +131,7 @@ class SpaceEndpoint:
 
 def parse_space_url(text: str) -> SpaceEndpoint:
     """``https://host[:port]``, ``http://LOOPBACK:port``, or a ``space://``/``space+http://`` URL."""
-    parts = urlsplit(text.strip())
+    parts = _split(text.strip())
     scheme = {"https": "space", "http": "space+http"}.get(parts.scheme, parts.scheme)
     if scheme not in SCHEMES:
         raise LocationError(f"a Space URL starts with https://, http:// (loopback only) or space://, got {text!r}")

@@ -93,6 +93,8 @@ function createChecks(form) {
     "f-time": () => checkTime(text(form, "#f-time")),
     "f-timezone": () => checkTimezone(text(form, "#f-timezone").trim()),
     "f-path": () => locationType(form) === "local" ? checkLocalPath(text(form, "#f-path").trim(), sources()) : null,
+    "f-space": () => locationType(form) === "space" && !/^https?:\/\/\S+$/.test(text(form, "#f-space").trim())
+      ? "Enter the Space's address, like https://space.example.org" : null,
     "f-bucket": () => locationType(form) === "s3" && !text(form, "#f-bucket").trim() ? "An S3 location needs a bucket"
       : null,
     "f-secret-key": () => locationType(form) === "s3" && Boolean(text(form, "#f-access-key").trim())
