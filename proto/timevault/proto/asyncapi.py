@@ -19,7 +19,19 @@ from typing import Any
 
 import msgspec
 
-from timevault.proto import browse, chunks, errors, folders, jobs, plans, schedule, stats, subjects, upload
+from timevault.proto import (
+    browse,
+    chunks,
+    errors,
+    folders,
+    jobs,
+    plans,
+    schedule,
+    spaces,
+    stats,
+    subjects,
+    upload,
+)
 
 DOC = Path(__file__).resolve().parents[3] / "docs" / "asyncapi.json"
 REF = "#/components/schemas/{name}"
@@ -70,6 +82,11 @@ def channels() -> list[Channel]:
          "Unlock a plan for browsing: a session held by one restorer copy (never persisted)"),
         ("foldersList", s.FOLDERS_LIST, folders.FolderListRequest, folders.FolderListing,
          "Folders a snapshotter may back up (the folder picker)"),
+        ("spaceLogin", s.SPACE_LOGIN, spaces.SpaceRef, spaces.SpaceLogin,
+         "Sign in to a TimeVault Space: the user code to show; the catalog polls the Space"),
+        ("spaceStatus", s.SPACE_STATUS, spaces.SpaceRef, spaces.SpaceStatus, "Where a Space sign-in stands"),
+        ("spaceList", s.SPACE_LIST, spaces.SpaceListRequest, spaces.SpaceList, "The Spaces signed in to"),
+        ("spaceLogout", s.SPACE_LOGOUT, spaces.SpaceRef, spaces.SpaceStatus, "Sign out of a Space"),
     ]
     internal = [
         ("planSecrets", s.PLAN_SECRETS, p.PlanRef, p.PlanSecrets, "A plan's location and write keys"),
