@@ -57,6 +57,7 @@ def test_retention_is_chosen_shown_and_changed(browser: Browser, stack: Stack, t
     expect(page.get_by_label("Newest backups")).to_be_hidden()
     page.get_by_label("Custom").check()
     page.get_by_label("Everything within").fill("soon")
+    page.get_by_label("This machine's disks").check()  # TimeVault Space is the first choice
     page.get_by_label("Folder", exact=True).fill(str(tmp_path / "vault"))
     page.get_by_label("Backup password").fill("zebra-42-battery")
     page.get_by_label("Password again").fill("zebra-42-battery")
