@@ -15,6 +15,16 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+# Tests talk only to servers on this machine. An S3 location without an endpoint would otherwise
+# go to AWS, and botocore's credential chain to the instance-metadata address: send the former to
+# a closed loopback port and switch the latter off, for this process and every child it starts.
+os.environ.update({
+    "AWS_ENDPOINT_URL_S3": "http://127.0.0.1:9",
+    "AWS_EC2_METADATA_DISABLED": "true",
+    "AWS_CONFIG_FILE": os.devnull,
+    "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+})
+
 TreeSpec = Mapping[str, "bytes | str | None"]
 
 
