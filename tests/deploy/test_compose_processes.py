@@ -268,7 +268,7 @@ async def _restore(http: aiohttp.ClientSession, topo: Topology, plan: dict[str, 
     job = await _api(http, topo, "POST", f"/api/v1/plans/{plan['id']}/snapshots/{snapshot}/restore",
                      {"target": str(target), "password": "compose password"}, 202)
     done = await _wait_job(http, topo, job["id"], 60)
-    assert done["status"] == "completed", done
+    assert done["status"] == "completed", (done.get("error"), done.get("warnings"))
 
 
 def _restored(target: Path, source: Path) -> Path:
@@ -306,7 +306,7 @@ async def test_compose_topology_as_processes(topology: Topology, tmp_path: Path,
         first = await _api(http, topo, "POST", "/api/v1/plans", _plan("first", small, topo), 201)
         job = await _api(http, topo, "POST", f"/api/v1/plans/{first['id']}/backups", None, 202)
         done = await _wait_job(http, topo, job["id"], 60)
-        assert done["status"] == "completed", done
+        assert done["status"] == "completed", (done.get("error"), done.get("warnings"))
         await _restore(http, topo, first, done["snapshot_id"], restores / "first")
         assert _digest(_restored(restores / "first", small)) == _digest(small)
 
@@ -332,7 +332,7 @@ async def test_compose_topology_as_processes(topology: Topology, tmp_path: Path,
         killed_at = time.monotonic()
         done = await _wait_job(http, topo, job["id"], 120)
         failover = time.monotonic() - killed_at
-        assert done["status"] == "completed", done
+        assert done["status"] == "completed", (done.get("error"), done.get("warnings"))
         assert done["attempt"] >= 2  # taken over by the other copy
         snaps = await _api(http, topo, "GET", f"/api/v1/plans/{second['id']}/snapshots")
         assert [s["id"] for s in snaps] == [done["snapshot_id"]]  # exactly once

@@ -79,7 +79,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("gw")
     nats = NatsServer(root / "nats")
     nats.start()
-    services = Services(nats.url, root)
+    # No AWS access key, whatever fixtures of other test modules put in this process's
+    # environment: an S3 location without one must be refused the same way in every order.
+    services = Services(nats.url, root, env={"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "",
+                                             "AWS_SESSION_TOKEN": ""})
     token = secrets.token_urlsafe(32)
     token_file = root / "token"
     token_file.write_text(token + "\n")
