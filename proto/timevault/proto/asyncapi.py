@@ -32,6 +32,7 @@ from timevault.proto import (
     subjects,
     upload,
 )
+from timevault.proto.schemas import clean_descriptions
 
 DOC = Path(__file__).resolve().parents[3] / "docs" / "asyncapi.json"
 REF = "#/components/schemas/{name}"
@@ -140,6 +141,7 @@ def build(version: str = "0.1.0") -> dict[str, Any]:
         types += [c.message] + ([c.reply] if c.reply else [])
     types.append(errors.ErrorReply)
     _, schemas = msgspec.json.schema_components(list(dict.fromkeys(types)), ref_template=REF)
+    clean_descriptions(schemas)
     messages = {name: {"name": name, "payload": {"$ref": REF.format(name=name)}} for name in sorted(schemas)
                 if any(getattr(t, "__name__", "") == name for t in types)}
     chans: dict[str, Any] = {}

@@ -11,6 +11,7 @@ import inspect
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -128,6 +129,20 @@ def _bases(name: str) -> list[str]:
     return [name]
 
 
+def clean_descriptions(node: Any) -> None:
+    """Dedent every ``description`` in place: msgspec 0.19+ dedents class docstrings and older
+    releases do not, so the checked-in files would depend on the installed version otherwise."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "description" and isinstance(value, str):
+                node[key] = inspect.cleandoc(value)
+            else:
+                clean_descriptions(value)
+    elif isinstance(node, list):
+        for item in node:
+            clean_descriptions(item)
+
+
 def render() -> dict[str, str]:
     """File name → JSON text for every message (each file self-contained with its ``$defs``)."""
     docs = _field_docs()
@@ -136,6 +151,7 @@ def render() -> dict[str, str]:
         schema = msgspec.json.schema(message)
         for def_name, definition in schema.get("$defs", {}).items():
             _describe(definition, def_name, docs)
+        clean_descriptions(schema)
         schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
         schema["$id"] = f"https://timevault.invalid/proto/{message.__name__}.json"
         out[f"{message.__name__}.json"] = json.dumps(schema, indent=2, sort_keys=True) + "\n"
