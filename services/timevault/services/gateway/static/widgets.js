@@ -41,6 +41,23 @@ export function toast(message) {
   toastTimer = setTimeout(() => { node.hidden = true; }, 4000);
 }
 
+/** How many of a job's warnings are listed; the rest are counted (all are in the plan's log). */
+const WARNINGS_SHOWN = 5;
+
+/**
+ * What a completed job could not do (a restore's lost files), as a short list: the first few
+ * lines, then "… and N more".
+ * @param {string[]} warnings
+ * @returns {HTMLElement}
+ */
+export function warningList(warnings) {
+  const items = warnings.slice(0, WARNINGS_SHOWN).map((line) => el("li", { text: line }));
+  if (warnings.length > WARNINGS_SHOWN) {
+    items.push(el("li", { class: "muted", text: `… and ${warnings.length - WARNINGS_SHOWN} more (see the plan's log)` }));
+  }
+  return el("ul", { class: "job-warnings" }, ...items);
+}
+
 /**
  * Disable `button` and show `label` while its action runs; restore it afterwards.
  * @param {HTMLButtonElement} button

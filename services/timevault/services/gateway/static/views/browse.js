@@ -19,7 +19,7 @@ import { formatSize, formatTime, plural } from "../format.js";
 import { clearErrors, showError } from "../forms.js";
 import { isActive } from "../status.js";
 import { focusHeading, onLeave, show } from "../view.js";
-import { busy, icon, timeEl, toast } from "../widgets.js";
+import { busy, icon, timeEl, toast, warningList } from "../widgets.js";
 
 /** @typedef {import("../types.js").PlanDetail} PlanDetail */
 /** @typedef {import("../types.js").SnapshotInfo} SnapshotInfo */
@@ -517,6 +517,13 @@ async function restoreUpdate(state, job) {
   if (job.status !== "completed") {
     box.classList.add("error");
     box.replaceChildren(`Restore ${job.status}: ${job.error || "no reason given"}`);
+    return;
+  }
+  if (job.warnings.length) {
+    box.classList.add("warn");
+    box.replaceChildren(el("p", { text: `Restored ${plural(job.includes.length, "item")} ${where}, but `
+      + `${plural(job.warnings.length, "file")} could not be restored:` }), warningList(job.warnings));
+    toast("Restore incomplete.");
     return;
   }
   box.classList.add("ok");

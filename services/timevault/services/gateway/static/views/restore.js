@@ -5,11 +5,11 @@
  */
 
 import { apiError, getJob, restoreSnapshot } from "../api.js";
-import { $, find, one } from "../dom.js";
+import { $, el, find, one } from "../dom.js";
 import { formatSize, formatTime, lines } from "../format.js";
 import { clearErrors, showError } from "../forms.js";
 import { isActive } from "../status.js";
-import { busy } from "../widgets.js";
+import { busy, warningList } from "../widgets.js";
 
 /** @typedef {import("../types.js").Job} Job */
 /** @typedef {import("../types.js").SnapshotInfo} SnapshotInfo */
@@ -105,10 +105,19 @@ export function restoreUpdate(state, job) {
     box.textContent = `Restoring into ${job.target}…${files}`;
     $("#restore-submit").hidden = true;
   } else if (job.status === "completed") {
-    box.classList.add("ok");
     // Short jobs can end before their first progress report, so counts may still be zero.
     const amount = job.files_done ? `${job.files_done.toLocaleString()} files (${formatSize(job.bytes_done)}) ` : "";
-    box.textContent = `Restore completed: ${amount}restored into ${job.target}.`;
+    if (job.warnings.length) {
+      // Completed but incomplete: what could be read is restored, the rest is named.
+      box.classList.add("warn");
+      box.replaceChildren(
+        el("p", { text: `Restore incomplete: ${amount}restored into ${job.target}; ${job.warnings.length} `
+          + `${job.warnings.length === 1 ? "item" : "items"} could not be restored:` }),
+        warningList(job.warnings));
+    } else {
+      box.classList.add("ok");
+      box.textContent = `Restore completed: ${amount}restored into ${job.target}.`;
+    }
     state.restoreJob = null;
   } else {
     box.classList.add("error");
