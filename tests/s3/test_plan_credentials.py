@@ -14,6 +14,7 @@ from pathlib import Path
 import nats
 import pytest
 
+from tests.faults.system import System
 from tests.s3.conftest import PASSWORD, s3_location
 from tests.services.helpers import wait_job
 from timevault.proto import subjects
@@ -123,3 +124,54 @@ async def test_a_plan_with_its_own_access_key(keyless_services: str, moto_endpoi
         assert deleted.deleted_objects > 0
     finally:
         await nc.close()
+
+
+class KeylessSystem(System):
+    """`timevault up` and the CLI with no AWS credential in their environment."""
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in super().env.items() if not k.startswith("AWS_")}
+        env.update(AWS_EC2_METADATA_DISABLED="true", AWS_CONFIG_FILE=os.devnull,
+                   AWS_SHARED_CREDENTIALS_FILE=os.devnull, TIMEVAULT_ALLOW_PRIVATE_ENDPOINTS="1")
+        return env
+
+
+def test_cli_gives_a_plan_its_access_key(moto_endpoint: str, s3_bucket: str, tmp_path: Path) -> None:
+    password_file = tmp_path / "password"
+    password_file.write_text(PASSWORD + "\n")
+    secret_file = tmp_path / "s3-secret"
+    secret_file.write_text(SECRET + "\n")
+    secret_file.chmod(0o600)
+    system = KeylessSystem(tmp_path / "sys", password_file)
+    system.start()
+    try:
+        src = tmp_path / "src"
+        src.mkdir()
+        (src / "a.txt").write_text("in the cloud, by the CLI")
+        location = s3_location(moto_endpoint, s3_bucket, "cli-key")
+        base = ("plan", "create", "keyed", "--source", src, "--daily", "--at", "03:00", "--timezone", "UTC")
+
+        half = system.cli(*base, "--location", location, "--s3-access-key-id", KEY_ID)
+        assert half.returncode == 2 and "--s3-secret-access-key-file" in half.stderr, half
+        local = system.cli(*base, "--location", tmp_path / "vault", "--s3-access-key-id", KEY_ID,
+                           "--s3-secret-access-key-file", secret_file)
+        assert local.returncode == 2 and "s3:// location" in local.stderr, local
+        unreadable = system.cli(*base, "--location", location, "--s3-access-key-id", KEY_ID,
+                                "--s3-secret-access-key-file", tmp_path / "no-such-file")
+        assert unreadable.returncode == 2 and "no-such-file" in unreadable.stderr, unreadable
+        assert "Traceback" not in half.stderr + local.stderr + unreadable.stderr
+
+        created = system.cli(*base, "--location", location, "--s3-access-key-id", KEY_ID,
+                             "--s3-secret-access-key-file", secret_file)
+        assert created.returncode == 0, created
+        backup = system.cli("backup", "keyed", "--wait")
+        assert backup.returncode == 0, backup
+        restored = system.cli("restore", "keyed", "latest", "--target", tmp_path / "out", "--wait")
+        assert restored.returncode == 0, restored
+        assert (tmp_path / "out" / str(src).lstrip("/") / "a.txt").read_text() == "in the cloud, by the CLI"
+        shown = system.cli("plan", "show", "keyed", "--json")
+        assert shown.returncode == 0 and SECRET not in shown.stdout, shown
+        assert SECRET not in system.logs()
+    finally:
+        system.stop()

@@ -311,6 +311,40 @@ def _retention_body(args: argparse.Namespace) -> dict[str, Any] | None:
     return {k: v for k, v in vars_of(retention).items() if v is not None}
 
 
+def _s3_credentials(args: argparse.Namespace, location: dict[str, Any] | None) -> dict[str, str] | None:
+    """The S3 access key the flags give (the secret from a file, never from the command line,
+    where `ps` would show it), or None when no key is given."""
+    from timevault.cli.passwords import PasswordError, read_password_file
+
+    key_id = getattr(args, "s3_access_key_id", None)
+    secret_file = getattr(args, "s3_secret_access_key_file", None) or (
+        os.environ.get("TIMEVAULT_S3_SECRET_ACCESS_KEY_FILE") if key_id else None)
+    if not key_id and not secret_file:
+        return None
+    if location is not None and location.get("type") != "s3":
+        raise UsageError("--s3-access-key-id and --s3-secret-access-key-file are for an s3:// location")
+    if not key_id or not secret_file:
+        raise UsageError("an S3 access key needs both --s3-access-key-id and --s3-secret-access-key-file "
+                         "(or TIMEVAULT_S3_SECRET_ACCESS_KEY_FILE)")
+    try:
+        credentials = {"access_key_id": key_id, "secret_access_key": read_password_file(secret_file)}
+        token_file = getattr(args, "s3_session_token_file", None)
+        if token_file:
+            credentials["session_token"] = read_password_file(token_file)
+    except PasswordError as exc:
+        raise UsageError(str(exc).replace("password file", "file")) from exc
+    return credentials
+
+
+def _s3_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--s3-access-key-id", metavar="ID",
+                        help="S3 access key id for the location (else the services' own AWS credentials)")
+    parser.add_argument("--s3-secret-access-key-file", metavar="F",
+                        help="file whose first line is the S3 secret access key "
+                             "(or set TIMEVAULT_S3_SECRET_ACCESS_KEY_FILE)")
+    parser.add_argument("--s3-session-token-file", metavar="F", help="file with an S3 session token (temporary keys)")
+
+
 def cmd_plan_create(args: argparse.Namespace) -> None:
     from timevault.cli.passwords import get_password
 
@@ -320,14 +354,18 @@ def cmd_plan_create(args: argparse.Namespace) -> None:
     schedule = _schedule_of(args)
     location = validate_location(parse_location(args.location), sources)
     retention = _retention_body(args)
+    location_body = {k: v for k, v in vars_of(location).items() if v is not None}
+    credentials = _s3_credentials(args, location_body)
     gateway = Gateway.find(args.data_dir)
     password = get_password(args.password_file, confirm=True, prompt="Backup password")
     body: dict[str, Any] = {
         "name": name, "sources": sources,
         "schedule": _schedule_body(schedule),
-        "location": {k: v for k, v in vars_of(location).items() if v is not None},
+        "location": location_body,
         "password": password, "password_confirm": password, **plan_options.body(args),
     }
+    if credentials is not None:
+        body["credentials"] = credentials
     if retention is not None:
         body["retention"] = retention
     if args.thin_when_full:
@@ -349,15 +387,19 @@ def cmd_plan_attach(args: argparse.Namespace) -> None:
     schedule = _schedule_of(args)
     location = validate_location(parse_location(args.location), sources)
     retention = _retention_body(args)
+    location_body = {k: v for k, v in vars_of(location).items() if v is not None}
+    credentials = _s3_credentials(args, location_body)
     gateway = Gateway.find(args.data_dir)
     # The repository exists already: the password is checked against it, so one prompt suffices.
     password = get_password(args.password_file, prompt="Backup password")
     body: dict[str, Any] = {
         "name": name,
         "schedule": _schedule_body(schedule),
-        "location": {k: v for k, v in vars_of(location).items() if v is not None},
+        "location": location_body,
         "password": password,
     }
+    if credentials is not None:
+        body["credentials"] = credentials
     if sources:
         body["sources"] = sources
     if retention is not None:
@@ -429,6 +471,9 @@ def cmd_plan_update(args: argparse.Namespace) -> None:
         body["retention"] = retention
     if args.thin_when_full is not None:
         body["thin_when_full"] = args.thin_when_full
+    credentials = _s3_credentials(args, None)  # the catalog checks the plan's location is S3
+    if credentials is not None:
+        body["credentials"] = credentials
     if not body:
         raise UsageError("nothing to change: give --hourly, --daily, --weekly DAY, --monthly DAY, --at, --timezone, "
                          "--source, --retention, --keep-…, --[no-]thin-when-full, or an exclude, hook or notify option")
@@ -705,6 +750,7 @@ def register(subparsers: Subcommands) -> None:
     create.add_argument("--password-file", metavar="F")
     plan_options.add_arguments(create)
     _retention_flags(create)
+    _s3_flags(create)
     create.add_argument("--thin-when-full", action="store_true",
                         help="when the location is too full for a backup, forget the oldest snapshots (never the "
                         "newest) until it fits, instead of failing")
@@ -721,6 +767,7 @@ def register(subparsers: Subcommands) -> None:
     attach.add_argument("--timezone", metavar="TZ", help="IANA zone (default: this machine's)")
     attach.add_argument("--password-file", metavar="F")
     _retention_flags(attach)
+    _s3_flags(attach)
     attach.add_argument("--thin-when-full", action="store_true",
                         help="when the location is too full for a backup, forget the oldest snapshots first")
     _common(attach)
@@ -743,6 +790,7 @@ def register(subparsers: Subcommands) -> None:
     update.add_argument("--source", action="append", metavar="PATH")
     plan_options.add_arguments(update, update=True)
     _retention_flags(update)
+    _s3_flags(update)
     thin = update.add_mutually_exclusive_group()
     thin.add_argument("--thin-when-full", dest="thin_when_full", action="store_true", default=None,
                       help="forget the oldest snapshots when the location is too full for a backup")
