@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import msgspec
@@ -12,12 +13,15 @@ from timevault.core.archiver import backup
 from timevault.core.checker import check
 from timevault.core.prune import PruneOptions, forget, prune
 from timevault.core.repository.format import BlobType, Lock
-from timevault.core.repository.index import pack_object_name
+from timevault.core.repository.index import decode_index_file, pack_object_name, write_index_file
 from timevault.core.repository.pack import build_pack
 from timevault.core.repository.repo import Repository, RepositoryError, RepositoryLocked
 from timevault.core.restorer import restore
+from timevault.core.storage import LocalStorage
+from timevault.core.storage.base import ObjectInfo
 
 from .conftest import (
+    PASSWORD,
     assert_manifests_equal,
     build_tree,
     random_bytes,
@@ -213,3 +217,39 @@ async def test_stale_and_foreign_locks_do_not_block(repo: Repository, tmp_path: 
     await forget(repo, [snapshot_id])
     await prune(repo)
     assert await repo.list_snapshots() == []
+
+
+class _CompactsAfterListing:
+    """A real folder whose index is compacted, as a concurrent prune does (the superseding file
+    first, then the old ones deleted), right after a reader listed `index/`: the race a prune
+    and a restore can run into, made to happen on demand."""
+
+    def __init__(self, inner: LocalStorage, meta_key: bytes) -> None:
+        self._inner, self._meta_key, self.compactions = inner, meta_key, 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+    async def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
+        async for info in self._inner.list(prefix):
+            yield info
+        if prefix == "index/" and self.compactions == 0:
+            self.compactions += 1
+            names = [info.name async for info in self._inner.list("index/")]
+            packs = [pack for name in names
+                     for pack in decode_index_file(self._meta_key, await self._inner.get(name)).packs]
+            await write_index_file(self._inner, self._meta_key, packs,
+                                   supersedes=[name.removeprefix("index/") for name in names], compacted=True)
+            for name in names:
+                await self._inner.delete(name)
+
+
+async def test_a_restore_reads_the_index_while_a_prune_compacts_it(repo: Repository, tmp_path: Path) -> None:
+    source, states = await _three_snapshots(repo, tmp_path)
+    assert len([info async for info in repo.storage.list("index/")]) > 1
+    racing = _CompactsAfterListing(LocalStorage(Path(repo.storage.location)), repo.write_keys.meta_key)
+    reader = await Repository.open(racing, PASSWORD)  # type: ignore[arg-type]
+    await restore(reader, states[-1][0], str(tmp_path / "out"))
+    assert racing.compactions == 1
+    assert_manifests_equal(tree_manifest(restored_path(tmp_path / "out", source)), states[-1][1])
+    assert len([info async for info in repo.storage.list("index/")]) == 1

@@ -15,8 +15,11 @@ from timevault.core import crypto
 from timevault.core.errors import CorruptIndex
 from timevault.core.repository.format import BlobType, IndexFile, IndexPack, PackBlob
 from timevault.core.storage import Storage
+from timevault.core.storage.base import ObjectNotFound
 from timevault.core.storage.once import put_once
 
+# A listing can go stale once per concurrent compaction; more than a few in a row is no race.
+LOAD_ATTEMPTS = 4
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(IndexFile)
 
@@ -63,10 +66,25 @@ class Index:
 
     @classmethod
     async def load(cls, storage: Storage, meta_key: bytes, errors: list[str] | None = None) -> Index:
-        """Merge every index file. Damaged files raise CorruptIndex, or go to `errors` if given."""
+        """Merge every index file. Damaged files raise CorruptIndex, or go to `errors` if given.
+
+        A prune may compact the index while this reads it: it writes the file that supersedes the
+        old ones before it deletes them, so a listed file that is gone when fetched means "list
+        again"; the new listing holds its replacement."""
+        for attempt in range(1, LOAD_ATTEMPTS + 1):
+            try:
+                return await cls._load_listed(storage, meta_key, errors)
+            except ObjectNotFound:
+                if attempt == LOAD_ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")
+
+    @classmethod
+    async def _load_listed(cls, storage: Storage, meta_key: bytes, errors: list[str] | None) -> Index:
         names = [info.name async for info in storage.list("index/")]
         sem = asyncio.Semaphore(16)
         damaged: set[str] = set()
+        notes: list[str] = []  # given to `errors` only when this listing loads to the end
 
         async def fetch(name: str) -> tuple[str, IndexFile | None]:
             async with sem:
@@ -78,7 +96,7 @@ class Index:
                 except CorruptIndex as exc:
                     if errors is None:
                         raise CorruptIndex(f"{storage.location}: {name}: {exc}") from exc
-                    errors.append(f"{name}: {exc}")
+                    notes.append(f"{name}: {exc}")
                     damaged.add(name.removeprefix("index/"))
                     return name, None
 
@@ -86,7 +104,10 @@ class Index:
         index.damaged_files = damaged
         superseded: set[str] = set()
         loaded = []
-        for name, file in await asyncio.gather(*(fetch(name) for name in names)):
+        fetched = await asyncio.gather(*(fetch(name) for name in names))
+        if errors is not None:
+            errors.extend(notes)
+        for name, file in fetched:
             if file is None:
                 continue
             loaded.append((name, file))
