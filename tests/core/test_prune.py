@@ -253,3 +253,24 @@ async def test_a_restore_reads_the_index_while_a_prune_compacts_it(repo: Reposit
     assert racing.compactions == 1
     assert_manifests_equal(tree_manifest(restored_path(tmp_path / "out", source)), states[-1][1])
     assert len([info async for info in repo.storage.list("index/")]) == 1
+
+
+async def test_a_restore_started_before_a_mark_keeps_its_packs(repo: Repository, tmp_path: Path) -> None:
+    source = build_tree(tmp_path / "src", {"a": random_bytes(20_000, 5)})
+    first, _ = await backup(repo, [str(source)])
+    (source / "a").write_bytes(random_bytes(20_000, 6))
+    await backup(repo, [str(source)])
+    await prune(repo)
+    reader = await reopen(repo)
+    async with reader.read_lock() as held:
+        assert held is not None and held.kind == "restore"
+        old_index = await reader.index()  # loaded before the mark, as a restore under way has
+        await forget(repo, [first])
+        result = await prune(repo)
+        assert result.marked and result.packs_deleted == 0 and result.packs_pending >= 1
+        for pack_id in old_index.packs:  # every pack the reader's index names is still there
+            await repo.storage.stat(pack_object_name(pack_id))
+        assert (await restore(reader, "latest", str(tmp_path / "out"))).errors == []
+    after = await prune(repo)
+    assert after.packs_deleted >= 1 and after.packs_pending == 0
+    assert list((Path(repo.storage.location) / "locks").iterdir()) == []

@@ -182,11 +182,12 @@ async def cmd_restore(args: argparse.Namespace) -> None:
     bar = ProgressBar("restore")
     try:
         _warn_config(repo)
-        result = await restore(
-            repo, args.snapshot, os.path.abspath(args.target), includes=args.include,
-            progress=bar if bar.enabled else None, allow_unverified=args.allow_unverified,
-            keep_setid=args.keep_setid,
-        )
+        async with repo.read_lock():  # a prune's sweep (the services') waits for this restore
+            result = await restore(
+                repo, args.snapshot, os.path.abspath(args.target), includes=args.include,
+                progress=bar if bar.enabled else None, allow_unverified=args.allow_unverified,
+                keep_setid=args.keep_setid,
+            )
         bar.done()
         await _endorse(repo)
     finally:

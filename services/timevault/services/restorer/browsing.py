@@ -356,9 +356,10 @@ class BrowseService:
                 session.last_used = time.monotonic()  # a long restore keeps its session open
 
             try:
-                result = await restore_items(session.repo, job.snapshot_id or "", job.includes,
-                                             None if job.original_place else job.target,
-                                             progress=progress, cancel=ctx.cancel)
+                async with session.repo.read_lock():  # a prune's sweep waits for this restore
+                    result = await restore_items(session.repo, job.snapshot_id or "", job.includes,
+                                                 None if job.original_place else job.target,
+                                                 progress=progress, cancel=ctx.cancel)
             except asyncio.CancelledError:
                 await ctx.finish("canceled", "canceled")
                 return

@@ -139,10 +139,11 @@ class RestorerService:
                     ctx.update(files_done=p.files_done, bytes_done=p.bytes_done,
                                files_total=p.files_total, bytes_total=p.bytes_total)
 
-                result = await restore(repo, job.snapshot_id or "", job.target or "",
-                                       includes=job.includes, progress=progress, cancel=ctx.cancel,
-                                       allow_unverified=req.allow_unverified, keep_setid=req.keep_setid,
-                                       roots=roots)
+                async with repo.read_lock():  # a prune's sweep waits for this restore
+                    result = await restore(repo, job.snapshot_id or "", job.target or "",
+                                           includes=job.includes, progress=progress, cancel=ctx.cancel,
+                                           allow_unverified=req.allow_unverified, keep_setid=req.keep_setid,
+                                           roots=roots)
             except (RestoreCanceled, asyncio.CancelledError):
                 await ctx.finish("canceled", "canceled")
                 return

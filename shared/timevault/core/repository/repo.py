@@ -56,7 +56,14 @@ from timevault.core.repository.format import (
 from timevault.core.repository.history import CONTRADICTS, History, classify
 from timevault.core.repository.index import Index, pack_object_name, write_index_file
 from timevault.core.repository.pack import CorruptPack, index_entry, read_remote_pack_header
-from timevault.core.storage import LocationNotFound, ObjectNotFound, Storage, StorageError
+from timevault.core.storage import (
+    LocationFull,
+    LocationNotFound,
+    LocationReadOnly,
+    ObjectNotFound,
+    Storage,
+    StorageError,
+)
 from timevault.core.storage.once import put_once
 
 __all__ = [
@@ -780,6 +787,22 @@ class Repository:
                 # location fails both); a lock left behind goes stale, check reports it and
                 # prune removes it.
                 log.warning("cannot remove the lock %s: %s", name, exc)
+
+    @contextlib.asynccontextmanager
+    async def read_lock(self) -> AsyncIterator[HeldLock | None]:
+        """A shared "restore" lock for a reader of packs (a restore): a prune's sweep deletes what
+        its mark took out of the index only once every lock older than the mark is gone, so the
+        packs this reader found in the index it loaded stay until it ends. A location that takes
+        no new object (read-only, full) is read without one: no prune can delete from it either."""
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                held: HeldLock | None = await stack.enter_async_context(self.lock(kind="restore"))
+            except (LocationReadOnly, LocationFull) as exc:
+                log.info("reading %s without a lock: %s", self.storage.location, exc)
+                held = None
+            if self._index is not None:
+                await self.current_index()  # loaded before a mark (a browsing session's): reload
+            yield held
 
     async def live_locks(self) -> list[tuple[str, Lock]]:
         """Every lock that still protects something: not expired, its process not known dead."""
