@@ -29,8 +29,9 @@ in two phases:
    objects), which is how a cache elsewhere learns that it is stale (a CLI prune behind the
    services' back): a backup compares the generation after taking its lock, and reconciles
    first if it changed.
-2. **Sweep.** A mark's objects are deleted only once every backup that started before the mark
-   (plus `GC_CLOCK_SKEW` for clocks of other machines) has ended: no live lock of one remains
+2. **Sweep.** A mark's objects are deleted only once every backup or restore (restores hold a
+   shared "restore" lock, `Repository.read_lock`) that started before the mark (plus
+   `GC_CLOCK_SKEW` for clocks of other machines) has ended: no live lock of one remains
    (a lock is gone, or stale after 30 minutes without refresh; a backup whose lock lapsed does
    not save its snapshot, see `HeldLock.ensure_unbroken`). Then prune checks the snapshots
    saved since the mark: a blob one of them needs that is not in the index any more is found
