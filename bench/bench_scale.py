@@ -135,6 +135,8 @@ def mutate_tree(root: Path, files: int, per_folder: int, seed: int, pct: float) 
     edited = deleted = renamed = 0
     for n, i in enumerate(picked):
         path = root / folder_of(i, per_folder) / file_name(i)
+        if not path.exists():
+            continue  # deleted or renamed by an earlier change of the same tree
         kind = n % 4
         if kind in (0, 1):
             st = path.stat()
