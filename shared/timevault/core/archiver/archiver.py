@@ -542,6 +542,7 @@ async def backup(
             root = await archiver.archive_roots(sources)
             await archiver.finish()
         except BaseException:
+            parent.abandon()
             await archiver.abort()
             raise
         finally:

@@ -9,13 +9,22 @@ blob ids are then reused without reading it. The previous state comes from:
   snapshot it was written with. It holds no names or paths: each file is found under a keyed
   hash of its path (16 bytes), with the stat fields that tell whether it changed and its blob
   ids. docs/security.md says what that still tells a holder of the write keys.
+
+Neither is held whole: memory must not grow with the number of files. The cache is an SQLite
+file with one encrypted row per folder, read when the walk reaches the folder and written
+when the folder is done; the parent's trees are read folder by folder and dropped once the
+folder has been archived.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import itertools
 import os
+import secrets
+import sqlite3
 
 import msgspec
 
@@ -39,12 +48,112 @@ class CachedFile(msgspec.Struct, array_like=True):
     gid: int
 
 
-class _FilesCache(msgspec.Struct):
-    snapshot: str
-    files: dict[bytes, CachedFile]
-
-
 PATH_KEY_SIZE = 16
+GENERATION_SIZE = 16
+PREFETCH_TREES = 4
+# SQLite's page cache for the files cache, in KiB (negative: a size, not a page count).
+_CACHE_PAGES_KIB = -2048
+_folder_encoder = msgspec.msgpack.Encoder()
+_folder_decoder = msgspec.msgpack.Decoder(dict[bytes, CachedFile])
+
+
+def _row_aad(generation: bytes, folder_key: bytes) -> bytes:
+    """A row is bound to its folder and to the one cache it was written into: rows cannot be
+    swapped between folders, nor mixed in from an older cache."""
+    return b"files-cache-folder" + generation + folder_key
+
+
+class _CacheWriter:
+    """The next files cache, written folder by folder into `<path>.tmp`, renamed by `commit`."""
+
+    def __init__(self, repo: Repository, path: str) -> None:
+        self._repo = repo
+        self._path = path
+        self._temp = f"{path}.tmp"
+        os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._temp)  # left by a backup that did not finish
+        os.close(os.open(self._temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        self.generation = secrets.token_bytes(GENERATION_SIZE)
+        self._db: sqlite3.Connection | None = sqlite3.connect(
+            self._temp, isolation_level=None, check_same_thread=False
+        )
+        # A cache lost in a crash is only re-read files: no journal, no fsync.
+        self._db.execute("PRAGMA journal_mode=OFF")
+        self._db.execute("PRAGMA synchronous=OFF")
+        self._db.execute(f"PRAGMA cache_size={_CACHE_PAGES_KIB}")
+        self._db.execute("CREATE TABLE meta (value BLOB NOT NULL)")
+        self._db.execute("CREATE TABLE folders (key BLOB PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID")
+        self._db.execute("BEGIN")
+
+    def put(self, folder_key: bytes, files: dict[bytes, CachedFile]) -> None:
+        if self._db is None:
+            return
+        sealed = self._repo.encrypt_meta(_folder_encoder.encode(files), _row_aad(self.generation, folder_key))
+        self._db.execute("INSERT OR REPLACE INTO folders VALUES (?, ?)", (folder_key, sealed))
+
+    def commit(self, snapshot_id: str) -> None:
+        """Name the snapshot the cache describes and put it in place of the previous one."""
+        if self._db is None:
+            return
+        meta = self._repo.encrypt_meta(self.generation + snapshot_id.encode(), b"files-cache")
+        self._db.execute("INSERT INTO meta VALUES (?)", (meta,))
+        self._db.execute("COMMIT")
+        self._db.close()
+        self._db = None
+        os.replace(self._temp, self._path)
+
+    def discard(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._temp)
+
+
+class _CacheReader:
+    """The files cache of the parent snapshot, read one folder at a time."""
+
+    def __init__(self, repo: Repository, db: sqlite3.Connection, generation: bytes) -> None:
+        self._repo = repo
+        self._db = db
+        self._generation = generation
+
+    @staticmethod
+    def open(repo: Repository, path: str, snapshot_id: str) -> _CacheReader | None:
+        """The cache at `path` if it is intact and describes `snapshot_id`; else None."""
+        try:
+            db = sqlite3.connect(
+                f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error:
+            return None
+        try:
+            db.execute(f"PRAGMA cache_size={_CACHE_PAGES_KIB}")
+            row = db.execute("SELECT value FROM meta").fetchone()
+            meta = repo.decrypt_meta(row[0], b"files-cache") if row else b""
+        except (sqlite3.Error, crypto.Unauthenticated, TypeError):
+            meta = b""
+        generation, named = meta[:GENERATION_SIZE], meta[GENERATION_SIZE:]
+        if len(generation) != GENERATION_SIZE or named != snapshot_id.encode():
+            db.close()
+            return None
+        return _CacheReader(repo, db, generation)
+
+    def folder(self, folder_key: bytes) -> dict[bytes, CachedFile]:
+        """The folder's files by path key; empty when the row is missing or damaged (re-read)."""
+        try:
+            row = self._db.execute("SELECT value FROM folders WHERE key = ?", (folder_key,)).fetchone()
+            if row is None:
+                return {}
+            return _folder_decoder.decode(
+                self._repo.decrypt_meta(row[0], _row_aad(self._generation, folder_key))
+            )
+        except (sqlite3.Error, crypto.Unauthenticated, msgspec.DecodeError, TypeError):
+            return {}
+
+    def close(self) -> None:
+        self._db.close()
 
 
 class ParentLookup:
@@ -54,39 +163,47 @@ class ParentLookup:
         self._repo = repo
         self._cache_path = cache_path
         self._path_key = crypto.subkey(repo.write_keys.meta_key, "files cache path")
-        self._recorded: dict[bytes, CachedFile] = {}
+        self._writer: _CacheWriter | None = None
 
     async def previous_dir(self, path: bytes) -> PreviousDir:
         return {}
 
     def path_key(self, path: bytes) -> bytes:
-        """The name of a file in the cache: a keyed hash of its path, never the path."""
+        """The name of a file (or folder) in the cache: a keyed hash of its path, never the path."""
         return crypto.keyed_hash(self._path_key, path)[:PATH_KEY_SIZE]
 
     def record(self, path: bytes, nodes: list[Node]) -> None:
+        """The folder `path` is archived: write its files' row of the next cache."""
         if self._cache_path is None:
             return
-        recorded = self._recorded
-        for node in nodes:
-            if node.type == "file" and not node.changed_while_reading:  # a torn read is read again
-                recorded[self.path_key(os.path.join(path, node.name))] = CachedFile(
-                    node.mode, node.mtime_ns, node.size, node.content, node.inode, node.device, node.uid, node.gid
-                )
+        if self._writer is None:
+            self._writer = _CacheWriter(self._repo, self._cache_path)
+        files = {
+            self.path_key(os.path.join(path, node.name)): CachedFile(
+                node.mode, node.mtime_ns, node.size, node.content, node.inode, node.device, node.uid, node.gid
+            )
+            for node in nodes
+            if node.type == "file" and not node.changed_while_reading  # a torn read is read again
+        }
+        if files:
+            self._writer.put(self.path_key(path), files)
 
     def close(self) -> None:
-        """Stop any background work (see _TreeLookup)."""
+        """Stop any background work and let go of the previous state (see _TreeLookup)."""
+
+    def abandon(self) -> None:
+        """The backup failed: the next cache is not written (the previous one stays)."""
+        if self._writer is not None:
+            self._writer.discard()
+            self._writer = None
 
     async def save(self, snapshot_id: str) -> None:
         if self._cache_path is None:
             return
-        data = msgspec.msgpack.encode(_FilesCache(snapshot_id, self._recorded))
-        sealed = self._repo.encrypt_meta(data, b"files-cache")
-        os.makedirs(os.path.dirname(self._cache_path), mode=0o700, exist_ok=True)
-        temp = f"{self._cache_path}.tmp"
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(sealed)
-        os.replace(temp, self._cache_path)
+        if self._writer is None:  # nothing was recorded (every source was left out)
+            self._writer = _CacheWriter(self._repo, self._cache_path)
+        writer, self._writer = self._writer, None
+        await asyncio.to_thread(writer.commit, snapshot_id)
 
     @staticmethod
     async def choose(
@@ -103,9 +220,9 @@ class ParentLookup:
             return None, ParentLookup(repo, cache_path)
         parent_id, parent = candidates[-1]
         if cache_path is not None:
-            cached = _load_cache(repo, cache_path)
-            if cached is not None and cached.snapshot == parent_id:
-                return parent_id, _CacheLookup(repo, cache_path, cached)
+            reader = await asyncio.to_thread(_CacheReader.open, repo, cache_path, parent_id)
+            if reader is not None:
+                return parent_id, _CacheLookup(repo, cache_path, reader)
         if repo.can_read:
             return parent_id, _TreeLookup(repo, cache_path, parent.tree)
         return parent_id, ParentLookup(repo, cache_path)
@@ -114,13 +231,15 @@ class ParentLookup:
 class _CachedDir:
     """One folder's view of the files cache: entries are found by the hash of their path."""
 
-    def __init__(self, lookup: _CacheLookup, path: bytes) -> None:
+    def __init__(self, lookup: ParentLookup, path: bytes, files: dict[bytes, CachedFile]) -> None:
         self._lookup = lookup
         self._path = path
+        self._files = files
 
     def get(self, name: bytes, /) -> Node | None:
-        lookup = self._lookup
-        cached = lookup.files.get(lookup.path_key(os.path.join(self._path, name)))
+        if not self._files:
+            return None
+        cached = self._files.get(self._lookup.path_key(os.path.join(self._path, name)))
         if cached is None:
             return None
         return Node(
@@ -138,21 +257,33 @@ class _CachedDir:
 
 
 class _CacheLookup(ParentLookup):
-    def __init__(self, repo: Repository, cache_path: str, cached: _FilesCache) -> None:
+    def __init__(self, repo: Repository, cache_path: str, reader: _CacheReader) -> None:
         super().__init__(repo, cache_path)
-        self.files = cached.files
+        self._reader: _CacheReader | None = reader
 
     async def previous_dir(self, path: bytes) -> PreviousDir:
-        return _CachedDir(self, path)
+        if self._reader is None:
+            return {}
+        # One indexed read and one decryption per folder: cheaper on the event loop than a hop.
+        return _CachedDir(self, path, self._reader.folder(self.path_key(path)))
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
 
 
 class _TreeLookup(ParentLookup):
     def __init__(self, repo: Repository, cache_path: str | None, root: bytes) -> None:
         super().__init__(repo, cache_path)
         self._root = root
+        # Folders being archived (and their ancestors): each is dropped when `record` says it
+        # is done, so this holds one path from the root down, not the whole parent snapshot.
         self._dirs: dict[bytes, dict[bytes, Node]] = {}
+        # Trees fetched ahead, in the walk's (depth-first, name) order, at most PREFETCH_TREES.
         self._prefetched: dict[bytes, asyncio.Task[dict[bytes, Node]]] = {}
-        self._prefetch_slots = asyncio.Semaphore(8)
+        self._upcoming: collections.deque[bytes] = collections.deque()
+        self._order: collections.deque[asyncio.Task[dict[bytes, Node]]] = collections.deque()
 
     async def previous_dir(self, path: bytes) -> PreviousDir:
         if path in self._dirs:
@@ -166,33 +297,51 @@ class _TreeLookup(ParentLookup):
         self._dirs[path] = found
         return found
 
+    def record(self, path: bytes, nodes: list[Node]) -> None:
+        super().record(path, nodes)
+        self._dirs.pop(path, None)
+
     def close(self) -> None:
         for task in self._prefetched.values():
             task.cancel()
         self._prefetched.clear()
+        self._upcoming.clear()
+        self._order.clear()
+        self._dirs.clear()
 
     async def _load(self, tree_id: bytes) -> dict[bytes, Node]:
         task = self._prefetched.pop(tree_id, None)
-        return await task if task is not None else await self._fetch(tree_id)
+        if task is not None:
+            # Trees fetched ahead of this one that the walk did not ask for (their folders were
+            # deleted or left out) would hold their place forever: let them go.
+            for skipped in list(itertools.takewhile(lambda t: t != task, self._order)):
+                self._order.popleft()
+                for other_id, other in list(self._prefetched.items()):
+                    if other is skipped:
+                        other.cancel()
+                        del self._prefetched[other_id]
+            if self._order and self._order[0] is task:
+                self._order.popleft()
+        found = await task if task is not None else await self._fetch(tree_id)
+        self._prefetch()
+        return found
 
     async def _fetch(self, tree_id: bytes) -> dict[bytes, Node]:
         try:
             tree = await self._repo.load_tree(tree_id)
         except (CorruptBlob, RepositoryError):
             return {}  # a damaged parent only costs re-reading files
-        # The walk will ask for the subfolders next: fetch their trees meanwhile.
-        for node in tree.nodes:
-            if node.type == "dir" and node.subtree and node.subtree not in self._prefetched:
-                self._prefetched[node.subtree] = asyncio.create_task(self._fetch_limited(node.subtree))
+        # The walk visits these subfolders next (before this folder's later siblings).
+        subtrees = [node.subtree for node in tree.nodes if node.type == "dir" and node.subtree]
+        self._upcoming.extendleft(reversed(subtrees))
         return {node.name: node for node in tree.nodes}
 
-    async def _fetch_limited(self, tree_id: bytes) -> dict[bytes, Node]:
-        async with self._prefetch_slots:
-            return await self._fetch(tree_id)
-
-
-def _load_cache(repo: Repository, path: str) -> _FilesCache | None:
-    with contextlib.suppress(OSError, crypto.Unauthenticated, msgspec.DecodeError):
-        with open(path, "rb") as f:
-            return msgspec.msgpack.decode(repo.decrypt_meta(f.read(), b"files-cache"), type=_FilesCache)
-    return None
+    def _prefetch(self) -> None:
+        """Fetch the next few trees the walk will want; a few, not a whole folder's worth of
+        subfolders (each fetched tree is held until the walk gets to it)."""
+        while len(self._prefetched) < PREFETCH_TREES and self._upcoming:
+            tree_id = self._upcoming.popleft()
+            if tree_id not in self._prefetched:
+                task = asyncio.create_task(self._fetch(tree_id))
+                self._prefetched[tree_id] = task
+                self._order.append(task)
