@@ -45,6 +45,7 @@ from timevault.core.chunker import trim_segments
 from timevault.core.errors import BackupCanceled, BackupError, RepositoryError
 from timevault.core.repository import blobs
 from timevault.core.repository.blobs import EncodedBlob
+from timevault.core.repository.compact import IdSet
 from timevault.core.repository.format import BlobType, IndexPack, Node, Snapshot, SnapshotStats, Tree
 from timevault.core.repository.index import Index
 from timevault.core.repository.pack import Packer
@@ -114,7 +115,8 @@ class PackerSink:
         async def written(pack: IndexPack) -> None:
             index.add_pack(pack)
 
-        self.packer = Packer(repo.storage, repo.write_keys.meta_key, on_written=written)
+        # The archiver hands each blob over once (`Archiver.scheduled`): no second set of ids.
+        self.packer = Packer(repo.storage, repo.write_keys.meta_key, on_written=written, dedup=False)
 
     async def add(self, blob: EncodedBlob) -> None:
         await self.packer.add(blob)
@@ -166,7 +168,9 @@ class Archiver:
         self.session = crypto.SealingSession(repo.write_keys.public_key)
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="encode")
         self.budget = ByteBudget(in_flight)
-        self.scheduled: set[bytes] = set()
+        # Blob ids handed on in this run, and every blob the snapshot needs (data and trees,
+        # for its list of references): compact sets, one per blob of the whole tree.
+        self.scheduled = IdSet()
         self._batch: list[tuple[bytes, BlobType, BytesLike]] = []
         self._scans: dict[bytes, asyncio.Task[tuple[list[Entry], list[str]]]] = {}
         self._large_reads: dict[bytes, asyncio.Task[tuple[list[bytes], int] | None]] = {}
@@ -176,8 +180,7 @@ class Archiver:
         self.failure: BaseException | None = None
         self.stats = SnapshotStats()
         self.warnings: list[str] = []
-        # Every blob the snapshot needs (data and trees), for its list of references.
-        self.referenced: set[bytes] = set()
+        self.referenced = IdSet()
         self.progress = Progress(started=time.monotonic())
         self._on_progress = progress
         self._cancel = cancel
@@ -192,9 +195,8 @@ class Archiver:
         hops per batch of chunks, not per small file.
         """
         for blob_id, data in chunks:
-            if blob_id in self.scheduled:
+            if not self.scheduled.add(blob_id):
                 continue
-            self.scheduled.add(blob_id)
             self._batch.append((blob_id, blob_type, data))
             self._batch_bytes += len(data)
             if len(self._batch) >= DEDUP_BATCH or self._batch_bytes >= ENCODE_BATCH_BYTES:

@@ -7,12 +7,15 @@ copied under another name (to escape a `supersedes` list, say) is refused as dam
 from __future__ import annotations
 
 import asyncio
+import struct
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import msgspec
 
 from timevault.core import crypto
 from timevault.core.errors import CorruptIndex
+from timevault.core.repository.compact import ID_SIZE, IdMap
 from timevault.core.repository.format import BlobType, IndexFile, IndexPack, PackBlob
 from timevault.core.storage import Storage
 from timevault.core.storage.base import ObjectNotFound
@@ -38,31 +41,147 @@ def pack_object_name(pack_id: str) -> str:
     return f"data/{pack_id[:2]}/{pack_id}"
 
 
+# One blob of a pack as the index keeps it: id, type, offset, length, raw length, key number.
+_PACK_BLOB = struct.Struct("<32sBIIIH")
+# Where the index finds a blob: (pack number, position in that pack's records).
+_WHERE = struct.Struct("<II")
+
+
+class _StoredPack:
+    """A pack's index entry without a Python object per blob: its blobs as fixed-width records.
+
+    A value too large for a record (only a damaged or hostile index has one) keeps its
+    `PackBlob` beside, so every value reads back exactly as it was given.
+    """
+
+    __slots__ = ("id", "keys", "odd", "records", "size")
+
+    def __init__(self, pack: IndexPack) -> None:
+        self.id = pack.id
+        self.size = pack.size
+        self.keys = pack.keys
+        self.odd: dict[int, PackBlob] | None = None
+        parts = []
+        for position, blob in enumerate(pack.blobs):
+            try:
+                parts.append(
+                    _PACK_BLOB.pack(blob.id, blob.type, blob.offset, blob.length, blob.raw_length, blob.key)
+                )
+                if len(blob.id) != ID_SIZE:
+                    raise struct.error("not a 32-byte id")
+            except struct.error:
+                parts.append(bytes(_PACK_BLOB.size))
+                if self.odd is None:
+                    self.odd = {}
+                self.odd[position] = blob
+        self.records = b"".join(parts)
+
+    def __len__(self) -> int:
+        return len(self.records) // _PACK_BLOB.size
+
+    def blob(self, position: int) -> PackBlob:
+        if self.odd is not None and position in self.odd:
+            return self.odd[position]
+        blob_id, blob_type, offset, length, raw_length, key = _PACK_BLOB.unpack_from(
+            self.records, position * _PACK_BLOB.size
+        )
+        return PackBlob(blob_id, BlobType(blob_type), offset, length, raw_length, key)
+
+    def entry(self) -> IndexPack:
+        return IndexPack(self.id, self.size, [self.blob(i) for i in range(len(self))], self.keys)
+
+
+class _Packs(Mapping[str, IndexPack]):
+    """`Index.packs`: pack id -> its `IndexPack`, made when asked for (not kept)."""
+
+    def __init__(self, index: Index) -> None:
+        self._index = index
+
+    def __getitem__(self, pack_id: str) -> IndexPack:
+        return self._index._stored[self._index._pack_numbers[pack_id]].entry()
+
+    def __contains__(self, pack_id: object) -> bool:
+        return pack_id in self._index._pack_numbers
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._index._pack_numbers)
+
+    def __len__(self) -> int:
+        return len(self._index._pack_numbers)
+
+
+class _Locations(Mapping[bytes, BlobLocation]):
+    """`Index.blobs`: blob id -> `BlobLocation`, made when asked for (not kept)."""
+
+    def __init__(self, index: Index) -> None:
+        self._index = index
+
+    def get(self, blob_id: bytes, default: BlobLocation | None = None) -> BlobLocation | None:  # type: ignore[override]
+        where = self._index._where.get(blob_id)
+        if where is None:
+            return default
+        pack_number, position = _WHERE.unpack(where)
+        stored = self._index._stored[pack_number]
+        blob = stored.blob(position)
+        keys = stored.keys
+        # A key number out of range leaves an empty key: the blob then fails to open.
+        sealed = keys[blob.key] if 0 <= blob.key < len(keys) else b""
+        return BlobLocation(stored.id, blob.type, blob.offset, blob.length, blob.raw_length, sealed)
+
+    def __getitem__(self, blob_id: bytes) -> BlobLocation:
+        location = self.get(blob_id)
+        if location is None:
+            raise KeyError(blob_id)
+        return location
+
+    def __contains__(self, blob_id: object) -> bool:
+        return blob_id in self._index._where
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._index._where)
+
+    def __len__(self) -> int:
+        return len(self._index._where)
+
+
 class Index:
-    """In-memory blob → location map. Built by `load`, grown as packs are written."""
+    """Blob id -> location, built by `load` and grown as packs are written.
+
+    Held compactly (see `timevault.core.repository.compact`): ~90 bytes a blob rather than the
+    ~350 of a dict of objects, so a million small files do not cost a third of a GiB. `blobs`
+    and `packs` read like the dicts they replaced; their values are made on each access.
+    """
 
     def __init__(self) -> None:
-        self.blobs: dict[bytes, BlobLocation] = {}
-        self.packs: dict[str, IndexPack] = {}
+        self._where = IdMap(_WHERE.size)
+        self._stored: list[_StoredPack] = []
+        self._pack_numbers: dict[str, int] = {}
+        self.blobs: Mapping[bytes, BlobLocation] = _Locations(self)
+        self.packs: Mapping[str, IndexPack] = _Packs(self)
         self.files: set[str] = set()
         self.damaged_files: set[str] = set()  # ids of index files that did not load
 
     def __contains__(self, blob_id: bytes) -> bool:
-        return blob_id in self.blobs
+        return blob_id in self._where
 
     def add_pack(self, pack: IndexPack) -> None:
-        self.packs[pack.id] = pack
-        blobs, pack_id, keys = self.blobs, pack.id, pack.keys
-        for blob in pack.blobs:
-            if blob.id not in blobs:  # the first pack named keeps the blob
-                # A key number out of range leaves an empty key: the blob then fails to open.
-                sealed = keys[blob.key] if 0 <= blob.key < len(keys) else b""
-                blobs[blob.id] = BlobLocation(
-                    pack_id, blob.type, blob.offset, blob.length, blob.raw_length, sealed
-                )
+        number = len(self._stored)
+        stored = _StoredPack(pack)
+        self._stored.append(stored)
+        self._pack_numbers[pack.id] = number
+        where, add = _WHERE.pack, self._where.add
+        for position, blob in enumerate(pack.blobs):
+            if len(blob.id) == ID_SIZE:
+                add(blob.id, where(number, position))  # the first pack named keeps the blob
+
+    def pack_size(self, pack_id: str) -> int | None:
+        """The stored size of a pack, or None when the index does not list it (cheaper than
+        `packs[pack_id].size`, which makes the pack's whole entry)."""
+        number = self._pack_numbers.get(pack_id)
+        return None if number is None else self._stored[number].size
 
     def stored_size(self) -> int:
-        return sum(pack.size for pack in self.packs.values())
+        return sum(self._stored[number].size for number in self._pack_numbers.values())
 
     @classmethod
     async def load(cls, storage: Storage, meta_key: bytes, errors: list[str] | None = None) -> Index:

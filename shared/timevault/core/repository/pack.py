@@ -22,6 +22,7 @@ import msgspec
 from timevault.core import crypto
 from timevault.core.errors import CorruptPack
 from timevault.core.repository.blobs import EncodedBlob
+from timevault.core.repository.compact import IdMap, IdSet
 from timevault.core.repository.format import PACK_MAGIC, BlobType, IndexPack, PackBlob, PackHeader
 from timevault.core.repository.index import pack_object_name, write_index_file
 from timevault.core.storage import Storage
@@ -138,13 +139,16 @@ class Packer:
         max_pending: int = 2,
         on_written: Callable[[IndexPack], Awaitable[None] | None] | None = None,
         write_index: bool = True,
+        dedup: bool = True,
     ) -> None:
         self._storage = storage
         self._meta_key = meta_key
         self._pack_size = pack_size
         self._open: dict[BlobType, list[EncodedBlob]] = {BlobType.DATA: [], BlobType.TREE: []}
         self._open_bytes: dict[BlobType, int] = {BlobType.DATA: 0, BlobType.TREE: 0}
-        self._seen: set[bytes] = set()
+        # Every id added, so a blob delivered twice is packed once (compact: one per blob of
+        # the whole run). A caller that never adds an id twice says `dedup=False`.
+        self._seen: IdMap | None = IdSet() if dedup else None
         self._writes: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(max_pending)
         self._on_written = on_written
@@ -152,7 +156,8 @@ class Packer:
         # so without it `flush` would not see the failure (and asyncio would log it as never
         # retrieved). Every later `add` and `flush` raises it.
         self.failure: BaseException | None = None
-        # Prune writes one index for all its packs itself (a pack without one is garbage until then).
+        # Prune writes one index for all its packs itself (a pack without one is garbage until then),
+        # from `written`; the others are told of each pack by `on_written` and keep none.
         self._write_index = write_index
         self.written: list[IndexPack] = []
         self.bytes_written = 0
@@ -160,9 +165,8 @@ class Packer:
     async def add(self, blob: EncodedBlob) -> None:
         if self.failure is not None:
             raise self.failure
-        if blob.id in self._seen:
+        if self._seen is not None and not self._seen.add(blob.id):
             return
-        self._seen.add(blob.id)
         self._open[blob.type].append(blob)
         self._open_bytes[blob.type] += len(blob.payload)
         if self._open_bytes[blob.type] >= self._pack_size:
@@ -192,7 +196,8 @@ class Packer:
             del parts
             if self._write_index:
                 await write_index_file(self._storage, self._meta_key, [entry])
-            self.written.append(entry)
+            if not self._write_index:
+                self.written.append(entry)
             self.bytes_written += entry.size
             if self._on_written is not None:
                 result = self._on_written(entry)
@@ -217,7 +222,9 @@ class Packer:
         return True
 
     async def flush(self) -> list[IndexPack]:
-        """Write every open pack and wait until all packs are durable. Raises the first failure."""
+        """Write every open pack and wait until all packs are durable. Raises the first failure.
+
+        Returns the packs written (kept only with `write_index=False`, for the caller's index)."""
         for blob_type in (BlobType.DATA, BlobType.TREE):
             await self._seal(blob_type)
         while self._writes:

@@ -37,6 +37,7 @@ from timevault.core.repository import config as repoconfig
 from timevault.core.repository import endorsements, forgets, gcstate, layout, references
 from timevault.core.repository import keys as keyfiles
 from timevault.core.repository.blobs import CorruptBlob, decode
+from timevault.core.repository.compact import IdMap, IdSet
 from timevault.core.repository.format import (
     FORMAT_VERSION,
     BlobType,
@@ -589,26 +590,28 @@ class Repository:
 
     # --- what snapshots reference (readable by the write tier) ---------------------------
 
-    async def save_references(self, ids: set[bytes], near: str | None = None) -> str:
+    async def save_references(self, ids: set[bytes] | IdMap, near: str | None = None) -> str:
         """Write the list of blobs a snapshot needs; returns its id for `Snapshot.references`.
 
         `near` names the references of a similar snapshot (the parent): when the new list
         differs from that one's full list by at most a quarter, only the difference is stored.
         """
-        record = References(added=references.pack_ids(ids))
+        compact = ids if isinstance(ids, IdMap) else IdSet(ids)
+        record = None
         if near:
             try:
                 base_id = (await self._references_file(near)).base or near
-                base = references.unpack_ids((await self._references_file(base_id)).added)
+                base = (await self._references_file(base_id)).added
             except RepositoryError:
                 base = None  # a damaged list is not built upon: write a full one
             if base is not None:
-                added, removed = ids - base, base - ids
-                if len(added) + len(removed) <= len(base) // 4:
-                    record = References(
-                        base=base_id, added=references.pack_ids(added), removed=references.pack_ids(removed)
-                    )
+                delta = await asyncio.to_thread(references.small_delta, compact, base)
+                if delta is not None:
+                    record = References(base=base_id, added=delta[0], removed=delta[1])
+        if record is None:
+            record = References(added=await asyncio.to_thread(compact.sorted_ids))
         data = self.encrypt_meta(msgspec.msgpack.encode(record), b"references")
+        del record
         references_id = crypto.content_hash(data).hex()
         await put_once(self.storage, f"references/{references_id}", data)
         return references_id
@@ -693,8 +696,8 @@ class Repository:
         touches thousands of trees, and one request each is slow on S3."""
         index = await self.index()
         location = index.blobs.get(tree_id)
-        pack = index.packs.get(location.pack) if location is not None else None
-        if location is None or pack is None or location.type != BlobType.TREE or pack.size > TREE_PACK_MAX:
+        pack_size = index.pack_size(location.pack) if location is not None else None
+        if location is None or pack_size is None or location.type != BlobType.TREE or pack_size > TREE_PACK_MAX:
             data = await self.load_blob(tree_id, BlobType.TREE)  # the usual path and its errors
         else:
             payload = memoryview(await self._tree_pack(location.pack))[
