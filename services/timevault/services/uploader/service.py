@@ -68,6 +68,7 @@ class _Parts:
 class Session:
     def __init__(self, service: UploaderService, session_id: str, req: UploadOpen, secrets: PlanSecrets) -> None:
         from timevault.core.crypto import SEALED_KEY_SIZE
+        from timevault.core.repository.compact import IdSet
         from timevault.core.repository.format import BlobType
         from timevault.core.repository.keys import decode_write_keys
         from timevault.core.repository.pack import Packer
@@ -95,7 +96,7 @@ class Session:
         self.pending_order: deque[int] = deque()
         self.seqs_of: dict[bytes, set[int]] = {}
         self.blob_types = {int(t): t for t in BlobType}
-        self.durable_ids: set[bytes] = set()
+        self.durable_ids = IdSet()  # compact: one per blob of the job
         self.last_seq = 0
         self.subs: list[Subscription] = []
         self.touched = time.monotonic()
@@ -117,8 +118,11 @@ class Session:
                            packs=[PackRef(id=entry.id, size=entry.size)])
         await rpc.request_retrying(self.service.nc, subjects.CHUNKS_ADD, request, ChunkAddReply,
                                    give_up_after=10)
+        from timevault.core.repository.compact import ID_SIZE
+
         for blob in entry.blobs:
-            self.durable_ids.add(blob.id)
+            if len(blob.id) == ID_SIZE:
+                self.durable_ids.add(blob.id)
             for seq in self.seqs_of.pop(blob.id, ()):
                 self.pending.pop(seq, None)
 

@@ -22,7 +22,7 @@ import msgspec
 from timevault.core import crypto
 from timevault.core.errors import CorruptPack
 from timevault.core.repository.blobs import EncodedBlob
-from timevault.core.repository.compact import IdMap, IdSet
+from timevault.core.repository.compact import ID_SIZE, IdMap, IdSet
 from timevault.core.repository.format import PACK_MAGIC, BlobType, IndexPack, PackBlob, PackHeader
 from timevault.core.repository.index import pack_object_name, write_index_file
 from timevault.core.storage import Storage
@@ -165,7 +165,7 @@ class Packer:
     async def add(self, blob: EncodedBlob) -> None:
         if self.failure is not None:
             raise self.failure
-        if self._seen is not None and not self._seen.add(blob.id):
+        if self._seen is not None and len(blob.id) == ID_SIZE and not self._seen.add(blob.id):
             return
         self._open[blob.type].append(blob)
         self._open_bytes[blob.type] += len(blob.payload)
