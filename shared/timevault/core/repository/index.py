@@ -165,14 +165,18 @@ class Index:
         return blob_id in self._where
 
     def add_pack(self, pack: IndexPack) -> None:
+        self._add_stored(_StoredPack(pack))
+
+    def _add_stored(self, stored: _StoredPack) -> None:
         number = len(self._stored)
-        stored = _StoredPack(pack)
         self._stored.append(stored)
-        self._pack_numbers[pack.id] = number
-        where, add = _WHERE.pack, self._where.add
-        for position, blob in enumerate(pack.blobs):
-            if len(blob.id) == ID_SIZE:
-                add(blob.id, where(number, position))  # the first pack named keeps the blob
+        self._pack_numbers[stored.id] = number
+        where, add, records, size = _WHERE.pack, self._where.add, stored.records, _PACK_BLOB.size
+        odd = stored.odd or {}
+        for position in range(len(stored)):
+            blob_id = odd[position].id if position in odd else records[position * size : position * size + ID_SIZE]
+            if len(blob_id) == ID_SIZE:
+                add(blob_id, where(number, position))  # the first pack named keeps the blob
 
     def pack_size(self, pack_id: str) -> int | None:
         """The stored size of a pack, or None when the index does not list it (cheaper than
@@ -205,13 +209,16 @@ class Index:
         damaged: set[str] = set()
         notes: list[str] = []  # given to `errors` only when this listing loads to the end
 
-        async def fetch(name: str) -> tuple[str, IndexFile | None]:
+        async def fetch(name: str) -> tuple[str, _LoadedFile | None]:
             async with sem:
                 try:
                     data = await storage.get(name)
                     if crypto.content_hash(data).hex() != name.removeprefix("index/"):
                         raise CorruptIndex("index file does not match its name (renamed or changed)")
-                    return name, decode_index_file(meta_key, data)
+                    # Made compact at once: the decoded file (an object per blob) is let go
+                    # before the next one is read, not held until every file is in.
+                    file = decode_index_file(meta_key, data)
+                    return name, _LoadedFile(file.supersedes, [_StoredPack(pack) for pack in file.packs])
                 except CorruptIndex as exc:
                     if errors is None:
                         raise CorruptIndex(f"{storage.location}: {name}: {exc}") from exc
@@ -236,9 +243,15 @@ class Index:
             if file_id in superseded:
                 continue
             index.files.add(file_id)
-            for pack in file.packs:
-                index.add_pack(pack)
+            for stored in file.packs:
+                index._add_stored(stored)
         return index
+
+
+@dataclass(slots=True)
+class _LoadedFile:
+    supersedes: list[str]
+    packs: list[_StoredPack]
 
 
 def decode_index_file(meta_key: bytes, data: bytes) -> IndexFile:

@@ -1,0 +1,167 @@
+"""Compact structures that keep a backup's memory flat: id sets and maps, the index, the
+references delta, and the files cache kept one folder to a row."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from timevault.core.archiver import backup
+from timevault.core.repository import compact, references
+from timevault.core.repository.compact import IdMap, IdSet
+from timevault.core.repository.format import BlobType, IndexPack, PackBlob
+from timevault.core.repository.index import BlobLocation, Index
+from timevault.core.repository.repo import Repository
+from timevault.core.restorer import restore
+
+from .conftest import assert_manifests_equal, build_tree, restored_path, tree_manifest
+
+# Few distinct first bytes, so that buckets hold several ids and ids share prefixes.
+ids = st.binary(min_size=32, max_size=32).map(lambda b: bytes([b[0] % 3, b[1] % 2]) + b[2:])
+
+
+@pytest.fixture
+def small_merges(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Merge after a few ids, so that examples exercise merged records, not only the dict."""
+    monkeypatch.setattr(compact, "MERGE_AT", 5)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(ids, st.binary(min_size=6, max_size=6))), st.lists(ids))
+def test_idmap_answers_as_a_dict_does(items: list[tuple[bytes, bytes]], probes: list[bytes]) -> None:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(compact, "MERGE_AT", 5)
+        mapping = IdMap(6)
+        expected: dict[bytes, bytes] = {}
+        for blob_id, value in items:
+            assert mapping.add(blob_id, value) == (blob_id not in expected)
+            expected.setdefault(blob_id, value)  # the first value is kept
+        assert len(mapping) == len(expected)
+        for blob_id in [*expected, *probes]:
+            assert mapping.get(blob_id) == expected.get(blob_id)
+            assert (blob_id in mapping) == (blob_id in expected)
+        assert sorted(mapping) == sorted(expected)
+        assert mapping.sorted_ids() == b"".join(sorted(expected))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.sets(ids), st.lists(ids))
+def test_idset_from_sorted_round_trips(members: set[bytes], probes: list[bytes]) -> None:
+    data = b"".join(sorted(members))
+    restored = IdMap.from_sorted(data)
+    assert len(restored) == len(members) and restored.sorted_ids() == data
+    for blob_id in [*members, *probes]:
+        assert (blob_id in restored) == (blob_id in members)
+        assert (blob_id in references.SortedIds(data)) == (blob_id in members)
+
+
+def test_an_id_spanning_two_records_is_not_found(small_merges: None) -> None:
+    """bytes.find may match across record boundaries: only a match at a record's start counts."""
+    a = bytes([0, 0]) + bytes(range(2, 16)) + bytes([0, 0]) + bytes(range(18, 32))
+    b = bytes([0, 0]) + bytes(range(102, 132))
+    inside = a[16:] + b[:16]  # in the same bucket, and in the records where a ends and b begins
+    mapping = IdSet([a, b, *(bytes([0, 0, i]) + bytes(29) for i in range(5))])
+    group = mapping._groups[0]
+    assert a + b in group, "a and b lie side by side"
+    assert a in mapping and b in mapping
+    assert inside not in mapping
+    assert mapping.get(a[:31]) is None and b"short" not in mapping
+
+
+def test_unsorted_or_torn_lists_are_refused() -> None:
+    x, y = bytes([1]) + bytes(31), bytes([2]) + bytes(31)
+    with pytest.raises(ValueError):
+        IdMap.from_sorted(y + x)
+    with pytest.raises(ValueError):
+        IdMap.from_sorted(x + y[:5])
+    with pytest.raises(ValueError):
+        references.SortedIds(y + x)
+    assert references.small_delta(IdSet([x]), y + x) is None  # a full list is written instead
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.sets(ids, min_size=1), st.sets(ids))
+def test_small_delta_is_the_set_difference(base: set[bytes], new: set[bytes]) -> None:
+    delta = references.small_delta(IdSet(new), b"".join(sorted(base)))
+    added, removed = new - base, base - new
+    if len(added) + len(removed) > len(base) // 4:
+        assert delta is None
+    else:
+        assert delta == (b"".join(sorted(added)), b"".join(sorted(removed)))
+
+
+packs = st.lists(
+    st.tuples(
+        st.lists(st.tuples(ids, st.sampled_from(BlobType), st.integers(0, 2**40), st.integers(0, 2**33)),
+                 max_size=8),
+        st.integers(-1, 3),
+    ),
+    max_size=6,
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(packs)
+def test_index_answers_as_the_dicts_it_replaced(spec: list[tuple[list, int]]) -> None:
+    """Out-of-range numbers (a hostile index) read back exactly; the first pack keeps a blob."""
+    index = Index()
+    blobs: dict[bytes, BlobLocation] = {}
+    entries: dict[str, IndexPack] = {}
+    for n, (pack_blobs, key) in enumerate(spec):
+        keys = [bytes([n, k]) for k in range(2)]
+        entry = IndexPack(
+            f"pack{n}", 100 + n, [PackBlob(i, t, o, ln, ln + 1, key) for i, t, o, ln in pack_blobs], keys
+        )
+        index.add_pack(entry)
+        entries[entry.id] = entry
+        for blob in entry.blobs:
+            sealed = keys[blob.key] if 0 <= blob.key < len(keys) else b""
+            blobs.setdefault(
+                blob.id, BlobLocation(entry.id, blob.type, blob.offset, blob.length, blob.raw_length, sealed)
+            )
+    assert dict(index.blobs) == blobs and len(index.blobs) == len(blobs)
+    assert dict(index.packs) == entries
+    assert index.stored_size() == sum(p.size for p in entries.values())
+    for blob_id in blobs:
+        assert blob_id in index and index.blobs[blob_id] == blobs[blob_id]
+    assert index.pack_size("pack0") == (100 if spec else None) and index.pack_size("none") is None
+    assert index.blobs.get(bytes(32)) == blobs.get(bytes(32))
+
+
+async def test_incremental_with_the_files_cache_reuses_unchanged_and_reads_changed(
+    repo: Repository, tmp_path: Path
+) -> None:
+    spec = {f"d{d}/f{f}.txt": f"folder {d} file {f}" for d in range(3) for f in range(4)}
+    source = build_tree(tmp_path / "src", spec)
+    cache = tmp_path / "cache"
+    first_id, first = await backup(repo, [str(source)], cache_dir=str(cache))
+    assert first.stats.unchanged_files == 0
+
+    (cache_file,) = cache.iterdir()
+    with sqlite3.connect(cache_file) as db:
+        rows = db.execute("SELECT key, value FROM folders").fetchall()
+    assert len(rows) == 3, "one row per folder that holds files"
+    assert all(b"folder" not in value and b"f0.txt" not in value for _, value in rows), "rows are encrypted"
+
+    (source / "d1" / "f2.txt").write_text("changed, and longer than before")
+    (source / "d2" / "new.txt").write_text("new")
+    (source / "d0" / "f0.txt").unlink()
+    second_id, second = await backup(repo, [str(source)], cache_dir=str(cache))
+    assert second.parent == first_id
+    assert second.stats.files == 12 and second.stats.unchanged_files == 10
+    target = tmp_path / "out"
+    assert (await restore(repo, second_id, str(target))).errors == []
+    assert_manifests_equal(tree_manifest(restored_path(target, source)), tree_manifest(source))
+
+    # Rows swapped between folders do not open (each is bound to its folder): the files of
+    # those two folders are read again, the third folder's are reused.
+    with sqlite3.connect(cache_file) as db:
+        (k0, v0), (k1, v1) = db.execute("SELECT key, value FROM folders ORDER BY key LIMIT 2").fetchall()
+        db.execute("UPDATE folders SET value = ? WHERE key = ?", (v1, k0))
+        db.execute("UPDATE folders SET value = ? WHERE key = ?", (v0, k1))
+    _, third = await backup(repo, [str(source)], cache_dir=str(cache))
+    assert third.stats.files == 12 and third.stats.unchanged_files in (3, 4, 5)
