@@ -63,6 +63,11 @@ def _row_aad(generation: bytes, folder_key: bytes) -> bytes:
     return b"files-cache-folder" + generation + folder_key
 
 
+def _folder_prefix(path: bytes) -> bytes:
+    """`path` with one trailing slash: prefix + name is os.path.join(path, name), cheaper."""
+    return path if path.endswith(b"/") else path + b"/"
+
+
 class _CacheWriter:
     """The next files cache, written folder by folder into `<path>.tmp`, renamed by `commit`."""
 
@@ -178,8 +183,9 @@ class ParentLookup:
             return
         if self._writer is None:
             self._writer = _CacheWriter(self._repo, self._cache_path)
+        prefix = _folder_prefix(path)
         files = {
-            self.path_key(os.path.join(path, node.name)): CachedFile(
+            self.path_key(prefix + node.name): CachedFile(
                 node.mode, node.mtime_ns, node.size, node.content, node.inode, node.device, node.uid, node.gid
             )
             for node in nodes
@@ -233,13 +239,13 @@ class _CachedDir:
 
     def __init__(self, lookup: ParentLookup, path: bytes, files: dict[bytes, CachedFile]) -> None:
         self._lookup = lookup
-        self._path = path
+        self._prefix = _folder_prefix(path)
         self._files = files
 
     def get(self, name: bytes, /) -> Node | None:
         if not self._files:
             return None
-        cached = self._files.get(self._lookup.path_key(os.path.join(self._path, name)))
+        cached = self._files.get(self._lookup.path_key(self._prefix + name))
         if cached is None:
             return None
         return Node(
