@@ -163,11 +163,27 @@ def padme(length: int) -> int:
     return (length + mask) & ~mask
 
 
+_gcm_by_key: dict[bytes, AESGCM] = {}
+
+
+def _gcm(key: bytes) -> AESGCM:
+    """One AESGCM object per key (a backup encrypts every small blob with the same data key;
+    making the object costs as much as encrypting a few KiB). Shared across threads: each
+    encrypt/decrypt call uses its own OpenSSL context."""
+    gcm = _gcm_by_key.get(key)
+    if gcm is None:
+        assert _OpenSSLGCM is not None
+        if len(_gcm_by_key) >= 64:
+            _gcm_by_key.clear()
+        gcm = _gcm_by_key[key] = _OpenSSLGCM(key)
+    return gcm
+
+
 def encrypt(key: bytes, plaintext: BytesLike, aad: bytes = b"") -> bytes:
     """AES-256-GCM: returns nonce || ciphertext || tag."""
     nonce = secrets.token_bytes(NONCE_SIZE)
     if _OpenSSLGCM is not None:
-        return nonce + _OpenSSLGCM(key).encrypt(nonce, plaintext, aad or None)
+        return nonce + _gcm(key).encrypt(nonce, plaintext, aad or None)
     cipher = AES.new(key, AES.MODE_GCM, nonce=nonce)
     if aad:
         cipher.update(aad)
@@ -180,7 +196,7 @@ def encrypt_into(key: bytes, plaintext: BytesLike, aad: bytes, out: memoryview) 
     nonce = secrets.token_bytes(NONCE_SIZE)
     out[:NONCE_SIZE] = nonce
     if _OpenSSLGCM is not None:
-        _OpenSSLGCM(key).encrypt_into(nonce, plaintext, aad or None, out[NONCE_SIZE:])
+        _gcm(key).encrypt_into(nonce, plaintext, aad or None, out[NONCE_SIZE:])
         return
     cipher = AES.new(key, AES.MODE_GCM, nonce=nonce)
     if aad:
@@ -196,7 +212,7 @@ def decrypt(key: bytes, message: BytesLike, aad: bytes = b"") -> bytes:
     view = memoryview(message)
     if _OpenSSLGCM is not None:
         try:
-            return _OpenSSLGCM(key).decrypt(view[:NONCE_SIZE], view[NONCE_SIZE:], aad or None)
+            return _gcm(key).decrypt(view[:NONCE_SIZE], view[NONCE_SIZE:], aad or None)
         except _InvalidTag as exc:
             raise Unauthenticated("ciphertext failed authentication") from exc
     cipher = AES.new(key, AES.MODE_GCM, nonce=bytes(view[:NONCE_SIZE]))
