@@ -3,6 +3,7 @@ references delta, and the files cache kept one folder to a row."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
@@ -10,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from timevault.core.archiver import backup
+from timevault.core.archiver import backup, walk
+from timevault.core.chunker import ChunkerParams
 from timevault.core.repository import compact, references
 from timevault.core.repository.compact import IdMap, IdSet
 from timevault.core.repository.format import BlobType, IndexPack, PackBlob
@@ -165,3 +167,31 @@ async def test_incremental_with_the_files_cache_reuses_unchanged_and_reads_chang
         db.execute("UPDATE folders SET value = ? WHERE key = ?", (v0, k1))
     _, third = await backup(repo, [str(source)], cache_dir=str(cache))
     assert third.stats.files == 12 and third.stats.unchanged_files in (3, 4, 5)
+
+
+def test_small_files_are_read_many_ahead_without_leaking_descriptors(tmp_path: Path) -> None:
+    """More files than the read-ahead window, one replaced by a symlink after the listing, one
+    removed and one that grew: each is read as it is or refused, and every descriptor is closed."""
+    count = walk.READ_AHEAD_FILES * 2 + 7
+    for i in range(count):
+        (tmp_path / f"f{i:04d}").write_bytes(b"%d" % i * (i % 50 + 1))
+    entries = []
+    for path in sorted(tmp_path.iterdir()):
+        st = os.lstat(path)
+        entries.append(walk.Entry(path.name.encode(), os.fsencode(path), st, walk.kind_of(st.st_mode)))
+    (tmp_path / "f0003").unlink()
+    (tmp_path / "f0003").symlink_to(tmp_path / "f0004")
+    (tmp_path / "f0300").unlink()
+    with open(tmp_path / "f0400", "ab") as f:
+        f.write(b"grown")
+    open_before = len(os.listdir("/proc/self/fd"))
+    warnings = walk.read_small_files(entries, ChunkerParams(), b"k" * 32)
+    assert len(os.listdir("/proc/self/fd")) == open_before
+    assert [e.name for e in entries if e.error] == [b"f0003", b"f0300"] and len(warnings) == 2
+    for entry in entries:
+        if entry.error is None:
+            assert entry.chunked is not None
+            data = (tmp_path / entry.name.decode()).read_bytes()
+            assert entry.chunked.size == len(data)
+            assert b"".join(bytes(chunk) for _, chunk in entry.chunked.chunks) == data
+            assert entry.changed_while_reading == (entry.name == b"f0400")

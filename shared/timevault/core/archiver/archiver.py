@@ -445,7 +445,7 @@ class Archiver:
 
 def _encode_many(session: crypto.SealingSession,
                  batch: list[tuple[bytes, BlobType, BytesLike]]) -> list[EncodedBlob]:
-    return [blobs.encode(session, blob_id, blob_type, data) for blob_id, blob_type, data in batch]
+    return blobs.encode_many(session, batch)
 
 
 _Trie: TypeAlias = "dict[bytes, _Trie | None]"

@@ -176,31 +176,32 @@ def read_small_files(entries: list[Entry], params: ChunkerParams, id_key: bytes)
     """Read and chunk small files whole (in a thread, many per hop); returns warnings.
 
     A file that cannot be read gets `error` set and must be left out of the snapshot.
-    Files are opened READ_AHEAD_FILES at a time and the kernel is asked to read them all
-    (`POSIX_FADV_WILLNEED`) before the first is read: on a cold cache, reading many small
-    files one after the other waits for the disk once per file; queued together, the disk
-    serves them in parallel and in its own order. Each file is opened once, for both.
+    The kernel is asked to read files (`POSIX_FADV_WILLNEED`) READ_AHEAD_FILES ahead of the
+    one being read: on a cold cache, reading many small files one after the other waits for
+    the disk once per file; queued together, the disk serves them in parallel and in its own
+    order. Each file is opened once, for both; at most READ_AHEAD_FILES are open at a time.
     """
     warnings: list[str] = []
-    for start in range(0, len(entries), READ_AHEAD_FILES):
-        group = entries[start : start + READ_AHEAD_FILES]
-        fds = [_open_ahead(entry) for entry in group]
-        try:
-            for i, entry in enumerate(group):
-                fd = fds[i]
-                if fd is not None:
-                    fds[i] = None
-                    _read_open(entry, fd, params, id_key)
-                if entry.error:
-                    warnings.append(entry.error)
-        finally:
-            for fd in fds:
-                if fd is not None:
-                    os.close(fd)
+    fds: dict[int, int | None] = {}
+    ahead = 0
+    try:
+        for i, entry in enumerate(entries):
+            while ahead < len(entries) and ahead <= i + READ_AHEAD_FILES:
+                fds[ahead] = _open_ahead(entries[ahead])
+                ahead += 1
+            fd = fds.pop(i)
+            if fd is not None:
+                _read_open(entry, fd, params, id_key)
+            if entry.error:
+                warnings.append(entry.error)
+    finally:
+        for fd in fds.values():
+            if fd is not None:
+                os.close(fd)
     return warnings
 
 
-READ_AHEAD_FILES = 64
+READ_AHEAD_FILES = 256
 _WILLNEED = getattr(os, "POSIX_FADV_WILLNEED", None)
 
 
