@@ -195,3 +195,25 @@ def test_small_files_are_read_many_ahead_without_leaking_descriptors(tmp_path: P
             assert entry.chunked.size == len(data)
             assert b"".join(bytes(chunk) for _, chunk in entry.chunked.chunks) == data
             assert entry.changed_while_reading == (entry.name == b"f0400")
+
+
+async def test_a_backup_deduplicates_against_ids_only_and_the_repo_sees_its_packs(
+    repo: Repository, tmp_path: Path
+) -> None:
+    """An in-process backup with a files cache loads the index as ids only; the repository's own
+    index (with locations) loaded before the backup is dropped, so a restore through the same
+    object finds the new packs."""
+    source = build_tree(tmp_path / "src", {"a.txt": "one", "b/c.txt": "two"})
+    first_id, _ = await backup(repo, [str(source)], cache_dir=str(tmp_path / "cache"))
+    assert (await restore(repo, first_id, str(tmp_path / "out1"))).errors == []  # loads repo's index
+    (source / "b" / "d.txt").write_text("three, new")
+    second_id, second = await backup(repo, [str(source)], cache_dir=str(tmp_path / "cache"))
+    assert second.stats.unchanged_files == 2
+    assert (await restore(repo, second_id, str(tmp_path / "out2"))).errors == []
+    assert_manifests_equal(tree_manifest(restored_path(tmp_path / "out2", source)), tree_manifest(source))
+
+    ids_only = await repo.known_ids()
+    full = await repo.index()
+    assert len(ids_only.blobs) == len(full.blobs) and all(blob_id in ids_only for blob_id in full.blobs)
+    with pytest.raises(LookupError):
+        ids_only.blobs.get(next(iter(full.blobs)))

@@ -514,12 +514,19 @@ async def backup(
     async with repo.lock(kind="backup") as held:
         if on_locked is not None:
             await on_locked()
-        if sink is None or known is None:  # in-process: pack and dedup against the index here
-            index = await repo.current_index()
-            sink = sink or PackerSink(repo, index)
-            known = known or IndexKnownBlobs(index)
         source_names = sorted(os.fsdecode(s) for s in sources)
         parent_id, parent = await ParentLookup.choose(repo, source_names, plan, cache_dir)
+        own_index = False
+        if sink is None or known is None:  # in-process: pack and dedup against the index here
+            # Deduplicating needs only which blobs exist; reading the parent's trees needs their
+            # locations too, and then the one index with locations serves both.
+            if parent.reads_trees:
+                index = await repo.current_index()
+            else:
+                index = await repo.known_ids()
+                own_index = True
+            sink = sink or PackerSink(repo, index)
+            known = known or IndexKnownBlobs(index)
         archiver = Archiver(
             repo,
             sink=sink,
@@ -552,6 +559,8 @@ async def backup(
                 counter.cancel()
             parent.close()
             archiver.close()
+            if own_index:
+                repo.forget_index()  # this backup's packs went to its own index, not the cached one
         # Garbage collection trusts that a backup whose lock lapsed does not save (HeldLock).
         held.ensure_unbroken()
         near = None

@@ -164,6 +164,8 @@ class _CacheReader:
 class ParentLookup:
     """No previous state: every file is read."""
 
+    reads_trees = False  # whether it reads the parent's trees (and so needs blob locations)
+
     def __init__(self, repo: Repository, cache_path: str | None = None) -> None:
         self._repo = repo
         self._cache_path = cache_path
@@ -280,6 +282,8 @@ class _CacheLookup(ParentLookup):
 
 
 class _TreeLookup(ParentLookup):
+    reads_trees = True
+
     def __init__(self, repo: Repository, cache_path: str | None, root: bytes) -> None:
         super().__init__(repo, cache_path)
         self._root = root

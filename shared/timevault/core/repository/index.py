@@ -117,6 +117,8 @@ class _Locations(Mapping[bytes, BlobLocation]):
         self._index = index
 
     def get(self, blob_id: bytes, default: BlobLocation | None = None) -> BlobLocation | None:  # type: ignore[override]
+        if not self._index.locations:
+            raise LookupError("this index was loaded without locations (to deduplicate only)")
         where = self._index._where.get(blob_id)
         if where is None:
             return default
@@ -152,8 +154,11 @@ class Index:
     and `packs` read like the dicts they replaced; their values are made on each access.
     """
 
-    def __init__(self) -> None:
-        self._where = IdMap(_WHERE.size)
+    def __init__(self, *, locations: bool = True) -> None:
+        # Without locations (`load(..., locations=False)`) the index is only the set of blob ids
+        # (~32 bytes a blob): all a backup needs to deduplicate.
+        self.locations = locations
+        self._where = IdMap(_WHERE.size if locations else 0)
         self._stored: list[_StoredPack] = []
         self._pack_numbers: dict[str, int] = {}
         self.blobs: Mapping[bytes, BlobLocation] = _Locations(self)
@@ -175,8 +180,14 @@ class Index:
         odd = stored.odd or {}
         for position in range(len(stored)):
             blob_id = odd[position].id if position in odd else records[position * size : position * size + ID_SIZE]
-            if len(blob_id) == ID_SIZE:
+            if len(blob_id) != ID_SIZE:
+                continue
+            if self.locations:
                 add(blob_id, where(number, position))  # the first pack named keeps the blob
+            else:
+                add(blob_id)
+        if not self.locations:
+            stored.records, stored.odd = b"", None
 
     def pack_size(self, pack_id: str) -> int | None:
         """The stored size of a pack, or None when the index does not list it (cheaper than
@@ -188,7 +199,9 @@ class Index:
         return sum(self._stored[number].size for number in self._pack_numbers.values())
 
     @classmethod
-    async def load(cls, storage: Storage, meta_key: bytes, errors: list[str] | None = None) -> Index:
+    async def load(
+        cls, storage: Storage, meta_key: bytes, errors: list[str] | None = None, *, locations: bool = True
+    ) -> Index:
         """Merge every index file. Damaged files raise CorruptIndex, or go to `errors` if given.
 
         A prune may compact the index while this reads it: it writes the file that supersedes the
@@ -196,14 +209,16 @@ class Index:
         again"; the new listing holds its replacement."""
         for attempt in range(1, LOAD_ATTEMPTS + 1):
             try:
-                return await cls._load_listed(storage, meta_key, errors)
+                return await cls._load_listed(storage, meta_key, errors, locations)
             except ObjectNotFound:
                 if attempt == LOAD_ATTEMPTS:
                     raise
         raise AssertionError("unreachable")
 
     @classmethod
-    async def _load_listed(cls, storage: Storage, meta_key: bytes, errors: list[str] | None) -> Index:
+    async def _load_listed(
+        cls, storage: Storage, meta_key: bytes, errors: list[str] | None, locations: bool
+    ) -> Index:
         names = [info.name async for info in storage.list("index/")]
         sem = asyncio.Semaphore(16)
         damaged: set[str] = set()
@@ -226,7 +241,7 @@ class Index:
                     damaged.add(name.removeprefix("index/"))
                     return name, None
 
-        index = cls()
+        index = cls(locations=locations)
         index.damaged_files = damaged
         superseded: set[str] = set()
         loaded = []

@@ -306,6 +306,17 @@ class Repository:
             return self._index
         return await self.index(reload=True)
 
+    async def known_ids(self) -> Index:
+        """The index without locations, loaded afresh: which blobs the repository holds (~32
+        bytes a blob instead of ~90), all a backup needs to deduplicate."""
+        return await Index.load(self.storage, self.write_keys.meta_key, locations=False)
+
+    def forget_index(self) -> None:
+        """Packs were indexed past the cached index (a backup deduplicating against `known_ids`):
+        load it again when it is next asked for."""
+        self._index = None
+        self._tree_packs.clear()
+
     async def gc_generation(self) -> list[str]:
         """The names of the `gc/` objects: they change whenever prune may have removed data, so a
         cache of the index (the services' chunk index) compares them to know it is stale."""
