@@ -443,6 +443,23 @@ class Archiver:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
+class _Finished:
+    """Stands in for the sink and the dedup index once every blob is stored."""
+
+    async def add(self, blob: EncodedBlob) -> None:
+        raise RuntimeError("the backup's blobs are all stored")
+
+    async def flush(self) -> None:
+        pass
+
+    async def filter_unknown(self, ids: list[bytes]) -> set[bytes]:
+        raise RuntimeError("the backup's blobs are all stored")
+
+
+_NOTHING_KNOWN: KnownBlobs = _Finished()
+_NO_SINK: BlobSink = _Finished()
+
+
 def _encode_many(session: crypto.SealingSession,
                  batch: list[tuple[bytes, BlobType, BytesLike]]) -> list[EncodedBlob]:
     return blobs.encode_many(session, batch)
@@ -517,6 +534,7 @@ async def backup(
         source_names = sorted(os.fsdecode(s) for s in sources)
         parent_id, parent = await ParentLookup.choose(repo, source_names, plan, cache_dir)
         own_index = False
+        index: Index | None = None
         if sink is None or known is None:  # in-process: pack and dedup against the index here
             # Deduplicating needs only which blobs exist; reading the parent's trees needs their
             # locations too, and then the one index with locations serves both.
@@ -561,6 +579,12 @@ async def backup(
             archiver.close()
             if own_index:
                 repo.forget_index()  # this backup's packs went to its own index, not the cached one
+        # What only deduplication needed (a set of ids each, a million small files: tens of
+        # MiB) goes before the list of references is built.
+        archiver.scheduled = IdSet()
+        archiver.known = known = _NOTHING_KNOWN
+        archiver.sink = sink = _NO_SINK
+        del index
         # Garbage collection trusts that a backup whose lock lapsed does not save (HeldLock).
         held.ensure_unbroken()
         near = None

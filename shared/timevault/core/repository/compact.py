@@ -19,7 +19,7 @@ from array import array
 from collections.abc import Iterable, Iterator
 
 ID_SIZE = 32
-MERGE_AT = 1 << 17
+MERGE_AT = 1 << 16
 _GROUPS = 256
 _BUCKETS = 256
 
@@ -145,10 +145,13 @@ class IdMap:
                 yield group[offset : offset + ID_SIZE]
         yield from list(self._pending)
 
-    def sorted_ids(self) -> bytes:
+    def sorted_ids(self) -> bytearray:
         """Every id, sorted, back to back (the form of a list of references)."""
         self._merge()
-        out = bytearray()
+        # Written in place: a list of a million references is 32 MiB, and growing it (or
+        # copying it into bytes) would hold it twice.
+        out = bytearray(len(self) * ID_SIZE)
+        at = 0
         record = self._record
         for group, starts in zip(self._groups, self._starts, strict=True):
             if not group:
@@ -156,12 +159,14 @@ class IdMap:
             for bucket in range(_BUCKETS):
                 lo, hi = starts[bucket] * record, starts[bucket + 1] * record
                 if hi - lo == record:
-                    out += group[lo : lo + ID_SIZE]
+                    out[at : at + ID_SIZE] = group[lo : lo + ID_SIZE]
+                    at += ID_SIZE
                 elif hi > lo:
-                    out += b"".join(
-                        sorted(group[offset : offset + ID_SIZE] for offset in range(lo, hi, record))
-                    )
-        return bytes(out)
+                    ids = sorted(group[offset : offset + ID_SIZE] for offset in range(lo, hi, record))
+                    for blob_id in ids:
+                        out[at : at + ID_SIZE] = blob_id
+                        at += ID_SIZE
+        return out
 
     def _merge(self) -> None:
         """Move the pending ids into their groups, one group at a time."""

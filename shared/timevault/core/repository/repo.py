@@ -17,6 +17,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from typing import cast
 
 import msgspec
 
@@ -620,7 +621,8 @@ class Repository:
                 if delta is not None:
                     record = References(base=base_id, added=delta[0], removed=delta[1])
         if record is None:
-            record = References(added=await asyncio.to_thread(compact.sorted_ids))
+            # A bytearray encodes as bytes do: not copied into bytes (32 MiB for a million ids).
+            record = References(added=cast(bytes, await asyncio.to_thread(compact.sorted_ids)))
         data = self.encrypt_meta(msgspec.msgpack.encode(record), b"references")
         del record
         references_id = crypto.content_hash(data).hex()
