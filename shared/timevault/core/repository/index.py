@@ -45,6 +45,7 @@ def pack_object_name(pack_id: str) -> str:
 _PACK_BLOB = struct.Struct("<32sBIIIH")
 # Where the index finds a blob: (pack number, position in that pack's records).
 _WHERE = struct.Struct("<II")
+_BLOB_TYPES = {int(t): t for t in BlobType}
 
 
 class _StoredPack:
@@ -124,11 +125,17 @@ class _Locations(Mapping[bytes, BlobLocation]):
             return default
         pack_number, position = _WHERE.unpack(where)
         stored = self._index._stored[pack_number]
-        blob = stored.blob(position)
         keys = stored.keys
+        if stored.odd is not None and position in stored.odd:
+            blob = stored.odd[position]
+            blob_type, offset, length, raw_length, key = blob.type, blob.offset, blob.length, blob.raw_length, blob.key
+        else:  # straight from the record, without a PackBlob in between (a restore asks per blob)
+            _, blob_type, offset, length, raw_length, key = _PACK_BLOB.unpack_from(
+                stored.records, position * _PACK_BLOB.size
+            )
         # A key number out of range leaves an empty key: the blob then fails to open.
-        sealed = keys[blob.key] if 0 <= blob.key < len(keys) else b""
-        return BlobLocation(stored.id, blob.type, blob.offset, blob.length, blob.raw_length, sealed)
+        sealed = keys[key] if 0 <= key < len(keys) else b""
+        return BlobLocation(stored.id, _BLOB_TYPES[blob_type], offset, length, raw_length, sealed)
 
     def __getitem__(self, blob_id: bytes) -> BlobLocation:
         location = self.get(blob_id)
