@@ -10,6 +10,7 @@ import asyncio
 import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import msgspec
 
@@ -27,8 +28,10 @@ _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(IndexFile)
 
 
-@dataclass(frozen=True, slots=True)
-class BlobLocation:
+class BlobLocation(NamedTuple):
+    """Where a blob lies. A named tuple: made on every lookup, and a frozen dataclass costs
+    several times as much to make."""
+
     pack: str
     type: BlobType
     offset: int
