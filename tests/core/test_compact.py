@@ -223,3 +223,16 @@ def _points_into(fd: str, folder: Path) -> bool:
         return os.readlink(f"/proc/self/fd/{fd}").startswith(str(folder))
     except OSError:
         return False
+
+
+async def test_a_files_cache_that_cannot_be_written_does_not_fail_the_backup(
+    repo: Repository, tmp_path: Path
+) -> None:
+    source = build_tree(tmp_path / "src", {"a.txt": "one", "d/b.txt": "two"})
+    not_a_folder = tmp_path / "cache"
+    not_a_folder.write_text("a file where the cache folder should be")
+    _, first = await backup(repo, [str(source)], cache_dir=str(not_a_folder))
+    _, second = await backup(repo, [str(source)], cache_dir=str(not_a_folder))
+    assert first.stats.files == second.stats.files == 2
+    assert second.stats.unchanged_files == 2, "the parent's trees served instead"
+    assert not_a_folder.read_text().startswith("a file")

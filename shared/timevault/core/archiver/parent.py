@@ -22,9 +22,11 @@ import asyncio
 import collections
 import contextlib
 import itertools
+import logging
 import os
 import secrets
 import sqlite3
+from collections.abc import Callable
 
 import msgspec
 
@@ -48,6 +50,7 @@ class CachedFile(msgspec.Struct, array_like=True):
     gid: int
 
 
+log = logging.getLogger(__name__)
 PATH_KEY_SIZE = 16
 GENERATION_SIZE = 16
 PREFETCH_TREES = 4
@@ -183,8 +186,6 @@ class ParentLookup:
         """The folder `path` is archived: write its files' row of the next cache."""
         if self._cache_path is None:
             return
-        if self._writer is None:
-            self._writer = _CacheWriter(self._repo, self._cache_path)
         prefix = _folder_prefix(path)
         files = {
             self.path_key(prefix + node.name): CachedFile(
@@ -194,7 +195,21 @@ class ParentLookup:
             if node.type == "file" and not node.changed_while_reading  # a torn read is read again
         }
         if files:
-            self._writer.put(self.path_key(path), files)
+            self._cache_step(lambda writer: writer.put(self.path_key(path), files))
+
+    def _cache_step(self, step: Callable[[_CacheWriter], None]) -> None:
+        """Run one step of writing the next cache. A cache that cannot be written (a full or
+        read-only disk) never fails the backup: it is dropped, and the next backup reads the
+        parent's trees, or the files, instead."""
+        try:
+            if self._writer is None:
+                assert self._cache_path is not None
+                self._writer = _CacheWriter(self._repo, self._cache_path)
+            step(self._writer)
+        except (OSError, sqlite3.Error) as exc:
+            log.warning("the files cache is not written: %s", exc)
+            self.abandon()
+            self._cache_path = None
 
     def close(self) -> None:
         """Stop any background work and let go of the previous state (see _TreeLookup)."""
@@ -208,10 +223,9 @@ class ParentLookup:
     async def save(self, snapshot_id: str) -> None:
         if self._cache_path is None:
             return
-        if self._writer is None:  # nothing was recorded (every source was left out)
-            self._writer = _CacheWriter(self._repo, self._cache_path)
-        writer, self._writer = self._writer, None
-        await asyncio.to_thread(writer.commit, snapshot_id)
+        # Nothing recorded (every source left out) still writes an empty cache for this snapshot.
+        await asyncio.to_thread(self._cache_step, lambda writer: writer.commit(snapshot_id))
+        self._writer = None
 
     @staticmethod
     async def choose(
