@@ -39,20 +39,34 @@ from timevault.core.repository.format import BlobType, Node
 from timevault.core.repository.history import CONTRADICTS, ENDORSED
 from timevault.core.repository.index import BlobLocation, pack_object_name
 from timevault.core.repository.repo import Repository
-from timevault.core.restore_target import TargetError, check_under_roots, fd_path, merge_into, open_parent
+from timevault.core.restore_target import TargetError, check_under_roots, merge_into, open_parent
 from timevault.core.storage import StorageError
 
 PARALLEL_PACKS = 4
 # A hostile snapshot can make a small repository describe a huge tree (one subtree listed
-# twice per level doubles the tree at every level): the planner stops at these.
+# twice per level doubles the tree at every level): the walk stops at these.
 MAX_DEPTH = 256
 MAX_ITEMS = 5_000_000
 SETID_BITS = stat.S_ISUID | stat.S_ISGID
 DECODE_GROUP_BYTES = 4 * 1024 * 1024
 DECODED_BYTES = 32 * 1024 * 1024
-# Planning reads every tree of the snapshot. Tree packs hold only trees, and one backup's trees
-# sit together in a few of them, so each is read whole, once, and kept while the walk needs it:
-# one request per tree pack instead of one per folder (a round trip each on S3).
+# The snapshot is restored in batches, read from its trees folder by folder while the previous
+# batch is written: memory holds one batch (and the folders on the way to it), never the whole
+# snapshot. A batch ends at whichever limit comes first. Each folder of a batch keeps a
+# descriptor open until the batch ends (files are created relative to it: a path lookup of
+# one component), hence the bound on folders.
+BATCH_FILES = 8192
+BATCH_BLOBS = 32768
+BATCH_FOLDERS = 256
+BATCHES_AHEAD = 1
+# Blobs of one pack needed by one batch are read in runs: neighbours closer than READ_GAP are
+# read together (one request), a run stops growing at READ_RUN_MAX.
+READ_GAP = 256 * 1024
+READ_RUN_MAX = 16 * 1024 * 1024
+WRITERS = 1
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_OLD_FILE = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @dataclass
@@ -64,13 +78,6 @@ class RestoreResult:
     snapshot_id: str = ""
     history: str = ""  # the snapshot's standing: endorsed | unendorsed | contradicts
     notes: list[str] = field(default_factory=list)
-
-
-@dataclass
-class _Item:
-    relative: str  # '/'-joined, for messages
-    parts: tuple[bytes, ...]
-    node: Node
 
 
 @dataclass(frozen=True)
@@ -121,35 +128,75 @@ class _Creator:
         with contextlib.suppress(OSError):
             os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
 
+    def finish_folder(self, fd: int, node: Node) -> None:
+        """A folder's owner, mode and mtime, once everything inside it is written."""
+        with contextlib.suppress(OSError):
+            if self.uid == 0:
+                os.fchown(fd, node.uid, node.gid)
+        with contextlib.suppress(OSError):
+            os.fchmod(fd, self.mode_of(node))
+        with contextlib.suppress(OSError):
+            os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
 
-@dataclass
-class _FileJob:
-    item: _Item
-    path: str
-    remaining: int
-    creator: _Creator
-    error: str | None = None
-    created: bool = False
+    def finish_symlink(self, folder_fd: int, node: Node) -> None:
+        with contextlib.suppress(OSError):
+            if self.uid == 0:
+                os.chown(node.name, node.uid, node.gid, dir_fd=folder_fd, follow_symlinks=False)
+        with contextlib.suppress(OSError, NotImplementedError):
+            os.utime(node.name, ns=(node.mtime_ns, node.mtime_ns), dir_fd=folder_fd, follow_symlinks=False)
 
-    def create(self) -> None:
-        """Create an empty file, with its metadata."""
-        fd = self.open()
-        try:
-            self.creator.finish(fd, self.item.node)
-        finally:
-            os.close(fd)
 
-    def open(self) -> int:
-        """Open for writing; the first open creates the file with O_EXCL|O_NOFOLLOW, so a restore
-        never writes through anything that was already there (or that another entry made).
+class _Folder:
+    """A folder being restored: open (`fd`) from its creation until the batch it ends in is done."""
 
-        Only the restore's one writer thread opens files, so `created` needs no lock."""
-        if self.created:
-            return os.open(self.path, os.O_WRONLY | os.O_NOFOLLOW)
-        mode = self.creator.creation_mode(self.item.node)
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
-        self.created = True
-        return fd
+    __slots__ = ("fd", "node", "parent", "relative")
+
+    def __init__(self, relative: str, node: Node | None, parent: _Folder | None, fd: int = -1) -> None:
+        self.relative = relative  # '/'-joined with a trailing '/' ('' for the root), for messages
+        self.node = node  # None for the restore's root
+        self.parent = parent
+        self.fd = fd
+
+
+class _File:
+    """A regular file of the current batch. `remaining` counts down as its blobs are written."""
+
+    __slots__ = ("created", "error", "folder", "node", "remaining")
+
+    def __init__(self, folder: _Folder, node: Node) -> None:
+        self.folder = folder
+        self.node = node
+        self.remaining = node.size
+        self.error: str | None = None
+        self.created = False
+
+    @property
+    def relative(self) -> str:
+        return self.folder.relative + os.fsdecode(self.node.name)
+
+
+class _Batch:
+    """A part of the snapshot in walk order: what to create first (folders, symlinks, empty and
+    multi-blob files), the files with data, and the folders that end in it (children first)."""
+
+    __slots__ = ("blobs", "ended", "files", "folders", "make")
+
+    def __init__(self) -> None:
+        self.make: list[tuple[int, _Folder, Node | _File | _Folder]] = []
+        self.files: list[_File] = []
+        self.ended: list[_Folder] = []
+        self.folders = 0
+        self.blobs = 0
+
+    def full(self) -> bool:
+        return len(self.files) >= BATCH_FILES or self.blobs >= BATCH_BLOBS or self.folders >= BATCH_FOLDERS
+
+    def __bool__(self) -> bool:
+        return bool(self.make or self.files or self.ended)
+
+
+_MKDIR, _SYMLINK, _EMPTY, _PRECREATE = range(4)
+_Targets = list[tuple[_File, int]]  # (file, offset) that one blob goes to
 
 
 def _parse_includes(includes: list[str]) -> list[tuple[bytes, ...]]:
@@ -192,16 +239,29 @@ class Restorer:
         self._cancel = cancel
         self._last_report = 0.0
         self._lock = threading.Lock()
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="restore-writer")
+        self._writer = ThreadPoolExecutor(WRITERS, thread_name_prefix="restore-writer")
         self._decoded = ByteBudget(DECODED_BYTES)
+        self._creator = _Creator.current(keep_setid)
+        self._items = 0
+        self._open: set[int] = set()  # descriptors of folders made and not yet ended
 
-    async def plan(self, tree_id: bytes, includes: list[tuple[bytes, ...]]) -> list[_Item]:
-        items: list[_Item] = []
+    # --- walking the snapshot ---------------------------------------------------------------
 
-        async def visit(tree_id: bytes, parents: tuple[bytes, ...], prefix: str) -> None:
+    async def _walk(
+        self, tree_id: bytes, includes: list[tuple[bytes, ...]], root: _Folder, batches: asyncio.Queue[_Batch | None]
+    ) -> None:
+        """Read the snapshot's trees depth first and hand them on in batches (a bounded queue)."""
+        batch = _Batch()
+
+        async def hand_on() -> None:
+            nonlocal batch
+            await batches.put(batch)
+            batch = _Batch()
+
+        async def visit(tree_id: bytes, folder: _Folder, parents: tuple[bytes, ...]) -> None:
             if len(parents) >= self.max_depth:
                 raise RestoreError(
-                    f"the snapshot's folders nest deeper than {self.max_depth} levels at {prefix!r}; refusing it"
+                    f"the snapshot's folders nest deeper than {self.max_depth} levels at {folder.relative!r}; refusing it"
                 )
             try:
                 tree = await self.repo.load_tree(tree_id)
@@ -210,29 +270,56 @@ class Restorer:
                     raise  # the root: there is nothing to restore
                 # A damaged folder listing costs that folder's contents, not the restore: the
                 # folder itself is restored (empty) and its loss is named.
-                self.result.errors.append(f"{prefix.rstrip('/')}/: the folder's contents are lost: {exc}")
+                self.result.errors.append(f"{folder.relative.rstrip('/')}/: the folder's contents are lost: {exc}")
                 return
-            if len(items) + len(tree.nodes) > self.max_items:
-                raise RestoreError(f"the snapshot holds more than {self.max_items} entries; refusing to plan it")
+            self._items += len(tree.nodes)
+            if self._items > self.max_items:
+                raise RestoreError(f"the snapshot holds more than {self.max_items} entries; refusing to restore it")
             seen: set[bytes] = set()
             for node in tree.nodes:
                 if not safe_name(node.name) or node.name in seen:
                     raise RestoreError(f"the snapshot holds an unsafe or repeated name {os.fsdecode(node.name)!r}")
                 seen.add(node.name)
-                parts = (*parents, node.name)
+            del seen
+            for node in tree.nodes:
+                kind = node.type
                 if includes:
+                    parts = (*parents, node.name)
                     inside, on_path = _wanted(parts, includes)
                     if not inside and not on_path:
                         continue
-                    if on_path and node.type != "dir":
+                    if on_path and kind != "dir":
                         continue
-                relative = prefix + os.fsdecode(node.name)
-                items.append(_Item(relative, parts, node))
-                if node.type == "dir" and node.subtree is not None:
-                    await visit(node.subtree, parts, relative + "/")
+                if kind == "file":
+                    file = _File(folder, node)
+                    if not node.content:
+                        batch.make.append((_EMPTY, folder, file))
+                    else:
+                        if len(node.content) > 1:  # written in parts, maybe by several writers
+                            batch.make.append((_PRECREATE, folder, file))
+                        batch.files.append(file)
+                        batch.blobs += len(node.content)
+                elif kind == "dir":
+                    child = _Folder(folder.relative + os.fsdecode(node.name) + "/", node, folder)
+                    batch.make.append((_MKDIR, folder, child))
+                    batch.folders += 1
+                    if node.subtree is not None:
+                        if batch.full():
+                            await hand_on()
+                        await visit(node.subtree, child, (*parents, node.name))
+                    batch.ended.append(child)
+                elif kind == "symlink" and node.target is not None:
+                    batch.make.append((_SYMLINK, folder, node))
+                # other types (devices, sockets) are not restored
+                if batch.full():
+                    await hand_on()
 
-        await visit(tree_id, (), "")
-        return items
+        try:
+            await visit(tree_id, root, ())
+            if batch:
+                await batches.put(batch)
+        finally:
+            await batches.put(None)
 
     def _report(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -240,163 +327,266 @@ class Restorer:
             self._last_report = now
             self._on_progress(self.progress)
 
-    async def run(self, items: list[_Item], root: str) -> None:
-        creator = _Creator.current(self.keep_setid)
-        files = [
-            _FileJob(item, os.path.join(root, item.relative), item.node.size, creator)  # names were checked
-            for item in items
-            if item.node.type == "file"
-        ]
-        self.progress.files_total = len(files)
-        self.progress.bytes_total = sum(job.remaining for job in files)
-        # Folders, symlinks and empty files are made by the writer thread, first in its queue, so
-        # every file's folder exists before its first write; packs are read and decoded meanwhile.
-        loop = asyncio.get_running_loop()
-        created = loop.run_in_executor(self._writer, self._create_entries, items, root, files)
-        by_pack = await self._group_by_pack(files)
-        sem = asyncio.Semaphore(PARALLEL_PACKS)
+    # --- restoring ------------------------------------------------------------------------------
 
-        async def restore_pack(pack_id: str, wanted: dict[bytes, list[tuple[_FileJob, int]]]) -> None:
-            async with sem:
+    async def run(self, tree_id: bytes, includes: list[tuple[bytes, ...]], root_fd: int) -> None:
+        """Restore the tree `tree_id` into the open folder `root_fd`, batch by batch."""
+        root = _Folder("", None, None, root_fd)
+        batches: asyncio.Queue[_Batch | None] = asyncio.Queue(BATCHES_AHEAD)
+        walker = asyncio.create_task(self._walk(tree_id, includes, root, batches))
+        try:
+            while (batch := await batches.get()) is not None:
                 if self._cancel is not None and self._cancel.is_set():
                     raise RestoreCanceled("restore canceled")
-                await self._restore_pack(pack_id, wanted)
+                await self._restore_batch(batch)
                 self._report()
-
-        try:
-            # A failure to create (none expected: names were checked) is the restore's failure.
-            await asyncio.gather(created, *(restore_pack(pack_id, wanted) for pack_id, wanted in by_pack.items()))
+            await walker  # its errors (refusals) are the restore's
         finally:
+            if not walker.done():
+                walker.cancel()
+                with contextlib.suppress(BaseException):
+                    await walker
             # A canceled restore must not leave a write running into the folder being removed.
             self._writer.shutdown(wait=True, cancel_futures=True)
-        for job in files:
-            if job.error is None and job.remaining != 0:
-                job.error = f"restored {job.item.node.size - job.remaining} of {job.item.node.size} bytes"
-            if job.error is not None:
-                self.result.errors.append(f"{job.item.relative}: {job.error}")
-                if job.created:
-                    with contextlib.suppress(OSError):
-                        os.unlink(job.path)
-            else:
-                self.result.files += 1
-                self.result.bytes += job.item.node.size
-        # Folders' and symlinks' metadata last, deepest first, so creating children does not
-        # bump folder mtimes. Files got theirs when their last byte was written.
-        for item in sorted(items, key=lambda i: len(i.parts), reverse=True):
-            if item.node.type == "file":
-                continue
-            _apply_metadata(os.path.join(root, item.relative), item.node, creator)
+            for fd in list(self._open):  # folders of batches that never finished
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self._open.clear()
         self._report(force=True)
 
-    def _create_entries(self, items: list[_Item], root: str, files: list[_FileJob]) -> None:
-        empty = {id(job.item): job for job in files if not job.item.node.content}
-        for item in items:
-            if item.node.type == "dir":
-                os.mkdir(os.path.join(root, item.relative), 0o700)
+    async def _restore_batch(self, batch: _Batch) -> None:
+        loop = asyncio.get_running_loop()
+        # Folders, symlinks and empty files are made by a writer thread before any data of the
+        # batch is written, so every file's folder exists (and is open) first; the batch's packs
+        # are read and decoded meanwhile.
+        made = loop.run_in_executor(self._writer, self._make, batch.make)
+        try:
+            runs = await self._plan_reads(batch.files)
+            sem = asyncio.Semaphore(PARALLEL_PACKS)
+
+            async def read_run(pack_id: str, run: list[tuple[BlobLocation, bytes]], targets: dict[bytes, _Targets]) -> None:
+                async with sem:
+                    if self._cancel is not None and self._cancel.is_set():
+                        raise RestoreCanceled("restore canceled")
+                    await self._restore_run(pack_id, run, targets, made)
+                    self._report()
+
+            targets, by_pack = runs
+            await asyncio.gather(
+                made, *(read_run(pack_id, run, targets) for pack_id, pack_runs in by_pack.items() for run in pack_runs)
+            )
+        except BaseException:
+            with contextlib.suppress(BaseException):
+                await made  # never leave the writer making entries into a folder about to go
+            raise
+        result = self.result
+        for file in batch.files:
+            if file.error is None and file.remaining != 0:
+                file.error = f"restored {file.node.size - file.remaining} of {file.node.size} bytes"
+            if file.error is not None:
+                result.errors.append(f"{file.relative}: {file.error}")
+                if file.created:
+                    with contextlib.suppress(OSError):
+                        os.unlink(file.node.name, dir_fd=file.folder.fd)
+            else:
+                result.files += 1
+                result.bytes += file.node.size
+        if batch.ended:
+            await loop.run_in_executor(self._writer, self._end_folders, batch.ended)
+
+    def _make(self, make: list[tuple[int, _Folder, Node | _File | _Folder]]) -> None:
+        """Create a batch's folders (opening each), symlinks, empty files, and the files that
+        receive several blobs (so that any writer may then open them); in walk order."""
+        creator = self._creator
+        for op, folder, what in make:
+            if op == _MKDIR:
+                assert isinstance(what, _Folder) and what.node is not None
+                name = what.node.name
+                os.mkdir(name, 0o700, dir_fd=folder.fd)
+                what.fd = os.open(name, _FOLDER, dir_fd=folder.fd)
+                self._open.add(what.fd)
                 self.result.dirs += 1
-            elif item.node.type == "symlink" and item.node.target is not None:
-                os.symlink(item.node.target, os.path.join(root, item.relative))
-            elif id(item) in empty:
-                empty[id(item)].create()
+            elif op == _SYMLINK:
+                assert isinstance(what, Node) and what.target is not None
+                os.symlink(what.target, what.name, dir_fd=folder.fd)
+                creator.finish_symlink(folder.fd, what)
+            else:
+                assert isinstance(what, _File)
+                node = what.node
+                try:
+                    fd = os.open(node.name, _NEW_FILE, creator.creation_mode(node), dir_fd=folder.fd)
+                except OSError as exc:
+                    what.error = exc.strerror or str(exc)
+                    continue
+                what.created = True
+                try:
+                    if op == _EMPTY:
+                        creator.finish(fd, node)
+                finally:
+                    os.close(fd)
 
-    async def _group_by_pack(
-        self, files: list[_FileJob]
-    ) -> dict[str, dict[bytes, list[tuple[_FileJob, int]]]]:
-        """pack → blob → every (file, offset) that needs it: each pack is read once."""
+    def _end_folders(self, ended: list[_Folder]) -> None:
+        """Metadata of folders whose contents are complete (children first), then close them."""
+        for folder in ended:
+            if folder.fd < 0:
+                continue
+            if folder.node is not None:
+                self._creator.finish_folder(folder.fd, folder.node)
+            self._open.discard(folder.fd)
+            os.close(folder.fd)
+            folder.fd = -1
+
+    async def _plan_reads(
+        self, files: list[_File]
+    ) -> tuple[dict[bytes, _Targets], dict[str, list[list[tuple[BlobLocation, bytes]]]]]:
+        """Which (file, offset) each blob of the batch goes to, and the reads: per pack, runs of
+        nearby blobs in stored order (each blob read once per batch)."""
         index = await self.repo.index()
-        by_pack: dict[str, dict[bytes, list[tuple[_FileJob, int]]]] = {}
-        for job in files:
+        blobs = index.blobs
+        targets: dict[bytes, _Targets] = {}
+        by_pack: dict[str, list[tuple[BlobLocation, bytes]]] = {}
+        for file in files:
             offset = 0
-            for blob_id in job.item.node.content:
-                location = index.blobs.get(blob_id)
+            for blob_id in file.node.content:
+                location = blobs.get(blob_id)
                 if location is None:
-                    job.error = f"data blob {blob_id.hex()[:16]} is missing from the repository"
+                    file.error = f"data blob {blob_id.hex()[:16]} is missing from the repository"
                     break
-                by_pack.setdefault(location.pack, {}).setdefault(blob_id, []).append((job, offset))
+                wanted = targets.get(blob_id)
+                if wanted is None:
+                    targets[blob_id] = [(file, offset)]
+                    by_pack.setdefault(location.pack, []).append((location, blob_id))
+                else:
+                    wanted.append((file, offset))
                 offset += location.raw_length
-        return by_pack
+        runs = {pack_id: _runs(locations) for pack_id, locations in by_pack.items()}
+        return targets, runs
 
-    async def _restore_pack(self, pack_id: str, wanted: dict[bytes, list[tuple[_FileJob, int]]]) -> None:
-        index = await self.repo.index()
-        locations = sorted(((index.blobs[blob_id], blob_id) for blob_id in wanted), key=lambda x: x[0].offset)
-        start = locations[0][0].offset
-        end = max(location.offset + location.length for location, _ in locations)
+    async def _restore_run(
+        self,
+        pack_id: str,
+        run: list[tuple[BlobLocation, bytes]],
+        targets: dict[bytes, _Targets],
+        made: asyncio.Future[None],
+    ) -> None:
+        start = run[0][0].offset
+        end = max(location.offset + location.length for location, _ in run)
         try:
             span = await self.repo.storage.get(pack_object_name(pack_id), start, end - start)
         except StorageError as exc:
-            for targets in wanted.values():
-                for job, _ in targets:
-                    job.error = job.error or f"pack {pack_id[:12]} cannot be read: {exc}"
+            for _, blob_id in run:
+                for file, _ in targets[blob_id]:
+                    file.error = file.error or f"pack {pack_id[:12]} cannot be read: {exc}"
             return
         loop = asyncio.get_running_loop()
 
-        async def write(decoded: list[tuple[BytesLike, list[tuple[_FileJob, int]]]], size: int) -> None:
+        async def write(decoded: list[tuple[BytesLike, _Targets]], size: int) -> None:
             try:
+                await made
                 await loop.run_in_executor(self._writer, self._write_decoded, decoded)
             finally:
                 await self._decoded.release(size)
 
-        # A pack is decoded a few MiB at a time, each part handed to the writer as it is ready;
+        # A run is decoded a few MiB at a time, each part handed to a writer as it is ready;
         # the bytes decoded but not yet written stay within DECODED_BYTES (memory stays flat).
         writes = []
-        for group in _groups(locations, DECODE_GROUP_BYTES):
-            decoded = await asyncio.to_thread(self._decode_blobs, span, start, group, wanted)
-            size = sum(len(data) for data, _ in decoded)
-            await self._decoded.acquire(size)
-            writes.append(asyncio.create_task(write(decoded, size)))
-        del span
-        await asyncio.gather(*writes)
+        try:
+            for group in _groups(run, DECODE_GROUP_BYTES):
+                decoded = await asyncio.to_thread(self._decode_blobs, span, start, group, targets)
+                size = sum(len(data) for data, _ in decoded)
+                await self._decoded.acquire(size)
+                writes.append(asyncio.create_task(write(decoded, size)))
+        finally:
+            del span
+            await asyncio.gather(*writes)
 
     def _decode_blobs(
         self,
         span: bytes,
         start: int,
         locations: list[tuple[BlobLocation, bytes]],
-        wanted: dict[bytes, list[tuple[_FileJob, int]]],
-    ) -> list[tuple[BytesLike, list[tuple[_FileJob, int]]]]:
-        """Decrypt, decompress and verify a pack's wanted blobs (mostly C code without the GIL)."""
+        targets: dict[bytes, _Targets],
+    ) -> list[tuple[BytesLike, _Targets]]:
+        """Decrypt, decompress and verify wanted blobs (mostly C code without the GIL)."""
         view = memoryview(span)
         decoded = []
+        decode = self.repo.decode_blob
         for location, blob_id in locations:
-            targets = [(job, offset) for job, offset in wanted[blob_id] if job.error is None]
-            if not targets:
+            wanted = [target for target in targets[blob_id] if target[0].error is None]
+            if not wanted:
                 continue
             payload = view[location.offset - start : location.offset - start + location.length]
             try:
                 if len(payload) != location.length:
                     raise CorruptBlob(f"pack {location.pack[:12]} is truncated")
-                decoded.append((self.repo.decode_blob(blob_id, BlobType.DATA, payload, location.sealed_key), targets))
+                decoded.append((decode(blob_id, BlobType.DATA, payload, location.sealed_key), wanted))
             except CorruptBlob as exc:
-                for job, _ in targets:
-                    job.error = job.error or str(exc)
+                for file, _ in wanted:
+                    file.error = file.error or str(exc)
         return decoded
 
-    def _write_decoded(self, decoded: list[tuple[BytesLike, list[tuple[_FileJob, int]]]]) -> None:
-        """Write decoded blobs into their files; runs in the one writer thread.
+    def _write_decoded(self, decoded: list[tuple[BytesLike, _Targets]]) -> None:
+        """Write decoded blobs into their files; runs in a writer thread.
 
-        All file system calls of a restore happen in this thread. Each call releases and retakes
-        the GIL; spread over several threads, every one of them became a hand-over between
-        threads (futex waits and context switches), which cost more than the calls themselves.
+        A file of one blob (most small files) costs four system calls: create relative to its
+        folder's descriptor (O_EXCL|O_NOFOLLOW: never through anything that was already there),
+        write, set its time (and mode or owner when they differ from what creation gave), close.
+        Files of several blobs were created empty by `_make`; each blob reopens them.
         """
+        creator = self._creator
+        files_done = bytes_done = 0
         for data, targets in decoded:
-            for job, offset in targets:
-                if job.error is not None:
+            size = len(data)
+            for file, offset in targets:
+                if file.error is not None:
                     continue
+                node = file.node
                 try:
-                    fd = job.open()
-                    try:
-                        _pwrite_all(fd, data, offset)
-                        job.remaining -= len(data)
-                        with self._lock:
-                            self.progress.bytes_done += len(data)
-                            if job.remaining == 0:
-                                self.progress.files_done += 1
-                        if job.remaining == 0:  # here, on its open fd, rather than by path at the end
-                            job.creator.finish(fd, job.item.node)
-                    finally:
-                        os.close(fd)
+                    if not file.created:  # the file's one blob
+                        fd = os.open(node.name, _NEW_FILE, creator.creation_mode(node), dir_fd=file.folder.fd)
+                        file.created = True
+                        try:
+                            _write_all(fd, data)
+                            file.remaining -= size
+                            if file.remaining == 0:
+                                creator.finish(fd, node)
+                                files_done += 1
+                        finally:
+                            os.close(fd)
+                    else:
+                        fd = os.open(node.name, _OLD_FILE, dir_fd=file.folder.fd)
+                        try:
+                            _pwrite_all(fd, data, offset)
+                            with self._lock:
+                                file.remaining -= size
+                                complete = file.remaining == 0
+                            if complete:  # here, on its open fd, rather than by path at the end
+                                creator.finish(fd, node)
+                                files_done += 1
+                        finally:
+                            os.close(fd)
+                    bytes_done += size
                 except OSError as exc:
-                    job.error = job.error or exc.strerror or str(exc)
+                    file.error = file.error or exc.strerror or str(exc)
+        with self._lock:
+            self.progress.bytes_done += bytes_done
+            self.progress.files_done += files_done
+
+
+def _runs(locations: list[tuple[BlobLocation, bytes]]) -> list[list[tuple[BlobLocation, bytes]]]:
+    """A pack's wanted blobs in stored order, cut into runs of near neighbours (one read each)."""
+    locations.sort(key=lambda item: item[0].offset)
+    runs: list[list[tuple[BlobLocation, bytes]]] = []
+    start = end = 0
+    for item in locations:
+        location = item[0]
+        if runs and location.offset - end <= READ_GAP and location.offset + location.length - start <= READ_RUN_MAX:
+            runs[-1].append(item)
+            end = max(end, location.offset + location.length)
+        else:
+            runs.append([item])
+            start, end = location.offset, location.offset + location.length
+    return runs
 
 
 def _groups(
@@ -414,25 +604,18 @@ def _groups(
     return groups
 
 
+def _write_all(fd: int, data: BytesLike) -> None:
+    written = os.write(fd, data)
+    if written != len(data):
+        _pwrite_all(fd, memoryview(data)[written:], written)
+
+
 def _pwrite_all(fd: int, data: BytesLike, offset: int) -> None:
     view = memoryview(data)
     while view:
         written = os.pwrite(fd, view, offset)
         view = view[written:]
         offset += written
-
-
-def _apply_metadata(path: str, node: Node, creator: _Creator) -> None:
-    if not os.path.lexists(path):
-        return
-    with contextlib.suppress(OSError):
-        if os.geteuid() == 0:
-            os.lchown(path, node.uid, node.gid)
-    if node.type != "symlink":
-        with contextlib.suppress(OSError):
-            os.chmod(path, creator.mode_of(node))
-    with contextlib.suppress(OSError, NotImplementedError):
-        os.utime(path, ns=(node.mtime_ns, node.mtime_ns), follow_symlinks=False)
 
 
 async def restore(
@@ -479,10 +662,10 @@ async def restore(
     # own headers (in memory; `timevault repo rebuild-index` writes it back).
     index_notes = await repo.repair_index()
     restorer.result.notes.extend(index_notes)
-    items = await restorer.plan(snapshot.tree, parsed)
-    # Folders on the way to an include are planned too; they alone are not a match.
-    if parsed and not any(_wanted(item.parts, parsed)[0] for item in items):
+    if parsed and not await _any_include_exists(repo, snapshot.tree, parsed):
         raise RestoreError("no path in the snapshot matches the --include patterns")
+    if not parsed:  # what the backup counted: a restore of everything knows its totals
+        restorer.progress.files_total, restorer.progress.bytes_total = snapshot.stats.files, snapshot.stats.size
     try:
         parent_fd, name = open_parent(target, roots)
     except TargetError as exc:
@@ -498,8 +681,7 @@ async def restore(
             raise RestoreError(f"restore target {target} exists and is not a folder")
         os.mkdir(temp_name, 0o700, dir_fd=parent_fd)
         temp_fd = os.open(temp_name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent_fd)
-        root = fd_path(temp_fd) or os.path.join(os.path.dirname(target), temp_name)
-        await restorer.run(items, root)
+        await restorer.run(snapshot.tree, parsed, temp_fd)
         if existing is not None:
             target_fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent_fd)
             try:
@@ -516,3 +698,24 @@ async def restore(
             shutil.rmtree(temp_name, dir_fd=parent_fd)
         os.close(parent_fd)
     return restorer.result
+
+
+async def _any_include_exists(repo: Repository, tree_id: bytes, includes: list[tuple[bytes, ...]]) -> bool:
+    """Whether any include names an entry of the snapshot: only the trees on its way are read,
+    so a restore that would match nothing is refused before anything is created."""
+    for include in includes:
+        current: bytes | None = tree_id
+        for depth, part in enumerate(include):
+            if current is None:
+                break
+            try:
+                tree = await repo.load_tree(current)
+            except (CorruptBlob, StorageError):
+                break
+            node = next((node for node in tree.nodes if node.name == part), None)
+            if node is None:
+                break
+            if depth == len(include) - 1:
+                return True
+            current = node.subtree if node.type == "dir" else None
+    return False
