@@ -19,6 +19,7 @@ contradict the history the password holder endorsed (`history.py`) unless allowe
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import os
 import secrets
@@ -59,6 +60,8 @@ BATCH_FILES = 8192
 BATCH_BLOBS = 32768
 BATCH_FOLDERS = 256
 BATCHES_AHEAD = 1
+BATCHES_IN_FLIGHT = 2
+DECODERS = 2
 # Blobs of one pack needed by one batch are read in runs: neighbours closer than READ_GAP are
 # read together (one request), a run stops growing at READ_RUN_MAX.
 READ_GAP = 256 * 1024
@@ -240,10 +243,103 @@ class Restorer:
         self._last_report = 0.0
         self._lock = threading.Lock()
         self._writer = ThreadPoolExecutor(WRITERS, thread_name_prefix="restore-writer")
+        # Decoding is C code that releases the GIL for large blobs only; more threads than
+        # cores just contend with the writer for the GIL.
+        self._decoder = ThreadPoolExecutor(DECODERS, thread_name_prefix="restore-decoder")
+        self._made: asyncio.Future[None] | None = None
         self._decoded = ByteBudget(DECODED_BYTES)
         self._creator = _Creator.current(keep_setid)
-        self._items = 0
         self._open: set[int] = set()  # descriptors of folders made and not yet ended
+
+    # --- surveying the snapshot --------------------------------------------------------------
+
+    async def survey(self, tree_id: bytes, includes: list[tuple[bytes, ...]]) -> bool:
+        """Read the trees the restore will walk, once each, before anything is created: refuse
+        unsafe or repeated names, folders nested too deep and trees that describe too many
+        entries (a hostile snapshot listing one subtree twice per level doubles the tree at
+        every level), and count the files and bytes to restore. Returns whether any entry
+        lies inside an include (always, without includes).
+
+        Only a count per distinct tree is kept (folders, not files), so a subtree that is
+        listed many times is read and counted once.
+        """
+        known: dict[bytes, tuple[int, int, int, int]] = {}  # tree → (entries, files, bytes, levels below)
+        totals = [0, 0, 0]  # entries, files, bytes
+
+        def add(entries: int, files: int, size: int) -> None:
+            totals[0] += entries
+            totals[1] += files
+            totals[2] += size
+            if totals[0] > self.max_items:
+                raise RestoreError(f"the snapshot holds more than {self.max_items} entries; refusing to restore it")
+
+        def too_deep(where: str) -> RestoreError:
+            return RestoreError(
+                f"the snapshot's folders nest deeper than {self.max_depth} levels at {where!r}; refusing it"
+            )
+
+        async def listing(tree_id: bytes, depth: int) -> list[Node] | None:
+            try:
+                tree = await self.repo.load_tree(tree_id)
+            except (CorruptBlob, StorageError):
+                if depth == 0:
+                    raise  # the root: there is nothing to restore
+                return None  # the walk restores the folder empty and names the loss
+            _check_names(tree.nodes)
+            return tree.nodes
+
+        async def whole(tree_id: bytes, depth: int, where: str) -> tuple[int, int, int, int]:
+            if depth >= self.max_depth:
+                raise too_deep(where)
+            counted = known.get(tree_id)
+            if counted is None:
+                nodes = await listing(tree_id, depth)
+                entries, files, size, below = len(nodes or ()), 0, 0, 0
+                for node in nodes or ():
+                    if node.type == "file":
+                        files += 1
+                        size += node.size
+                    elif node.type == "dir" and node.subtree is not None:
+                        sub = await whole(node.subtree, depth + 1, f"{where}{os.fsdecode(node.name)}/")
+                        entries, files, size, below = (
+                            entries + sub[0], files + sub[1], size + sub[2], max(below, sub[3] + 1)
+                        )
+                        if entries > self.max_items:
+                            raise RestoreError(
+                                f"the snapshot holds more than {self.max_items} entries; refusing to restore it"
+                            )
+                counted = known[tree_id] = (entries, files, size, below)
+            if depth + counted[3] >= self.max_depth:
+                raise too_deep(where)
+            return counted
+
+        async def spine(tree_id: bytes, parents: tuple[bytes, ...], where: str) -> bool:
+            """The folders on the way to includes (only those are read), and what is inside them."""
+            if len(parents) >= self.max_depth:
+                raise too_deep(where)
+            matched = False
+            for node in await listing(tree_id, len(parents)) or ():
+                parts = (*parents, node.name)
+                inside, on_path = _wanted(parts, includes)
+                path = f"{where}{os.fsdecode(node.name)}/"
+                if inside:
+                    matched = True
+                    add(1, node.type == "file", node.size if node.type == "file" else 0)
+                    if node.type == "dir" and node.subtree is not None:
+                        add(*(await whole(node.subtree, len(parts), path))[:3])
+                elif on_path and node.type == "dir":
+                    add(1, 0, 0)
+                    if node.subtree is not None:
+                        matched = await spine(node.subtree, parts, path) or matched
+            return matched
+
+        if includes:
+            matched = await spine(tree_id, (), "")
+        else:
+            add(*(await whole(tree_id, 0, ""))[:3])
+            matched = True
+        self.progress.files_total, self.progress.bytes_total = totals[1], totals[2]
+        return matched
 
     # --- walking the snapshot ---------------------------------------------------------------
 
@@ -272,15 +368,7 @@ class Restorer:
                 # folder itself is restored (empty) and its loss is named.
                 self.result.errors.append(f"{folder.relative.rstrip('/')}/: the folder's contents are lost: {exc}")
                 return
-            self._items += len(tree.nodes)
-            if self._items > self.max_items:
-                raise RestoreError(f"the snapshot holds more than {self.max_items} entries; refusing to restore it")
-            seen: set[bytes] = set()
-            for node in tree.nodes:
-                if not safe_name(node.name) or node.name in seen:
-                    raise RestoreError(f"the snapshot holds an unsafe or repeated name {os.fsdecode(node.name)!r}")
-                seen.add(node.name)
-            del seen
+            _check_names(tree.nodes)  # the survey did; the walk does not rely on it
             for node in tree.nodes:
                 kind = node.type
                 if includes:
@@ -334,51 +422,66 @@ class Restorer:
         root = _Folder("", None, None, root_fd)
         batches: asyncio.Queue[_Batch | None] = asyncio.Queue(BATCHES_AHEAD)
         walker = asyncio.create_task(self._walk(tree_id, includes, root, batches))
+        # Two batches overlap: the next one's packs are read and decoded while the writer
+        # finishes this one, so the writer never waits at a batch's start.
+        in_flight: collections.deque[asyncio.Task[None]] = collections.deque()
         try:
             while (batch := await batches.get()) is not None:
                 if self._cancel is not None and self._cancel.is_set():
                     raise RestoreCanceled("restore canceled")
-                await self._restore_batch(batch)
+                previous = in_flight[-1] if in_flight else None
+                in_flight.append(asyncio.create_task(self._restore_batch(batch, previous)))
+                if len(in_flight) >= BATCHES_IN_FLIGHT:
+                    await in_flight.popleft()
                 self._report()
+            while in_flight:
+                await in_flight.popleft()
             await walker  # its errors (refusals) are the restore's
         finally:
-            if not walker.done():
-                walker.cancel()
+            for task in [walker, *in_flight]:
+                if not task.done():
+                    task.cancel()
                 with contextlib.suppress(BaseException):
-                    await walker
+                    await task
             # A canceled restore must not leave a write running into the folder being removed.
             self._writer.shutdown(wait=True, cancel_futures=True)
+            self._decoder.shutdown(wait=True, cancel_futures=True)
             for fd in list(self._open):  # folders of batches that never finished
                 with contextlib.suppress(OSError):
                     os.close(fd)
             self._open.clear()
         self._report(force=True)
 
-    async def _restore_batch(self, batch: _Batch) -> None:
+    async def _restore_batch(self, batch: _Batch, previous: asyncio.Task[None] | None) -> None:
         loop = asyncio.get_running_loop()
         # Folders, symlinks and empty files are made by a writer thread before any data of the
-        # batch is written, so every file's folder exists (and is open) first; the batch's packs
-        # are read and decoded meanwhile.
-        made = loop.run_in_executor(self._writer, self._make, batch.make)
+        # batch is written, and after the previous batch's (which made their parents); the
+        # batch's packs are read and decoded meanwhile.
+        if self._made is not None:
+            await self._made
+        made = self._made = loop.run_in_executor(self._writer, self._make, batch.make)
         try:
-            runs = await self._plan_reads(batch.files)
+            targets, by_pack = await self._plan_reads(batch.files)
             sem = asyncio.Semaphore(PARALLEL_PACKS)
 
-            async def read_run(pack_id: str, run: list[tuple[BlobLocation, bytes]], targets: dict[bytes, _Targets]) -> None:
+            async def read_run(pack_id: str, run: list[tuple[BlobLocation, bytes]]) -> None:
                 async with sem:
                     if self._cancel is not None and self._cancel.is_set():
                         raise RestoreCanceled("restore canceled")
                     await self._restore_run(pack_id, run, targets, made)
                     self._report()
 
-            targets, by_pack = runs
             await asyncio.gather(
-                made, *(read_run(pack_id, run, targets) for pack_id, pack_runs in by_pack.items() for run in pack_runs)
+                made, *(read_run(pack_id, run) for pack_id, pack_runs in by_pack.items() for run in pack_runs)
             )
         except BaseException:
             with contextlib.suppress(BaseException):
                 await made  # never leave the writer making entries into a folder about to go
             raise
+        # Files that failed are removed and folders get their times only once the batches
+        # before are complete too (they write into the same folders).
+        if previous is not None:
+            await previous
         result = self.result
         for file in batch.files:
             if file.error is None and file.remaining != 0:
@@ -492,7 +595,7 @@ class Restorer:
         writes = []
         try:
             for group in _groups(run, DECODE_GROUP_BYTES):
-                decoded = await asyncio.to_thread(self._decode_blobs, span, start, group, targets)
+                decoded = await loop.run_in_executor(self._decoder, self._decode_blobs, span, start, group, targets)
                 size = sum(len(data) for data, _ in decoded)
                 await self._decoded.acquire(size)
                 writes.append(asyncio.create_task(write(decoded, size)))
@@ -571,6 +674,14 @@ class Restorer:
         with self._lock:
             self.progress.bytes_done += bytes_done
             self.progress.files_done += files_done
+
+
+def _check_names(nodes: list[Node]) -> None:
+    seen: set[bytes] = set()
+    for node in nodes:
+        if not safe_name(node.name) or node.name in seen:
+            raise RestoreError(f"the snapshot holds an unsafe or repeated name {os.fsdecode(node.name)!r}")
+        seen.add(node.name)
 
 
 def _runs(locations: list[tuple[BlobLocation, bytes]]) -> list[list[tuple[BlobLocation, bytes]]]:
@@ -662,10 +773,9 @@ async def restore(
     # own headers (in memory; `timevault repo rebuild-index` writes it back).
     index_notes = await repo.repair_index()
     restorer.result.notes.extend(index_notes)
-    if parsed and not await _any_include_exists(repo, snapshot.tree, parsed):
+    # Folders on the way to an include are restored too; they alone are not a match.
+    if not await restorer.survey(snapshot.tree, parsed):
         raise RestoreError("no path in the snapshot matches the --include patterns")
-    if not parsed:  # what the backup counted: a restore of everything knows its totals
-        restorer.progress.files_total, restorer.progress.bytes_total = snapshot.stats.files, snapshot.stats.size
     try:
         parent_fd, name = open_parent(target, roots)
     except TargetError as exc:
@@ -699,23 +809,3 @@ async def restore(
         os.close(parent_fd)
     return restorer.result
 
-
-async def _any_include_exists(repo: Repository, tree_id: bytes, includes: list[tuple[bytes, ...]]) -> bool:
-    """Whether any include names an entry of the snapshot: only the trees on its way are read,
-    so a restore that would match nothing is refused before anything is created."""
-    for include in includes:
-        current: bytes | None = tree_id
-        for depth, part in enumerate(include):
-            if current is None:
-                break
-            try:
-                tree = await repo.load_tree(current)
-            except (CorruptBlob, StorageError):
-                break
-            node = next((node for node in tree.nodes if node.name == part), None)
-            if node is None:
-                break
-            if depth == len(include) - 1:
-                return True
-            current = node.subtree if node.type == "dir" else None
-    return False
