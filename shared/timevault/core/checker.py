@@ -24,6 +24,7 @@ from timevault.core.repository.format import BlobType, Node, Snapshot
 from timevault.core.repository.history import UNENDORSED, History, describe_removed
 from timevault.core.repository.index import Index, pack_object_name
 from timevault.core.repository.pack import CorruptPack, read_pack_header
+from timevault.core.repository.references import ID_SIZE
 from timevault.core.repository.repo import Repository, RepositoryError
 from timevault.core.storage import ObjectNotFound, StorageError
 
@@ -43,7 +44,10 @@ class CheckResult:
 
 class TreeWalk:
     """Reads every tree of some snapshots once, remembering each tree's direct children, so
-    that what any one snapshot needs can then be computed without reading trees again."""
+    that what any one snapshot needs can then be computed without reading trees again.
+
+    A tree's children are kept as ids packed back to back (32 bytes each, about a third of a
+    list of bytes objects): this is the one record of the walk that grows with the files."""
 
     def __init__(self, repo: Repository, index: Index, errors: list[str],
                  name_errors: list[str] | None = None) -> None:
@@ -53,7 +57,7 @@ class TreeWalk:
         # Where unsafe or repeated names in trees go (restore refuses them, so they are damage
         # for check; prune does not need to stop for them): None leaves names unchecked.
         self.name_errors = name_errors
-        self.children: dict[bytes, tuple[list[bytes], list[bytes]]] = {}  # tree → (subtrees, data)
+        self.children: dict[bytes, tuple[bytes, bytes]] = {}  # tree → (subtrees, data), packed ids
 
     async def walk(self, tree_id: bytes, where: str) -> None:
         stack = [(tree_id, where)]
@@ -61,24 +65,25 @@ class TreeWalk:
             tree_id, where = stack.pop()
             if tree_id in self.children:
                 continue
-            self.children[tree_id] = ([], [])
+            self.children[tree_id] = (b"", b"")
             try:
                 tree = await self.repo.load_tree(tree_id)
             except (CorruptBlob, StorageError) as exc:
                 self.errors.append(f"{where}: {exc}")
                 continue
-            subtrees, data = self.children[tree_id]
+            subtrees: list[bytes] = []
+            data: list[bytes] = []
             if self.name_errors is not None:
                 _check_names(tree.nodes, where, self.name_errors)
             for node in tree.nodes:
-                path = f"{where}/{os.fsdecode(node.name)}"
                 if node.type == "dir" and node.subtree is not None:
                     subtrees.append(node.subtree)
-                    stack.append((node.subtree, path))
+                    stack.append((node.subtree, f"{where}/{os.fsdecode(node.name)}"))
                 for blob_id in node.content:
                     data.append(blob_id)
                     if blob_id not in self.index:
-                        self.errors.append(f"{path}: data blob {blob_id.hex()[:16]} is missing")
+                        self.errors.append(f"{where}/{os.fsdecode(node.name)}: data blob {blob_id.hex()[:16]} is missing")
+            self.children[tree_id] = (_pack(subtrees), _pack(data))
 
     def needed(self, root: bytes) -> set[bytes]:
         """Every blob (trees included) below `root`, from what `walk` read."""
@@ -89,16 +94,26 @@ class TreeWalk:
             if tree_id in found:
                 continue
             found.add(tree_id)
-            subtrees, data = self.children.get(tree_id, ([], []))
-            found.update(data)
-            stack.extend(subtrees)
+            subtrees, data = self.children.get(tree_id, (b"", b""))
+            found.update(_unpack(data))
+            stack.extend(_unpack(subtrees))
         return found
 
     def all_blobs(self) -> set[bytes]:
         used = set(self.children)
         for _, data in self.children.values():
-            used.update(data)
+            used.update(_unpack(data))
         return used
+
+
+def _pack(ids: list[bytes]) -> bytes:
+    """Ids back to back. An id of another length (a damaged or hostile tree) is left out: no
+    index holds it, so `walk` has reported it missing already."""
+    return b"".join(blob_id for blob_id in ids if len(blob_id) == ID_SIZE)
+
+
+def _unpack(packed: bytes) -> list[bytes]:
+    return [packed[i : i + ID_SIZE] for i in range(0, len(packed), ID_SIZE)]
 
 
 def _check_names(nodes: list[Node], where: str, errors: list[str]) -> None:
@@ -166,8 +181,8 @@ async def check(
     snapshots = sorted(by_id.items(), key=lambda item: (item[1].time, item[0]))
     result.snapshots = len(snapshots)
     _report_history(history, result)
-    references = await _check_references(repo, index, snapshots, result)
     if not repo.can_read:
+        await _check_references(repo, index, snapshots, result, None)
         result.notes.append("trees and data were not read: that needs the password")
         return result
     for snapshot_id, snapshot in snapshots:
@@ -176,19 +191,8 @@ async def check(
     walk = TreeWalk(repo, index, result.errors, name_errors=result.errors)
     for snapshot_id, snapshot in snapshots:
         await walk.walk(snapshot.tree, f"snapshot {snapshot_id[:8]}:")
-    for snapshot_id, snapshot in snapshots:
-        listed = references.get(snapshot_id)
-        if listed is None:
-            continue
-        needed = walk.needed(snapshot.tree)
-        if listed != needed:
-            result.errors.append(
-                f"snapshot {snapshot_id[:8]}: its list of references does not match its trees "
-                f"({len(needed - listed)} needed blob(s) not listed, {len(listed - needed)} listed blob(s) "
-                "not needed): prune by the services would go wrong"
-            )
-    used = walk.all_blobs()
-    result.trees_read = len([b for b in used if b in index and index.blobs[b].type == BlobType.TREE])
+    await _check_references(repo, index, snapshots, result, walk)
+    result.trees_read = sum(1 for b in walk.children if b in index and index.blobs[b].type == BlobType.TREE)
     if read_data:
         await _read_all_packs(repo, index, result, progress)
     return result
@@ -211,11 +215,12 @@ def _report_history(history: History, result: CheckResult) -> None:
 
 
 async def _check_references(
-    repo: Repository, index: Index, snapshots: list[tuple[str, Snapshot]], result: CheckResult
-) -> dict[str, set[bytes]]:
+    repo: Repository, index: Index, snapshots: list[tuple[str, Snapshot]], result: CheckResult,
+    walk: TreeWalk | None,
+) -> None:
     """Every snapshot's list of references must load and name only blobs the index has
-    (checkable with the write tier alone)."""
-    found: dict[str, set[bytes]] = {}
+    (checkable with the write tier alone), and, with the trees read (`walk`), list exactly what
+    they need. One snapshot's list at a time: never every snapshot's at once."""
     for snapshot_id, snapshot in snapshots:
         try:
             listed = await repo.snapshot_references(snapshot_id)
@@ -230,8 +235,17 @@ async def _check_references(
             )
         if snapshot.tree not in listed:
             result.errors.append(f"snapshot {snapshot_id[:8]}: its list of references lacks its root tree")
-        found[snapshot_id] = listed
-    return found
+        if walk is None:
+            continue
+        needed = walk.needed(snapshot.tree)
+        if listed != needed:
+            result.errors.append(
+                f"snapshot {snapshot_id[:8]}: its list of references does not match its trees "
+                f"({len(needed - listed)} needed blob(s) not listed, {len(listed - needed)} listed blob(s) "
+                "not needed): prune by the services would go wrong"
+            )
+
+
 async def _note_leftovers(repo: Repository, result: CheckResult) -> None:
     """Temporary files of interrupted writes and stale locks: nothing is lost, prune removes them."""
     leftovers = getattr(repo.storage, "leftovers", None)
