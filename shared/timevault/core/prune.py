@@ -69,6 +69,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -101,6 +102,9 @@ REPACK_BELOW = 0.5
 some garbage stay as they are until more of them is garbage."""
 TEMP_STALE_AFTER = 10 * 60
 """A temporary file this long unchanged has no writer any more (a pack is written in seconds)."""
+FULL_LISTS_KEPT = 2
+"""Full lists of references kept in memory while prune reads what snapshots need (deltas build
+on them); the others are read again when needed."""
 INDEX_PACKS_PER_FILE = 2048
 """Packs per index file prune writes (~32 GiB of data each): no single object grows unbounded."""
 
@@ -291,8 +295,10 @@ class _Run:
         self.options = options
         self.held = held
         self.result = PruneResult()
-        self.references: dict[str, set[bytes]] = {}  # references id → blob ids (bases cached too)
-        self.bases: dict[str, str | None] = {}
+        # Full lists that deltas build on, most recently used last: a few, never one per snapshot
+        # (each is a set of every blob a snapshot needs).
+        self.full_lists: OrderedDict[str, set[bytes]] = OrderedDict()
+        self.bases: dict[str, str | None] = {}  # references id → the full list it builds on
 
     def checkpoint(self) -> None:
         if self.options.cancel is not None and self.options.cancel.is_set():
@@ -305,7 +311,8 @@ class _Run:
         live: set[bytes] = set()
         named: set[str] = set()
         unreadable: list[tuple[str, Snapshot]] = []
-        for snapshot_id, snapshot in sorted(snapshots.items()):
+        # In time order: neighbours usually build on the same full list, which then stays cached.
+        for snapshot_id, snapshot in sorted(snapshots.items(), key=lambda item: (item[1].time, item[0])):
             if not snapshot.references:
                 unreadable.append((snapshot_id, snapshot))
                 continue
@@ -333,19 +340,30 @@ class _Run:
         return live, named
 
     async def _references(self, references_id: str) -> set[bytes]:
-        found = self.references.get(references_id)
-        if found is not None:
-            return found
+        """The blob ids a list of references names (a delta resolved against its full list)."""
+        cached = self.full_lists.get(references_id)
+        if cached is not None:
+            self.full_lists.move_to_end(references_id)
+            return cached
         record = await self.repo._references_file(references_id)
         self.bases[references_id] = record.base
         if record.base is None:
-            ids = refs.unpack_ids(record.added)
-        else:
-            base = await self._references(record.base)
-            if self.bases.get(record.base) is not None:
+            return self._keep_full(references_id, refs.unpack_ids(record.added))
+        base = self.full_lists.get(record.base)
+        if base is None:
+            base_record = await self.repo._references_file(record.base)
+            self.bases[record.base] = base_record.base
+            if base_record.base is not None:
                 raise RepositoryError(f"the list of references {references_id[:12]} builds on a delta")
-            ids = (base - refs.unpack_ids(record.removed)) | refs.unpack_ids(record.added)
-        self.references[references_id] = ids
+            base = self._keep_full(record.base, refs.unpack_ids(base_record.added))
+        else:
+            self.full_lists.move_to_end(record.base)
+        return (base - refs.unpack_ids(record.removed)) | refs.unpack_ids(record.added)
+
+    def _keep_full(self, references_id: str, ids: set[bytes]) -> set[bytes]:
+        self.full_lists[references_id] = ids
+        while len(self.full_lists) > FULL_LISTS_KEPT:
+            self.full_lists.popitem(last=False)
         return ids
 
     async def snapshots(self) -> dict[str, Snapshot]:
