@@ -180,7 +180,7 @@ class _File:
 
 class _Batch:
     """A part of the snapshot in walk order: what to create first (folders, symlinks, empty and
-    multi-blob files), the files with data, and the folders that end in it (children first)."""
+    multi-blob files), its files, and the folders that end in it (children first)."""
 
     __slots__ = ("blobs", "ended", "files", "folders", "make")
 
@@ -382,11 +382,10 @@ class Restorer:
                     file = _File(folder, node)
                     if not node.content:
                         batch.make.append((_EMPTY, folder, file))
-                    else:
-                        if len(node.content) > 1:  # written in parts, maybe by several writers
-                            batch.make.append((_PRECREATE, folder, file))
-                        batch.files.append(file)
-                        batch.blobs += len(node.content)
+                    elif len(node.content) > 1:  # written in parts, maybe by several writers
+                        batch.make.append((_PRECREATE, folder, file))
+                    batch.files.append(file)
+                    batch.blobs += len(node.content)
                 elif kind == "dir":
                     child = _Folder(folder.relative + os.fsdecode(node.name) + "/", node, folder)
                     batch.make.append((_MKDIR, folder, child))
@@ -525,6 +524,8 @@ class Restorer:
                 try:
                     if op == _EMPTY:
                         creator.finish(fd, node)
+                        with self._lock:
+                            self.progress.files_done += 1
                 finally:
                     os.close(fd)
 
