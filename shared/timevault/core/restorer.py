@@ -65,7 +65,7 @@ DECODERS = 2
 # Blobs of one pack needed by one batch are read in runs: neighbours closer than READ_GAP are
 # read together (one request), a run stops growing at READ_RUN_MAX.
 READ_GAP = 256 * 1024
-READ_RUN_MAX = 16 * 1024 * 1024
+READ_RUN_MAX = 8 * 1024 * 1024
 WRITERS = 1
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _OLD_FILE = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -95,6 +95,7 @@ class _Creator:
     gid: int
     umask: int | None  # None when unknown: then modes are always set explicitly
     keep_setid: bool = False
+    _set_mode: dict[int, bool] = field(default_factory=dict, compare=False)  # mode → chmod needed
 
     @classmethod
     def current(cls, keep_setid: bool = False) -> _Creator:
@@ -118,18 +119,32 @@ class _Creator:
         return mode if mode & 0o200 and not mode & ~0o777 else 0o600
 
     def finish(self, fd: int, node: Node) -> None:
-        """Owner (as root), mode and mtime of a completely written file, through its descriptor."""
+        """Owner (as root), mode and mtime of a completely written file, through its descriptor.
+
+        Called once per file from the writer: plain try/except (no context manager objects) and
+        the chmod decision remembered per mode keep the Python around the system calls short."""
         chowned = False
-        if self.uid == 0 and (node.uid, node.gid) != (self.uid, self.gid):
-            with contextlib.suppress(OSError):
+        if self.uid == 0 and (node.uid != self.uid or node.gid != self.gid):
+            try:
                 os.fchown(fd, node.uid, node.gid)  # before chmod: chown clears set-id bits
                 chowned = True
-        wanted = self.mode_of(node)
-        if chowned or self.umask is None or self.creation_mode(node) & ~self.umask != wanted:
-            with contextlib.suppress(OSError):
-                os.fchmod(fd, wanted)
-        with contextlib.suppress(OSError):
+            except OSError:
+                pass
+        mode = node.mode
+        set_mode = self._set_mode.get(mode)
+        if set_mode is None:
+            set_mode = self._set_mode[mode] = (
+                self.umask is None or self.creation_mode(node) & ~self.umask != self.mode_of(node)
+            )
+        try:
+            if set_mode or chowned:
+                os.fchmod(fd, self.mode_of(node))
+        except OSError:
+            pass
+        try:
             os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
+        except OSError:
+            pass
 
     def finish_folder(self, fd: int, node: Node) -> None:
         """A folder's owner, mode and mtime, once everything inside it is written."""
