@@ -259,18 +259,22 @@ def timed(label: str, tools: list[Tool], fn, cold: list[bool]) -> None:
         print(f"{seconds:8.2f} s", flush=True)
 
 
-def bench(args: argparse.Namespace) -> dict:
+def start_run(args: argparse.Namespace, prefix: str) -> tuple[Path, Path, list[Tool]]:
+    """A new run folder, ``<workdir>/<prefix>-<UTC time>``, with the password file (0600), and
+    the tools asked for (``--only``)."""
     names = [args.only] if args.only else list(TOOLS)
-    script = corpus_script()
-    work = Path(args.workdir).resolve()
-    run_dir = work / datetime.now(UTC).strftime("run-%Y%m%dT%H%M%SZ")
+    run_dir = Path(args.workdir).resolve() / datetime.now(UTC).strftime(f"{prefix}-%Y%m%dT%H%M%SZ")
     run_dir.mkdir(parents=True)
     password_file = run_dir / "password"
     password_file.write_text(PASSWORD + "\n")
     password_file.chmod(0o600)
-
     classes = {"timevault": TimeVault, "restic": Restic}
-    tools: list[Tool] = [classes[n](run_dir, password_file, args.timeout) for n in names]
+    return run_dir, password_file, [classes[n](run_dir, password_file, args.timeout) for n in names]
+
+
+def bench(args: argparse.Namespace) -> dict:
+    script = corpus_script()
+    run_dir, password_file, tools = start_run(args, "run")
     results = {t.name: ToolResult(version=t.version()) for t in tools}
     corpus = run_dir / "corpus"
     cold: list[bool] = []

@@ -33,13 +33,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_core import (
-    PASSWORD,
     BenchError,
-    Restic,
-    TimeVault,
     Tool,
     drop_caches,
     save_and_print,
+    start_run,
     tree_size,
     write_floor,
 )
@@ -194,15 +192,7 @@ def _timed(label: str, tools: list[Tool], fn, cold: list[bool]) -> None:
 
 
 def bench(args: argparse.Namespace) -> dict:
-    names = [args.only] if args.only else list(TOOLS)
-    work = Path(args.workdir).resolve()
-    run_dir = work / datetime.now(UTC).strftime("scale-%Y%m%dT%H%M%SZ")
-    run_dir.mkdir(parents=True)
-    password_file = run_dir / "password"
-    password_file.write_text(PASSWORD + "\n")
-    password_file.chmod(0o600)
-    classes = {"timevault": TimeVault, "restic": Restic}
-    tools: list[Tool] = [classes[n](run_dir, password_file, args.timeout) for n in names]
+    run_dir, password_file, tools = start_run(args, "scale")
     results = {t.name: ToolRun(version=t.version()) for t in tools}
     tree = run_dir / "tree"
     cold: list[bool] = []

@@ -23,6 +23,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
+from playwright.sync_api import Browser, sync_playwright
 
 from tests.services.conftest import ServiceProc, Services
 from timevault.services.common.natsd import NatsServer, free_port
@@ -182,3 +183,15 @@ def chromium_args() -> list[str]:
 
 
 CHROMIUM = os.environ.get("TIMEVAULT_CHROMIUM", "/usr/bin/chromium")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Headless Chromium, one per test module (scripts/setup.sh installs it: a missing browser
+    fails the browser tests rather than skipping them)."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"no Chromium at {CHROMIUM}: run scripts/setup.sh")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=chromium_args())
+        yield browser
+        browser.close()

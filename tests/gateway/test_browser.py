@@ -9,30 +9,19 @@ go to ``test-output/screenshots/``.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from playwright.sync_api import Browser, Page, ViewportSize, expect, sync_playwright
+from playwright.sync_api import Browser, Page, ViewportSize, expect
 
-from tests.gateway.conftest import CHROMIUM, Stack, chromium_args, source_tree
+from tests.gateway.conftest import Stack, source_tree
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(150)]
 
 DESKTOP = ViewportSize(width=1280, height=860)
 PHONE = ViewportSize(width=390, height=844)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {CHROMIUM}")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=chromium_args())
-        yield browser
-        browser.close()
 
 
 def open_page(browser: Browser, stack: Stack, viewport: ViewportSize, errors: list[str]) -> Page:

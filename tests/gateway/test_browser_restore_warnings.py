@@ -8,26 +8,15 @@ show that as a plain success.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, expect, sync_playwright
+from playwright.sync_api import Browser, expect
 
-from tests.gateway.conftest import CHROMIUM, PASSWORD, Stack, chromium_args, plan_body, source_tree
+from tests.gateway.conftest import PASSWORD, Stack, plan_body, source_tree
 from tests.gateway.test_browser_plan_list import call, finished_job
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(150)]
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"no Chromium at {CHROMIUM}: run scripts/setup.sh")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=chromium_args())
-        yield browser
-        browser.close()
 
 
 def test_restore_with_lost_files_is_shown_incomplete(browser: Browser, stack: Stack, tmp_path: Path) -> None:

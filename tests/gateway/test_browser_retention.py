@@ -8,26 +8,15 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, expect, sync_playwright
+from playwright.sync_api import Browser, expect
 
-from tests.gateway.conftest import CHROMIUM, Stack, chromium_args, source_tree
+from tests.gateway.conftest import Stack, source_tree
 from tests.gateway.test_browser import DESKTOP, open_page
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(150)]
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"no Chromium at {CHROMIUM}: run scripts/setup.sh")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=chromium_args())
-        yield browser
-        browser.close()
 
 
 def quiet(stack: Stack, plan_id: str) -> None:

@@ -9,29 +9,18 @@ import os
 import re
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Page, ViewportSize, expect, sync_playwright
+from playwright.sync_api import Browser, Page, ViewportSize, expect
 
-from tests.gateway.conftest import CHROMIUM, PASSWORD, Stack, chromium_args, plan_body, source_tree
+from tests.gateway.conftest import PASSWORD, Stack, plan_body, source_tree
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
 
 DESKTOP = ViewportSize(width=1280, height=900)
 PHONE = ViewportSize(width=390, height=844)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"no Chromium at {CHROMIUM}")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=chromium_args())
-        yield browser
-        browser.close()
 
 
 def api(stack: Stack, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
