@@ -171,8 +171,20 @@ async def test_a_prune_behind_the_services_back_is_noticed(catalog: NATS, worker
     await settle(catalog, plan.id)
     log = await rpc.request(catalog, subjects.PLAN_EVENTS, PlanEventsRequest(plan=plan.id, limit=200), PlanEventList)
     assert any(e.kind == "reconciled" for e in log.events)
-    detail = await rpc.request(catalog, subjects.PLAN_GET, PlanRef(plan=plan.id), PlanDetail)
-    assert first.snapshot_id not in {s.id for s in detail.snapshots}  # gone from the log too
+    # Gone from the log too: the prune after the third backup saw it missing from storage.
+    deadline = time.monotonic() + 15
+    while True:
+        detail = await rpc.request(catalog, subjects.PLAN_GET, PlanRef(plan=plan.id), PlanDetail)
+        if first.snapshot_id not in {s.id for s in detail.snapshots}:
+            break
+        if time.monotonic() > deadline:
+            jobs = await rpc.request(catalog, subjects.JOB_LIST, JobListRequest(plan=plan.id), JobList)
+            log = await rpc.request(catalog, subjects.PLAN_EVENTS, PlanEventsRequest(plan=plan.id, limit=200),
+                                    PlanEventList)
+            raise AssertionError(
+                f"snapshot {first.snapshot_id} still in the plan's log; jobs: "
+                f"{[(j.kind, j.status, j.error) for j in jobs.jobs]}; events: {[e.message for e in log.events]}")
+        await asyncio.sleep(0.2)
 
     repo = await Repository.open(LocalStorage(location), PASSWORD)
     try:
