@@ -294,3 +294,43 @@ def _dead_pid() -> int:
     proc = subprocess.Popen(["true"])
     proc.wait()
     return proc.pid
+
+
+def test_restore_from_a_read_only_or_full_location_reads_without_a_lock(
+    tmp_path: Path, small_disk: Callable[[int], SmallDisk], password: Path
+) -> None:
+    """A restore takes a shared lock so that no prune sweeps its packs away; a location that
+    takes no new object cannot be pruned either, so the restore goes on without the lock (and
+    without endorsing the history) instead of failing for want of one."""
+    disk = small_disk(24)
+    repo = disk.path / "repo"
+    env = _env(tmp_path, password)
+    assert run_cli("repo", "init", repo, env=env).code == 0
+    source = _source(tmp_path / "src", files=2, size=MiB)
+    assert run_cli("repo", "backup", repo, source, env=env).code == 0
+    before = sorted(p.relative_to(repo) for p in repo.rglob("*"))
+
+    env["TIMEVAULT_LOG_LEVEL"] = "INFO"  # the fallback says so in one line
+
+    disk.remount(read_only=True)
+    restored = run_cli("repo", "restore", repo, "latest", "--target", tmp_path / "out-ro", env=env)
+    assert restored.code == 0, restored
+    assert "without a lock" in restored.stderr and "Traceback" not in restored.stderr, restored.stderr
+    assert_trees_equal(restored_path(tmp_path / "out-ro", source), source)
+
+    disk.remount(read_only=False)
+    filler = disk.path / "filler"
+    with filler.open("wb", buffering=0) as f:  # to the last byte: not even a lock file fits
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+        except OSError:
+            pass
+    restored = run_cli("repo", "restore", repo, "latest", "--target", tmp_path / "out-full", env=env)
+    assert restored.code == 0, restored
+    assert "without a lock" in restored.stderr and "Traceback" not in restored.stderr, restored.stderr
+    assert_trees_equal(restored_path(tmp_path / "out-full", source), source)
+    filler.unlink()
+    after = sorted(p.relative_to(repo) for p in repo.rglob("*"))
+    assert after == before, "a restore without a lock leaves the repository as it was"
+    assert temp_files(disk.path) == []
