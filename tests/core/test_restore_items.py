@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from timevault.core.archiver import backup
 from timevault.core.repository.repo import Repository
-from timevault.core.restore_items import beside_name, rename_noreplace, restore_items
+from timevault.core.restore_items import (
+    TEMP_PREFIX,
+    beside_name,
+    remove_abandoned,
+    rename_noreplace,
+    restore_items,
+)
 from timevault.core.restorer import RestoreError
 
 from .conftest import build_tree
@@ -104,3 +112,48 @@ def test_names_beside(tmp_path: Path) -> None:
     with pytest.raises(FileExistsError):
         rename_noreplace(str(tmp_path / "d"), str(tmp_path / "e"))  # rename(2) would replace an empty folder
     assert (tmp_path / "y").read_text() == "y"
+
+
+def _hold_hidden_folder(folder: Path) -> subprocess.Popen[str]:
+    """Another process that claims a hidden restore folder in `folder` and keeps it, as a
+    running item restore does; it prints the folder's name once it holds it."""
+    code = ("import sys, time; from timevault.core.restore_items import _claim_hidden_folder; "
+            "temp, _ = _claim_hidden_folder(sys.argv[1]); print(temp, flush=True); time.sleep(120)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline().strip()
+    assert line, "the holder did not start"
+    return proc
+
+
+async def test_a_killed_restores_hidden_folder_is_removed_by_the_next(
+    repo: Repository, backed_up: tuple[Path, str], tmp_path: Path
+) -> None:
+    src, snapshot_id = backed_up
+    target = tmp_path / "target"
+    target.mkdir()
+    killed = _hold_hidden_folder(target)
+    killed.kill()  # -9: the process leaves its hidden folder, half filled, behind
+    killed.wait()
+    running = _hold_hidden_folder(target)  # still running: its folder must stay
+    try:
+        (old_unowned := target / f"{TEMP_PREFIX}0ld").mkdir()  # died before it locked: old
+        os.utime(old_unowned, (1, 1))
+        (new_unowned := target / f"{TEMP_PREFIX}n3w").mkdir()  # being made right now
+        (target / f"{TEMP_PREFIX}link").symlink_to(src)  # not a folder of ours: left alone
+        before = {p.name for p in target.iterdir()}
+        assert len(before) == 5
+
+        await restore_items(repo, snapshot_id, [f"{src}/notes.txt"], str(target))
+
+        left = {p.name for p in target.iterdir()}
+        assert "notes.txt" in left
+        assert new_unowned.name in left and f"{TEMP_PREFIX}link" in left and old_unowned.name not in left
+        hidden = {name for name in left if name.startswith(TEMP_PREFIX)} - {new_unowned.name, f"{TEMP_PREFIX}link"}
+        assert len(hidden) == 1, "only the running restore's folder stays"
+        assert (src / "notes.txt").exists()  # the symlink's target was not followed
+        assert remove_abandoned(str(target)) == []
+    finally:
+        running.kill()
+        running.wait()
+    assert remove_abandoned(str(target)) == list(hidden)

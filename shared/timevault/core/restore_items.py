@@ -8,6 +8,11 @@ is never written over or merged into: the restored item is then named beside it,
 The data is restored by `timevault.core.restorer.restore` into a hidden folder inside the
 destination (the same file system, so the final step is a rename), then each item is renamed
 into place with ``RENAME_NOREPLACE`` where the kernel has it.
+
+A restore holds an exclusive `flock` on an ``.owner`` file inside its hidden folder for as long
+as it runs. The kernel lets go of it when the process ends, however it ends, so the next item
+restore into the same folder can tell an abandoned hidden folder (a restorer killed with -9, a
+power cut) from one in use, and removes the abandoned ones.
 """
 
 from __future__ import annotations
@@ -17,9 +22,12 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import fcntl
+import logging
 import os
 import secrets
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -31,6 +39,12 @@ from timevault.core.restorer import RestoreError, restore
 
 _RENAME_NOREPLACE = 1
 _AT_FDCWD = -100
+TEMP_PREFIX = ".timevault-restore-"
+OWNER_FILE = ".owner"
+# A hidden folder without its owner file is one whose restore died between making the folder
+# and locking it (a moment), or one being made right now: only an old one is removed.
+UNOWNED_GRACE_SECONDS = 3600
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -186,8 +200,8 @@ async def restore_items(
         if cancel is not None and cancel.is_set():
             raise RestoreError("restore canceled")
         await asyncio.to_thread(os.makedirs, folder, exist_ok=True)
-        temp = os.path.join(folder, f".timevault-restore-{secrets.token_hex(4)}")
-        await asyncio.to_thread(os.mkdir, temp, 0o700)  # private until the items are moved out
+        await asyncio.to_thread(remove_abandoned, folder)
+        temp, owner = await asyncio.to_thread(_claim_hidden_folder, folder)
         try:
             restored = await restore(repo, snapshot_id, os.path.join(temp, "r"), includes=items,
                                      progress=report, cancel=cancel)
@@ -207,7 +221,60 @@ async def restore_items(
         finally:
             with contextlib.suppress(FileNotFoundError):
                 await asyncio.to_thread(shutil.rmtree, temp)
+            os.close(owner)
     return result
+
+
+def _claim_hidden_folder(folder: str) -> tuple[str, int]:
+    """A new hidden folder in `folder`, private until the items are moved out, and the open
+    owner file whose lock says a restore is using it."""
+    temp = os.path.join(folder, f"{TEMP_PREFIX}{secrets.token_hex(4)}")
+    os.mkdir(temp, 0o700)
+    owner = os.open(os.path.join(temp, OWNER_FILE), os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    fcntl.flock(owner, fcntl.LOCK_EX | fcntl.LOCK_NB)  # new, so no one else can hold it
+    return temp, owner
+
+
+def remove_abandoned(folder: str) -> list[str]:
+    """Remove the hidden folders that item restores into `folder` left when they were killed;
+    their names. A folder whose owner lock is held belongs to a restore that is still running."""
+    removed: list[str] = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not entry.name.startswith(TEMP_PREFIX) or not entry.is_dir(follow_symlinks=False):
+            continue
+        if _abandoned(entry):
+            try:
+                shutil.rmtree(entry.path)
+            except OSError as exc:
+                log.warning("cannot remove the abandoned restore folder %s: %s", entry.path, exc)
+                continue
+            removed.append(entry.name)
+    return removed
+
+
+def _abandoned(entry: os.DirEntry[str]) -> bool:
+    try:
+        owner = os.open(os.path.join(entry.path, OWNER_FILE), os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        try:
+            return entry.stat(follow_symlinks=False).st_mtime < time.time() - UNOWNED_GRACE_SECONDS
+        except OSError:
+            return False
+    except OSError:
+        return False  # not ours to judge (a symlink, no permission)
+    try:
+        fcntl.flock(owner, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False  # a running restore holds it
+    except OSError:
+        return False
+    finally:
+        os.close(owner)
+    return True
 
 
 def _stamp(snapshot_time: str) -> str:
