@@ -3,6 +3,8 @@ key separation."""
 
 from __future__ import annotations
 
+import concurrent.futures
+import os
 import secrets
 
 import blake3
@@ -72,6 +74,35 @@ def test_nonces_are_unique() -> None:
         crypto.encrypt_padded_into(KEY, b"", b"h", b"x", memoryview(out))
         padded.add(bytes(out[: crypto.NONCE_SIZE]))
     assert len(padded) == 1000
+    assert not padded & nonces
+
+
+def test_nonces_are_unique_across_threads_and_wrap_around() -> None:
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        batches = list(pool.map(lambda _: [crypto.next_nonce() for _ in range(5000)], range(8)))
+    every = [nonce for batch in batches for nonce in batch]
+    assert len(set(every)) == len(every) == 40_000
+    assert {len(nonce) for nonce in every} == {crypto.NONCE_SIZE}
+    counter = crypto._NonceCounter()
+    counter._start = (1 << 96) - 2  # the last two nonces, then it wraps to zero
+    assert [counter() for _ in range(3)] == [b"\xff" * 11 + b"\xfe", b"\xff" * 12, bytes(12)]
+
+
+def test_a_forked_child_counts_from_a_start_of_its_own() -> None:
+    """A child that went on counting from its parent's state would repeat the parent's nonces
+    under the keys they share."""
+    read_end, write_end = os.pipe()
+    crypto.next_nonce()
+    pid = os.fork()
+    if pid == 0:  # the child: its next nonce to the parent, then out at once
+        os.write(write_end, crypto.next_nonce())
+        os._exit(0)
+    os.close(write_end)
+    child = os.read(read_end, crypto.NONCE_SIZE)
+    os.close(read_end)
+    os.waitpid(pid, 0)
+    parent = [crypto.next_nonce() for _ in range(1000)]
+    assert len(child) == crypto.NONCE_SIZE and child not in parent
 
 
 @SETTINGS

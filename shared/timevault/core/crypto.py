@@ -1,7 +1,7 @@
 """Cryptographic primitives of the repository format.
 
 - Password → key-encryption key with argon2id (parameters stored beside the wrapped keys).
-- AES-256-GCM for every stored object, with a fresh random 96-bit nonce per message.
+- AES-256-GCM for every stored object, with a unique 96-bit nonce per message (`next_nonce`).
 - Keyed BLAKE3 for blob ids, so ids never reveal a plain hash of the content; BLAKE3's key
   derivation mode for sub-keys (one purpose per key).
 - X25519 sealing for the write-only tier: the machine that backs up holds only the public
@@ -17,6 +17,8 @@ Authentication failure is a value (`Unauthenticated`), never a crash.
 
 from __future__ import annotations
 
+import itertools
+import os
 import secrets
 import sys
 from collections.abc import Iterable
@@ -163,6 +165,34 @@ def padme(length: int) -> int:
     return (length + mask) & ~mask
 
 
+_NONCE_MASK = (1 << (8 * NONCE_SIZE)) - 1
+
+
+class _NonceCounter:
+    """96-bit nonces: a random start drawn once per process, then counting up.
+
+    A nonce per message from the system's random source cost a system call that gives up the
+    GIL; a backup of many small files spent a fifth of its encode threads waiting to get it
+    back. Counting from a random start repeats no nonce within a process (2^96 messages), and
+    two processes (or machines) that share a key repeat one only if the ranges they counted
+    overlap: with n messages in all, a chance of about n / 2^96 per pair, far below the
+    birthday bound n^2 / 2^97 of drawing every nonce at random. A forked child draws a new
+    start (`os.register_at_fork`), so it never counts along with its parent.
+    """
+
+    def __init__(self) -> None:
+        self.restart()
+
+    def restart(self) -> None:
+        self._start = int.from_bytes(secrets.token_bytes(NONCE_SIZE), "big")
+        self._count = itertools.count()  # next() on it is atomic under the GIL: threads share it
+
+    def __call__(self) -> bytes:
+        return ((self._start + next(self._count)) & _NONCE_MASK).to_bytes(NONCE_SIZE, "big")
+
+
+next_nonce = _NonceCounter()
+os.register_at_fork(after_in_child=next_nonce.restart)
 _gcm_by_key: dict[bytes, AESGCM] = {}
 
 
@@ -181,7 +211,7 @@ def _gcm(key: bytes) -> AESGCM:
 
 def encrypt(key: bytes, plaintext: BytesLike, aad: bytes = b"") -> bytes:
     """AES-256-GCM: returns nonce || ciphertext || tag."""
-    nonce = secrets.token_bytes(NONCE_SIZE)
+    nonce = next_nonce()
     if _OpenSSLGCM is not None:
         return nonce + _gcm(key).encrypt(nonce, plaintext, aad or None)
     cipher = AES.new(key, AES.MODE_GCM, nonce=nonce)
@@ -193,7 +223,7 @@ def encrypt(key: bytes, plaintext: BytesLike, aad: bytes = b"") -> bytes:
 
 def encrypt_into(key: bytes, plaintext: BytesLike, aad: bytes, out: memoryview) -> None:
     """Like `encrypt`, writing nonce ‖ ciphertext ‖ tag into `out` (exactly that long)."""
-    nonce = secrets.token_bytes(NONCE_SIZE)
+    nonce = next_nonce()
     out[:NONCE_SIZE] = nonce
     if _OpenSSLGCM is not None:
         _gcm(key).encrypt_into(nonce, plaintext, aad or None, out[NONCE_SIZE:])
@@ -246,7 +276,7 @@ def encrypt_padded_into(
         plaintext[len(header) : len(header) + len(body)] = body
         encrypt_into(key, plaintext, aad, out)
         return
-    nonce = secrets.token_bytes(NONCE_SIZE)
+    nonce = next_nonce()
     out[:NONCE_SIZE] = nonce
     pieces: list[BytesLike] = [header, body]
     while padding:
