@@ -3,8 +3,10 @@ references delta, and the files cache kept one folder to a row."""
 
 from __future__ import annotations
 
+import gc
 import os
 import sqlite3
+import weakref
 from pathlib import Path
 
 import pytest
@@ -236,3 +238,45 @@ async def test_a_files_cache_that_cannot_be_written_does_not_fail_the_backup(
     assert first.stats.files == second.stats.files == 2
     assert second.stats.unchanged_files == 2, "the parent's trees served instead"
     assert not_a_folder.read_text().startswith("a file")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(ids), st.lists(st.lists(ids)), st.lists(ids))
+def test_add_sorted_is_a_set_union_less_what_is_left_out(before: list[bytes], lists: list[list[bytes]],
+                                                        left_out: list[bytes]) -> None:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(compact, "MERGE_AT", 5)
+        ids_set = IdSet(before)
+        expected = set(before)
+        for position, listed in enumerate(lists):
+            leave = set(left_out) if position % 2 else set()
+            ids_set.add_sorted(b"".join(sorted(listed)), leave)  # duplicates in a list are dropped
+            expected |= set(listed) - leave
+        assert len(ids_set) == len(expected)
+        assert bytes(ids_set.sorted_ids()) == b"".join(sorted(expected))
+        assert all(blob_id in ids_set for blob_id in expected)
+
+
+def test_add_sorted_refuses_what_is_not_a_sorted_list() -> None:
+    first, second = bytes(31) + b"\x01", bytes(31) + b"\x02"
+    with pytest.raises(ValueError, match="sorted"):
+        IdSet().add_sorted(second + first)
+    with pytest.raises(ValueError, match="whole"):
+        IdSet().add_sorted(first + b"x")
+    with pytest.raises(ValueError, match="set"):
+        IdMap(4).add_sorted(first)
+
+
+def test_an_index_is_freed_as_soon_as_it_is_dropped() -> None:
+    """No reference cycle: an index of a million blobs must not wait for the cyclic garbage
+    collector (prune loads a new index right after letting go of the old one)."""
+    index = Index()
+    index.add_pack(IndexPack("p" * 64, 100, [PackBlob(os.urandom(32), BlobType.DATA, 0, 10, 10, 0)], [b"k"]))
+    assert len(index.blobs) == 1 and len(index.packs) == 1
+    gone = weakref.ref(index)
+    gc.disable()
+    try:
+        del index
+        assert gone() is None
+    finally:
+        gc.enable()

@@ -11,7 +11,7 @@ import pytest
 
 from timevault.core.archiver import backup
 from timevault.core.checker import check
-from timevault.core.prune import PruneOptions, forget, prune
+from timevault.core.prune import PruneOptions, _Run, forget, prune
 from timevault.core.repository.format import BlobType, Lock
 from timevault.core.repository.index import decode_index_file, pack_object_name, write_index_file
 from timevault.core.repository.pack import build_pack
@@ -274,3 +274,50 @@ async def test_a_restore_started_before_a_mark_keeps_its_packs(repo: Repository,
     after = await prune(repo)
     assert after.packs_deleted >= 1 and after.packs_pending == 0
     assert list((Path(repo.storage.location) / "locks").iterdir()) == []
+
+
+async def test_what_prune_keeps_is_the_union_of_every_snapshots_references(repo: Repository, tmp_path: Path) -> None:
+    """Prune merges each full list once, less what every delta on it removed, plus what each
+    delta added: the same set as the union of every snapshot's own list, never less."""
+    source = build_tree(tmp_path / "src", {f"f{i}.bin": random_bytes(700, i) for i in range(60)})
+    for round_ in range(5):
+        (source / f"f{round_}.bin").unlink()  # removed from the next list
+        (source / f"new{round_}.bin").write_bytes(random_bytes(700, 100 + round_))
+        await backup(repo, [str(source)])
+    snapshots = dict(await repo.list_snapshots())
+    records = [await repo._references_file(s.references) for s in snapshots.values() if s.references]
+    assert any(r.base is not None and r.removed for r in records), "the scenario needs deltas that remove"
+    expected: set[bytes] = set()
+    for snapshot_id in snapshots:
+        expected |= await repo.snapshot_references(snapshot_id)
+    run = _Run(repo, PruneOptions(), None)
+    for chosen in (snapshots, dict(list(snapshots.items())[1:3])):
+        live, named = await run.needed_by(chosen)
+        want = set().union(*[await repo.snapshot_references(s) for s in chosen])
+        assert bytes(live.sorted_ids()) == b"".join(sorted(want))
+        assert {s.references for s in chosen.values()} <= named
+    assert len(expected) > 60
+
+
+async def test_prune_writes_index_files_of_bounded_size(repo: Repository, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whoever loads the index decodes a file at a time: prune cuts what it writes by blobs."""
+    from timevault.core import prune as prune_module
+
+    monkeypatch.setattr(prune_module, "INDEX_BLOBS_PER_FILE", 5)
+    source = build_tree(tmp_path / "src", {f"f{i}.txt": f"file {i}" for i in range(40)})
+    first, _ = await backup(repo, [str(source)])
+    (source / "f0.txt").write_text("changed")
+    await backup(repo, [str(source)])
+    await forget(repo, [first])
+    assert (await prune(repo, PruneOptions(repack_below=1.0))).marked
+    counts = []
+    async for info in repo.storage.list("index/"):
+        file = decode_index_file(repo.write_keys.meta_key, await repo.storage.get(info.name))
+        assert file.compacted
+        counts.append([len(pack.blobs) for pack in file.packs])
+    assert len(counts) > 1
+    for packs in counts:  # at most 5 blobs, or a single pack that alone holds more
+        assert sum(packs) <= 5 or len(packs) == 1, counts
+    fresh = await reopen(repo)
+    assert (await check(fresh, read_data=True)).errors == []

@@ -69,7 +69,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -81,10 +80,18 @@ from timevault.core.holds import hold
 from timevault.core.repository import gcstate
 from timevault.core.repository import references as refs
 from timevault.core.repository.blobs import EncodedBlob
-from timevault.core.repository.format import GcMark, GcOrphan, IndexFile, IndexPack, Lock, Snapshot
+from timevault.core.repository.compact import IdMap, IdSet
+from timevault.core.repository.format import GcMark, GcOrphan, IndexPack, Lock, Snapshot
 from timevault.core.repository.gcstate import StoredState
 from timevault.core.repository.history import CONTRADICTS
-from timevault.core.repository.index import Index, decode_index_file, encode_index_file, pack_object_name
+from timevault.core.repository.index import (
+    Index,
+    LoadedIndexFile,
+    StoredPack,
+    decode_index_file,
+    encode_index_file,
+    pack_object_name,
+)
 from timevault.core.repository.pack import CorruptPack, Packer, index_entry, read_remote_pack_header
 from timevault.core.repository.repo import HeldLock, Repository
 from timevault.core.storage import ObjectNotFound, StorageError
@@ -102,11 +109,12 @@ REPACK_BELOW = 0.5
 some garbage stay as they are until more of them is garbage."""
 TEMP_STALE_AFTER = 10 * 60
 """A temporary file this long unchanged has no writer any more (a pack is written in seconds)."""
-FULL_LISTS_KEPT = 2
-"""Full lists of references kept in memory while prune reads what snapshots need (deltas build
-on them); the others are read again when needed."""
 INDEX_PACKS_PER_FILE = 2048
-"""Packs per index file prune writes (~32 GiB of data each): no single object grows unbounded."""
+"""Packs per index file prune writes at most (~32 GiB of data each)."""
+INDEX_BLOBS_PER_FILE = 16384
+"""Blobs per index file prune writes at most (a pack of many small files holds thousands):
+whoever loads the index decodes one file at a time, an object per blob, so a file of a million
+blobs would cost a few hundred MiB for a moment; one of this size costs a few MiB."""
 
 
 # --- forget ------------------------------------------------------------------------------------
@@ -231,22 +239,24 @@ class PruneResult:
 class _View:
     """What prune read of the repository: every index file, the packs in storage."""
 
-    files: dict[str, IndexFile]
+    files: dict[str, LoadedIndexFile]
+    """Every index file in storage; those superseded keep only their `supersedes` list."""
     stored: dict[str, int]
     index: Index
+    """The packs of the files in force, sharing their compact records (nothing held twice)."""
     effective: set[str]
     """Index files in force (not superseded by another)."""
     young: set[str]
     """Packs listed only in index files that backups wrote (not in one prune wrote)."""
 
     @classmethod
-    async def load(cls, repo: Repository, files: dict[str, IndexFile] | None = None) -> _View:
+    async def load(cls, repo: Repository, files: dict[str, LoadedIndexFile] | None = None) -> _View:
         files = dict(files or {})
         names = [info.name.removeprefix("index/") async for info in repo.storage.list("index/")]
         missing = [name for name in names if name not in files]
         sem = asyncio.Semaphore(16)
 
-        async def fetch(file_id: str) -> tuple[str, IndexFile | None]:
+        async def fetch(file_id: str) -> tuple[str, LoadedIndexFile | None]:
             async with sem:
                 try:
                     data = await repo.storage.get(f"index/{file_id}")
@@ -258,7 +268,8 @@ class _View:
                     "(run `timevault repo rebuild-index`)"
                 )
             try:
-                return file_id, decode_index_file(repo.write_keys.meta_key, data)
+                # Compact at once: one decoded file (an object per blob) at a time.
+                return file_id, LoadedIndexFile.of(decode_index_file(repo.write_keys.meta_key, data))
             except Exception as exc:
                 raise RepositoryError(
                     f"prune stopped: index file {file_id[:12]} is damaged (run `timevault repo rebuild-index`)"
@@ -273,18 +284,18 @@ class _View:
         effective = set(files) - superseded
         index = Index()
         in_compacted: set[str] = set()
-        for file_id in sorted(effective):  # a stable order: the first pack named keeps a blob
+        for file_id in sorted(files):  # a stable order: the first pack named keeps a blob
             file = files[file_id]
+            if file_id not in effective:
+                file.packs = []  # only its name and `supersedes` matter now
+                continue
             for pack in file.packs:
-                index.add_pack(pack)
+                index.add_stored(pack)
                 if file.compacted:
                     in_compacted.add(pack.id)
         index.files = effective
         stored = {info.name.rsplit("/", 1)[-1]: info.size async for info in repo.storage.list("data/")}
         return cls(files, stored, index, effective, set(index.packs) - in_compacted)
-
-    async def refresh(self, repo: Repository) -> _View:
-        return await _View.load(repo, self.files)
 
 
 class _Run:
@@ -295,9 +306,6 @@ class _Run:
         self.options = options
         self.held = held
         self.result = PruneResult()
-        # Full lists that deltas build on, most recently used last: a few, never one per snapshot
-        # (each is a set of every blob a snapshot needs).
-        self.full_lists: OrderedDict[str, set[bytes]] = OrderedDict()
         self.bases: dict[str, str | None] = {}  # references id → the full list it builds on
 
     def checkpoint(self) -> None:
@@ -306,25 +314,51 @@ class _Run:
 
     # --- what snapshots need --------------------------------------------------------------
 
-    async def needed_by(self, snapshots: dict[str, Snapshot]) -> tuple[set[bytes], set[str]]:
-        """(every blob `snapshots` need, the reference lists they name directly or as a base)."""
-        live: set[bytes] = set()
+    async def needed_by(self, snapshots: dict[str, Snapshot]) -> tuple[IdMap, set[str]]:
+        """(every blob `snapshots` need, the reference lists they name directly or as a base).
+
+        Most lists are deltas against one of a few full lists. The snapshots that build on the
+        same full list need all of it except what every one of them removed, plus what each
+        added; so each full list is read once and merged into one compact set of ids, never
+        held as a set per snapshot."""
+        live = IdSet()
         named: set[str] = set()
         unreadable: list[tuple[str, Snapshot]] = []
-        # In time order: neighbours usually build on the same full list, which then stays cached.
+        left_out: dict[str, set[bytes]] = {}  # full list -> what every snapshot on it removed
+        users: dict[str, list[tuple[str, Snapshot]]] = {}
+        added: list[bytes] = []
         for snapshot_id, snapshot in sorted(snapshots.items(), key=lambda item: (item[1].time, item[0])):
             if not snapshot.references:
                 unreadable.append((snapshot_id, snapshot))
                 continue
             try:
-                live |= await self._references(snapshot.references)
+                record = await self.repo._references_file(snapshot.references)
             except (RepositoryError, StorageError):
                 unreadable.append((snapshot_id, snapshot))
                 continue
-            named.add(snapshot.references)
-            base = self.bases.get(snapshot.references)
-            if base:
-                named.add(base)
+            self.bases[snapshot.references] = record.base
+            if record.base is None:
+                full, removed = snapshot.references, set()
+            else:
+                full, removed = record.base, refs.unpack_ids(record.removed)
+                added.append(record.added)
+            left_out[full] = left_out[full] & removed if full in left_out else removed
+            users.setdefault(full, []).append((snapshot_id, snapshot))
+        for full, removed in left_out.items():
+            try:
+                record = await self.repo._references_file(full)
+                if record.base is not None:
+                    raise RepositoryError(f"the list of references {full[:12]} is a delta where a full list belongs")
+            except (RepositoryError, StorageError):
+                unreadable.extend(users[full])
+                continue
+            self.bases[full] = None
+            live.add_sorted(record.added, removed)
+            for _, snapshot in users[full]:
+                named.add(snapshot.references)
+                named.add(full)
+        for data in added:  # a delta whose full list is unreadable adds nothing wrong: its
+            live.add_sorted(data)  # snapshot is recomputed from its trees below
         if unreadable:
             if not self.repo.can_read:
                 first = unreadable[0][0]
@@ -334,37 +368,10 @@ class _Run:
                     "what they need from their trees"
                 )
             errors: list[str] = []
-            live |= await used_blobs(self.repo, await self.repo.index(reload=True), errors, unreadable)
+            live.update(await used_blobs(self.repo, await self.repo.index(reload=True), errors, unreadable))
             if errors:
                 raise RepositoryError("prune stopped, the repository has damage (run check): " + errors[0])
         return live, named
-
-    async def _references(self, references_id: str) -> set[bytes]:
-        """The blob ids a list of references names (a delta resolved against its full list)."""
-        cached = self.full_lists.get(references_id)
-        if cached is not None:
-            self.full_lists.move_to_end(references_id)
-            return cached
-        record = await self.repo._references_file(references_id)
-        self.bases[references_id] = record.base
-        if record.base is None:
-            return self._keep_full(references_id, refs.unpack_ids(record.added))
-        base = self.full_lists.get(record.base)
-        if base is None:
-            base_record = await self.repo._references_file(record.base)
-            self.bases[record.base] = base_record.base
-            if base_record.base is not None:
-                raise RepositoryError(f"the list of references {references_id[:12]} builds on a delta")
-            base = self._keep_full(record.base, refs.unpack_ids(base_record.added))
-        else:
-            self.full_lists.move_to_end(record.base)
-        return (base - refs.unpack_ids(record.removed)) | refs.unpack_ids(record.added)
-
-    def _keep_full(self, references_id: str, ids: set[bytes]) -> set[bytes]:
-        self.full_lists[references_id] = ids
-        while len(self.full_lists) > FULL_LISTS_KEPT:
-            self.full_lists.popitem(last=False)
-        return ids
 
     async def snapshots(self) -> dict[str, Snapshot]:
         """Every snapshot in storage, the contradicting ones included: prune never removes data a
@@ -444,10 +451,10 @@ async def prune(repo: Repository, options: PruneOptions | None = None) -> PruneR
 
 @dataclass
 class _Plan:
-    live: set[bytes]
+    live: IdMap
     named: set[str]
     snapshots: dict[str, Snapshot]
-    keep: list[IndexPack]
+    keep: list[str]
     drop: list[IndexPack]
     repack: list[IndexPack]
     rescue: list[IndexPack]
@@ -481,13 +488,14 @@ async def _plan(run: _Run, stored: StoredState, view: _View) -> _Plan:
             "index but missing from storage"
         )
     busy = bool(await run.backup_locks()) if not run.options.dry_run else False
-    keep: list[IndexPack] = []
+    keep: list[str] = []  # ids only: a pack's entry is made again when the new index is written
     drop: list[IndexPack] = []
     repack: list[IndexPack] = []
-    for pack in index.packs.values():
-        if busy and pack.id in view.young and pack.id not in rescued:
-            keep.append(pack)  # perhaps a running backup's, not named by a snapshot yet
+    for pack_id in index.packs:
+        if busy and pack_id in view.young and pack_id not in rescued:
+            keep.append(pack_id)  # perhaps a running backup's, not named by a snapshot yet
             continue
+        pack = index.packs[pack_id]
         live_bytes = sum(b.length for b in pack.blobs if b.id in live and index.blobs[b.id].pack == pack.id)
         if live_bytes == 0:
             drop.append(pack)
@@ -496,7 +504,7 @@ async def _plan(run: _Run, stored: StoredState, view: _View) -> _Plan:
         ):
             repack.append(pack)
         else:
-            keep.append(pack)
+            keep.append(pack_id)
     now = time.time()
     known = {orphan.pack: orphan.seen for orphan in stored.state.orphans}
     orphans = {pack: known.get(pack, now) for pack in unindexed - pending - rescued}
@@ -504,7 +512,7 @@ async def _plan(run: _Run, stored: StoredState, view: _View) -> _Plan:
         [info.name.removeprefix("references/") async for info in run.repo.storage.list("references/")]
     )
     references = [ref for ref in unused if ref not in named]
-    rescue = [pack for pack in keep if pack.id in rescued]  # rescued packs that stay as they are
+    rescue = [index.packs[pack_id] for pack_id in keep if pack_id in rescued]  # rescued packs that stay as they are
     plan = _Plan(live, named, snapshots, keep, drop, repack, rescue, orphans, references)
     result = run.result
     if run.options.dry_run:
@@ -551,15 +559,17 @@ async def _mark(run: _Run, stored: StoredState, view: _View) -> tuple[StoredStat
     await hold("prune.marking")
     # 3. The new index: every pack that stays, the rescued and the new ones; the part that
     #    supersedes every file read is written last.
-    entries = plan.keep + new_packs
+    entries: list[str | IndexPack] = [*plan.keep, *new_packs]
     superseded = sorted(view.files)
-    parts = [entries[i : i + INDEX_PACKS_PER_FILE] for i in range(0, len(entries), INDEX_PACKS_PER_FILE)] or [[]]
-    written: dict[str, IndexFile] = {}
+    parts = _index_file_parts(entries, index)
+    written: dict[str, LoadedIndexFile] = {}
     for number, part in enumerate(parts):
         last = number == len(parts) - 1
-        file_id, data = encode_index_file(meta_key, part, superseded if last else None, compacted=True)
+        packs = [index.packs[entry] if isinstance(entry, str) else entry for entry in part]
+        file_id, data = encode_index_file(meta_key, packs, superseded if last else None, compacted=True)
         await put_once(repo.storage, f"index/{file_id}", data)
-        written[file_id] = IndexFile(packs=part, supersedes=superseded if last else [], compacted=True)
+        written[file_id] = LoadedIndexFile(superseded if last else [], [StoredPack(p) for p in packs], True)
+        del packs, data
     await hold("prune.indexed")
     # 4. Publish the mark; caches learn first what left the index.
     removed = [p.id for p in plan.drop + plan.repack]
@@ -580,7 +590,26 @@ async def _mark(run: _Run, stored: StoredState, view: _View) -> tuple[StoredStat
     result.packs_rescued += len(plan.rescue)
     result.blobs_removed = sum(1 for p in plan.drop + plan.repack for b in p.blobs if b.id not in plan.live)
     files = {**view.files, **written}
+    # Let go of the index read before the mark: the view loaded next holds the new one.
+    del plan, index
+    view.index = Index()
     return stored, await _View.load(repo, files)
+
+
+def _index_file_parts(entries: list[str | IndexPack], index: Index) -> list[list[str | IndexPack]]:
+    """`entries` cut into the packs of each index file to write (one part, maybe empty, at least)."""
+    parts: list[list[str | IndexPack]] = [[]]
+    blobs = 0
+    for entry in entries:
+        count = index.pack_blob_count(entry) if isinstance(entry, str) else len(entry.blobs)
+        part = parts[-1]
+        if part and (len(part) >= INDEX_PACKS_PER_FILE or blobs + count > INDEX_BLOBS_PER_FILE):
+            part = []
+            parts.append(part)
+            blobs = 0
+        part.append(entry)
+        blobs += count
+    return parts
 
 
 async def _sweep(run: _Run, stored: StoredState, view: _View) -> StoredState:

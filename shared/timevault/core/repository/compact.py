@@ -15,8 +15,9 @@ copies more than one group, 1/256 of the records, at once).
 
 from __future__ import annotations
 
+import bisect
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 
 ID_SIZE = 32
 MERGE_AT = 1 << 16
@@ -136,6 +137,37 @@ class IdMap:
     def update(self, ids: Iterable[bytes]) -> None:
         for blob_id in ids:
             self.add(blob_id)
+
+    def add_sorted(self, data: bytes | memoryview, leave_out: Container[bytes] = frozenset()) -> None:
+        """Add (to a set) the sorted ids of `data`, 32 bytes each back to back (a list of
+        references), except those in `leave_out`: merged group by group, so no Python object
+        per id outlives its group (a million ids cost 32 MiB here, not a set's ~100 MiB)."""
+        if self._value_size:
+            raise ValueError("add_sorted adds to a set, not to a map")
+        if len(data) % ID_SIZE:
+            raise ValueError("not whole 32-byte ids")
+        self._merge()
+        view = memoryview(data)
+        count = len(data) // ID_SIZE
+        start = 0
+        while start < count:
+            first = view[start * ID_SIZE]
+            end = bisect.bisect_right(range(count), first, lo=start, key=lambda i: view[i * ID_SIZE])
+            new: list[tuple[bytes, bytes]] = []
+            previous = b""
+            for offset in range(start * ID_SIZE, end * ID_SIZE, ID_SIZE):
+                blob_id = bytes(view[offset : offset + ID_SIZE])
+                if blob_id <= previous:
+                    if blob_id == previous:
+                        continue
+                    raise ValueError("ids are not sorted")
+                previous = blob_id
+                if blob_id not in leave_out and self._find(blob_id) < 0:
+                    new.append((blob_id, b""))
+            if new:
+                self._merge_group(first, new)
+                self._merged += len(new)
+            start = end
 
     def __iter__(self) -> Iterator[bytes]:
         """Every id, in no particular order."""

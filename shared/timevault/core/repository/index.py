@@ -51,7 +51,7 @@ _WHERE = struct.Struct("<II")
 _BLOB_TYPES = {int(t): t for t in BlobType}
 
 
-class _StoredPack:
+class StoredPack:
     """A pack's index entry without a Python object per blob: its blobs as fixed-width records.
 
     A value too large for a record (only a damaged or hostile index has one) keeps its
@@ -96,38 +96,46 @@ class _StoredPack:
 
 
 class _Packs(Mapping[str, IndexPack]):
-    """`Index.packs`: pack id -> its `IndexPack`, made when asked for (not kept)."""
+    """`Index.packs`: pack id -> its `IndexPack`, made when asked for (not kept).
 
-    def __init__(self, index: Index) -> None:
-        self._index = index
+    Holds the index's containers, not the index: a view that pointed back at its index would
+    make a cycle, and an index of a million blobs would then live on until the cyclic garbage
+    collector happened to run (prune loads a new index while the old one should be gone)."""
+
+    def __init__(self, stored: list[StoredPack], pack_numbers: dict[str, int]) -> None:
+        self._stored = stored
+        self._pack_numbers = pack_numbers
 
     def __getitem__(self, pack_id: str) -> IndexPack:
-        return self._index._stored[self._index._pack_numbers[pack_id]].entry()
+        return self._stored[self._pack_numbers[pack_id]].entry()
 
     def __contains__(self, pack_id: object) -> bool:
-        return pack_id in self._index._pack_numbers
+        return pack_id in self._pack_numbers
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._index._pack_numbers)
+        return iter(self._pack_numbers)
 
     def __len__(self) -> int:
-        return len(self._index._pack_numbers)
+        return len(self._pack_numbers)
 
 
 class _Locations(Mapping[bytes, BlobLocation]):
-    """`Index.blobs`: blob id -> `BlobLocation`, made when asked for (not kept)."""
+    """`Index.blobs`: blob id -> `BlobLocation`, made when asked for (not kept). Holds the
+    index's containers, not the index (see `_Packs`)."""
 
-    def __init__(self, index: Index) -> None:
-        self._index = index
+    def __init__(self, where: IdMap, stored: list[StoredPack], locations: bool) -> None:
+        self._where = where
+        self._stored = stored
+        self._locations = locations
 
     def get(self, blob_id: bytes, default: BlobLocation | None = None) -> BlobLocation | None:  # type: ignore[override]
-        if not self._index.locations:
+        if not self._locations:
             raise LookupError("this index was loaded without locations (to deduplicate only)")
-        where = self._index._where.get(blob_id)
+        where = self._where.get(blob_id)
         if where is None:
             return default
         pack_number, position = _WHERE.unpack(where)
-        stored = self._index._stored[pack_number]
+        stored = self._stored[pack_number]
         keys = stored.keys
         if stored.odd is not None and position in stored.odd:
             blob = stored.odd[position]
@@ -147,13 +155,13 @@ class _Locations(Mapping[bytes, BlobLocation]):
         return location
 
     def __contains__(self, blob_id: object) -> bool:
-        return blob_id in self._index._where
+        return blob_id in self._where
 
     def __iter__(self) -> Iterator[bytes]:
-        return iter(self._index._where)
+        return iter(self._where)
 
     def __len__(self) -> int:
-        return len(self._index._where)
+        return len(self._where)
 
 
 class Index:
@@ -169,10 +177,10 @@ class Index:
         # (~32 bytes a blob): all a backup needs to deduplicate.
         self.locations = locations
         self._where = IdMap(_WHERE.size if locations else 0)
-        self._stored: list[_StoredPack] = []
+        self._stored: list[StoredPack] = []
         self._pack_numbers: dict[str, int] = {}
-        self.blobs: Mapping[bytes, BlobLocation] = _Locations(self)
-        self.packs: Mapping[str, IndexPack] = _Packs(self)
+        self.blobs: Mapping[bytes, BlobLocation] = _Locations(self._where, self._stored, locations)
+        self.packs: Mapping[str, IndexPack] = _Packs(self._stored, self._pack_numbers)
         self.files: set[str] = set()
         self.damaged_files: set[str] = set()  # ids of index files that did not load
 
@@ -180,9 +188,10 @@ class Index:
         return blob_id in self._where
 
     def add_pack(self, pack: IndexPack) -> None:
-        self._add_stored(_StoredPack(pack))
+        self.add_stored(StoredPack(pack))
 
-    def _add_stored(self, stored: _StoredPack) -> None:
+    def add_stored(self, stored: StoredPack) -> None:
+        """Add a pack already held compactly (shared, not copied: a `LoadedIndexFile`'s)."""
         number = len(self._stored)
         self._stored.append(stored)
         self._pack_numbers[stored.id] = number
@@ -204,6 +213,11 @@ class Index:
         `packs[pack_id].size`, which makes the pack's whole entry)."""
         number = self._pack_numbers.get(pack_id)
         return None if number is None else self._stored[number].size
+
+    def pack_blob_count(self, pack_id: str) -> int:
+        """How many blobs the index lists in a pack (0 when it does not list the pack)."""
+        number = self._pack_numbers.get(pack_id)
+        return 0 if number is None else len(self._stored[number])
 
     def stored_size(self) -> int:
         return sum(self._stored[number].size for number in self._pack_numbers.values())
@@ -234,7 +248,7 @@ class Index:
         damaged: set[str] = set()
         notes: list[str] = []  # given to `errors` only when this listing loads to the end
 
-        async def fetch(name: str) -> tuple[str, _LoadedFile | None]:
+        async def fetch(name: str) -> tuple[str, LoadedIndexFile | None]:
             async with sem:
                 try:
                     data = await storage.get(name)
@@ -242,8 +256,7 @@ class Index:
                         raise CorruptIndex("index file does not match its name (renamed or changed)")
                     # Made compact at once: the decoded file (an object per blob) is let go
                     # before the next one is read, not held until every file is in.
-                    file = decode_index_file(meta_key, data)
-                    return name, _LoadedFile(file.supersedes, [_StoredPack(pack) for pack in file.packs])
+                    return name, LoadedIndexFile.of(decode_index_file(meta_key, data))
                 except CorruptIndex as exc:
                     if errors is None:
                         raise CorruptIndex(f"{storage.location}: {name}: {exc}") from exc
@@ -269,14 +282,21 @@ class Index:
                 continue
             index.files.add(file_id)
             for stored in file.packs:
-                index._add_stored(stored)
+                index.add_stored(stored)
         return index
 
 
 @dataclass(slots=True)
-class _LoadedFile:
+class LoadedIndexFile:
+    """An index file as held after loading: its packs compact, not an object per blob."""
+
     supersedes: list[str]
-    packs: list[_StoredPack]
+    packs: list[StoredPack]
+    compacted: bool = False
+
+    @classmethod
+    def of(cls, file: IndexFile) -> LoadedIndexFile:
+        return cls(file.supersedes, [StoredPack(pack) for pack in file.packs], file.compacted)
 
 
 def decode_index_file(meta_key: bytes, data: bytes) -> IndexFile:
@@ -309,7 +329,9 @@ __all__ = [
     "BlobLocation",
     "CorruptIndex",
     "Index",
+    "LoadedIndexFile",
     "PackBlob",
+    "StoredPack",
     "decode_index_file",
     "encode_index_file",
     "pack_object_name",
