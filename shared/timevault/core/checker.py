@@ -20,6 +20,7 @@ from timevault.core import crypto
 from timevault.core.names import name_problem
 from timevault.core.repository import gcstate
 from timevault.core.repository.blobs import CorruptBlob
+from timevault.core.repository.compact import IdMap, IdSet
 from timevault.core.repository.format import BlobType, Node, Snapshot
 from timevault.core.repository.history import UNENDORSED, History, describe_removed
 from timevault.core.repository.index import Index, pack_object_name
@@ -85,15 +86,15 @@ class TreeWalk:
                         self.errors.append(f"{where}/{os.fsdecode(node.name)}: data blob {blob_id.hex()[:16]} is missing")
             self.children[tree_id] = (_pack(subtrees), _pack(data))
 
-    def needed(self, root: bytes) -> set[bytes]:
-        """Every blob (trees included) below `root`, from what `walk` read."""
-        found: set[bytes] = set()
-        stack = [root]
+    def needed(self, root: bytes) -> IdMap:
+        """Every blob (trees included) below `root`, from what `walk` read; held compactly
+        (a snapshot of a million files needs a million ids)."""
+        found = IdSet()
+        stack = [root] if len(root) == ID_SIZE else []  # a hostile snapshot's root: reported by walk
         while stack:
             tree_id = stack.pop()
-            if tree_id in found:
+            if not found.add(tree_id):
                 continue
-            found.add(tree_id)
             subtrees, data = self.children.get(tree_id, (b"", b""))
             found.update(_unpack(data))
             stack.extend(_unpack(subtrees))
@@ -223,7 +224,7 @@ async def _check_references(
     they need. One snapshot's list at a time: never every snapshot's at once."""
     for snapshot_id, snapshot in snapshots:
         try:
-            listed = await repo.snapshot_references(snapshot_id)
+            listed = await repo.snapshot_reference_ids(snapshot_id)
         except (RepositoryError, StorageError) as exc:
             result.errors.append(f"snapshot {snapshot_id[:8]}: {exc}")
             continue
@@ -238,12 +239,15 @@ async def _check_references(
         if walk is None:
             continue
         needed = walk.needed(snapshot.tree)
-        if listed != needed:
+        if len(listed) != len(needed) or listed.sorted_ids() != needed.sorted_ids():
+            not_listed = sum(1 for blob_id in needed if blob_id not in listed)
+            not_needed = sum(1 for blob_id in listed if blob_id not in needed)
             result.errors.append(
                 f"snapshot {snapshot_id[:8]}: its list of references does not match its trees "
-                f"({len(needed - listed)} needed blob(s) not listed, {len(listed - needed)} listed blob(s) "
+                f"({not_listed} needed blob(s) not listed, {not_needed} listed blob(s) "
                 "not needed): prune by the services would go wrong"
             )
+        del listed, needed
 
 
 async def _note_leftovers(repo: Repository, result: CheckResult) -> None:

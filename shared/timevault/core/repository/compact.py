@@ -135,8 +135,21 @@ class IdMap:
         return True
 
     def update(self, ids: Iterable[bytes]) -> None:
+        """Add many ids (to a set): `add` without its per-call checks, for hot loops."""
+        if self._value_size:
+            raise ValueError("update adds to a set, not to a map")
+        pending, find = self._pending, self._find
         for blob_id in ids:
-            self.add(blob_id)
+            if blob_id in pending:
+                continue
+            if len(blob_id) != ID_SIZE:
+                raise ValueError(f"an id is {ID_SIZE} bytes")
+            if find(blob_id) >= 0:
+                continue
+            pending[bytes(blob_id)] = b""
+            if len(pending) >= MERGE_AT:
+                self._merge()
+                pending = self._pending
 
     def add_sorted(self, data: bytes | memoryview, leave_out: Container[bytes] = frozenset()) -> None:
         """Add (to a set) the sorted ids of `data`, 32 bytes each back to back (a list of

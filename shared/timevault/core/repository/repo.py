@@ -658,6 +658,27 @@ class Repository:
         ids |= references.unpack_ids(record.added)
         return ids
 
+    async def reference_ids(self, references_id: str) -> IdMap:
+        """`references_of` held compactly (32 bytes an id, not a Python set's ~100): for
+        callers that hold a whole snapshot's list, as check does for each snapshot."""
+        record = await self._references_file(references_id)
+        if record.base is None:
+            return IdMap.from_sorted(record.added)
+        base = await self._references_file(record.base)
+        if base.base is not None:
+            raise RepositoryError(f"the list of references {references_id[:12]} builds on a delta")
+        ids = IdSet()
+        ids.add_sorted(base.added, references.unpack_ids(record.removed))
+        ids.add_sorted(record.added)
+        return ids
+
+    async def snapshot_reference_ids(self, snapshot_id: str) -> IdMap:
+        """`snapshot_references`, held compactly (see `reference_ids`)."""
+        snapshot = await self.load_snapshot(snapshot_id)
+        if not snapshot.references:
+            raise RepositoryError(f"snapshot {snapshot_id[:12]} has no list of references")
+        return await self.reference_ids(snapshot.references)
+
     async def snapshot_references(self, snapshot_id: str) -> set[bytes]:
         """Every blob id (data and trees) the snapshot needs. Works with the write tier alone."""
         snapshot = await self.load_snapshot(snapshot_id)
