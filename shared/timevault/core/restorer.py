@@ -38,7 +38,7 @@ from timevault.core.names import safe_name
 from timevault.core.repository.blobs import CorruptBlob
 from timevault.core.repository.format import BlobType, Node
 from timevault.core.repository.history import CONTRADICTS, ENDORSED
-from timevault.core.repository.index import BlobLocation, pack_object_name
+from timevault.core.repository.index import BlobLocation, BlobLookup, pack_object_name
 from timevault.core.repository.repo import Repository
 from timevault.core.restore_target import TargetError, check_under_roots, merge_into, open_parent
 from timevault.core.storage import StorageError
@@ -246,8 +246,12 @@ class Restorer:
         keep_setid: bool = False,
         max_depth: int = MAX_DEPTH,
         max_items: int = MAX_ITEMS,
+        locations: BlobLookup | None = None,
     ) -> None:
         self.repo = repo
+        # Where blobs lie: `restore` gives the table on disk (memory flat in the blobs); without
+        # it, the repository's index in memory.
+        self._locations = locations
         self.keep_setid = keep_setid
         self.max_depth = max_depth
         self.max_items = max_items
@@ -265,6 +269,11 @@ class Restorer:
         self._decoded = ByteBudget(DECODED_BYTES)
         self._creator = _Creator.current(keep_setid)
         self._open: set[int] = set()  # descriptors of folders made and not yet ended
+
+    async def _lookup(self) -> BlobLookup:
+        if self._locations is None:
+            self._locations = await self.repo.index()
+        return self._locations
 
     # --- surveying the snapshot --------------------------------------------------------------
 
@@ -295,7 +304,7 @@ class Restorer:
 
         async def listing(tree_id: bytes, depth: int) -> list[Node] | None:
             try:
-                tree = await self.repo.load_tree(tree_id)
+                tree = await self.repo.load_tree(tree_id, await self._lookup())
             except (CorruptBlob, StorageError):
                 if depth == 0:
                     raise  # the root: there is nothing to restore
@@ -375,7 +384,7 @@ class Restorer:
                     f"the snapshot's folders nest deeper than {self.max_depth} levels at {folder.relative!r}; refusing it"
                 )
             try:
-                tree = await self.repo.load_tree(tree_id)
+                tree = await self.repo.load_tree(tree_id, await self._lookup())
             except (CorruptBlob, StorageError) as exc:
                 if not parents:
                     raise  # the root: there is nothing to restore
@@ -560,14 +569,13 @@ class Restorer:
     ) -> tuple[dict[bytes, _Targets], dict[str, list[list[tuple[BlobLocation, bytes]]]]]:
         """Which (file, offset) each blob of the batch goes to, and the reads: per pack, runs of
         nearby blobs in stored order (each blob read once per batch)."""
-        index = await self.repo.index()
-        blobs = index.blobs
+        locate = (await self._lookup()).locate
         targets: dict[bytes, _Targets] = {}
         by_pack: dict[str, list[tuple[BlobLocation, bytes]]] = {}
         for file in files:
             offset = 0
             for blob_id in file.node.content:
-                location = blobs.get(blob_id)
+                location = locate(blob_id)
                 if location is None:
                     file.error = f"data blob {blob_id.hex()[:16]} is missing from the repository"
                     break
@@ -781,16 +789,30 @@ async def restore(
             f"{history.describe(snapshot_id)}; refusing to restore it (pass --allow-unverified to restore it anyway)"
         )
     parsed = _parse_includes(includes or [])
-    restorer = Restorer(repo, progress, cancel, keep_setid=keep_setid, max_depth=max_depth, max_items=max_items)
-    restorer.result.snapshot_id, restorer.result.history = snapshot_id, standing
-    if standing != ENDORSED:
-        restorer.result.notes.append(history.describe(snapshot_id))
     # Damaged or missing index files cost nothing here: the index is completed from the packs'
-    # own headers (in memory; `timevault repo rebuild-index` writes it back).
-    index_notes = await repo.repair_index()
-    restorer.result.notes.extend(index_notes)
+    # own headers (`timevault repo rebuild-index` writes it back). It is read into a table on
+    # disk, not memory: a restore looks each blob up once, and memory must not grow with them.
+    locations, index_notes = await repo.blob_locations()
+    with locations:
+        restorer = Restorer(
+            repo, progress, cancel, keep_setid=keep_setid, max_depth=max_depth, max_items=max_items,
+            locations=locations,
+        )
+        restorer.result.snapshot_id, restorer.result.history = snapshot_id, standing
+        if standing != ENDORSED:
+            restorer.result.notes.append(history.describe(snapshot_id))
+        restorer.result.notes.extend(index_notes)
+        await _restore_into(restorer, snapshot.tree, parsed, target, roots)
+    return restorer.result
+
+
+async def _restore_into(
+    restorer: Restorer, tree_id: bytes, parsed: list[tuple[bytes, ...]], target: str, roots: list[str] | None
+) -> None:
+    """Survey the snapshot, then restore it into a private folder beside `target` and move
+    (or merge) it into place."""
     # Folders on the way to an include are restored too; they alone are not a match.
-    if not await restorer.survey(snapshot.tree, parsed):
+    if not await restorer.survey(tree_id, parsed):
         raise RestoreError("no path in the snapshot matches the --include patterns")
     try:
         parent_fd, name = open_parent(target, roots)
@@ -807,7 +829,7 @@ async def restore(
             raise RestoreError(f"restore target {target} exists and is not a folder")
         os.mkdir(temp_name, 0o700, dir_fd=parent_fd)
         temp_fd = os.open(temp_name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent_fd)
-        await restorer.run(snapshot.tree, parsed, temp_fd)
+        await restorer.run(tree_id, parsed, temp_fd)
         if existing is not None:
             target_fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent_fd)
             try:
@@ -823,5 +845,4 @@ async def restore(
         with contextlib.suppress(FileNotFoundError):
             shutil.rmtree(temp_name, dir_fd=parent_fd)
         os.close(parent_fd)
-    return restorer.result
 

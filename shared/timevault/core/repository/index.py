@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import msgspec
 
@@ -243,40 +243,20 @@ class Index:
     async def _load_listed(
         cls, storage: Storage, meta_key: bytes, errors: list[str] | None, locations: bool
     ) -> Index:
-        names = [info.name async for info in storage.list("index/")]
-        sem = asyncio.Semaphore(16)
-        damaged: set[str] = set()
-        notes: list[str] = []  # given to `errors` only when this listing loads to the end
+        loaded: dict[int, tuple[str, LoadedIndexFile]] = {}
 
-        async def fetch(name: str) -> tuple[str, LoadedIndexFile | None]:
-            async with sem:
-                try:
-                    data = await storage.get(name)
-                    if crypto.content_hash(data).hex() != name.removeprefix("index/"):
-                        raise CorruptIndex("index file does not match its name (renamed or changed)")
-                    # Made compact at once: the decoded file (an object per blob) is let go
-                    # before the next one is read, not held until every file is in.
-                    return name, LoadedIndexFile.of(decode_index_file(meta_key, data))
-                except CorruptIndex as exc:
-                    if errors is None:
-                        raise CorruptIndex(f"{storage.location}: {name}: {exc}") from exc
-                    notes.append(f"{name}: {exc}")
-                    damaged.add(name.removeprefix("index/"))
-                    return name, None
+        def take(position: int, name: str, file: IndexFile) -> None:
+            # Made compact at once: the decoded file (an object per blob) is let go before
+            # the next one is read, not held until every file is in.
+            loaded[position] = (name, LoadedIndexFile.of(file))
 
         index = cls(locations=locations)
-        index.damaged_files = damaged
+        index.damaged_files = await read_index_files(storage, meta_key, errors, take)
         superseded: set[str] = set()
-        loaded = []
-        fetched = await asyncio.gather(*(fetch(name) for name in names))
-        if errors is not None:
-            errors.extend(notes)
-        for name, file in fetched:
-            if file is None:
-                continue
-            loaded.append((name, file))
+        for _, file in loaded.values():
             superseded.update(file.supersedes)
-        for name, file in loaded:
+        for position in sorted(loaded):  # listing order: the first pack named keeps a blob
+            name, file = loaded[position]
             file_id = name.removeprefix("index/")
             if file_id in superseded:
                 continue
@@ -284,6 +264,55 @@ class Index:
             for stored in file.packs:
                 index.add_stored(stored)
         return index
+
+    def locate(self, blob_id: bytes) -> BlobLocation | None:
+        """Where `blob_id` lies (`BlobLookup`), or None."""
+        return self.blobs.get(blob_id)
+
+
+class BlobLookup(Protocol):
+    """What reading a blob needs of an index: the in-memory `Index`, or a restore's table on
+    disk (`timevault.core.repository.locations`)."""
+
+    def locate(self, blob_id: bytes) -> BlobLocation | None: ...
+
+    def pack_size(self, pack_id: str) -> int | None: ...
+
+
+async def read_index_files(
+    storage: Storage,
+    meta_key: bytes,
+    errors: list[str] | None,
+    take: Callable[[int, str, IndexFile], None],
+) -> set[str]:
+    """Fetch, check and decode every listed index file, handing each to `take` (with its place
+    in the listing and its name) as soon as it is decoded: one decoded file at a time is alive,
+    never all of them. Returns the ids of damaged files; their errors raise CorruptIndex, or go
+    to `errors` if given (only once the whole listing was read: a retry starts afresh)."""
+    names = [info.name async for info in storage.list("index/")]
+    sem = asyncio.Semaphore(16)
+    damaged: set[str] = set()
+    notes: list[str] = []
+
+    async def fetch(position: int, name: str) -> None:
+        async with sem:
+            try:
+                data = await storage.get(name)
+                if crypto.content_hash(data).hex() != name.removeprefix("index/"):
+                    raise CorruptIndex("index file does not match its name (renamed or changed)")
+                file = decode_index_file(meta_key, data)
+                del data
+                take(position, name, file)
+            except CorruptIndex as exc:
+                if errors is None:
+                    raise CorruptIndex(f"{storage.location}: {name}: {exc}") from exc
+                notes.append(f"{name}: {exc}")
+                damaged.add(name.removeprefix("index/"))
+
+    await asyncio.gather(*(fetch(position, name) for position, name in enumerate(names)))
+    if errors is not None:
+        errors.extend(notes)
+    return damaged
 
 
 @dataclass(slots=True)
@@ -327,6 +356,7 @@ async def write_index_file(
 
 __all__ = [
     "BlobLocation",
+    "BlobLookup",
     "CorruptIndex",
     "Index",
     "LoadedIndexFile",
@@ -335,5 +365,6 @@ __all__ = [
     "decode_index_file",
     "encode_index_file",
     "pack_object_name",
+    "read_index_files",
     "write_index_file",
 ]

@@ -15,7 +15,7 @@ import secrets
 import socket
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Container
 from datetime import UTC, datetime
 from typing import cast
 
@@ -56,7 +56,8 @@ from timevault.core.repository.format import (
     WriteKeys,
 )
 from timevault.core.repository.history import CONTRADICTS, History, classify
-from timevault.core.repository.index import Index, pack_object_name, write_index_file
+from timevault.core.repository.index import BlobLookup, Index, pack_object_name, write_index_file
+from timevault.core.repository.locations import BlobLocations, load_locations
 from timevault.core.repository.pack import CorruptPack, index_entry, read_remote_pack_header
 from timevault.core.storage import (
     LocationFull,
@@ -331,13 +332,7 @@ class Repository:
         recovered, problems = await self._recover_unindexed(index)
         self._index = index
         self._tree_packs.clear()
-        notes = [f"index file damaged, left out: {error}" for error in errors]
-        if recovered:
-            notes.append(
-                f"{len(recovered)} pack(s) missing from the index were read from their own headers "
-                "(`timevault repo rebuild-index` writes the index back)"
-            )
-        return notes + problems
+        return self._repair_notes(errors, recovered, problems)
 
     async def rebuild_index(self) -> tuple[int, int, list[str]]:
         """Write back index entries for every pack no readable index file lists, and replace
@@ -356,15 +351,52 @@ class Repository:
             self._tree_packs.clear()
             return len(recovered), len(damaged), problems
 
+    async def blob_locations(self, temp_dir: str | None = None) -> tuple[BlobLocations, list[str]]:
+        """The index as a table in a temporary file (`locations.py`), for a restore: its memory
+        does not grow with the blobs. Completed from the packs' own headers where index files
+        are damaged or missing, as `repair_index` does; returns the table and notes on what was
+        repaired. The caller closes the table."""
+        errors: list[str] = []
+        builder = await load_locations(self.storage, self.write_keys.meta_key, errors, temp_dir=temp_dir)
+        try:
+            recovered, problems = await self._read_unindexed(builder.live_packs())
+            if recovered:
+                builder.add_packs(recovered)
+            locations = builder.finish()
+        except BaseException:
+            builder.close()
+            raise
+        return locations, self._repair_notes(errors, recovered, problems)
+
+    @staticmethod
+    def _repair_notes(errors: list[str], recovered: list[IndexPack], problems: list[str]) -> list[str]:
+        notes = [f"index file damaged, left out: {error}" for error in errors]
+        if recovered:
+            notes.append(
+                f"{len(recovered)} pack(s) missing from the index were read from their own headers "
+                "(`timevault repo rebuild-index` writes the index back)"
+            )
+        return notes + problems
+
     async def _recover_unindexed(
         self, index: Index, skip: set[str] | None = None
     ) -> tuple[list[IndexPack], list[str]]:
         """Add to `index` every stored pack it lacks, from the pack's header (two ranged reads)."""
+        recovered, problems = await self._read_unindexed(index.packs, skip)
+        for entry in recovered:
+            index.add_pack(entry)
+        return recovered, problems
+
+    async def _read_unindexed(
+        self, indexed: Container[str], skip: set[str] | None = None
+    ) -> tuple[list[IndexPack], list[str]]:
+        """Index entries, from their headers (two ranged reads each), of the stored packs that
+        are not in `indexed`, and problems with those that cannot be read."""
         stored = {info.name: info.size async for info in self.storage.list("data/")}
         skip = skip or set()
         missing = [
             (name, size) for name, size in stored.items()
-            if name.rsplit("/", 1)[-1] not in index.packs and name.rsplit("/", 1)[-1] not in skip
+            if name.rsplit("/", 1)[-1] not in indexed and name.rsplit("/", 1)[-1] not in skip
         ]
         sem = asyncio.Semaphore(8)
         problems: list[str] = []
@@ -380,10 +412,7 @@ class Repository:
             return index_entry(pack_id, size, header)
 
         found = await asyncio.gather(*(recover(name, size) for name, size in missing))
-        recovered = [entry for entry in found if entry is not None]
-        for entry in recovered:
-            index.add_pack(entry)
-        return recovered, problems
+        return [entry for entry in found if entry is not None], problems
 
     # --- snapshots and their history -----------------------------------------------------
 
@@ -713,9 +742,10 @@ class Repository:
             raise ReadAccessRequired("reading backed-up data needs the password")
         return decode(self._unsealer, self.write_keys.id_key, blob_id, blob_type, payload, sealed_key)
 
-    async def load_blob(self, blob_id: bytes, blob_type: BlobType) -> BytesLike:
-        index = await self.index()
-        location = index.blobs.get(blob_id)
+    async def load_blob(self, blob_id: bytes, blob_type: BlobType, lookup: BlobLookup | None = None) -> BytesLike:
+        """A blob, decoded and verified; found with `lookup` (a restore's table) or the index."""
+        index = lookup if lookup is not None else await self.index()
+        location = index.locate(blob_id)
         if location is None:
             raise CorruptBlob(f"blob {blob_id.hex()[:16]} is missing from the index")
         try:
@@ -730,14 +760,15 @@ class Repository:
             raise CorruptBlob(f"pack {location.pack[:12]} is truncated")
         return await asyncio.to_thread(self.decode_blob, blob_id, blob_type, payload, location.sealed_key)
 
-    async def load_tree(self, tree_id: bytes) -> Tree:
-        """A directory listing. Tree packs are read whole and a few are kept: walking a snapshot
-        touches thousands of trees, and one request each is slow on S3."""
-        index = await self.index()
-        location = index.blobs.get(tree_id)
+    async def load_tree(self, tree_id: bytes, lookup: BlobLookup | None = None) -> Tree:
+        """A directory listing, found with `lookup` (a restore's table) or the index. Tree packs
+        are read whole and a few are kept: walking a snapshot touches thousands of trees, and
+        one request each is slow on S3."""
+        index = lookup if lookup is not None else await self.index()
+        location = index.locate(tree_id)
         pack_size = index.pack_size(location.pack) if location is not None else None
         if location is None or pack_size is None or location.type != BlobType.TREE or pack_size > TREE_PACK_MAX:
-            data = await self.load_blob(tree_id, BlobType.TREE)  # the usual path and its errors
+            data = await self.load_blob(tree_id, BlobType.TREE, index)  # the usual path and its errors
         else:
             payload = memoryview(await self._tree_pack(location.pack))[
                 location.offset : location.offset + location.length
