@@ -80,8 +80,12 @@ __all__ = [
     "RepositoryNotFound",
 ]
 
-TREE_PACKS_KEPT = 4
-TREE_PACK_MAX = 32 * 1024 * 1024
+# Trees are read from their packs in aligned windows, and a few windows are kept: walking a
+# snapshot touches thousands of trees, mostly stored near each other (one request each is slow
+# on S3). Windows, not whole packs: the cache stays at TREE_WINDOW * TREE_WINDOWS_KEPT however
+# many tree packs a snapshot has (whole packs kept 4 x 16 MiB once trees filled 4 packs).
+TREE_WINDOW = 4 * 1024 * 1024
+TREE_WINDOWS_KEPT = 4
 # Trees up to this size are decoded on the event loop (~20 µs); a thread hop costs more.
 DECODE_INLINE_MAX = 64 * 1024
 LOCK_STALE_AFTER = 30 * 60
@@ -119,7 +123,7 @@ class Repository:
         self._key_name = key_name
         self._index: Index | None = None
         self._index_generation: list[str] = []
-        self._tree_packs: OrderedDict[str, asyncio.Future[bytes]] = OrderedDict()
+        self._tree_packs: OrderedDict[tuple[str, int], asyncio.Future[bytes]] = OrderedDict()
         self._snapshot_key = crypto.subkey(write.meta_key, "snapshot id")
         # Snapshots and endorsements never change (their names are hashes of their content),
         # so what was read once is kept: saving a snapshot lists the history again.
@@ -761,17 +765,22 @@ class Repository:
         return await asyncio.to_thread(self.decode_blob, blob_id, blob_type, payload, location.sealed_key)
 
     async def load_tree(self, tree_id: bytes, lookup: BlobLookup | None = None) -> Tree:
-        """A directory listing, found with `lookup` (a restore's table) or the index. Tree packs
-        are read whole and a few are kept: walking a snapshot touches thousands of trees, and
-        one request each is slow on S3."""
+        """A directory listing, found with `lookup` (a restore's table) or the index. Read
+        through the cache of tree windows (`TREE_WINDOW`)."""
         index = lookup if lookup is not None else await self.index()
         location = index.locate(tree_id)
         pack_size = index.pack_size(location.pack) if location is not None else None
-        if location is None or pack_size is None or location.type != BlobType.TREE or pack_size > TREE_PACK_MAX:
+        window = location.offset // TREE_WINDOW if location is not None else -1
+        if (
+            location is None or pack_size is None or location.type != BlobType.TREE
+            or location.offset < 0 or location.length <= 0 or location.offset + location.length > pack_size
+            or (location.offset + location.length - 1) // TREE_WINDOW != window  # across two windows
+        ):
             data = await self.load_blob(tree_id, BlobType.TREE, index)  # the usual path and its errors
         else:
-            payload = memoryview(await self._tree_pack(location.pack))[
-                location.offset : location.offset + location.length
+            start = window * TREE_WINDOW
+            payload = memoryview(await self._tree_window(location.pack, start, min(TREE_WINDOW, pack_size - start)))[
+                location.offset - start : location.offset - start + location.length
             ]
             if len(payload) != location.length:
                 raise CorruptBlob(f"pack {location.pack[:12]} is truncated")
@@ -786,23 +795,25 @@ class Repository:
         except msgspec.DecodeError as exc:
             raise CorruptBlob(f"tree {tree_id.hex()[:16]} does not decode: {exc}") from exc
 
-    async def _tree_pack(self, pack_id: str) -> bytes:
-        task = self._tree_packs.get(pack_id)
+    async def _tree_window(self, pack_id: str, start: int, length: int) -> bytes:
+        """`length` bytes of a pack from `start` (a window), read once while it stays cached."""
+        key = (pack_id, start)
+        task = self._tree_packs.get(key)
         if task is None:
-            task = asyncio.ensure_future(self.storage.get(pack_object_name(pack_id)))
-            self._tree_packs[pack_id] = task
-            while len(self._tree_packs) > TREE_PACKS_KEPT:
+            task = asyncio.ensure_future(self.storage.get(pack_object_name(pack_id), start, length))
+            self._tree_packs[key] = task
+            while len(self._tree_packs) > TREE_WINDOWS_KEPT:
                 self._tree_packs.popitem(last=False)
         else:
-            self._tree_packs.move_to_end(pack_id)
+            self._tree_packs.move_to_end(key)
         try:
             return await asyncio.shield(task)
         except ObjectNotFound as exc:
-            self._tree_packs.pop(pack_id, None)
+            self._tree_packs.pop(key, None)
             raise CorruptBlob(f"pack {pack_id[:12]} holding trees is missing") from exc
         except BaseException:
-            if self._tree_packs.get(pack_id) is task and task.done():
-                del self._tree_packs[pack_id]  # a failed read is not kept
+            if self._tree_packs.get(key) is task and task.done():
+                del self._tree_packs[key]  # a failed read is not kept
             raise
 
     # --- locks ---------------------------------------------------------------------------
