@@ -267,6 +267,9 @@ class Restorer:
         self._decoder = ThreadPoolExecutor(DECODERS, thread_name_prefix="restore-decoder")
         self._made: asyncio.Future[None] | None = None
         self._decoded = ByteBudget(DECODED_BYTES)
+        # Read runs in flight, over both batches in flight (one semaphore each held twice the
+        # spans): a batch's runs queue before the next one's, so the older batch goes first.
+        self._reads = asyncio.Semaphore(PARALLEL_PACKS)
         self._creator = _Creator.current(keep_setid)
         self._open: set[int] = set()  # descriptors of folders made and not yet ended
 
@@ -485,10 +488,9 @@ class Restorer:
         made = self._made = loop.run_in_executor(self._writer, self._make, batch.make)
         try:
             targets, by_pack = await self._plan_reads(batch.files)
-            sem = asyncio.Semaphore(PARALLEL_PACKS)
 
             async def read_run(pack_id: str, run: list[tuple[BlobLocation, bytes]]) -> None:
-                async with sem:
+                async with self._reads:
                     if self._cancel is not None and self._cancel.is_set():
                         raise RestoreCanceled("restore canceled")
                     await self._restore_run(pack_id, run, targets, made)
@@ -615,13 +617,20 @@ class Restorer:
                 await self._decoded.release(size)
 
         # A run is decoded a few MiB at a time, each part handed to a writer as it is ready;
-        # the bytes decoded but not yet written stay within DECODED_BYTES (memory stays flat).
+        # the bytes decoded but not yet written stay within DECODED_BYTES (memory stays flat):
+        # a part's plain size is reserved before it is decoded, not after.
         writes = []
         try:
             for group in _groups(run, DECODE_GROUP_BYTES):
-                decoded = await loop.run_in_executor(self._decoder, self._decode_blobs, span, start, group, targets)
-                size = sum(len(data) for data, _ in decoded)
+                size = sum(max(location.raw_length, 0) for location, _ in group)
                 await self._decoded.acquire(size)
+                try:
+                    decoded = await loop.run_in_executor(
+                        self._decoder, self._decode_blobs, span, start, group, targets
+                    )
+                except BaseException:
+                    await self._decoded.release(size)
+                    raise
                 writes.append(asyncio.create_task(write(decoded, size)))
         finally:
             del span
