@@ -68,11 +68,11 @@ class StoredPack:
         parts = []
         for position, blob in enumerate(pack.blobs):
             try:
+                if len(blob.id) != ID_SIZE:  # checked first: one record per blob, never two
+                    raise struct.error("not a 32-byte id")
                 parts.append(
                     _PACK_BLOB.pack(blob.id, blob.type, blob.offset, blob.length, blob.raw_length, blob.key)
                 )
-                if len(blob.id) != ID_SIZE:
-                    raise struct.error("not a 32-byte id")
             except struct.error:
                 parts.append(bytes(_PACK_BLOB.size))
                 if self.odd is None:
