@@ -48,6 +48,7 @@ _BUCKETS = _GROUPS * 256
 _ODD = 0xFFFFFFFF
 _BLOB_TYPES = {int(t): t for t in BlobType}
 _second_byte = itemgetter(1)
+_unpack_record = _RECORD.unpack_from
 
 
 @dataclass(slots=True)
@@ -227,10 +228,11 @@ class BlobLocations:
         return None if number is None else self._packs[number].size
 
     def __contains__(self, blob_id: object) -> bool:
-        return isinstance(blob_id, bytes) and self._record(blob_id) is not None
+        return isinstance(blob_id, bytes) and self.locate(blob_id) is not None
 
-    def _record(self, blob_id: bytes) -> tuple[bytes, int] | None:
-        """The bucket's bytes and where `blob_id`'s record starts in them, or None."""
+    def locate(self, blob_id: bytes) -> BlobLocation | None:
+        """Where `blob_id` lies, or None. One `pread` of its bucket (a restore asks once per blob:
+        kept short)."""
         if len(blob_id) != ID_SIZE:
             return None
         bucket = blob_id[0] << 8 | blob_id[1]
@@ -238,19 +240,17 @@ class BlobLocations:
         lo, hi = starts[bucket], starts[bucket + 1]
         if lo == hi:
             return None
-        data = _read_all(self._fd, (hi - lo) * RECORD_SIZE, lo * RECORD_SIZE)
+        size = (hi - lo) * RECORD_SIZE
+        data = os.pread(self._fd, size, lo * RECORD_SIZE)
+        if len(data) != size:
+            data = _read_all(self._fd, size, lo * RECORD_SIZE)
         pos = data.find(blob_id)
         # A match must start a record (an id's bytes might also appear across two records).
-        while pos >= 0 and pos % RECORD_SIZE:
+        while pos % RECORD_SIZE and pos >= 0:
             pos = data.find(blob_id, pos + 1)
-        return None if pos < 0 else (data, pos)
-
-    def locate(self, blob_id: bytes) -> BlobLocation | None:
-        """Where `blob_id` lies, or None."""
-        found = self._record(blob_id)
-        if found is None:
+        if pos < 0:
             return None
-        _, blob_type, number, offset, length, raw_length, key = _RECORD.unpack_from(*found)
+        _, blob_type, number, offset, length, raw_length, key = _unpack_record(data, pos)
         if number == _ODD:
             number, blob = self._odd[offset]
             offset, length, raw_length, key = blob.offset, blob.length, blob.raw_length, blob.key
