@@ -84,7 +84,7 @@ __all__ = [
 # snapshot touches thousands of trees, mostly stored near each other (one request each is slow
 # on S3). Windows, not whole packs: the cache stays at TREE_WINDOW * TREE_WINDOWS_KEPT however
 # many tree packs a snapshot has (whole packs kept 4 x 16 MiB once trees filled 4 packs).
-TREE_WINDOW = 4 * 1024 * 1024
+TREE_WINDOW = 2 * 1024 * 1024
 TREE_WINDOWS_KEPT = 4
 # Trees up to this size are decoded on the event loop (~20 µs); a thread hop costs more.
 DECODE_INLINE_MAX = 64 * 1024
