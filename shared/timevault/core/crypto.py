@@ -276,31 +276,85 @@ def encrypt_padded_into(
         plaintext[len(header) : len(header) + len(body)] = body
         encrypt_into(key, plaintext, aad, out)
         return
-    nonce = next_nonce()
-    out[:NONCE_SIZE] = nonce
     pieces: list[BytesLike] = [header, body]
     while padding:
         step = min(padding, len(_ZEROS))
         pieces.append(memoryview(_ZEROS)[:step])
         padding -= step
+    encrypt_pieces_into(key, aad, pieces, out)
+
+
+def encrypt_pieces_into(key: bytes, aad: bytes, pieces: Iterable[BytesLike], out: memoryview) -> None:
+    """nonce ‖ AES-GCM(the pieces joined) ‖ tag into `out`, which is exactly that long: the
+    same as `encrypt_into` of the joined plaintext, which is never built (the pieces may come
+    from a generator, e.g. a list of a million references read from disk)."""
+    nonce = next_nonce()
+    out[:NONCE_SIZE] = nonce
     position = NONCE_SIZE
+    end = len(out) - TAG_SIZE
     if _OpenSSLGCM is not None:
         encryptor = _OpenSSLCipher(_openssl_algorithms.AES(key), _openssl_modes.GCM(nonce)).encryptor()
         if aad:
             encryptor.authenticate_additional_data(aad)
         for piece in pieces:
+            if position + len(piece) > end:
+                raise ValueError("output buffer too small")
             # update_into wants 15 bytes of slack past the piece: the tag's room provides it.
             position += encryptor.update_into(piece, out[position:])
         encryptor.finalize()
-        out[position:] = encryptor.tag
-        return
-    cipher = AES.new(key, AES.MODE_GCM, nonce=nonce)
-    if aad:
-        cipher.update(aad)
-    for piece in pieces:
-        cipher.encrypt(piece, output=out[position : position + len(piece)])
-        position += len(piece)
-    out[position:] = cipher.digest()
+        tag = encryptor.tag
+    else:
+        cipher = AES.new(key, AES.MODE_GCM, nonce=nonce)
+        if aad:
+            cipher.update(aad)
+        for piece in pieces:
+            if position + len(piece) > end:
+                raise ValueError("output buffer too small")
+            cipher.encrypt(piece, output=out[position : position + len(piece)])
+            position += len(piece)
+        tag = cipher.digest()
+    if position != end:
+        raise ValueError("output buffer too large")
+    out[position:] = tag
+
+
+class StreamDecryptor:
+    """Decrypts nonce ‖ ciphertext ‖ tag (as `encrypt` wrote it) piece by piece, given the nonce
+    and the tag first (a ranged read of the message's ends).
+
+    What `update` returns is NOT authenticated until `finish` returns: use it only for work
+    that is thrown away when `finish` raises Unauthenticated.
+    """
+
+    def __init__(self, key: bytes, nonce: bytes, tag: bytes, aad: bytes = b"") -> None:
+        if len(nonce) != NONCE_SIZE or len(tag) != TAG_SIZE:
+            raise Unauthenticated("ciphertext too short")
+        self._tag = tag
+        if _OpenSSLGCM is not None:
+            self._openssl = _OpenSSLCipher(
+                _openssl_algorithms.AES(key), _openssl_modes.GCM(nonce, tag)
+            ).decryptor()
+            if aad:
+                self._openssl.authenticate_additional_data(aad)
+        else:
+            self._cipher = AES.new(key, AES.MODE_GCM, nonce=nonce)
+            if aad:
+                self._cipher.update(aad)
+
+    def update(self, piece: BytesLike) -> bytes:
+        if _OpenSSLGCM is not None:
+            return self._openssl.update(piece)
+        return self._cipher.decrypt(piece)
+
+    def finish(self) -> None:
+        """Raises Unauthenticated unless every piece, and the tag, were as written."""
+        try:
+            if _OpenSSLGCM is not None:
+                self._openssl.finalize()
+            else:
+                self._cipher.verify(self._tag)
+        except (ValueError, _InvalidTag) as exc:
+            raise Unauthenticated("ciphertext failed authentication") from exc
 
 
 def blob_id(id_key: bytes, data: BytesLike) -> bytes:

@@ -45,8 +45,8 @@ from timevault.core.chunker import trim_segments
 from timevault.core.errors import BackupCanceled, BackupError, RepositoryError
 from timevault.core.repository import blobs
 from timevault.core.repository.blobs import EncodedBlob
-from timevault.core.repository.compact import IdSet
 from timevault.core.repository.format import BlobType, IndexPack, Node, Snapshot, SnapshotStats, Tree
+from timevault.core.repository.idruns import DiskIdSet, IdRuns
 from timevault.core.repository.index import Index
 from timevault.core.repository.pack import Packer
 from timevault.core.repository.repo import Repository
@@ -109,20 +109,31 @@ class IndexKnownBlobs:
 
 
 class PackerSink:
-    """In-process sink: packs blobs straight into the repository and grows its index."""
+    """In-process sink: packs blobs straight into the repository and grows its index (if any:
+    a backup that deduplicates against `Repository.stored_ids` keeps no index)."""
 
-    def __init__(self, repo: Repository, index: Index) -> None:
+    def __init__(self, repo: Repository, index: Index | None) -> None:
         async def written(pack: IndexPack) -> None:
+            assert index is not None
             index.add_pack(pack)
 
         # The archiver hands each blob over once (`Archiver.scheduled`): no second set of ids.
-        self.packer = Packer(repo.storage, repo.write_keys.meta_key, on_written=written, dedup=False)
+        self.packer = Packer(
+            repo.storage, repo.write_keys.meta_key, on_written=written if index is not None else None, dedup=False
+        )
 
     async def add(self, blob: EncodedBlob) -> None:
         await self.packer.add(blob)
 
     async def flush(self) -> None:
         await self.packer.flush()
+
+
+class _NothingStored:
+    """Every blob is new: the archiver's set of handed-on ids already holds what is stored."""
+
+    async def filter_unknown(self, ids: list[bytes]) -> set[bytes]:
+        return set(ids)
 
 
 class ByteBudget:
@@ -157,6 +168,8 @@ class Archiver:
         workers: int,
         in_flight: int = IN_FLIGHT_BYTES,
         excludes: Excludes | None = None,
+        scheduled: DiskIdSet | None = None,
+        spill_dir: str | None = None,
     ) -> None:
         self.repo = repo
         self.excludes = excludes
@@ -168,9 +181,10 @@ class Archiver:
         self.session = crypto.SealingSession(repo.write_keys.public_key)
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="encode")
         self.budget = ByteBudget(in_flight)
-        # Blob ids handed on in this run, and every blob the snapshot needs (data and trees,
-        # for its list of references): compact sets, one per blob of the whole tree.
-        self.scheduled = IdSet()
+        # Blob ids handed on in this run (and, given `scheduled`, those stored before), and
+        # every blob the snapshot needs (data and trees, for its list of references): one
+        # per blob of the whole tree, so both are kept on disk (`idruns`), not in memory.
+        self.scheduled = scheduled if scheduled is not None else DiskIdSet(spill_dir)
         self._batch: list[tuple[bytes, BlobType, BytesLike]] = []
         self._scans: dict[bytes, asyncio.Task[tuple[list[Entry], list[str]]]] = {}
         self._large_reads: dict[bytes, asyncio.Task[tuple[list[bytes], int] | None]] = {}
@@ -180,7 +194,7 @@ class Archiver:
         self.failure: BaseException | None = None
         self.stats = SnapshotStats()
         self.warnings: list[str] = []
-        self.referenced = IdSet()
+        self.referenced = IdRuns(spill_dir)
         self.progress = Progress(started=time.monotonic())
         self._on_progress = progress
         self._cancel = cancel
@@ -441,6 +455,7 @@ class Archiver:
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.scheduled.close()
 
 
 class _Finished:
@@ -484,6 +499,18 @@ def _path_trie(sources: list[bytes]) -> _Trie:
                 assert below is not None  # a None here ended the loop above
                 level = below
     return trie
+
+
+def _spill_dir(cache_dir: str | None) -> str | None:
+    """Where a backup's sets of ids spill: beside the files cache (on disk, unlike a /tmp that
+    may be memory), else the system's temp folder."""
+    if cache_dir is None:
+        return None
+    try:
+        os.makedirs(cache_dir, mode=0o700, exist_ok=True)
+    except OSError:
+        return None
+    return cache_dir
 
 
 def normalize_sources(paths: list[str]) -> list[bytes]:
@@ -533,18 +560,23 @@ async def backup(
             await on_locked()
         source_names = sorted(os.fsdecode(s) for s in sources)
         parent_id, parent = await ParentLookup.choose(repo, source_names, plan, cache_dir)
+        spill_dir = _spill_dir(cache_dir)
         own_index = False
         index: Index | None = None
+        stored: DiskIdSet | None = None
         if sink is None or known is None:  # in-process: pack and dedup against the index here
             # Deduplicating needs only which blobs exist; reading the parent's trees needs their
             # locations too, and then the one index with locations serves both.
             if parent.reads_trees:
                 index = await repo.current_index()
-            else:
-                index = await repo.known_ids()
-                own_index = True
+                known = known or IndexKnownBlobs(index)
+            elif known is None:
+                # Which blobs exist, on disk: they seed the archiver's set of handed-on ids,
+                # so one lookup answers "stored or already scheduled".
+                stored = await repo.stored_ids(spill_dir)
+                known = _NothingStored()
+            own_index = index is None
             sink = sink or PackerSink(repo, index)
-            known = known or IndexKnownBlobs(index)
         archiver = Archiver(
             repo,
             sink=sink,
@@ -555,6 +587,8 @@ async def backup(
             workers=workers,
             in_flight=in_flight,
             excludes=rules,
+            scheduled=stored,
+            spill_dir=spill_dir,
         )
         # Totals only matter to someone watching; counting competes with the backup for I/O.
         counter = asyncio.create_task(asyncio.to_thread(count_tree, sources, rules)) if progress else None
@@ -579,9 +613,7 @@ async def backup(
             archiver.close()
             if own_index:
                 repo.forget_index()  # this backup's packs went to its own index, not the cached one
-        # What only deduplication needed (a set of ids each, a million small files: tens of
-        # MiB) goes before the list of references is built.
-        archiver.scheduled = IdSet()
+        # What only deduplication needed goes before the list of references is built.
         archiver.known = known = _NOTHING_KNOWN
         archiver.sink = sink = _NO_SINK
         del index
@@ -591,7 +623,10 @@ async def backup(
         if parent_id is not None:
             with contextlib.suppress(RepositoryError):
                 near = (await repo.load_snapshot(parent_id)).references or None
-        references = await repo.save_references(archiver.referenced, near)
+        try:
+            references = await repo.save_references(archiver.referenced, near)
+        finally:
+            archiver.referenced.close()
         if rules is not None:  # ignore files that could not be used: said once each
             archiver.warnings.extend(dict.fromkeys(rules.warnings))
         snapshot = Snapshot(

@@ -18,6 +18,7 @@ from timevault.core import crypto
 from timevault.core.errors import CorruptIndex
 from timevault.core.repository.compact import ID_SIZE, IdMap
 from timevault.core.repository.format import BlobType, IndexFile, IndexPack, PackBlob
+from timevault.core.repository.idruns import DiskIdSet
 from timevault.core.storage import Storage
 from timevault.core.storage.base import ObjectNotFound
 from timevault.core.storage.once import put_once
@@ -313,6 +314,66 @@ async def read_index_files(
     if errors is not None:
         errors.extend(notes)
     return damaged
+
+
+async def load_stored_ids(storage: Storage, meta_key: bytes, make_set: Callable[[], DiskIdSet]) -> DiskIdSet:
+    """Every blob id the index files list, into a fresh `make_set()`: what a backup
+    deduplicates against, without locations and without holding the ids in memory.
+
+    Ids are added as each file arrives. Files that another file supersedes (a compaction not
+    yet finished deleting them) are only known once every file is read; when any was read,
+    the ids are read again without them, so that no blob prune took out counts as stored.
+    """
+    for attempt in range(1, LOAD_ATTEMPTS + 1):
+        try:
+            return await _load_ids_listed(storage, meta_key, make_set)
+        except ObjectNotFound:
+            if attempt == LOAD_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")
+
+
+async def _load_ids_listed(storage: Storage, meta_key: bytes, make_set: Callable[[], DiskIdSet]) -> DiskIdSet:
+    names = [info.name async for info in storage.list("index/")]
+    sem = asyncio.Semaphore(16)
+
+    async def fetch(name: str) -> tuple[str, list[str], list[bytes]]:
+        async with sem:
+            data = await storage.get(name)
+            try:
+                if crypto.content_hash(data).hex() != name.removeprefix("index/"):
+                    raise CorruptIndex("index file does not match its name (renamed or changed)")
+                file = decode_index_file(meta_key, data)
+            except CorruptIndex as exc:
+                raise CorruptIndex(f"{storage.location}: {name}: {exc}") from exc
+            del data
+            ids = [blob.id for pack in file.packs for blob in pack.blobs if len(blob.id) == ID_SIZE]
+            return name.removeprefix("index/"), file.supersedes, ids
+
+    skip: set[str] = set()
+    while True:
+        ids = make_set()
+        try:
+            superseded: set[str] = set()
+            loaded: set[str] = set()
+            tasks = [asyncio.ensure_future(fetch(name)) for name in names if name.removeprefix("index/") not in skip]
+            try:
+                for next_file in asyncio.as_completed(tasks):
+                    file_id, supersedes, file_ids = await next_file
+                    superseded.update(supersedes)
+                    loaded.add(file_id)
+                    ids.update(file_ids)
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+            if not superseded & loaded:
+                return ids
+            skip = superseded  # read again, without them (a second pass finds none)
+            ids.close()
+        except BaseException:
+            ids.close()
+            raise
 
 
 @dataclass(slots=True)

@@ -11,6 +11,7 @@ can always recompute the set from the trees, and `check` compares the two.
 from __future__ import annotations
 
 from array import array
+from collections.abc import Callable, Iterator
 
 import msgspec
 
@@ -102,3 +103,266 @@ def decode(meta_key: bytes, references_id: str, data: bytes) -> References:
     if len(record.added) % ID_SIZE or len(record.removed) % ID_SIZE:
         raise RepositoryError(f"{where} is damaged (not whole ids)")
     return record
+
+
+# --- streamed: a list of a million references is never held whole -------------------------
+
+_FULL_PREFIX = b"\x83\xa4base\xc0\xa5added"
+_FULL_SUFFIX = b"\xa7removed\xc4\x00"
+
+
+def _bin_header(length: int) -> bytes:
+    if length < 1 << 8:
+        return b"\xc4" + length.to_bytes(1, "big")
+    if length < 1 << 16:
+        return b"\xc5" + length.to_bytes(2, "big")
+    return b"\xc6" + length.to_bytes(4, "big")
+
+
+def full_list_frame(count: int) -> tuple[bytes, bytes]:
+    """(prefix, suffix) around `count` sorted ids: together exactly the msgpack of
+    `References(added=ids)` as msgspec encodes it, so a full list can be encrypted as it is
+    read from disk."""
+    return _FULL_PREFIX + _bin_header(count * ID_SIZE), _FULL_SUFFIX
+
+
+class NotAList(ValueError):
+    """The plaintext is not a `References` map (a damaged or foreign object)."""
+
+
+class ReferencesParser:
+    """Parses the msgpack map of a `References` fed in pieces, as it is decrypted: the ids of
+    `added` go to `on_added` (whole ids, in pieces); the other fields (small) are kept in
+    `fields`. Nothing it sees is authenticated until the decryption finishes: callers only
+    use the result once it did."""
+
+    _SMALL = 4096  # `base` is a hex id; `removed` is only kept when this small
+
+    def __init__(
+        self, on_added: Callable[[bytes], None] | None, on_length: Callable[[int], None] | None = None
+    ) -> None:
+        self._on_added = on_added
+        self._on_length = on_length  # told the length of `added` before its first id
+        self._buffer = bytearray()
+        self._entries: int | None = None  # map entries still to read; None: the header not yet
+        self._key: str | None = None
+        self._left = 0  # bytes of the current value still to come
+        self._value: bytearray | None = None  # the current small value, or None when skipped
+        self.fields: dict[str, bytes | str | None] = {}
+        self.added_length: int | None = None
+
+    def feed(self, piece: bytes) -> None:
+        self._buffer += piece
+        while self._step():
+            pass
+
+    def finish(self) -> dict[str, bytes | str | None]:
+        if self._entries != 0 or self._key is not None or self._buffer:
+            raise NotAList("a list of references ends early or has trailing bytes")
+        return self.fields
+
+    def _length(self, first: int, sizes: dict[int, int]) -> int | None:
+        """The length after a str8/16/32 or bin8/16/32 marker (None: more bytes needed)."""
+        width = sizes[first]
+        if len(self._buffer) < 1 + width:
+            return None
+        length = int.from_bytes(self._buffer[1 : 1 + width], "big")
+        del self._buffer[: 1 + width]
+        return length
+
+    def _step(self) -> bool:
+        buffer = self._buffer
+        if self._entries is None:
+            if not buffer:
+                return False
+            first = buffer[0]
+            if 0x80 <= first <= 0x8F:
+                del buffer[:1]
+                self._entries = first & 0x0F
+                return True
+            if first in (0xDE, 0xDF):
+                entries = self._length(first, {0xDE: 2, 0xDF: 4})
+                if entries is None:
+                    return False
+                self._entries = entries
+                return True
+            raise NotAList("a list of references is not a map")
+        if self._key is None:
+            if self._entries == 0 or not buffer:
+                if self._entries == 0 and buffer:
+                    raise NotAList("trailing bytes after a list of references")
+                return False
+            first = buffer[0]
+            if 0xA0 <= first <= 0xBF:
+                width, length = 0, first & 0x1F
+            elif first in (0xD9, 0xDA, 0xDB):
+                width = {0xD9: 1, 0xDA: 2, 0xDB: 4}[first]
+                if len(buffer) < 1 + width:
+                    return False
+                length = int.from_bytes(buffer[1 : 1 + width], "big")
+            else:
+                raise NotAList("a key of a list of references is not a string")
+            if length > self._SMALL:
+                raise NotAList("a key of a list of references is too long")
+            if len(buffer) < 1 + width + length:
+                return False  # nothing consumed until the whole key is here
+            key = bytes(buffer[1 + width : 1 + width + length])
+            del buffer[: 1 + width + length]
+            self._key = key.decode("utf-8", "replace")
+            self._left = -1
+            return True
+        if self._left == -1:  # the value's header
+            if not buffer:
+                return False
+            first = buffer[0]
+            if first == 0xC0:
+                del buffer[:1]
+                self._done(None)
+                return True
+            if 0xA0 <= first <= 0xBF:
+                del buffer[:1]
+                self._start(first & 0x1F, text=True)
+                return True
+            if first in (0xD9, 0xDA, 0xDB, 0xC4, 0xC5, 0xC6):
+                value_length = self._length(first, {0xD9: 1, 0xDA: 2, 0xDB: 4, 0xC4: 1, 0xC5: 2, 0xC6: 4})
+                if value_length is None:
+                    return False
+                self._start(value_length, text=first in (0xD9, 0xDA, 0xDB))
+                return True
+            raise NotAList("a field of a list of references is neither bytes, a string nor nil")
+        # The value's body.
+        if self._key == "added" and self._on_added is not None:
+            whole = min(self._left, len(buffer)) // ID_SIZE * ID_SIZE
+            if self._left < ID_SIZE and self._left:
+                raise NotAList("a list of references is damaged (not whole ids)")
+            if whole == 0:
+                if self._left == 0:
+                    self._done(b"")
+                    return True
+                return False
+            self._on_added(bytes(buffer[:whole]))
+            del buffer[:whole]
+            self._left -= whole
+            if self._left == 0:
+                self._done(b"")
+            return True
+        step = min(self._left, len(buffer))
+        if step == 0 and self._left:
+            return False
+        if self._value is not None:
+            self._value += buffer[:step]
+        del buffer[:step]
+        self._left -= step
+        if self._left == 0:
+            self._done(bytes(self._value) if self._value is not None else b"")
+        return True
+
+    def _start(self, length: int, *, text: bool) -> None:
+        self._left = length
+        self._text = text
+        if self._key == "added":
+            self.added_length = length
+            if self._on_added is not None and length % ID_SIZE:
+                raise NotAList("a list of references is damaged (not whole ids)")
+            if self._on_length is not None:
+                self._on_length(length)
+        keep = length <= self._SMALL and not (self._key == "added" and self._on_added is not None)
+        self._value = bytearray() if keep else None
+        if length == 0:
+            self._done(b"")
+
+    def _done(self, value: bytes | None) -> None:
+        assert self._key is not None and self._entries is not None
+        if value is not None and getattr(self, "_text", False):
+            self.fields[self._key] = value.decode("utf-8", "replace")
+        else:
+            self.fields[self._key] = value
+        self._text = False
+        self._key = None
+        self._value = None
+        self._left = 0
+        self._entries -= 1
+
+
+class DeltaMerge:
+    """(added, removed) between our sorted unique ids and a full list `base` streamed past,
+    both sorted: one pass over each, giving up as soon as the difference passes a quarter of
+    the base (as `small_delta`). Equal stretches, the common case, are compared in C."""
+
+    def __init__(self, ours: Iterator[bytes], base_count: int) -> None:
+        self._ours = ours  # blocks of sorted unique ids back to back
+        self._block = b""
+        self._pos = 0
+        self._previous = b""
+        self.limit = base_count // 4
+        self.added: list[bytes] = []
+        self.removed: list[bytes] = []
+        self.too_large = False
+
+    def _current(self) -> bytes | None:
+        while self._pos >= len(self._block):
+            block = next(self._ours, None)
+            if block is None:
+                return None
+            self._block, self._pos = block, 0
+        return self._block[self._pos : self._pos + ID_SIZE]
+
+    def _equal_run(self, base: bytes, at: int) -> int:
+        """How many ids from base[at] equal ours from the current position (bytes compared)."""
+        block, pos = self._block, self._pos
+        most = min(len(base) - at, len(block) - pos) // ID_SIZE
+        lo, hi = 0, most
+        while lo < hi:  # the longest equal prefix, by halving
+            mid = (lo + hi + 1) // 2
+            if base[at : at + mid * ID_SIZE] == block[pos : pos + mid * ID_SIZE]:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
+    def feed(self, base: bytes) -> None:
+        """The next whole ids of the base list."""
+        at = 0
+        while at < len(base) and not self.too_large:
+            mine = self._current()
+            if mine is not None:
+                equal = self._equal_run(base, at)
+                if equal and base[at : at + ID_SIZE] > self._previous:
+                    at += equal * ID_SIZE
+                    self._pos += equal * ID_SIZE
+                    self._previous = base[at - ID_SIZE : at]
+                    continue
+            blob_id = base[at : at + ID_SIZE]
+            at += ID_SIZE
+            if blob_id <= self._previous:
+                if blob_id == self._previous:
+                    continue  # a duplicate in the base
+                raise NotAList("a list of references is not sorted")
+            self._previous = blob_id
+            while mine is not None and mine < blob_id and not self.too_large:
+                self.added.append(mine)
+                self._pos += ID_SIZE
+                self._check()
+                mine = self._current()
+            if mine == blob_id:
+                self._pos += ID_SIZE
+            else:
+                self.removed.append(blob_id)
+            self._check()
+
+    def _check(self) -> None:
+        if len(self.added) > self.limit or len(self.added) + len(self.removed) > self.limit:
+            self.too_large = True
+
+    def finish(self) -> tuple[bytes, bytes] | None:
+        """(added, removed) as sorted ids back to back, or None when too large."""
+        while not self.too_large:
+            mine = self._current()
+            if mine is None:
+                break
+            self.added.append(mine)
+            self._pos += ID_SIZE
+            self._check()
+        if self.too_large:
+            return None
+        return b"".join(self.added), b"".join(self.removed)

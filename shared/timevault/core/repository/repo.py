@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import secrets
 import socket
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Container
+from collections.abc import AsyncIterator, Callable, Container
 from datetime import UTC, datetime
-from typing import cast
 
+import blake3
 import msgspec
 
 from timevault.core import crypto
@@ -38,7 +39,7 @@ from timevault.core.repository import config as repoconfig
 from timevault.core.repository import endorsements, forgets, gcstate, layout, references
 from timevault.core.repository import keys as keyfiles
 from timevault.core.repository.blobs import CorruptBlob, decode
-from timevault.core.repository.compact import IdMap, IdSet
+from timevault.core.repository.compact import ID_SIZE, IdMap, IdSet
 from timevault.core.repository.format import (
     FORMAT_VERSION,
     BlobType,
@@ -56,7 +57,14 @@ from timevault.core.repository.format import (
     WriteKeys,
 )
 from timevault.core.repository.history import CONTRADICTS, History, classify
-from timevault.core.repository.index import BlobLookup, Index, pack_object_name, write_index_file
+from timevault.core.repository.idruns import DiskIdSet, IdRuns
+from timevault.core.repository.index import (
+    BlobLookup,
+    Index,
+    load_stored_ids,
+    pack_object_name,
+    write_index_file,
+)
 from timevault.core.repository.locations import BlobLocations, load_locations
 from timevault.core.repository.pack import CorruptPack, index_entry, read_remote_pack_header
 from timevault.core.storage import (
@@ -68,6 +76,10 @@ from timevault.core.storage import (
     StorageError,
 )
 from timevault.core.storage.once import put_once
+
+# A list of references up to this size is read whole; a larger one (a full list) in pieces.
+_SMALL_REFERENCES = 1 << 20
+_STREAM_PIECE = 1 << 20
 
 __all__ = [
     "ConfigError",
@@ -316,6 +328,11 @@ class Repository:
         """The index without locations, loaded afresh: which blobs the repository holds (~32
         bytes a blob instead of ~90), all a backup needs to deduplicate."""
         return await Index.load(self.storage, self.write_keys.meta_key, locations=False)
+
+    async def stored_ids(self, spill_dir: str | None = None) -> DiskIdSet:
+        """Which blobs the repository holds, as a set kept on disk (in `spill_dir`, else the
+        system's temp folder): memory does not grow with the blobs. The caller closes it."""
+        return await load_stored_ids(self.storage, self.write_keys.meta_key, lambda: DiskIdSet(spill_dir))
 
     def forget_index(self) -> None:
         """Packs were indexed past the cached index (a backup deduplicating against `known_ids`):
@@ -635,37 +652,118 @@ class Repository:
 
     # --- what snapshots reference (readable by the write tier) ---------------------------
 
-    async def save_references(self, ids: set[bytes] | IdMap, near: str | None = None) -> str:
+    async def save_references(
+        self, ids: set[bytes] | IdMap | IdRuns, near: str | None = None, *, spill_dir: str | None = None
+    ) -> str:
         """Write the list of blobs a snapshot needs; returns its id for `Snapshot.references`.
 
         `near` names the references of a similar snapshot (the parent): when the new list
         differs from that one's full list by at most a quarter, only the difference is stored.
+
+        Memory does not grow with the list: the ids are merged on disk (`IdRuns`), a base list
+        is read in ranges and compared as it is decrypted, and a full list is encrypted as it
+        is read back; only the stored object itself is held (32 bytes an id).
         """
-        compact = ids if isinstance(ids, IdMap) else IdSet(ids)
-        record = None
-        if near:
-            try:
-                base_id = (await self._references_file(near)).base or near
-                base = (await self._references_file(base_id)).added
-            except RepositoryError:
-                base = None  # a damaged list is not built upon: write a full one
-            if base is not None:
-                delta = await asyncio.to_thread(references.small_delta, compact, base)
-                if delta is not None:
-                    record = References(base=base_id, added=delta[0], removed=delta[1])
-        if record is None:
-            # A bytearray encodes as bytes do: not copied into bytes (32 MiB for a million ids).
-            record = References(added=cast(bytes, await asyncio.to_thread(compact.sorted_ids)))
-        plaintext = msgspec.msgpack.encode(record)
-        del record
-        # Sealed into one buffer, as `encrypt_meta` would (no nonce ‖ ciphertext join): every
-        # copy of a million references is another 32 MiB at the peak of a backup.
-        data = bytearray(len(plaintext) + crypto.AEAD_OVERHEAD)
-        crypto.encrypt_into(self.write_keys.meta_key, plaintext, b"references", memoryview(data))
-        del plaintext
+        runs = ids if isinstance(ids, IdRuns) else IdRuns(spill_dir)
+        try:
+            if not isinstance(ids, IdRuns):
+                runs.update(ids)
+            count = await asyncio.to_thread(runs.merged)
+            record = None
+            if near:
+                try:
+                    record = await self._delta_references(runs, near)
+                except RepositoryError:
+                    record = None  # a damaged list is not built upon: write a full one
+            if record is not None:
+                data = bytearray(self.encrypt_meta(msgspec.msgpack.encode(record), b"references"))
+            else:
+                prefix, suffix = references.full_list_frame(count)
+                data = bytearray(len(prefix) + count * ID_SIZE + len(suffix) + crypto.AEAD_OVERHEAD)
+                pieces = itertools.chain([prefix], runs.sorted_blocks(), [suffix])
+                await asyncio.to_thread(
+                    crypto.encrypt_pieces_into, self.write_keys.meta_key, b"references", pieces, memoryview(data)
+                )
+        finally:
+            if runs is not ids:
+                runs.close()
         references_id = crypto.content_hash(data).hex()
         await put_once(self.storage, f"references/{references_id}", data)
         return references_id
+
+    async def _delta_references(self, runs: IdRuns, near: str) -> References | None:
+        """The new list as a delta against the full list `near` is, or builds on; None when
+        the difference is too large."""
+        base_id = near
+        if (await self._references_size(near)) <= _SMALL_REFERENCES:
+            base_id = (await self._references_file(near)).base or near
+        else:  # a large list: its base field read while it streams past (usually none)
+            fields = await self._stream_references(near, None)
+            base_value = fields.get("base")
+            if isinstance(base_value, str) and base_value:
+                base_id = base_value
+        merge: references.DeltaMerge | None = None
+        blocks = runs.sorted_blocks()
+
+        def on_added(piece: bytes) -> None:
+            assert merge is not None
+            merge.feed(piece)
+
+        def on_length(length: int) -> None:
+            nonlocal merge
+            merge = references.DeltaMerge(blocks, length // ID_SIZE)
+
+        fields = await self._stream_references(base_id, on_added, on_length)
+        if fields.get("base") is not None or merge is None:
+            raise RepositoryError(f"the list of references {base_id[:12]} builds on a delta")
+        delta = merge.finish()
+        if delta is None:
+            return None
+        return References(base=base_id, added=delta[0], removed=delta[1])
+
+    async def _references_size(self, references_id: str) -> int:
+        try:
+            return (await self.storage.stat(f"references/{references_id}")).size
+        except ObjectNotFound as exc:
+            raise RepositoryError(f"the list of references {references_id[:12]} is missing") from exc
+
+    async def _stream_references(
+        self,
+        references_id: str,
+        on_added: Callable[[bytes], None] | None,
+        on_length: Callable[[int], None] | None = None,
+    ) -> dict[str, bytes | str | None]:
+        """Read a `references/<id>` object in ranges, decrypting and parsing it as it comes:
+        `on_added` gets the ids of its `added` field in pieces. Raises RepositoryError (after
+        the last piece) when the object is damaged: whatever the callbacks built is then void."""
+        name = f"references/{references_id}"
+        where = f"the list of references {references_id[:12]}"
+        size = await self._references_size(references_id)
+        if size < crypto.AEAD_OVERHEAD:
+            raise RepositoryError(f"{where} is damaged")
+        nonce = await self.storage.get(name, 0, crypto.NONCE_SIZE)
+        tag = await self.storage.get(name, size - crypto.TAG_SIZE, crypto.TAG_SIZE)
+        hasher = blake3.blake3(nonce)
+        try:
+            decryptor = crypto.StreamDecryptor(self.write_keys.meta_key, nonce, tag, b"references")
+            parser = references.ReferencesParser(on_added, on_length)
+            offset, end = crypto.NONCE_SIZE, size - crypto.TAG_SIZE
+            while offset < end:
+                piece = await self.storage.get(name, offset, min(_STREAM_PIECE, end - offset))
+                if not piece:
+                    raise RepositoryError(f"{where} is cut short")
+                offset += len(piece)
+                hasher.update(piece)
+                # Parsing and comparing a MiB of ids is Python work: off the event loop.
+                await asyncio.to_thread(parser.feed, decryptor.update(piece))
+            hasher.update(tag)
+            decryptor.finish()
+            fields = parser.finish()
+        except (crypto.Unauthenticated, references.NotAList) as exc:
+            raise RepositoryError(f"{where} is damaged") from exc
+        if hasher.digest().hex() != references_id:
+            raise RepositoryError(f"{where} does not match its name (renamed or changed)")
+        return fields
 
     async def _references_file(self, references_id: str) -> References:
         try:
