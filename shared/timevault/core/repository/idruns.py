@@ -23,6 +23,8 @@ from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator
 
+from timevault.core.memory import release_free_memory
+
 ID_SIZE = 32
 # Ids held in memory before they are written as a run: ~6 MiB as a Python set.
 BUFFER_IDS = 1 << 16
@@ -87,6 +89,10 @@ class IdRuns:
         ids = sorted(self._buffer)
         self._buffer = set()
         self._runs.append(self._write_run(ids))
+        del ids
+        # The buffer's ids were spread among everything else the walk allocated meanwhile:
+        # freed, they leave holes that only a trim gives back (else RSS creeps up per run).
+        release_free_memory()
 
     def _write_run(self, ids: list[bytes]) -> _Run:
         offset = self._append(b"".join(ids))
