@@ -61,9 +61,9 @@ class IdRuns:
     `directory` is where the (unlinked) temporary file goes; None: the system's temp folder.
     """
 
-    def __init__(self, directory: str | None = None, *, buffer_ids: int = BUFFER_IDS) -> None:
+    def __init__(self, directory: str | None = None, *, buffer_ids: int | None = None) -> None:
         self._directory = directory
-        self._buffer_ids = buffer_ids
+        self._buffer_ids = buffer_ids or BUFFER_IDS
         self._buffer: set[bytes] = set()
         self._fd: int | None = None
         self._end = 0  # the file's length: runs are appended
@@ -136,9 +136,10 @@ class IdRuns:
 
     # --- reading back --------------------------------------------------------------------
 
-    def _blocks(self, run: _Run, block_ids: int = BLOCK_IDS) -> Iterator[list[bytes]]:
+    def _blocks(self, run: _Run, block_ids: int | None = None) -> Iterator[list[bytes]]:
         """A run's ids, a block (a list of ids) at a time."""
         assert self._fd is not None
+        block_ids = block_ids or BLOCK_IDS
         done = 0
         while done < run.count:
             n = min(block_ids, run.count - done)
@@ -225,9 +226,10 @@ class DiskIdSet(IdRuns):
     """An `IdRuns` that also answers "is this id in?" (see the module's description)."""
 
     def __init__(
-        self, directory: str | None = None, *, buffer_ids: int = BUFFER_IDS, filter_bits: int = FILTER_BITS
+        self, directory: str | None = None, *, buffer_ids: int | None = None, filter_bits: int | None = None
     ) -> None:
         super().__init__(directory, buffer_ids=buffer_ids)
+        filter_bits = filter_bits or FILTER_BITS
         if filter_bits < 8 or filter_bits & (filter_bits - 1):
             raise ValueError("filter_bits is a power of two, at least 8")
         self._filter = bytearray(filter_bits // 8)
