@@ -22,6 +22,7 @@ import tempfile
 from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator
+from typing import Self
 
 from timevault.core.memory import release_free_memory
 
@@ -128,7 +129,7 @@ class IdRuns:
         self._runs = []
         self._end = 0
 
-    def __enter__(self) -> IdRuns:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
