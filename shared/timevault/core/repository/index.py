@@ -337,7 +337,7 @@ async def _load_ids_listed(storage: Storage, meta_key: bytes, make_set: Callable
     names = [info.name async for info in storage.list("index/")]
     sem = asyncio.Semaphore(16)
 
-    async def fetch(name: str) -> tuple[str, list[str], list[bytes]]:
+    async def add_file(name: str, ids: DiskIdSet, superseded: set[str], loaded: set[str]) -> None:
         async with sem:
             data = await storage.get(name)
             try:
@@ -347,8 +347,12 @@ async def _load_ids_listed(storage: Storage, meta_key: bytes, make_set: Callable
             except CorruptIndex as exc:
                 raise CorruptIndex(f"{storage.location}: {name}: {exc}") from exc
             del data
-            ids = [blob.id for pack in file.packs for blob in pack.blobs if len(blob.id) == ID_SIZE]
-            return name.removeprefix("index/"), file.supersedes, ids
+            # Added at once, with no await in between: a decoded file is let go before the
+            # next one is read (results waiting for a consumer would pile up a file each).
+            for pack in file.packs:
+                ids.update(blob.id for blob in pack.blobs if len(blob.id) == ID_SIZE)
+            superseded.update(file.supersedes)
+            loaded.add(name.removeprefix("index/"))
 
     skip: set[str] = set()
     while True:
@@ -356,13 +360,13 @@ async def _load_ids_listed(storage: Storage, meta_key: bytes, make_set: Callable
         try:
             superseded: set[str] = set()
             loaded: set[str] = set()
-            tasks = [asyncio.ensure_future(fetch(name)) for name in names if name.removeprefix("index/") not in skip]
+            tasks = [
+                asyncio.ensure_future(add_file(name, ids, superseded, loaded))
+                for name in names
+                if name.removeprefix("index/") not in skip
+            ]
             try:
-                for next_file in asyncio.as_completed(tasks):
-                    file_id, supersedes, file_ids = await next_file
-                    superseded.update(supersedes)
-                    loaded.add(file_id)
-                    ids.update(file_ids)
+                await asyncio.gather(*tasks)
             finally:
                 for task in tasks:
                     task.cancel()
