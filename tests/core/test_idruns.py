@@ -15,11 +15,12 @@ from timevault.core import crypto
 from timevault.core.archiver import backup
 from timevault.core.repository import references
 from timevault.core.repository.compact import IdSet
-from timevault.core.repository.format import References
+from timevault.core.repository.format import BlobType, IndexPack, PackBlob, References
 from timevault.core.repository.idruns import DiskIdSet, IdRuns
+from timevault.core.repository.index import Index, write_index_file
 from timevault.core.repository.repo import Repository
 
-from .conftest import build_tree
+from .conftest import build_tree, new_repo
 
 # Few distinct leading bytes: buckets hold several ids, ids share prefixes and runs overlap.
 ids = st.binary(min_size=32, max_size=32).map(lambda b: bytes([b[0] % 3, b[1] % 2]) + b[2:])
@@ -229,3 +230,36 @@ async def test_backups_dedup_against_stored_ids_on_disk(repo: Repository, tmp_pa
         data_added = second.stats.added_blobs - len(new_trees)
         assert data_added == 1  # only new.txt's content
         assert os.listdir(cache) == [f"{repo.config.id}.files"]  # spill files were unlinked
+
+
+def _pack(pack_id: str, blob_ids: list[bytes]) -> IndexPack:
+    return IndexPack(pack_id, 100, [PackBlob(b, BlobType.DATA, 0, 10, 10) for b in blob_ids])
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.lists(ids, max_size=12), min_size=1, max_size=5), st.data())
+async def test_stored_ids_are_the_index_without_superseded_files(
+    tmp_path_factory: pytest.TempPathFactory, files: list[list[bytes]], data: st.DataObject
+) -> None:
+    """Index files, some superseded by a later one (a compaction not finished deleting them):
+    the ids on disk are exactly what the index (without locations) holds."""
+    repo = await new_repo(tmp_path_factory.mktemp("repo"))
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr("timevault.core.repository.idruns.BUFFER_IDS", 4)
+            written: list[str] = []
+            for number, blob_ids in enumerate(files):
+                supersedes = data.draw(st.lists(st.sampled_from(written), unique=True)) if written else []
+                written.append(
+                    await write_index_file(
+                        repo.storage, repo.write_keys.meta_key, [_pack(f"{number:064x}", blob_ids)], supersedes
+                    )
+                )
+            expected = await Index.load(repo.storage, repo.write_keys.meta_key, locations=False)
+            with await repo.stored_ids(str(tmp_path_factory.mktemp("spill"))) as stored:
+                assert b"".join(stored.sorted_blocks()) == b"".join(sorted(expected.blobs))
+                for blob_ids in files:
+                    for blob_id in blob_ids:
+                        assert (blob_id in stored) == (blob_id in expected)
+    finally:
+        await repo.close()

@@ -605,6 +605,7 @@ async def backup(
         except BaseException:
             parent.abandon()
             await archiver.abort()
+            archiver.referenced.close()  # its file: the services' snapshotter runs on
             raise
         finally:
             if counter is not None:
@@ -618,7 +619,11 @@ async def backup(
         archiver.sink = sink = _NO_SINK
         del index
         # Garbage collection trusts that a backup whose lock lapsed does not save (HeldLock).
-        held.ensure_unbroken()
+        try:
+            held.ensure_unbroken()
+        except BaseException:
+            archiver.referenced.close()
+            raise
         near = None
         if parent_id is not None:
             with contextlib.suppress(RepositoryError):
