@@ -128,6 +128,10 @@ class CorruptIndex(DamagedData):
     """An index file is damaged."""
 
 
+class NotAReferencesList(RepositoryError):
+    """A list of references, read as a stream, is not a `References` map (damaged or foreign)."""
+
+
 class Unauthenticated(TimeVaultError):
     """Ciphertext failed authentication: wrong key, or the data was changed or truncated."""
 

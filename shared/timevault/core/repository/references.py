@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 import msgspec
 
 from timevault.core import crypto
-from timevault.core.errors import RepositoryError
+from timevault.core.errors import NotAReferencesList, RepositoryError
 from timevault.core.repository.compact import IdMap
 from timevault.core.repository.format import References
 
@@ -126,8 +126,7 @@ def full_list_frame(count: int) -> tuple[bytes, bytes]:
     return _FULL_PREFIX + _bin_header(count * ID_SIZE), _FULL_SUFFIX
 
 
-class NotAList(ValueError):
-    """The plaintext is not a `References` map (a damaged or foreign object)."""
+NotAList = NotAReferencesList
 
 
 class ReferencesParser:
