@@ -22,7 +22,14 @@ from timevault.core.checker import check
 from timevault.core.errors import HistoryError, RepositoryError
 from timevault.core.prune import forget, prune
 from timevault.core.repository import endorsements
-from timevault.core.repository.format import ConfigFile, Endorsement, ForgetRecord, Snapshot, SnapshotStats
+from timevault.core.repository.format import (
+    ConfigFile,
+    Endorsement,
+    ForgetRecord,
+    References,
+    Snapshot,
+    SnapshotStats,
+)
 from timevault.core.repository.history import CONTRADICTS, ENDORSED, UNENDORSED, classify
 from timevault.core.repository.repo import ReadAccessRequired, Repository
 from timevault.core.restorer import restore
@@ -436,3 +443,26 @@ async def test_cli_tells_endorsed_from_unendorsed_and_refuses_contradicting(
     assert (tmp_path / "out" / "x").read_bytes() == b"forged"
     checked = run_cli("repo", "check", location, "--password-file", pw_file)
     assert checked.code == 1 and forged[:8] in checked.stderr
+
+
+async def test_a_list_of_references_out_of_order_is_damage_not_a_crash(repo: Repository, tmp_path: Path) -> None:
+    """Lists are read as sorted ids (merged without a set of them): a hostile write tier that
+    stores one out of order gets a clear error from check and prune, never a traceback."""
+    source = build_tree(tmp_path / "src", {"a": random_bytes(10_000, 1), "b": random_bytes(10_000, 2)})
+    snapshot_id, snapshot = await backup(repo, [str(source)])
+    wo = await _write_only(repo)
+    ids = sorted(await wo.snapshot_references(snapshot_id))
+    record = References(added=b"".join(reversed(ids)))
+    data = wo.encrypt_meta(msgspec.msgpack.encode(record), b"references")
+    references_id = crypto.content_hash(data).hex()
+    await wo.storage.put(f"references/{references_id}", data)
+    shuffled_id = await wo.save_snapshot(msgspec.structs.replace(snapshot, references=references_id))
+    with pytest.raises(RepositoryError, match="damaged"):
+        await wo.snapshot_references(shuffled_id)
+    checked = await check(await reopen(repo))
+    assert any(shuffled_id[:8] in e and "damaged" in e for e in checked.errors), checked.errors
+    with pytest.raises(ReadAccessRequired, match="missing or damaged"):
+        await prune(await _write_only(repo))  # the write tier cannot recompute it from the trees
+    result = await prune(await reopen(repo))  # with the password: from the trees, nothing lost
+    assert (await check(await reopen(repo), read_data=True)).errors != []  # the list is still wrong
+    assert result.blobs_removed == 0

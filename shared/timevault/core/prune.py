@@ -326,7 +326,7 @@ class _Run:
         unreadable: list[tuple[str, Snapshot]] = []
         left_out: dict[str, set[bytes]] = {}  # full list -> what every snapshot on it removed
         users: dict[str, list[tuple[str, Snapshot]]] = {}
-        added: list[bytes] = []
+        added: list[tuple[bytes, tuple[str, Snapshot]]] = []
         for snapshot_id, snapshot in sorted(snapshots.items(), key=lambda item: (item[1].time, item[0])):
             if not snapshot.references:
                 unreadable.append((snapshot_id, snapshot))
@@ -341,7 +341,7 @@ class _Run:
                 full, removed = snapshot.references, set()
             else:
                 full, removed = record.base, refs.unpack_ids(record.removed)
-                added.append(record.added)
+                added.append((record.added, (snapshot_id, snapshot)))
             left_out[full] = left_out[full] & removed if full in left_out else removed
             users.setdefault(full, []).append((snapshot_id, snapshot))
         for full, removed in left_out.items():
@@ -353,12 +353,19 @@ class _Run:
                 unreadable.extend(users[full])
                 continue
             self.bases[full] = None
-            live.add_sorted(record.added, removed)
+            try:
+                live.add_sorted(record.added, removed)
+            except ValueError:  # out of order: damaged or hostile (what it added stays: more is safe)
+                unreadable.extend(users[full])
+                continue
             for _, snapshot in users[full]:
                 named.add(snapshot.references)
                 named.add(full)
-        for data in added:  # a delta whose full list is unreadable adds nothing wrong: its
-            live.add_sorted(data)  # snapshot is recomputed from its trees below
+        for data, user in added:  # a delta whose full list is unreadable adds nothing wrong: its
+            try:  # snapshot is recomputed from its trees below
+                live.add_sorted(data)
+            except ValueError:
+                unreadable.append(user)
         if unreadable:
             if not self.repo.can_read:
                 first = unreadable[0][0]

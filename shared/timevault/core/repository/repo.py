@@ -778,30 +778,24 @@ class Repository:
 
     async def references_of(self, references_id: str) -> set[bytes]:
         """The blob ids a `references/<id>` object lists (resolving a delta against its base)."""
-        record = await self._references_file(references_id)
-        if record.base is None:
-            return references.unpack_ids(record.added)
-        base = await self._references_file(record.base)
-        if base.base is not None:
-            raise RepositoryError(f"the list of references {references_id[:12]} builds on a delta")
-        ids = references.unpack_ids(base.added)
-        ids -= references.unpack_ids(record.removed)
-        ids |= references.unpack_ids(record.added)
-        return ids
+        return set(await self.reference_ids(references_id))
 
     async def reference_ids(self, references_id: str) -> IdMap:
         """`references_of` held compactly (32 bytes an id, not a Python set's ~100): for
         callers that hold a whole snapshot's list, as check does for each snapshot."""
         record = await self._references_file(references_id)
-        if record.base is None:
-            return IdMap.from_sorted(record.added)
-        base = await self._references_file(record.base)
-        if base.base is not None:
-            raise RepositoryError(f"the list of references {references_id[:12]} builds on a delta")
-        ids = IdSet()
-        ids.add_sorted(base.added, references.unpack_ids(record.removed))
-        ids.add_sorted(record.added)
-        return ids
+        try:
+            if record.base is None:
+                return IdMap.from_sorted(record.added)
+            base = await self._references_file(record.base)
+            if base.base is not None:
+                raise RepositoryError(f"the list of references {references_id[:12]} builds on a delta")
+            ids = IdSet()
+            ids.add_sorted(base.added, references.unpack_ids(record.removed))
+            ids.add_sorted(record.added)
+            return ids
+        except ValueError as exc:  # only a damaged or hostile list is out of order
+            raise RepositoryError(f"the list of references {references_id[:12]} is damaged ({exc})") from exc
 
     async def snapshot_reference_ids(self, snapshot_id: str) -> IdMap:
         """`snapshot_references`, held compactly (see `reference_ids`)."""
