@@ -48,42 +48,8 @@ class IdMap:
     @classmethod
     def from_sorted(cls, data: bytes | memoryview) -> IdMap:
         """A set of the ids in `data`: sorted 32-byte ids back to back (a list of references)."""
-        if len(data) % ID_SIZE:
-            raise ValueError("not whole 32-byte ids")
         ids = cls()
-        count = len(data) // ID_SIZE
-        view = memoryview(data)
-        start = 0
-        for group in range(_GROUPS):
-            end = start
-            starts = ids._starts[group]
-            records: list[bytes] = []
-            while end < count and view[end * ID_SIZE] == group:
-                end += 1
-            if end == start:
-                continue
-            part = bytes(view[start * ID_SIZE : end * ID_SIZE])
-            # Sorted input: each bucket is contiguous and in order (duplicates are dropped).
-            previous = b""
-            bucket_counts = [0] * _BUCKETS
-            for offset in range(0, len(part), ID_SIZE):
-                blob_id = part[offset : offset + ID_SIZE]
-                if blob_id <= previous:
-                    if blob_id == previous:
-                        continue
-                    raise ValueError("ids are not sorted")
-                previous = blob_id
-                records.append(blob_id)
-                bucket_counts[blob_id[1]] += 1
-            total = 0
-            for bucket in range(_BUCKETS):
-                total += bucket_counts[bucket]
-                starts[bucket + 1] = total
-            ids._groups[group] = b"".join(records)
-            ids._merged += len(records)
-            start = end
-        if start != count:
-            raise ValueError("ids are not sorted")
+        ids.add_sorted(data)
         return ids
 
     def __len__(self) -> int:
