@@ -13,17 +13,22 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable
+import struct
+import tempfile
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 
 from timevault.core import crypto
+from timevault.core.errors import CorruptIndex
 from timevault.core.names import name_problem
 from timevault.core.repository import gcstate
 from timevault.core.repository.blobs import CorruptBlob
 from timevault.core.repository.compact import IdMap, IdSet
-from timevault.core.repository.format import BlobType, Node, Snapshot
+from timevault.core.repository.format import BlobType, IndexPack, Node, Snapshot
 from timevault.core.repository.history import UNENDORSED, History, describe_removed
-from timevault.core.repository.index import Index, pack_object_name
+from timevault.core.repository.idparts import PartitionedIds, bits_for, bucket_range, part_of
+from timevault.core.repository.index import BlobLookup, Index, decode_index_file, pack_object_name
+from timevault.core.repository.locations import BlobLocations, load_locations
 from timevault.core.repository.pack import CorruptPack, read_pack_header
 from timevault.core.repository.references import ID_SIZE
 from timevault.core.repository.repo import Repository, RepositoryError
@@ -128,6 +133,165 @@ def _check_names(nodes: list[Node], where: str, errors: list[str]) -> None:
             errors.append(f"{where}: the folder holds {problem} (restore refuses it)")
 
 
+# Where a walked tree's children lie in the walk's file: offset, number of subtrees, of data blobs.
+_TREE_RECORD = struct.Struct("<QII")
+# Children written at once to the walk's file (fewer, larger writes).
+_WRITE_AT = 1 << 20
+
+
+class FlatTreeWalk:
+    """Reads every tree of some snapshots once, like `TreeWalk`, but keeps each tree's
+    children (subtrees, then data blobs, ids back to back) in an unnamed temporary file, and in
+    memory only where they lie (~50 bytes a tree, nothing a file): `needed_into` then gives what
+    any one snapshot needs without reading trees again. Trees are found through `lookup` (the
+    index table on disk, `locations`)."""
+
+    def __init__(
+        self, repo: Repository, lookup: BlobLookup, errors: list[str], name_errors: list[str] | None = None,
+        directory: str | None = None,
+    ) -> None:
+        self.repo = repo
+        self.lookup = lookup
+        self.errors = errors
+        self.name_errors = name_errors  # as in `TreeWalk`: None leaves names unchecked
+        self.trees_read = 0  # trees walked that the index lists as trees
+        self._where = IdMap(_TREE_RECORD.size)
+        self._odd: set[bytes] = set()  # tree ids that are no ids (a hostile tree's): walked once too
+        handle = tempfile.TemporaryFile(prefix="timevault-trees-", dir=directory)
+        self._fd = os.dup(handle.fileno())  # unlinked: nothing is left behind, even by a killed process
+        handle.close()
+        self._end = 0
+        self._pending = bytearray()  # children not yet written, from `_end` on
+
+    def __enter__(self) -> FlatTreeWalk:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def _walked(self, tree_id: bytes) -> bool:
+        return tree_id in self._odd if len(tree_id) != ID_SIZE else tree_id in self._where
+
+    def _record(self, tree_id: bytes, subtrees: list[bytes], data: list[bytes]) -> None:
+        if len(tree_id) != ID_SIZE:
+            self._odd.add(tree_id)
+            return
+        # An id of another length (a damaged or hostile tree) is left out: no index holds it,
+        # so it is reported already (a subtree fails to load, a data blob is missing).
+        subtrees = [blob_id for blob_id in subtrees if len(blob_id) == ID_SIZE]
+        self._where.add(tree_id, _TREE_RECORD.pack(self._end + len(self._pending), len(subtrees), len(data)))
+        self._pending += b"".join(subtrees)
+        self._pending += b"".join(data)
+        if len(self._pending) >= _WRITE_AT:
+            self._flush()
+
+    def _flush(self) -> None:
+        _write_all(self._fd, self._pending, self._end)
+        self._end += len(self._pending)
+        self._pending = bytearray()
+
+    async def walk(self, tree_id: bytes, where: str) -> None:
+        stack = [(tree_id, where)]
+        while stack:
+            tree_id, where = stack.pop()
+            if self._walked(tree_id):
+                continue
+            location = self.lookup.locate(tree_id) if len(tree_id) == ID_SIZE else None
+            if location is not None and location.type == BlobType.TREE:
+                self.trees_read += 1
+            try:
+                tree = await self.repo.load_tree(tree_id, self.lookup)
+            except (CorruptBlob, StorageError) as exc:
+                self.errors.append(f"{where}: {exc}")
+                self._record(tree_id, [], [])
+                continue
+            subtrees: list[bytes] = []
+            data: list[bytes] = []
+            if self.name_errors is not None:
+                _check_names(tree.nodes, where, self.name_errors)
+            for node in tree.nodes:
+                if node.type == "dir" and node.subtree is not None:
+                    subtrees.append(node.subtree)
+                    stack.append((node.subtree, f"{where}/{os.fsdecode(node.name)}"))
+                for blob_id in node.content:
+                    if len(blob_id) == ID_SIZE:
+                        data.append(blob_id)  # whether the index has it: `needed_into`'s ids, by part
+                    else:
+                        self.errors.append(f"{where}/{os.fsdecode(node.name)}: data blob {blob_id.hex()[:16]} is missing")
+            self._record(tree_id, subtrees, data)
+
+    def needed_into(self, root: bytes, needed: PartitionedIds) -> None:
+        """Every blob (trees included) below `root`, from what `walk` read, into `needed`."""
+        if self._pending:
+            self._flush()
+        seen = IdSet()
+        stack = [root] if len(root) == ID_SIZE else []  # a hostile snapshot's root: reported by walk
+        while stack:
+            tree_id = stack.pop()
+            if not seen.add(tree_id):
+                continue
+            needed.add_packed(tree_id)
+            record = self._where.get(tree_id)
+            if record is None:
+                continue
+            offset, subtrees, data = _TREE_RECORD.unpack(record)
+            if subtrees + data == 0:
+                continue
+            children = _read_all(self._fd, (subtrees + data) * ID_SIZE, offset)
+            end = subtrees * ID_SIZE
+            stack.extend(children[at : at + ID_SIZE] for at in range(0, end, ID_SIZE))
+            needed.add_packed(children[end:])
+
+    async def report_missing(self, roots: list[tuple[bytes, str]], missing: Container[bytes]) -> None:
+        """Read the trees again and report every data blob in `missing` where a file uses it (a
+        damaged repository only: `walk` leaves finding them to the comparison by parts)."""
+        seen: set[bytes] = set()
+        for root, where in roots:
+            stack = [(root, where)]
+            while stack:
+                tree_id, where = stack.pop()
+                if tree_id in seen:
+                    continue
+                seen.add(tree_id)
+                try:
+                    tree = await self.repo.load_tree(tree_id, self.lookup)
+                except (CorruptBlob, StorageError):
+                    continue  # reported by `walk`
+                for node in tree.nodes:
+                    if node.type == "dir" and node.subtree is not None:
+                        stack.append((node.subtree, f"{where}/{os.fsdecode(node.name)}"))
+                    for blob_id in node.content:
+                        if blob_id in missing:
+                            self.errors.append(
+                                f"{where}/{os.fsdecode(node.name)}: data blob {blob_id.hex()[:16]} is missing"
+                            )
+
+
+def _read_all(fd: int, size: int, offset: int) -> bytes:
+    parts = []
+    got = 0
+    while got < size:
+        more = os.pread(fd, size - got, offset + got)
+        if not more:
+            raise OSError("the walk's file of trees was cut short")
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)
+
+
+def _write_all(fd: int, data: bytes | bytearray, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
+
+
 async def used_blobs(
     repo: Repository,
     index: Index,
@@ -148,20 +312,35 @@ async def check(
 ) -> CheckResult:
     result = CheckResult()
     result.errors.extend(repo.config_problems)
-    index = await Index.load(repo.storage, repo.write_keys.meta_key, result.errors)
-    # Read trees through this index: loading it again would raise on the damage just reported.
-    repo._index = index
-    result.packs = len(index.packs)
-    result.blobs = len(index.blobs)
+    # The index as a table on disk (`locations`), not in memory: its memory does not grow with
+    # the blobs. Damaged index files go to the errors, as `Index.load` reports them.
+    builder = await load_locations(repo.storage, repo.write_keys.meta_key, result.errors)
+    try:
+        live_packs = builder.live_packs()
+        live_files = builder.live_files()
+        locations = builder.finish()
+    except BaseException:
+        builder.close()
+        raise
+    with locations:
+        await _check_structure(repo, locations, live_packs, live_files, result, read_data, progress)
+    return result
+
+
+async def _check_structure(
+    repo: Repository, locations: BlobLocations, live_packs: set[str], live_files: set[str], result: CheckResult,
+    read_data: bool, progress: Callable[[int, int], None] | None,
+) -> None:
+    result.packs = len(live_packs)
     stored = {info.name.rsplit("/", 1)[-1]: info.size async for info in repo.storage.list("data/")}
-    for pack_id, pack in index.packs.items():
+    for pack_id in sorted(live_packs):
         if pack_id not in stored:
             result.errors.append(f"pack {pack_id[:12]} is in the index but missing from storage")
-        elif stored[pack_id] != pack.size:
+        elif stored[pack_id] != locations.pack_size(pack_id):
             result.errors.append(
-                f"pack {pack_id[:12]} has size {stored[pack_id]}, the index says {pack.size}"
+                f"pack {pack_id[:12]} has size {stored[pack_id]}, the index says {locations.pack_size(pack_id)}"
             )
-    unindexed = set(stored) - set(index.packs)
+    unindexed = set(stored) - live_packs
     try:
         marked = unindexed & (await gcstate.load(repo.storage, repo.write_keys.meta_key)).pending_packs()
     except RepositoryError as exc:
@@ -183,20 +362,19 @@ async def check(
     result.snapshots = len(snapshots)
     _report_history(history, result)
     if not repo.can_read:
-        await _check_references(repo, index, snapshots, result, None)
+        result.blobs = await _check_references(repo, locations, snapshots, result, None)
         result.notes.append("trees and data were not read: that needs the password")
-        return result
+        return
     for snapshot_id, snapshot in snapshots:
-        if snapshot.tree not in index:
+        if snapshot.tree not in locations:
             result.errors.append(f"snapshot {snapshot_id[:8]}: root tree is missing")
-    walk = TreeWalk(repo, index, result.errors, name_errors=result.errors)
-    for snapshot_id, snapshot in snapshots:
-        await walk.walk(snapshot.tree, f"snapshot {snapshot_id[:8]}:")
-    await _check_references(repo, index, snapshots, result, walk)
-    result.trees_read = sum(1 for b in walk.children if b in index and index.blobs[b].type == BlobType.TREE)
+    with FlatTreeWalk(repo, locations, result.errors, name_errors=result.errors) as walk:
+        for snapshot_id, snapshot in snapshots:
+            await walk.walk(snapshot.tree, f"snapshot {snapshot_id[:8]}:")
+        result.blobs = await _check_references(repo, locations, snapshots, result, walk)
+        result.trees_read = walk.trees_read
     if read_data:
-        await _read_all_packs(repo, index, result, progress)
-    return result
+        await _read_all_packs(repo, live_files, result, progress)
 
 
 def _report_history(history: History, result: CheckResult) -> None:
@@ -216,38 +394,151 @@ def _report_history(history: History, result: CheckResult) -> None:
 
 
 async def _check_references(
-    repo: Repository, index: Index, snapshots: list[tuple[str, Snapshot]], result: CheckResult,
-    walk: TreeWalk | None,
-) -> None:
+    repo: Repository, locations: BlobLocations, snapshots: list[tuple[str, Snapshot]], result: CheckResult,
+    walk: FlatTreeWalk | None,
+) -> int:
     """Every snapshot's list of references must load and name only blobs the index has
     (checkable with the write tier alone), and, with the trees read (`walk`), list exactly what
-    they need. One snapshot's list at a time: never every snapshot's at once."""
+    they need; every data blob the trees need must be in the index. Returns how many blobs the
+    index holds.
+
+    Nothing here is held whole: per snapshot, the listed and the needed ids go to disk split
+    into parts by their leading bits (`idparts`), and each part is compared with the same
+    stretch of the index table, one part at a time."""
+    bits = bits_for(len(locations))
+    errors: list[str] = []  # after the walk's (data blobs missing are found here, reported by path)
+    missing: set[bytes] = set()
+    blobs: int | None = None
     for snapshot_id, snapshot in snapshots:
+        reading = _ListedIds(bits)
+        listed: _ListedIds | None = reading
+        needed: PartitionedIds | None = None
         try:
-            listed = await repo.snapshot_reference_ids(snapshot_id)
-        except (RepositoryError, StorageError) as exc:
-            result.errors.append(f"snapshot {snapshot_id[:8]}: {exc}")
+            try:
+                loaded = await repo.load_snapshot(snapshot_id)
+                if not loaded.references:
+                    raise RepositoryError(f"snapshot {snapshot_id[:12]} has no list of references")
+                await repo.stream_reference_ids(loaded.references, reading)
+            except (RepositoryError, StorageError) as exc:
+                errors.append(f"snapshot {snapshot_id[:8]}: {exc}")
+                reading.close()
+                listed = None
+            if walk is not None:
+                needed = PartitionedIds(bits)
+                await asyncio.to_thread(walk.needed_into, snapshot.tree, needed)
+            if listed is None and needed is None:
+                continue
+            found = await asyncio.to_thread(_compare, locations, bits, listed, needed, snapshot.tree)
+        finally:
+            if listed is not None:
+                listed.close()
+            if needed is not None:
+                needed.close()
+        blobs = found.blobs
+        missing |= found.needed_missing
+        if listed is None:
             continue
-        missing = [blob_id for blob_id in listed if blob_id not in index]
-        if missing:
-            result.errors.append(
-                f"snapshot {snapshot_id[:8]}: {len(missing)} referenced blob(s) are missing from the index, "
-                f"first {missing[0].hex()[:16]}"
+        if found.listed_missing:
+            assert found.first_missing is not None
+            errors.append(
+                f"snapshot {snapshot_id[:8]}: {found.listed_missing} referenced blob(s) are missing from the index, "
+                f"first {found.first_missing.hex()[:16]}"
             )
-        if snapshot.tree not in listed:
-            result.errors.append(f"snapshot {snapshot_id[:8]}: its list of references lacks its root tree")
-        if walk is None:
-            continue
-        needed = walk.needed(snapshot.tree)
-        if len(listed) != len(needed) or listed.sorted_ids() != needed.sorted_ids():
-            not_listed = sum(1 for blob_id in needed if blob_id not in listed)
-            not_needed = sum(1 for blob_id in listed if blob_id not in needed)
-            result.errors.append(
+        if not found.root_listed:
+            errors.append(f"snapshot {snapshot_id[:8]}: its list of references lacks its root tree")
+        if walk is not None and (found.not_listed or found.not_needed):
+            errors.append(
                 f"snapshot {snapshot_id[:8]}: its list of references does not match its trees "
-                f"({not_listed} needed blob(s) not listed, {not_needed} listed blob(s) "
+                f"({found.not_listed} needed blob(s) not listed, {found.not_needed} listed blob(s) "
                 "not needed): prune by the services would go wrong"
             )
-        del listed, needed
+    if walk is not None and missing:
+        await walk.report_missing([(s.tree, f"snapshot {sid[:8]}:") for sid, s in snapshots], missing)
+    result.errors.extend(errors)
+    if blobs is None:
+        blobs = (await asyncio.to_thread(_compare, locations, bits, None, None, b"")).blobs
+    return blobs
+
+
+class _ListedIds:
+    """A snapshot's list of references as `Repository.stream_reference_ids` hands it over (the
+    sink), kept on disk in parts: a full list, or a delta's base, added and removed ids."""
+
+    def __init__(self, bits: int) -> None:
+        self._bits = bits
+        self._base = PartitionedIds(bits)
+        self._added: PartitionedIds | None = None
+        self._removed: PartitionedIds | None = None
+
+    def __call__(self, kind: str, ids: list[bytes]) -> None:
+        if kind == "base":
+            self._base.add_sorted(ids)
+        elif kind == "added":
+            self._added = self._added or PartitionedIds(self._bits)
+            self._added.add_sorted(ids)
+        elif kind == "removed":
+            self._removed = self._removed or PartitionedIds(self._bits)
+            self._removed.add_packed(b"".join(ids))
+        elif kind == "restart":
+            self.close()
+            self._base = PartitionedIds(self._bits)
+        else:
+            raise ValueError(f"no kind of ids {kind!r}")
+
+    def ids(self, part: int) -> set[bytes]:
+        ids = self._base.ids(part)
+        if self._removed is not None:
+            ids -= self._removed.ids(part)
+        if self._added is not None:
+            ids |= self._added.ids(part)
+        return ids
+
+    def close(self) -> None:
+        for parts in (self._base, self._added, self._removed):
+            if parts is not None:
+                parts.close()
+        self._added = self._removed = None
+
+
+@dataclass
+class _Found:
+    """What comparing one snapshot's lists part by part found."""
+
+    blobs: int = 0  # different ids in the index
+    listed_missing: int = 0  # listed, not in the index
+    first_missing: bytes | None = None  # the smallest of those
+    root_listed: bool = False
+    not_listed: int = 0  # needed, not listed
+    not_needed: int = 0  # listed, not needed
+    needed_missing: set[bytes] = field(default_factory=set)  # needed, not in the index
+
+
+def _compare(
+    locations: BlobLocations, bits: int, listed: _ListedIds | None, needed: PartitionedIds | None, root: bytes
+) -> _Found:
+    """Compare the listed ids, the needed ids and the index part by part (set operations in C
+    on one part's ids at a time)."""
+    found = _Found()
+    root_part = part_of(root, bits) if len(root) == ID_SIZE else -1
+    for part in range(1 << bits):
+        in_index = set(locations.bucket_ids(*bucket_range(part, bits)))
+        found.blobs += len(in_index)
+        listed_ids = listed.ids(part) if listed is not None else None
+        needed_ids = needed.ids(part) if needed is not None else None
+        if listed_ids is not None:
+            absent = listed_ids - in_index
+            if absent:
+                found.listed_missing += len(absent)
+                if found.first_missing is None:
+                    found.first_missing = min(absent)  # parts go in order: the smallest of all
+            if part == root_part:
+                found.root_listed = root in listed_ids
+            if needed_ids is not None and needed_ids != listed_ids:
+                found.not_listed += len(needed_ids - listed_ids)
+                found.not_needed += len(listed_ids - needed_ids)
+        if needed_ids is not None:
+            found.needed_missing |= needed_ids - in_index
+    return found
 
 
 async def _note_leftovers(repo: Repository, result: CheckResult) -> None:
@@ -268,38 +559,57 @@ async def _note_leftovers(repo: Repository, result: CheckResult) -> None:
 
 
 async def _read_all_packs(
-    repo: Repository, index: Index, result: CheckResult, progress: Callable[[int, int], None] | None
+    repo: Repository, live_files: set[str], result: CheckResult, progress: Callable[[int, int], None] | None
 ) -> None:
+    """Read every pack of the index whole and open every blob in it, by the packs' entries in
+    the index files, read again one file at a time (never the whole index in memory)."""
     sem = asyncio.Semaphore(2)
-    total = len(index.packs)
+    total = result.packs
+    done: set[str] = set()
 
-    async def verify(pack_id: str) -> None:
-        async with sem:
+    async def verify(pack: IndexPack) -> None:
+        try:
             try:
-                data = await repo.storage.get(pack_object_name(pack_id))
+                data = await repo.storage.get(pack_object_name(pack.id))
             except ObjectNotFound:
                 return  # already reported as missing
             except StorageError as exc:
-                result.errors.append(f"pack {pack_id[:12]}: {exc}")
+                result.errors.append(f"pack {pack.id[:12]}: {exc}")
                 return
-            errors = await asyncio.to_thread(_verify_pack, repo, index, pack_id, data)
+            errors = await asyncio.to_thread(_verify_pack, repo, pack, data)
             result.errors.extend(errors)
             result.packs_read += 1
             if progress:
                 progress(result.packs_read, total)
+        finally:
+            sem.release()
 
-    await asyncio.gather(*(verify(pack_id) for pack_id in index.packs))
+    tasks = []
+    for file_id in sorted(live_files):
+        try:
+            file = decode_index_file(repo.write_keys.meta_key, await repo.storage.get(f"index/{file_id}"))
+        except (CorruptIndex, StorageError) as exc:  # it was whole moments ago: changed since
+            result.errors.append(f"index/{file_id}: {exc} (its packs were not read)")
+            continue
+        for pack in file.packs:
+            if pack.id in done:
+                continue
+            done.add(pack.id)
+            await sem.acquire()  # two packs in flight, across index files
+            tasks.append(asyncio.ensure_future(verify(pack)))
+        del file
+    await asyncio.gather(*tasks)
 
 
-def _verify_pack(repo: Repository, index: Index, pack_id: str, data: bytes) -> list[str]:
+def _verify_pack(repo: Repository, pack: IndexPack, data: bytes) -> list[str]:
     errors = []
+    pack_id = pack.id
     if crypto.content_hash(data).hex() != pack_id:
         errors.append(f"pack {pack_id[:12]}: content does not match its id (damaged)")
     try:
         read_pack_header(repo.write_keys.meta_key, data)
     except CorruptPack as exc:
         errors.append(f"pack {pack_id[:12]}: {exc}")
-    pack = index.packs[pack_id]
     for blob in pack.blobs:
         payload = memoryview(data)[blob.offset : blob.offset + blob.length]
         sealed = pack.keys[blob.key] if 0 <= blob.key < len(pack.keys) else b""

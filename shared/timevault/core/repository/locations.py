@@ -230,6 +230,14 @@ class BlobLocations:
     def __contains__(self, blob_id: object) -> bool:
         return isinstance(blob_id, bytes) and self.locate(blob_id) is not None
 
+    def bucket_ids(self, first: int, end: int) -> list[bytes]:
+        """The ids of the records in buckets (two-byte prefixes) `first` to `end` - 1, in table
+        order (a blob several packs hold comes more than once): a check reads the index a
+        stretch at a time this way."""
+        lo, hi = self._starts[first], self._starts[end]
+        data = _read_all(self._fd, (hi - lo) * RECORD_SIZE, lo * RECORD_SIZE)
+        return [data[at : at + ID_SIZE] for at in range(0, len(data), RECORD_SIZE)]
+
     def locate(self, blob_id: bytes) -> BlobLocation | None:
         """Where `blob_id` lies, or None. One `pread` of its bucket (a restore asks once per blob:
         kept short)."""

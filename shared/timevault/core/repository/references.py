@@ -86,6 +86,24 @@ class SortedIds:
         return pos >= 0
 
 
+class SortedPieces:
+    """Splits the pieces of a list of references (ids back to back) into ids, noting whether
+    they come in order across pieces (a repeat is let through, as `IdMap.add_sorted` does)."""
+
+    def __init__(self) -> None:
+        self._previous = b""
+        self.unsorted = False
+
+    def split(self, piece: bytes) -> list[bytes]:
+        ids = [piece[i : i + ID_SIZE] for i in range(0, len(piece), ID_SIZE)]
+        if ids and not self.unsorted:
+            # Sorting what is sorted is one pass in C (and sorting is stable: repeats compare equal).
+            if ids[0] < self._previous or ids != sorted(ids):
+                self.unsorted = True
+            self._previous = ids[-1]
+        return ids
+
+
 def unpack_ids(data: bytes) -> set[bytes]:
     if len(data) % ID_SIZE:
         raise RepositoryError("a list of references is damaged (not whole ids)")

@@ -797,6 +797,44 @@ class Repository:
         except ValueError as exc:  # only a damaged or hostile list is out of order
             raise RepositoryError(f"the list of references {references_id[:12]} is damaged ({exc})") from exc
 
+    async def stream_reference_ids(self, references_id: str, sink: Callable[[str, list[bytes]], None]) -> None:
+        """`reference_ids` without holding the list: `sink(kind, ids)` gets the ids in pieces
+        as they are decrypted, `kind` "base" (a full list, or the full list a delta builds
+        on), "added" or "removed" (a delta's), or "restart" (forget what came so far); the
+        list is base less removed, plus added. "base" and "added" come sorted. Raises
+        RepositoryError, as `reference_ids`, when a list is damaged or out of order: whatever
+        the sink got is then void. Only a delta's own object is held whole (at most a quarter
+        of its base, usually far less)."""
+        order = references.SortedPieces()
+        record: References | None = None
+        base_id: str | None = None
+        if await self._references_size(references_id) <= _SMALL_REFERENCES:
+            record = await self._references_file(references_id)
+            base_id = record.base
+        else:  # a large list: usually a full one, streamed; a large delta is read again whole
+            fields = await self._stream_references(references_id, lambda piece: sink("base", order.split(piece)))
+            if fields.get("base") is not None:
+                sink("restart", [])
+                order = references.SortedPieces()
+                record = await self._references_file(references_id)
+                base_id = record.base
+        try:
+            if record is not None and base_id is None:
+                sink("base", order.split(record.added))
+            elif record is not None and base_id is not None:
+                if (await self._stream_references(base_id, lambda piece: sink("base", order.split(piece)))).get(
+                    "base"
+                ) is not None:
+                    raise RepositoryError(f"the list of references {references_id[:12]} builds on a delta")
+                added = references.SortedPieces()
+                sink("added", added.split(record.added))
+                sink("removed", [record.removed[i : i + ID_SIZE] for i in range(0, len(record.removed), ID_SIZE)])
+                order.unsorted = order.unsorted or added.unsorted
+            if order.unsorted:
+                raise ValueError("ids are not sorted")
+        except ValueError as exc:  # only a damaged or hostile list is out of order
+            raise RepositoryError(f"the list of references {references_id[:12]} is damaged ({exc})") from exc
+
     async def snapshot_reference_ids(self, snapshot_id: str) -> IdMap:
         """`snapshot_references`, held compactly (see `reference_ids`)."""
         snapshot = await self.load_snapshot(snapshot_id)
