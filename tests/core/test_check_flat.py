@@ -130,7 +130,7 @@ async def test_a_streamed_list_out_of_order_is_damage(
         await _streamed(repo, references_id)
     # Changed as well: the change is found, not the order (nothing unauthenticated is believed).
     (Path(repo.storage.location) / "references" / references_id).write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
-    with pytest.raises(RepositoryError, match="damaged|does not match its name"):
+    with pytest.raises(RepositoryError, match=r"damaged|does not match its name"):
         await _streamed(repo, references_id)
 
 

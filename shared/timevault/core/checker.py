@@ -7,6 +7,12 @@ content (renamed, copied or rewritten), snapshots that contradict the endorsed h
 back after being forgotten, or written behind the password holder's back), forged endorsements,
 and lists of references that differ from what the snapshot's trees need (with the password:
 the write tier's lists are what the services prune by).
+
+Memory does not grow with the files: the index is read into a table on disk (`locations`), the
+walk keeps each tree's children in a file (`FlatTreeWalk`), and each snapshot's listed and
+needed ids go to disk split into parts by their leading bits (`idparts`), compared with the
+same stretch of the index one part at a time. `--read-data` reads the index files again one at
+a time for the packs' entries. (`used_blobs`, for prune, still walks into memory: `TreeWalk`.)
 """
 
 from __future__ import annotations
