@@ -822,9 +822,8 @@ class Repository:
             if record is not None and base_id is None:
                 sink("base", order.split(record.added))
             elif record is not None and base_id is not None:
-                if (await self._stream_references(base_id, lambda piece: sink("base", order.split(piece)))).get(
-                    "base"
-                ) is not None:
+                base = await self._stream_references(base_id, lambda piece: sink("base", order.split(piece)))
+                if base.get("base") is not None:
                     raise RepositoryError(f"the list of references {references_id[:12]} builds on a delta")
                 added = references.SortedPieces()
                 sink("added", added.split(record.added))
