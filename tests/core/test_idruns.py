@@ -60,6 +60,32 @@ def test_disk_id_set_answers_as_a_set_does(
             assert (blob_id in on_disk) == (blob_id in reference)
 
 
+@settings(max_examples=150, deadline=None)
+@given(st.lists(id_lists, max_size=6), id_lists, id_lists, st.integers(min_value=1, max_value=30),
+       st.sampled_from([8, 64, 1 << 12]))
+def test_a_seeded_disk_id_set_answers_as_a_set_does(
+    seeded: list[list[bytes]], added: list[bytes], probes: list[bytes], buffer_ids: int, filter_bits: int
+) -> None:
+    """Ids seeded in bulk (repeats across and within seeds allowed), then added one by one:
+    `add` still says whether an id is new, membership and the merged output are a set's."""
+    reference: set[bytes] = set()
+    with DiskIdSet(buffer_ids=buffer_ids, filter_bits=filter_bits) as on_disk:
+        for group in seeded:
+            on_disk.seed(group)
+            reference.update(group)
+        for blob_id in added:
+            assert on_disk.add(blob_id) == (blob_id not in reference)
+            reference.add(blob_id)
+        for blob_id in added + probes + [i for group in seeded for i in group]:
+            assert (blob_id in on_disk) == (blob_id in reference)
+        assert b"".join(on_disk.sorted_blocks()) == b"".join(sorted(reference))
+
+
+def test_seeding_refuses_an_id_of_another_length() -> None:
+    with DiskIdSet() as on_disk, pytest.raises(ValueError, match="32 bytes"):
+        on_disk.seed([b"a" * 32, b"b" * 31, b"c" * 33])
+
+
 def test_an_id_spanning_two_ids_on_disk_is_not_found() -> None:
     first, second = bytes([0, 0]) + b"a" * 30, bytes([0, 0]) + b"b" * 30
     spanning = first[16:] + second[:16]

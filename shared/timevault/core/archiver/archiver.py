@@ -314,6 +314,12 @@ class Archiver:
                 node = await self.archive_entry(entry)
             if node is not None:
                 nodes.append(node)
+        return await self._folder_done(path, nodes)
+
+    async def _folder_done(self, path: bytes, nodes: list[Node]) -> bytes:
+        """Its files' blobs are referenced (one call for the folder), its row of the next files
+        cache is written, and its tree is stored; returns the tree's id."""
+        self.referenced.update([blob_id for node in nodes for blob_id in node.content])
         self.parent.record(path, nodes)
         return await self._store_tree(nodes)
 
@@ -367,7 +373,6 @@ class Archiver:
         return self._counted(entry, previous)
 
     def _counted(self, entry: Entry, node: Node) -> Node:
-        self.referenced.update(node.content)
         self.stats.files += 1
         self.stats.size += node.size
         self.progress.files_done += 1
@@ -436,8 +441,7 @@ class Archiver:
             archived = await self.archive_entry(entry)
             if archived is not None:
                 nodes.append(archived)
-        self.parent.record(path, nodes)
-        return await self._store_tree(nodes)
+        return await self._folder_done(path, nodes)
 
     async def finish(self) -> None:
         """Wait for every blob to be encoded and durably stored."""

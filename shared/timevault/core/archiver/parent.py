@@ -174,6 +174,9 @@ class ParentLookup:
         self._cache_path = cache_path
         self._path_key = crypto.subkey(repo.write_keys.meta_key, "files cache path")
         self._writer: _CacheWriter | None = None
+        # Path keys computed while a folder was looked up (name -> key), by folder, until
+        # `record` writes the folder's row with them: one keyed hash per file, not two.
+        self._known_keys: dict[bytes, dict[bytes, bytes]] = {}
 
     async def previous_dir(self, path: bytes) -> PreviousDir:
         return {}
@@ -184,11 +187,12 @@ class ParentLookup:
 
     def record(self, path: bytes, nodes: list[Node]) -> None:
         """The folder `path` is archived: write its files' row of the next cache."""
+        known = self._known_keys.pop(path, None) or {}
         if self._cache_path is None:
             return
         prefix = _folder_prefix(path)
         files = {
-            self.path_key(prefix + node.name): CachedFile(
+            known.get(node.name) or self.path_key(prefix + node.name): CachedFile(
                 node.mode, node.mtime_ns, node.size, node.content, node.inode, node.device, node.uid, node.gid
             )
             for node in nodes
@@ -253,15 +257,19 @@ class ParentLookup:
 class _CachedDir:
     """One folder's view of the files cache: entries are found by the hash of their path."""
 
-    def __init__(self, lookup: ParentLookup, path: bytes, files: dict[bytes, CachedFile]) -> None:
+    def __init__(
+        self, lookup: ParentLookup, path: bytes, files: dict[bytes, CachedFile], keys: dict[bytes, bytes]
+    ) -> None:
         self._lookup = lookup
         self._prefix = _folder_prefix(path)
         self._files = files
+        self._keys = keys  # the keys computed here, for the next cache's row of this folder
 
     def get(self, name: bytes, /) -> Node | None:
         if not self._files:
             return None
-        cached = self._files.get(self._lookup.path_key(self._prefix + name))
+        key = self._keys[name] = self._lookup.path_key(self._prefix + name)
+        cached = self._files.get(key)
         if cached is None:
             return None
         return Node(
@@ -287,7 +295,8 @@ class _CacheLookup(ParentLookup):
         if self._reader is None:
             return {}
         # One indexed read and one decryption per folder: cheaper on the event loop than a hop.
-        return _CachedDir(self, path, self._reader.folder(self.path_key(path)))
+        keys = self._known_keys[path] = {}
+        return _CachedDir(self, path, self._reader.folder(self.path_key(path)), keys)
 
     def close(self) -> None:
         if self._reader is not None:

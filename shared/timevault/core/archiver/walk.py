@@ -5,6 +5,7 @@ Paths are bytes throughout, so names that are not valid UTF-8 survive a round tr
 
 from __future__ import annotations
 
+import operator
 import os
 import stat
 import threading
@@ -127,7 +128,7 @@ def list_dir(
     entries: list[Entry] = []
     to_read: list[Entry] = []
     with os.scandir(path) as it:
-        dir_entries = sorted(it, key=lambda e: e.name)
+        dir_entries = sorted(it, key=_by_name)
     rules = excludes.for_dir(path, (e.name for e in dir_entries)) if excludes is not None else None
     if rules is not None and rules.tag_only:
         dir_entries = [e for e in dir_entries if e.name == CACHEDIR_TAG]
@@ -163,6 +164,9 @@ def list_dir(
                 to_read.append(entry)
         entries.append(entry)
     return entries, to_read, warnings
+
+
+_by_name = operator.attrgetter("name")
 
 
 def _is_dir(entry: os.DirEntry[bytes]) -> bool:

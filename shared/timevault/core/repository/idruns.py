@@ -18,6 +18,7 @@ few reads, never a lost blob.
 from __future__ import annotations
 
 import os
+import struct
 import tempfile
 from array import array
 from bisect import bisect_left, bisect_right
@@ -38,6 +39,8 @@ MERGE_FANIN = 64
 FILTER_BITS = 1 << 26
 _BUCKET_BITS = 12
 _BUCKETS = 1 << _BUCKET_BITS
+# The Bloom filter's two probes are cut from an id's first 8 bytes (little-endian).
+_PROBES = struct.Struct("<Q24x")
 
 
 def _bucket(blob_id: bytes) -> int:
@@ -80,8 +83,21 @@ class IdRuns:
             self.spill()
 
     def update(self, ids: Iterable[bytes]) -> None:
-        for blob_id in ids:
-            self.add(blob_id)
+        """Add many ids at once (a folder's worth: one call, not one per id)."""
+        ids = ids if isinstance(ids, list) else list(ids)
+        if ids and set(map(len, ids)) != {ID_SIZE}:
+            raise ValueError(f"an id is {ID_SIZE} bytes")
+        self._buffer_all(ids)
+
+    def _buffer_all(self, ids: list[bytes]) -> None:
+        """Into the buffer, written as a run each time it fills."""
+        taken = 0
+        while taken < len(ids):
+            room = self._buffer_ids - len(self._buffer)  # at least 1: a full buffer is spilled
+            self._buffer.update(ids[taken : taken + room])
+            taken += room
+            if len(self._buffer) >= self._buffer_ids:
+                self.spill()
 
     def spill(self) -> None:
         """Write the buffer as a run (also done when it is full)."""
@@ -265,6 +281,28 @@ class DiskIdSet(IdRuns):
     def update(self, ids: Iterable[bytes]) -> None:
         for blob_id in ids:
             self.add(blob_id)
+
+    def seed(self, ids: list[bytes]) -> None:
+        """Add many ids at once without asking whether each is in already (the repository's
+        ids as a backup starts: a million of them at a million files).
+
+        A quarter of what `add` costs an id: the filter's probes come from one `struct` pass
+        over the ids, and ids go to the buffer as a set. An id seeded twice may then lie in
+        two runs: membership and the merged, unique output do not mind; only `len` counts it
+        twice."""
+        if not ids:
+            return
+        if set(map(len, ids)) != {ID_SIZE}:
+            raise ValueError(f"an id is {ID_SIZE} bytes")
+        joined = b"".join(ids)
+        bits, mask = self._filter, self._mask
+        for (probe,) in _PROBES.iter_unpack(joined):
+            first, second = probe & mask, (probe >> 32) & mask
+            bits[first >> 3] |= 1 << (first & 7)
+            bits[second >> 3] |= 1 << (second & 7)
+        del joined
+        self._buffer_all(ids)
+        self._count += len(ids)
 
     def __contains__(self, blob_id: object) -> bool:
         if not isinstance(blob_id, bytes) or len(blob_id) != ID_SIZE:

@@ -349,8 +349,7 @@ async def _load_ids_listed(storage: Storage, meta_key: bytes, make_set: Callable
             del data
             # Added at once, with no await in between: a decoded file is let go before the
             # next one is read (results waiting for a consumer would pile up a file each).
-            for pack in file.packs:
-                ids.update(blob.id for blob in pack.blobs if len(blob.id) == ID_SIZE)
+            ids.seed([blob.id for pack in file.packs for blob in pack.blobs if len(blob.id) == ID_SIZE])
             superseded.update(file.supersedes)
             loaded.add(name.removeprefix("index/"))
 
