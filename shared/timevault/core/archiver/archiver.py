@@ -27,6 +27,7 @@ from typing import Protocol, TypeAlias
 import msgspec
 
 from timevault.core import crypto
+from timevault.core.archiver import warmup
 from timevault.core.archiver.excludes import ExcludeOptions, Excludes
 from timevault.core.archiver.parent import ParentLookup
 from timevault.core.archiver.walk import (
@@ -559,7 +560,7 @@ async def backup(
     repo.require_valid_config()  # a changed or out-of-range config is never obeyed
     rules = Excludes(excludes, sources) if excludes is not None and excludes.active else None
     started = datetime.now(UTC).isoformat()
-    async with repo.lock(kind="backup") as held:
+    async with repo.lock(kind="backup") as held, warmup.warming(sources) as warming_child:
         if on_locked is not None:
             await on_locked()
         source_names = sorted(os.fsdecode(s) for s in sources)
@@ -612,6 +613,7 @@ async def backup(
             archiver.referenced.close()  # its file: the services' snapshotter runs on
             raise
         finally:
+            warmup.stop(warming_child)
             if counter is not None:
                 counter.cancel()
             parent.close()
