@@ -74,7 +74,7 @@ def test_the_child_asks_to_die_with_its_parent() -> None:
     out = subprocess.run([sys.executable, "-I", "-S", "-c", code, folder], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "9"
     orphan = subprocess.run(
-        [sys.executable, "-I", "-S", warmup.__file__, "1", "/"], capture_output=True, timeout=10
+        [sys.executable, "-I", "-S", warmup.__file__, "1"], input=b"/", capture_output=True, timeout=10
     )
     assert orphan.returncode == 0  # its parent is not pid 1: it returned without walking "/"
 
@@ -92,6 +92,19 @@ async def test_a_backup_leaves_no_child_behind(repo: Repository, tmp_path: Path)
     before = set(_children(os.getpid()))
     await backup(repo, [str(src)])
     assert set(_children(os.getpid())) <= before
+
+
+def test_the_child_walks_the_sources_it_is_given(tmp_path: Path) -> None:
+    """Sources reach the child on its standard input (not its command line), names of any bytes."""
+    odd = os.fsencode(tmp_path) + b"/caf\xe9 \n"
+    os.makedirs(odd)
+    child = warmup.start([odd, os.fsencode(tmp_path / "missing")])
+    assert child is not None
+    with open(f"/proc/{child.pid}/cmdline", "rb") as f:
+        assert b"warmup.py" in f.read() or child.poll() is not None  # read while it ran
+        f.seek(0)
+        assert odd not in f.read()
+    assert child.wait(timeout=10) == 0
 
 
 async def test_a_backup_without_a_child_is_the_same_backup(

@@ -11,7 +11,8 @@ Advisory only. The walk makes its own calls and trusts only their answers; nothi
 the child; it is killed when the backup ends and dies with its parent (a parent killed with -9
 does not leave it walking). It stays on each source's file system and reads no file contents.
 
-This file runs as a script (`python -I -S warmup.py PARENT_PID SOURCE...`): no imports of
+This file runs as a script (`python -I -S warmup.py PARENT_PID`, the sources on its standard
+input, NUL-separated, so that other users' process listings do not show them): no imports of
 TimeVault, so the child starts in ~20 ms.
 """
 
@@ -31,15 +32,23 @@ _by_name = attrgetter("name")
 def start(sources: list[bytes]) -> subprocess.Popen[bytes] | None:
     """Start warming the inode cache below `sources`; None when a child cannot be started."""
     try:
-        return subprocess.Popen(
-            [sys.executable, "-I", "-S", os.path.abspath(__file__), str(os.getpid()), *map(os.fsdecode, sources)],
-            stdin=subprocess.DEVNULL,
+        child = subprocess.Popen(
+            [sys.executable, "-I", "-S", os.path.abspath(__file__), str(os.getpid())],
+            stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             close_fds=True,
         )
     except OSError:
         return None  # no process to spare: the walk is only slower
+    assert child.stdin is not None
+    try:
+        with child.stdin:
+            child.stdin.write(b"\0".join(sources))
+    except OSError:  # the child is gone already
+        stop(child)
+        return None
+    return child
 
 
 @contextlib.asynccontextmanager
@@ -101,8 +110,9 @@ def _die_with_parent(parent: int) -> None:
 
 def main(argv: list[str]) -> int:
     _die_with_parent(int(argv[0]))
-    for source in argv[1:]:
-        warm(os.fsencode(source))
+    for source in sys.stdin.buffer.read().split(b"\0"):
+        if source:
+            warm(source)
     return 0
 
 
