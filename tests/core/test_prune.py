@@ -294,7 +294,8 @@ async def test_what_prune_keeps_is_the_union_of_every_snapshots_references(repo:
     for chosen in (snapshots, dict(list(snapshots.items())[1:3])):
         live, named = await run.needed_by(chosen)
         want = set().union(*[await repo.snapshot_references(s) for s in chosen])
-        assert bytes(live.sorted_ids()) == b"".join(sorted(want))
+        assert b"".join(live.sorted_blocks()) == b"".join(sorted(want))
+        live.close()
         assert {s.references for s in chosen.values()} <= named
     assert len(expected) > 60
 

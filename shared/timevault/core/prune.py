@@ -68,6 +68,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -77,21 +78,15 @@ from timevault.core import crypto, retention
 from timevault.core.checker import used_blobs
 from timevault.core.errors import PruneCanceled, ReadAccessRequired, RepositoryError
 from timevault.core.holds import hold
+from timevault.core.prune_index import PackCounts, SpilledIndex, SpilledPack
 from timevault.core.repository import gcstate
 from timevault.core.repository import references as refs
 from timevault.core.repository.blobs import EncodedBlob
-from timevault.core.repository.compact import IdMap, IdSet
-from timevault.core.repository.format import GcMark, GcOrphan, IndexPack, Lock, Snapshot
+from timevault.core.repository.format import GcMark, GcOrphan, IndexPack, Lock, References, Snapshot
 from timevault.core.repository.gcstate import StoredState
 from timevault.core.repository.history import CONTRADICTS
-from timevault.core.repository.index import (
-    Index,
-    LoadedIndexFile,
-    StoredPack,
-    decode_index_file,
-    encode_index_file,
-    pack_object_name,
-)
+from timevault.core.repository.idruns import IdRuns
+from timevault.core.repository.index import decode_index_file, encode_index_file, pack_object_name
 from timevault.core.repository.pack import CorruptPack, Packer, index_entry, read_remote_pack_header
 from timevault.core.repository.repo import HeldLock, Repository
 from timevault.core.storage import ObjectNotFound, StorageError
@@ -111,6 +106,9 @@ TEMP_STALE_AFTER = 10 * 60
 """A temporary file this long unchanged has no writer any more (a pack is written in seconds)."""
 INDEX_PACKS_PER_FILE = 2048
 """Packs per index file prune writes at most (~32 GiB of data each)."""
+STREAM_REFERENCES_ABOVE = 1 << 20
+"""A list of references larger than this is streamed, never read whole, to learn whether it is a
+delta (a full list of 32,768 ids or more, or a large delta, which is then read whole)."""
 INDEX_BLOBS_PER_FILE = 16384
 """Blobs per index file prune writes at most (a pack of many small files holds thousands):
 whoever loads the index decodes one file at a time, an object per blob, so a file of a million
@@ -236,27 +234,49 @@ class PruneResult:
 
 
 @dataclass
+class _IndexFile:
+    """An index file as prune holds it: its packs' records are in the view's spill file."""
+
+    supersedes: list[str]
+    packs: list[SpilledPack]
+    compacted: bool = False
+
+
+@dataclass
 class _View:
     """What prune read of the repository: every index file, the packs in storage."""
 
-    files: dict[str, LoadedIndexFile]
+    files: dict[str, _IndexFile]
     """Every index file in storage; those superseded keep only their `supersedes` list."""
     stored: dict[str, int]
-    index: Index
-    """The packs of the files in force, sharing their compact records (nothing held twice)."""
+    index: SpilledIndex
+    """The packs of the files in force, in index order (their blobs on disk, see `prune_index`)."""
     effective: set[str]
     """Index files in force (not superseded by another)."""
     young: set[str]
     """Packs listed only in index files that backups wrote (not in one prune wrote)."""
 
     @classmethod
-    async def load(cls, repo: Repository, files: dict[str, LoadedIndexFile] | None = None) -> _View:
-        files = dict(files or {})
+    async def load(
+        cls, repo: Repository, files: dict[str, _IndexFile] | None = None, index: SpilledIndex | None = None
+    ) -> _View:
+        """Read the index files not in `files` (their packs spilled to `index`'s file, which is
+        emptied of packs and used again: a new one if None)."""
+        index = index if index is not None else SpilledIndex()
+        try:
+            return await cls._load(repo, dict(files or {}), index)
+        except BaseException:
+            index.close()
+            raise
+
+    @classmethod
+    async def _load(cls, repo: Repository, files: dict[str, _IndexFile], index: SpilledIndex) -> _View:
+        index.clear()
         names = [info.name.removeprefix("index/") async for info in repo.storage.list("index/")]
         missing = [name for name in names if name not in files]
         sem = asyncio.Semaphore(16)
 
-        async def fetch(file_id: str) -> tuple[str, LoadedIndexFile | None]:
+        async def fetch(file_id: str) -> tuple[str, _IndexFile | None]:
             async with sem:
                 try:
                     data = await repo.storage.get(f"index/{file_id}")
@@ -268,12 +288,14 @@ class _View:
                     "(run `timevault repo rebuild-index`)"
                 )
             try:
-                # Compact at once: one decoded file (an object per blob) at a time.
-                return file_id, LoadedIndexFile.of(decode_index_file(repo.write_keys.meta_key, data))
+                decoded = decode_index_file(repo.write_keys.meta_key, data)
             except Exception as exc:
                 raise RepositoryError(
                     f"prune stopped: index file {file_id[:12]} is damaged (run `timevault repo rebuild-index`)"
                 ) from exc
+            del data
+            # Spilled at once: one decoded file (an object per blob) at a time.
+            return file_id, _IndexFile(decoded.supersedes, [index.spill(p) for p in decoded.packs], decoded.compacted)
 
         for file_id, file in await asyncio.gather(*(fetch(name) for name in missing)):
             if file is not None:
@@ -282,7 +304,6 @@ class _View:
         files = {file_id: file for file_id, file in files.items() if file_id in present}
         superseded = {old for file in files.values() for old in file.supersedes}
         effective = set(files) - superseded
-        index = Index()
         in_compacted: set[str] = set()
         for file_id in sorted(files):  # a stable order: the first pack named keeps a blob
             file = files[file_id]
@@ -290,12 +311,11 @@ class _View:
                 file.packs = []  # only its name and `supersedes` matter now
                 continue
             for pack in file.packs:
-                index.add_stored(pack)
+                index.add(pack)
                 if file.compacted:
                     in_compacted.add(pack.id)
-        index.files = effective
         stored = {info.name.rsplit("/", 1)[-1]: info.size async for info in repo.storage.list("data/")}
-        return cls(files, stored, index, effective, set(index.packs) - in_compacted)
+        return cls(files, stored, index, effective, set(index) - in_compacted)
 
 
 class _Run:
@@ -314,14 +334,22 @@ class _Run:
 
     # --- what snapshots need --------------------------------------------------------------
 
-    async def needed_by(self, snapshots: dict[str, Snapshot]) -> tuple[IdMap, set[str]]:
+    async def needed_by(self, snapshots: dict[str, Snapshot]) -> tuple[IdRuns, set[str]]:
         """(every blob `snapshots` need, the reference lists they name directly or as a base).
 
         Most lists are deltas against one of a few full lists. The snapshots that build on the
         same full list need all of it except what every one of them removed, plus what each
-        added; so each full list is read once and merged into one compact set of ids, never
-        held as a set per snapshot."""
-        live = IdSet()
+        added; so each full list is streamed once, as it is read, into sorted runs on disk
+        (`IdRuns`: never held whole, never a set per snapshot). The caller closes the runs."""
+        live = IdRuns()
+        try:
+            named = await self._add_needed(live, snapshots)
+        except BaseException:
+            live.close()
+            raise
+        return live, named
+
+    async def _add_needed(self, live: IdRuns, snapshots: dict[str, Snapshot]) -> set[str]:
         named: set[str] = set()
         unreadable: list[tuple[str, Snapshot]] = []
         left_out: dict[str, set[bytes]] = {}  # full list -> what every snapshot on it removed
@@ -332,7 +360,7 @@ class _Run:
                 unreadable.append((snapshot_id, snapshot))
                 continue
             try:
-                record = await self.repo._references_file(snapshot.references)
+                record = await self._delta_or_base(snapshot.references)
             except (RepositoryError, StorageError):
                 unreadable.append((snapshot_id, snapshot))
                 continue
@@ -345,27 +373,30 @@ class _Run:
             left_out[full] = left_out[full] & removed if full in left_out else removed
             users.setdefault(full, []).append((snapshot_id, snapshot))
         for full, removed in left_out.items():
+            run = live.sorted_run()
             try:
-                record = await self.repo._references_file(full)
-                if record.base is not None:
+                fields = await self.repo._stream_references(full, functools.partial(run.add, leave_out=removed))
+                if fields.get("base") is not None:
                     raise RepositoryError(f"the list of references {full[:12]} is a delta where a full list belongs")
-            except (RepositoryError, StorageError):
+            except (RepositoryError, StorageError, ValueError):
+                # Missing, damaged, or out of order (damaged or hostile): its snapshots are
+                # recomputed from their trees below; what it streamed is never counted in.
                 unreadable.extend(users[full])
                 continue
+            run.finish()
             self.bases[full] = None
-            try:
-                live.add_sorted(record.added, removed)
-            except ValueError:  # out of order: damaged or hostile (what it added stays: more is safe)
-                unreadable.extend(users[full])
-                continue
             for _, snapshot in users[full]:
                 named.add(snapshot.references)
                 named.add(full)
         for data, user in added:  # a delta whose full list is unreadable adds nothing wrong: its
-            try:  # snapshot is recomputed from its trees below
-                live.add_sorted(data)
+            run = live.sorted_run()  # snapshot is recomputed from its trees below
+            try:
+                run.add(data)
             except ValueError:
                 unreadable.append(user)
+                continue
+            run.finish()
+        del added
         if unreadable:
             if not self.repo.can_read:
                 first = unreadable[0][0]
@@ -378,7 +409,19 @@ class _Run:
             live.update(await used_blobs(self.repo, await self.repo.index(reload=True), errors, unreadable))
             if errors:
                 raise RepositoryError("prune stopped, the repository has damage (run check): " + errors[0])
-        return live, named
+        return named
+
+    async def _delta_or_base(self, references_id: str) -> References:
+        """A list of references without the ids of a full list (`added` left empty): a full list
+        of a million ids is 32 MiB, read whole only to learn that it has no base. A delta is
+        read whole (it is small: at most a quarter of its base)."""
+        if await self.repo._references_size(references_id) <= STREAM_REFERENCES_ABOVE:
+            record = await self.repo._references_file(references_id)
+            return record if record.base is not None else References(base=None)
+        fields = await self.repo._stream_references(references_id, None)
+        if fields.get("base") is None:
+            return References(base=None)
+        return await self.repo._references_file(references_id)
 
     async def snapshots(self) -> dict[str, Snapshot]:
         """Every snapshot in storage, the contradicting ones included: prune never removes data a
@@ -434,7 +477,11 @@ async def prune(repo: Repository, options: PruneOptions | None = None) -> PruneR
     if options.dry_run:
         run = _Run(repo, options, None)
         stored = await gcstate.load(repo.storage, repo.write_keys.meta_key)
-        await _plan(run, stored, await _View.load(repo))
+        view = await _View.load(repo)
+        try:
+            await _plan(run, stored, view)
+        finally:
+            view.index.close()
         return run.result
     async with repo.lock(kind="prune") as held:
         run = _Run(repo, options, held)
@@ -443,9 +490,12 @@ async def prune(repo: Repository, options: PruneOptions | None = None) -> PruneR
             run.result.locks_removed += 1
         stored = await gcstate.load(repo.storage, repo.write_keys.meta_key)
         view = await _View.load(repo)
-        if options.mark:
-            stored, view = await _mark(run, stored, view)
-        stored = await _sweep(run, stored, view)
+        try:
+            if options.mark:
+                stored, view = await _mark(run, stored, view)
+            stored = await _sweep(run, stored, view)
+        finally:
+            view.index.close()  # the spill file: one for both views
         run.result.temp_files_removed, leftover_bytes = await _remove_leftovers(repo)
         run.result.bytes_deleted += leftover_bytes
         _report_pending(run, stored, view)
@@ -458,60 +508,78 @@ async def prune(repo: Repository, options: PruneOptions | None = None) -> PruneR
 
 @dataclass
 class _Plan:
-    live: IdMap
+    counts: PackCounts
+    """Per pack of the index (in index order, by number): the live bytes it holds, what to copy."""
     named: set[str]
     snapshots: dict[str, Snapshot]
     keep: list[str]
-    drop: list[IndexPack]
-    repack: list[IndexPack]
+    drop: list[int]
+    """Numbers of packs in `counts` (as `repack`)."""
+    repack: list[int]
     rescue: list[IndexPack]
     orphans: dict[str, float]
     references: list[str]
+
+    def removed(self) -> list[str]:
+        """The packs that leave the index."""
+        return [self.counts.packs[number].id for number in self.drop + self.repack]
+
+    def blobs_removed(self) -> int:
+        return sum(self.counts.dead[number] for number in self.drop + self.repack)
 
 
 async def _plan(run: _Run, stored: StoredState, view: _View) -> _Plan:
     """Decide what to mark (and, in a dry run, report it)."""
     snapshots = await run.snapshots()
     live, named = await run.needed_by(snapshots)
+    try:
+        return await _decide(run, stored, view, live, named, snapshots)
+    finally:
+        live.close()
+
+
+async def _decide(
+    run: _Run, stored: StoredState, view: _View, live: IdRuns, named: set[str], snapshots: dict[str, Snapshot]
+) -> _Plan:
     index = view.index
     pending = stored.pending_packs()
-    unindexed = {pack for pack in view.stored if pack not in index.packs}
+    unindexed = {pack for pack in view.stored if pack not in index}
+    counts = await asyncio.to_thread(index.count_live, live.sorted_blocks())
     # Blobs a snapshot needs that no index lists: look in the unindexed packs (an index file
     # lost, a cache that was stale when a backup deduplicated). Found, they are indexed again.
-    missing = {blob for blob in live if blob not in index}
+    missing = counts.missing
     rescue = await run.find_in_packs(missing, unindexed, view) if missing else []
     if missing:
         raise RepositoryError(
             f"prune stopped, the repository has damage (run check): {len(missing)} blob(s) that snapshots "
             f"need are in no pack, first {next(iter(missing)).hex()[:16]}"
         )
-    for entry in rescue:
-        index.add_pack(entry)
+    if rescue:
+        for entry in rescue:
+            index.add_pack(entry)
+        counts = await asyncio.to_thread(index.count_live, live.sorted_blocks())  # with them, last
     rescued = {entry.id for entry in rescue}
-    missing_packs = [pack for pack in index.packs if pack not in view.stored]
+    missing_packs = [pack for pack in index if pack not in view.stored]
     if missing_packs:
         raise RepositoryError(
             f"prune stopped, the repository has damage (run check): pack {missing_packs[0][:12]} is in the "
             "index but missing from storage"
         )
     busy = bool(await run.backup_locks()) if not run.options.dry_run else False
-    keep: list[str] = []  # ids only: a pack's entry is made again when the new index is written
-    drop: list[IndexPack] = []
-    repack: list[IndexPack] = []
-    for pack_id in index.packs:
-        if busy and pack_id in view.young and pack_id not in rescued:
-            keep.append(pack_id)  # perhaps a running backup's, not named by a snapshot yet
+    keep: list[str] = []  # ids only: a pack's entry is read back when the new index is written
+    drop: list[int] = []
+    repack: list[int] = []
+    for number, pack in enumerate(counts.packs):
+        if busy and pack.id in view.young and pack.id not in rescued:
+            keep.append(pack.id)  # perhaps a running backup's, not named by a snapshot yet
             continue
-        pack = index.packs[pack_id]
-        live_bytes = sum(b.length for b in pack.blobs if b.id in live and index.blobs[b.id].pack == pack.id)
+        live_bytes = counts.owned_live[number]
         if live_bytes == 0:
-            drop.append(pack)
-        elif live_bytes < run.options.repack_below * sum(b.length for b in pack.blobs) and any(
-            b.id not in live or index.blobs[b.id].pack != pack.id for b in pack.blobs
-        ):
-            repack.append(pack)
+            drop.append(number)
+        elif live_bytes < run.options.repack_below * counts.size[number] and counts.spare[number]:
+            repack.append(number)
         else:
-            keep.append(pack_id)
+            keep.append(pack.id)
     now = time.time()
     known = {orphan.pack: orphan.seen for orphan in stored.state.orphans}
     orphans = {pack: known.get(pack, now) for pack in unindexed - pending - rescued}
@@ -519,17 +587,18 @@ async def _plan(run: _Run, stored: StoredState, view: _View) -> _Plan:
         [info.name.removeprefix("references/") async for info in run.repo.storage.list("references/")]
     )
     references = [ref for ref in unused if ref not in named]
-    rescue = [index.packs[pack_id] for pack_id in keep if pack_id in rescued]  # rescued packs that stay as they are
-    plan = _Plan(live, named, snapshots, keep, drop, repack, rescue, orphans, references)
+    kept = set(keep)
+    rescue = [entry for entry in rescue if entry.id in kept]  # rescued packs that stay as they are
+    plan = _Plan(counts, named, snapshots, keep, drop, repack, rescue, orphans, references)
     result = run.result
     if run.options.dry_run:
         result.packs_deleted = len(drop)
         result.packs_repacked = len(repack)
-        result.bytes_deleted = sum(p.size for p in drop + repack)
-        live_in_repack = sum(b.length for p in repack for b in p.blobs if b.id in live)
+        result.bytes_deleted = sum(counts.packs[number].size for number in drop + repack)
+        live_in_repack = sum(counts.live[number] for number in repack)
         result.bytes_written = live_in_repack
         result.bytes_freed = result.bytes_deleted - live_in_repack
-        result.blobs_removed = sum(1 for p in drop + repack for b in p.blobs if b.id not in live)
+        result.blobs_removed = plan.blobs_removed()
         result.references_deleted = len(references)
         result.packs_rescued = len(rescue)
         result.orphans_pending = len(orphans)
@@ -545,17 +614,19 @@ async def _mark(run: _Run, stored: StoredState, view: _View) -> tuple[StoredStat
     # 1. Copy the live blobs of mostly-garbage packs into new packs (not indexed yet: orphans
     #    until the index below names them).
     packer = Packer(repo.storage, meta_key, write_index=False)
-    index = view.index
-    for pack in plan.repack:
+    index, counts = view.index, plan.counts
+    for number in plan.repack:
+        pack = index.entry(counts.packs[number])
         data = await repo.storage.get(pack_object_name(pack.id))
         if len(data) != pack.size:
             raise RepositoryError(f"prune stopped: pack {pack.id[:12]} is truncated (run check)")
-        for blob in pack.blobs:
-            if blob.id in plan.live and index.blobs[blob.id].pack == pack.id:
+        copy = counts.keep[number]
+        for position, blob in enumerate(pack.blobs):
+            if copy[position]:  # live, and this is the pack the index takes it from
                 payload = bytes(memoryview(data)[blob.offset : blob.offset + blob.length])
                 sealed = pack.keys[blob.key]  # blobs move with their own data key: never re-encrypted
                 await packer.add(EncodedBlob(blob.id, blob.type, blob.raw_length, payload, sealed))
-        del data
+        del data, pack
         run.checkpoint()
     new_packs = list(await packer.flush())
     result.bytes_written = sum(p.size for p in new_packs)
@@ -565,21 +636,23 @@ async def _mark(run: _Run, stored: StoredState, view: _View) -> tuple[StoredStat
                                                                                       marking=time.time()))
     await hold("prune.marking")
     # 3. The new index: every pack that stays, the rescued and the new ones; the part that
-    #    supersedes every file read is written last.
-    entries: list[str | IndexPack] = [*plan.keep, *new_packs]
+    #    supersedes every file read is written last. Written a part at a time from the spill
+    #    file; the packs' records stay there for the view read next.
+    entries: list[SpilledPack] = [index.packs[pack_id] for pack_id in plan.keep]
+    entries.extend(index.spill(pack) for pack in new_packs)
     superseded = sorted(view.files)
-    parts = _index_file_parts(entries, index)
-    written: dict[str, LoadedIndexFile] = {}
+    parts = _index_file_parts(entries)
+    written: dict[str, _IndexFile] = {}
     for number, part in enumerate(parts):
         last = number == len(parts) - 1
-        packs = [index.packs[entry] if isinstance(entry, str) else entry for entry in part]
+        packs = [index.entry(spilled) for spilled in part]
         file_id, data = encode_index_file(meta_key, packs, superseded if last else None, compacted=True)
         await put_once(repo.storage, f"index/{file_id}", data)
-        written[file_id] = LoadedIndexFile(superseded if last else [], [StoredPack(p) for p in packs], True)
+        written[file_id] = _IndexFile(superseded if last else [], part, True)
         del packs, data
     await hold("prune.indexed")
     # 4. Publish the mark; caches learn first what left the index.
-    removed = [p.id for p in plan.drop + plan.repack]
+    removed = plan.removed()
     now = time.time()
     mark = GcMark(time=now, snapshots=sorted(plan.snapshots), packs=removed, index=superseded,
                   references=plan.references)
@@ -595,27 +668,24 @@ async def _mark(run: _Run, stored: StoredState, view: _View) -> tuple[StoredStat
     result.marked = True
     result.packs_repacked = len(plan.repack)
     result.packs_rescued += len(plan.rescue)
-    result.blobs_removed = sum(1 for p in plan.drop + plan.repack for b in p.blobs if b.id not in plan.live)
+    result.blobs_removed = plan.blobs_removed()
     files = {**view.files, **written}
-    # Let go of the index read before the mark: the view loaded next holds the new one.
-    del plan, index
-    view.index = Index()
-    return stored, await _View.load(repo, files)
+    del plan, counts, new_packs
+    return stored, await _View.load(repo, files, index)  # the same spill file: nothing read twice
 
 
-def _index_file_parts(entries: list[str | IndexPack], index: Index) -> list[list[str | IndexPack]]:
+def _index_file_parts(entries: list[SpilledPack]) -> list[list[SpilledPack]]:
     """`entries` cut into the packs of each index file to write (one part, maybe empty, at least)."""
-    parts: list[list[str | IndexPack]] = [[]]
+    parts: list[list[SpilledPack]] = [[]]
     blobs = 0
     for entry in entries:
-        count = index.pack_blob_count(entry) if isinstance(entry, str) else len(entry.blobs)
         part = parts[-1]
-        if part and (len(part) >= INDEX_PACKS_PER_FILE or blobs + count > INDEX_BLOBS_PER_FILE):
+        if part and (len(part) >= INDEX_PACKS_PER_FILE or blobs + entry.count > INDEX_BLOBS_PER_FILE):
             part = []
             parts.append(part)
             blobs = 0
         part.append(entry)
-        blobs += count
+        blobs += entry.count
     return parts
 
 
@@ -640,14 +710,18 @@ async def _sweep(run: _Run, stored: StoredState, view: _View) -> StoredState:
         run.checkpoint()
         since = {sid: s for sid, s in current.items() if sid not in set(mark.snapshots)}
         needed, named = await run.needed_by(since)
-        for snapshot in current.values():
-            if snapshot.references:
-                named.add(snapshot.references)
-                base = run.bases.get(snapshot.references)
-                if base:
-                    named.add(base)
-        missing = {blob for blob in needed if blob not in index}
-        back = await run.find_in_packs(missing, [p for p in mark.packs if p not in index.packs], view)
+        try:
+            for snapshot in current.values():
+                if snapshot.references:
+                    named.add(snapshot.references)
+                    base = run.bases.get(snapshot.references)
+                    if base:
+                        named.add(base)
+            # Only snapshots saved since the mark can need what it took out (none, mostly).
+            missing = (await asyncio.to_thread(index.count_live, needed.sorted_blocks())).missing if since else set()
+        finally:
+            needed.close()
+        back = await run.find_in_packs(missing, [p for p in mark.packs if p not in index], view)
         if back:
             # Saved since the mark with a blob the mark took out: that pack goes back in.
             file_id, data = encode_index_file(repo.write_keys.meta_key, back)
@@ -659,7 +733,7 @@ async def _sweep(run: _Run, stored: StoredState, view: _View) -> StoredState:
         await hold("prune.sweeping")
         for pack_id in mark.packs:
             size = view.stored.get(pack_id)
-            if pack_id in index.packs or size is None:
+            if pack_id in index or size is None:
                 continue  # indexed again (never delete what the index names), or gone already
             await repo.storage.delete(pack_object_name(pack_id))
             del view.stored[pack_id]
@@ -677,7 +751,7 @@ async def _sweep(run: _Run, stored: StoredState, view: _View) -> StoredState:
                 result.references_deleted += 1
     orphans: list[GcOrphan] = []
     for orphan in state.orphans:
-        if orphan.pack in index.packs or orphan.pack not in view.stored:
+        if orphan.pack in index or orphan.pack not in view.stored:
             continue  # indexed since (or rescued), or gone
         old_enough = now - orphan.seen >= options.orphan_age
         if not (result.marked and old_enough) or run.blocked_by(locks, orphan.seen):

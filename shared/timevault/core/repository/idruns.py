@@ -22,7 +22,7 @@ import struct
 import tempfile
 from array import array
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 from typing import Self
 
 from timevault.core.memory import release_free_memory
@@ -98,6 +98,13 @@ class IdRuns:
             taken += room
             if len(self._buffer) >= self._buffer_ids:
                 self.spill()
+
+    def sorted_run(self) -> SortedRun:
+        """A run written piece by piece from ids that come sorted (a list of references as it
+        is streamed): no buffer and no sort, each piece goes to the file as it comes."""
+        if self._keeps_starts():
+            raise TypeError("a set that answers lookups takes ids one by one")
+        return SortedRun(self)
 
     def spill(self) -> None:
         """Write the buffer as a run (also done when it is full)."""
@@ -237,6 +244,51 @@ class IdRuns:
         run = self._runs[0]
         for block in self._blocks(run, max(1, block_bytes // ID_SIZE)):
             yield b"".join(block)
+
+
+class SortedRun:
+    """One run of an `IdRuns`, written from sorted pieces (`IdRuns.sorted_run`). The ids count
+    only once `finish` is called: a list that turns out damaged half way (its authentication
+    comes at its end) is simply never finished, and adds nothing."""
+
+    def __init__(self, runs: IdRuns) -> None:
+        self._runs = runs
+        self._offset: int | None = None
+        self._count = 0
+        self._last = b""
+
+    def add(self, ids: bytes | memoryview, leave_out: Container[bytes] = frozenset()) -> None:
+        """Append the next ids (32 bytes each back to back, sorted, following those added
+        before), except those in `leave_out`; a repeated id is kept once. ValueError when
+        they are not sorted (nothing of this piece is added then)."""
+        if len(ids) % ID_SIZE:
+            raise ValueError("not whole 32-byte ids")
+        kept: list[bytes] = []
+        previous = self._last
+        for offset in range(0, len(ids), ID_SIZE):
+            blob_id = bytes(ids[offset : offset + ID_SIZE])
+            if blob_id <= previous:
+                if blob_id == previous:
+                    continue
+                raise ValueError("ids are not sorted")
+            previous = blob_id
+            if blob_id not in leave_out:
+                kept.append(blob_id)
+        self._last = previous
+        if not kept:
+            return
+        offset = self._runs._append(b"".join(kept))
+        if self._offset is None:
+            self._offset = offset
+        elif offset != self._offset + self._count * ID_SIZE:
+            raise RuntimeError("another run was written into the middle of this one")
+        self._count += len(kept)
+
+    def finish(self) -> None:
+        """Count the run in (once)."""
+        if self._offset is not None and self._count:
+            self._runs._runs.append(_Run(self._offset, self._count, None))
+        self._offset, self._count = None, 0
 
 
 class DiskIdSet(IdRuns):

@@ -47,6 +47,8 @@ def pack_object_name(pack_id: str) -> str:
 
 # One blob of a pack as the index keeps it: id, type, offset, length, raw length, key number.
 _PACK_BLOB = struct.Struct("<32sBIIIH")
+PACK_BLOB_RECORD = _PACK_BLOB
+"""A `StoredPack`'s record of one blob (prune keeps them in a file, not in memory)."""
 # Where the index finds a blob: (pack number, position in that pack's records).
 _WHERE = struct.Struct("<II")
 _BLOB_TYPES = {int(t): t for t in BlobType}
@@ -80,6 +82,15 @@ class StoredPack:
                     self.odd = {}
                 self.odd[position] = blob
         self.records = b"".join(parts)
+
+    @classmethod
+    def of_records(
+        cls, pack_id: str, size: int, keys: list[bytes], records: bytes, odd: dict[int, PackBlob] | None
+    ) -> StoredPack:
+        """A pack from its `records` (as `records` holds them) and the values beside them."""
+        stored = cls.__new__(cls)
+        stored.id, stored.size, stored.keys, stored.records, stored.odd = pack_id, size, keys, records, odd
+        return stored
 
     def __len__(self) -> int:
         return len(self.records) // _PACK_BLOB.size
@@ -419,6 +430,7 @@ async def write_index_file(
 
 
 __all__ = [
+    "PACK_BLOB_RECORD",
     "BlobLocation",
     "BlobLookup",
     "CorruptIndex",
