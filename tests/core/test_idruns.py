@@ -289,3 +289,43 @@ async def test_stored_ids_are_the_index_without_superseded_files(
                         assert (blob_id in stored) == (blob_id in expected)
     finally:
         await repo.close()
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(id_lists, max_size=5), id_lists, id_lists, st.integers(min_value=1, max_value=40))
+def test_sorted_runs_join_what_ids_one_by_one_give(
+    lists: list[list[bytes]], loose: list[bytes], leave_out: list[bytes], piece_ids: int
+) -> None:
+    """Sorted lists (repeats in them, streamed in pieces, some ids left out) are the same ids
+    as given one by one; a run counts only once finished."""
+    left_out = set(leave_out)
+    with IdRuns(buffer_ids=7) as runs:
+        runs.update(loose)
+        for ids in lists:
+            data = b"".join(sorted(ids))  # repeats kept: a damaged list may have them
+            run = runs.sorted_run()
+            for at in range(0, len(data), piece_ids * 32):
+                run.add(data[at : at + piece_ids * 32], left_out)
+            run.finish()
+        abandoned = runs.sorted_run()  # streamed, then found damaged: never finished
+        abandoned.add(b"".join(sorted(set(leave_out))))
+        want = set(loose).union(*[set(ids) - left_out for ids in lists])
+        assert b"".join(runs.sorted_blocks(block_bytes=64)) == b"".join(sorted(want))
+
+
+@given(st.lists(ids, min_size=2, max_size=50, unique=True), st.integers(min_value=1, max_value=50))
+def test_a_sorted_run_refuses_ids_out_of_order(unique: list[bytes], split: int) -> None:
+    ordered = sorted(unique)
+    split = split % (len(ordered) - 1) + 1
+    with IdRuns() as runs:
+        run = runs.sorted_run()
+        run.add(b"".join(ordered[split:]))
+        with pytest.raises(ValueError, match="not sorted"):  # a piece behind the one before
+            run.add(b"".join(ordered[:split]))
+        with pytest.raises(ValueError, match="not sorted"):
+            runs.sorted_run().add(b"".join(reversed(ordered)))
+
+
+def test_a_set_that_answers_lookups_takes_no_sorted_run() -> None:
+    with DiskIdSet(filter_bits=64) as on_disk, pytest.raises(TypeError):
+        on_disk.sorted_run()
