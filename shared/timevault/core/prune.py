@@ -204,6 +204,9 @@ class PruneOptions:
     """Runs before each new state is published; if it raises, nothing is published."""
     cancel: asyncio.Event | None = None
     """Checked between steps: a canceled prune stops at a safe point."""
+    spill_dir: str | None = None
+    """Where prune keeps the index and the live blob ids while it runs (unnamed temporary files,
+    ~100 bytes a blob); None: the system's temp folder."""
 
 
 @dataclass
@@ -258,11 +261,10 @@ class _View:
 
     @classmethod
     async def load(
-        cls, repo: Repository, files: dict[str, _IndexFile] | None = None, index: SpilledIndex | None = None
+        cls, repo: Repository, index: SpilledIndex, files: dict[str, _IndexFile] | None = None
     ) -> _View:
-        """Read the index files not in `files` (their packs spilled to `index`'s file, which is
-        emptied of packs and used again: a new one if None)."""
-        index = index if index is not None else SpilledIndex()
+        """Read the index files not in `files`, their packs spilled to `index`'s file (emptied
+        of packs and used again after a mark). Closes `index` if it fails."""
         try:
             return await cls._load(repo, dict(files or {}), index)
         except BaseException:
@@ -341,7 +343,7 @@ class _Run:
         same full list need all of it except what every one of them removed, plus what each
         added; so each full list is streamed once, as it is read, into sorted runs on disk
         (`IdRuns`: never held whole, never a set per snapshot). The caller closes the runs."""
-        live = IdRuns()
+        live = IdRuns(self.options.spill_dir)
         try:
             named = await self._add_needed(live, snapshots)
         except BaseException:
@@ -477,7 +479,7 @@ async def prune(repo: Repository, options: PruneOptions | None = None) -> PruneR
     if options.dry_run:
         run = _Run(repo, options, None)
         stored = await gcstate.load(repo.storage, repo.write_keys.meta_key)
-        view = await _View.load(repo)
+        view = await _View.load(repo, SpilledIndex(options.spill_dir))
         try:
             await _plan(run, stored, view)
         finally:
@@ -489,7 +491,7 @@ async def prune(repo: Repository, options: PruneOptions | None = None) -> PruneR
             await repo.storage.delete(name)
             run.result.locks_removed += 1
         stored = await gcstate.load(repo.storage, repo.write_keys.meta_key)
-        view = await _View.load(repo)
+        view = await _View.load(repo, SpilledIndex(options.spill_dir))
         try:
             if options.mark:
                 stored, view = await _mark(run, stored, view)
@@ -671,7 +673,7 @@ async def _mark(run: _Run, stored: StoredState, view: _View) -> tuple[StoredStat
     result.blobs_removed = plan.blobs_removed()
     files = {**view.files, **written}
     del plan, counts, new_packs
-    return stored, await _View.load(repo, files, index)  # the same spill file: nothing read twice
+    return stored, await _View.load(repo, index, files)  # the same spill file: nothing read twice
 
 
 def _index_file_parts(entries: list[SpilledPack]) -> list[list[SpilledPack]]:
