@@ -54,6 +54,17 @@ Prune also removes what interrupted work left behind: temporary files of writes 
 died (older than `TEMP_STALE_AFTER`: a live write touches its file every moment) and lock files
 that are expired or whose process on this host is gone.
 
+Memory that does not grow with the number of files
+---------------------------------------------------
+Prune holds no Python object per blob: the index is kept as its packs
+(id, size, keys) with their blob records in an unnamed temporary file, the blobs snapshots need
+as sorted runs on disk streamed from the lists of references (`IdRuns`), and the two are joined
+one group of ids at a time to count each pack's live bytes (`timevault.core.prune_index`). The
+new index is written a file at a time from the records on disk. Left in memory: a byte per blob
+to say what a repack copies, the entries of the packs a repack writes only while a cache (the
+services') is told of them, and, only when a list of references is damaged and the trees are
+read instead, the in-memory index and a set.
+
 Crash safety (kill -9 at any moment)
 ------------------------------------
 New packs without their index are orphans; the new index is written in parts, the part that
@@ -615,8 +626,15 @@ async def _mark(run: _Run, stored: StoredState, view: _View) -> tuple[StoredStat
     meta_key = repo.write_keys.meta_key
     # 1. Copy the live blobs of mostly-garbage packs into new packs (not indexed yet: orphans
     #    until the index below names them).
-    packer = Packer(repo.storage, meta_key, write_index=False)
     index, counts = view.index, plan.counts
+    new_packs: list[SpilledPack] = []  # their entries go to the spill file as each is written
+
+    def spill_new(entry: IndexPack) -> None:
+        new_packs.append(index.spill(entry))
+
+    # Without dedup: the join flags each live blob in one place only (the pack the index takes
+    # it from), so no id comes twice, and the packer keeps no set of every id it copied.
+    packer = Packer(repo.storage, meta_key, write_index=False, on_written=spill_new, dedup=False)
     for number in plan.repack:
         pack = index.entry(counts.packs[number])
         data = await repo.storage.get(pack_object_name(pack.id))
@@ -630,8 +648,8 @@ async def _mark(run: _Run, stored: StoredState, view: _View) -> tuple[StoredStat
                 await packer.add(EncodedBlob(blob.id, blob.type, blob.raw_length, payload, sealed))
         del data, pack
         run.checkpoint()
-    new_packs = list(await packer.flush())
-    result.bytes_written = sum(p.size for p in new_packs)
+    await packer.flush()
+    result.bytes_written = sum(pack.size for pack in new_packs)
     await hold("prune.repacked")
     # 2. The generation changes before the new index exists (see the module docstring).
     stored = await gcstate.publish(repo.storage, meta_key, stored, gcstate.next_state(stored.state,
@@ -640,8 +658,7 @@ async def _mark(run: _Run, stored: StoredState, view: _View) -> tuple[StoredStat
     # 3. The new index: every pack that stays, the rescued and the new ones; the part that
     #    supersedes every file read is written last. Written a part at a time from the spill
     #    file; the packs' records stay there for the view read next.
-    entries: list[SpilledPack] = [index.packs[pack_id] for pack_id in plan.keep]
-    entries.extend(index.spill(pack) for pack in new_packs)
+    entries: list[SpilledPack] = [index.packs[pack_id] for pack_id in plan.keep] + new_packs
     superseded = sorted(view.files)
     parts = _index_file_parts(entries)
     written: dict[str, _IndexFile] = {}
@@ -663,7 +680,9 @@ async def _mark(run: _Run, stored: StoredState, view: _View) -> tuple[StoredStat
                                last_mark=now, marking=0.0, last_snapshots=sorted(plan.snapshots))
     generation, state_id, state_data = gcstate.precompute_generation(meta_key, state)
     if options.on_publish is not None:
-        await options.on_publish(CacheUpdate(generation, removed, plan.rescue + new_packs))
+        added = plan.rescue + [index.entry(pack) for pack in new_packs]  # what the cache must learn
+        await options.on_publish(CacheUpdate(generation, removed, added))
+        del added
     await hold("prune.cache-updated")
     stored = await gcstate.publish_encoded(repo.storage, stored, state, state_id, state_data)
     await hold("prune.marked")
@@ -672,7 +691,7 @@ async def _mark(run: _Run, stored: StoredState, view: _View) -> tuple[StoredStat
     result.packs_rescued += len(plan.rescue)
     result.blobs_removed = plan.blobs_removed()
     files = {**view.files, **written}
-    del plan, counts, new_packs
+    del plan, counts
     return stored, await _View.load(repo, index, files)  # the same spill file: nothing read twice
 
 

@@ -157,7 +157,8 @@ class Packer:
         # retrieved). Every later `add` and `flush` raises it.
         self.failure: BaseException | None = None
         # Prune writes one index for all its packs itself (a pack without one is garbage until then),
-        # from `written`; the others are told of each pack by `on_written` and keep none.
+        # from `written`, or from what `on_written` told it (then none are kept here); the others
+        # are told of each pack by `on_written` and keep none.
         self._write_index = write_index
         self.written: list[IndexPack] = []
         self.bytes_written = 0
@@ -196,7 +197,7 @@ class Packer:
             del parts
             if self._write_index:
                 await write_index_file(self._storage, self._meta_key, [entry])
-            if not self._write_index:
+            if not self._write_index and self._on_written is None:
                 self.written.append(entry)
             self.bytes_written += entry.size
             if self._on_written is not None:
@@ -224,7 +225,8 @@ class Packer:
     async def flush(self) -> list[IndexPack]:
         """Write every open pack and wait until all packs are durable. Raises the first failure.
 
-        Returns the packs written (kept only with `write_index=False`, for the caller's index)."""
+        Returns the packs written (kept only with `write_index=False` and no `on_written`, for
+        the caller's index)."""
         for blob_type in (BlobType.DATA, BlobType.TREE):
             await self._seal(blob_type)
         while self._writes:
