@@ -97,20 +97,6 @@ class TreeWalk:
                         self.errors.append(f"{where}/{os.fsdecode(node.name)}: data blob {blob_id.hex()[:16]} is missing")
             self.children[tree_id] = (_pack(subtrees), _pack(data))
 
-    def needed(self, root: bytes) -> IdMap:
-        """Every blob (trees included) below `root`, from what `walk` read; held compactly
-        (a snapshot of a million files needs a million ids)."""
-        found = IdSet()
-        stack = [root] if len(root) == ID_SIZE else []  # a hostile snapshot's root: reported by walk
-        while stack:
-            tree_id = stack.pop()
-            if not found.add(tree_id):
-                continue
-            subtrees, data = self.children.get(tree_id, (b"", b""))
-            found.update(_unpack(data))
-            stack.extend(_unpack(subtrees))
-        return found
-
     def all_blobs(self) -> set[bytes]:
         used = set(self.children)
         for _, data in self.children.values():

@@ -843,10 +843,7 @@ class Repository:
 
     async def snapshot_references(self, snapshot_id: str) -> set[bytes]:
         """Every blob id (data and trees) the snapshot needs. Works with the write tier alone."""
-        snapshot = await self.load_snapshot(snapshot_id)
-        if not snapshot.references:
-            raise RepositoryError(f"snapshot {snapshot_id[:12]} has no list of references")
-        return await self.references_of(snapshot.references)
+        return set(await self.snapshot_reference_ids(snapshot_id))
 
     def seal_warnings(self, session: crypto.SealingSession, warnings: list[str]) -> bytes:
         """Warnings name paths: sealed to the password holder (the write tier cannot read them)."""
