@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 from timevault.core import crypto
 from timevault.core.errors import CorruptIndex
+from timevault.core.fileio import pread_exactly, pwrite_all
 from timevault.core.names import name_problem
 from timevault.core.repository import gcstate
 from timevault.core.repository.blobs import CorruptBlob
@@ -183,7 +184,7 @@ class FlatTreeWalk:
             self._flush()
 
     def _flush(self) -> None:
-        _write_all(self._fd, self._pending, self._end)
+        pwrite_all(self._fd, self._pending, self._end)
         self._end += len(self._pending)
         self._pending = bytearray()
 
@@ -234,7 +235,7 @@ class FlatTreeWalk:
             offset, subtrees, data = _TREE_RECORD.unpack(record)
             if subtrees + data == 0:
                 continue
-            children = _read_all(self._fd, (subtrees + data) * ID_SIZE, offset)
+            children = pread_exactly(self._fd, (subtrees + data) * ID_SIZE, offset, "the walk's file of trees")
             end = subtrees * ID_SIZE
             stack.extend(children[at : at + ID_SIZE] for at in range(0, end, ID_SIZE))
             needed.add_packed(children[end:])
@@ -264,24 +265,8 @@ class FlatTreeWalk:
                             )
 
 
-def _read_all(fd: int, size: int, offset: int) -> bytes:
-    parts = []
-    got = 0
-    while got < size:
-        more = os.pread(fd, size - got, offset + got)
-        if not more:
-            raise OSError("the walk's file of trees was cut short")
-        parts.append(more)
-        got += len(more)
-    return b"".join(parts)
 
 
-def _write_all(fd: int, data: bytes | bytearray, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view = view[written:]
-        offset += written
 
 
 async def used_blobs(

@@ -30,6 +30,7 @@ from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+from timevault.core.fileio import pread_exactly, pwrite_all
 from timevault.core.repository.compact import ID_SIZE
 from timevault.core.repository.format import IndexPack, PackBlob
 from timevault.core.repository.index import PACK_BLOB_RECORD, StoredPack
@@ -54,22 +55,12 @@ class _TempFile:
         """Write `data` at the end; returns where it starts."""
         offset = self.size
         view = memoryview(data)
-        written = 0
-        while written < len(view):
-            written += os.pwrite(self._fd, view[written:], offset + written)
-        self.size += len(view)
+        pwrite_all(self._fd, view, offset)
+        self.size += view.nbytes
         return offset
 
     def read(self, offset: int, size: int) -> bytes:
-        parts = []
-        got = 0
-        while got < size:
-            piece = os.pread(self._fd, size - got, offset + got)
-            if not piece:
-                raise OSError(f"prune's temporary file is shorter than expected ({offset + got} < {offset + size})")
-            parts.append(piece)
-            got += len(piece)
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        return pread_exactly(self._fd, size, offset, "prune's temporary file")
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from timevault.core.archiver.archiver import ByteBudget, Progress
 from timevault.core.buffers import BytesLike
 from timevault.core.errors import HistoryError, RestoreCanceled, RestoreError
+from timevault.core.fileio import pwrite_all
 from timevault.core.names import safe_name
 from timevault.core.repository.blobs import CorruptBlob
 from timevault.core.repository.format import BlobType, Node
@@ -692,7 +693,7 @@ class Restorer:
                     else:
                         fd = os.open(node.name, _OLD_FILE, dir_fd=file.folder.fd)
                         try:
-                            _pwrite_all(fd, data, offset)
+                            pwrite_all(fd, data, offset)
                             with self._lock:
                                 file.remaining -= size
                                 complete = file.remaining == 0
@@ -751,15 +752,7 @@ def _groups(
 def _write_all(fd: int, data: BytesLike) -> None:
     written = os.write(fd, data)
     if written != len(data):
-        _pwrite_all(fd, memoryview(data)[written:], written)
-
-
-def _pwrite_all(fd: int, data: BytesLike, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view = view[written:]
-        offset += written
+        pwrite_all(fd, memoryview(data)[written:], written)
 
 
 async def restore(

@@ -25,6 +25,8 @@ from array import array
 from bisect import bisect_left
 from typing import Self
 
+from timevault.core.fileio import pread_exactly, pwrite_all
+
 ID_SIZE = 32
 # Ids a part holds on average: three such sets of ~100 bytes an id are ~5 MiB.
 PART_IDS = 1 << 14
@@ -134,7 +136,7 @@ class PartitionedIds:
                 offset += len(piece)
                 pieces.append(piece)
                 buffer.clear()
-        _write_all(self._file(), b"".join(pieces), self._end)
+        pwrite_all(self._file(), b"".join(pieces), self._end)
         self._end = offset
         self._buffered = 0
 
@@ -152,7 +154,7 @@ class PartitionedIds:
         chunks = self._chunks[part]
         for i in range(0, len(chunks), 2):
             assert self._fd is not None
-            pieces.append(_read_all(self._fd, chunks[i + 1], chunks[i]))
+            pieces.append(pread_exactly(self._fd, chunks[i + 1], chunks[i], "a part of the ids"))
         pieces.extend(self._buffers[part])
         return b"".join(pieces)
 
@@ -178,21 +180,5 @@ class PartitionedIds:
         self.close()
 
 
-def _read_all(fd: int, size: int, offset: int) -> bytes:
-    parts = []
-    got = 0
-    while got < size:
-        more = os.pread(fd, size - got, offset + got)
-        if not more:
-            raise OSError("a part of the ids was cut short")
-        parts.append(more)
-        got += len(more)
-    return b"".join(parts)
 
 
-def _write_all(fd: int, data: bytes, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view = view[written:]
-        offset += written

@@ -25,6 +25,7 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Container, Iterable, Iterator
 from typing import Self
 
+from timevault.core.fileio import pwrite_all
 from timevault.core.memory import release_free_memory
 
 ID_SIZE = 32
@@ -126,13 +127,10 @@ class IdRuns:
         return None  # only a set that answers lookups needs them
 
     def _append(self, data: bytes | bytearray | memoryview) -> int:
-        fd = self._file()
         offset = self._end
         view = memoryview(data)
-        written = 0
-        while written < len(view):
-            written += os.pwrite(fd, view[written:], offset + written)
-        self._end += len(view)
+        pwrite_all(self._file(), view, offset)
+        self._end += view.nbytes
         return offset
 
     def _file(self) -> int:

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from operator import itemgetter
 from typing import BinaryIO
 
+from timevault.core.fileio import pread_exactly, pwrite_all
 from timevault.core.repository.compact import ID_SIZE
 from timevault.core.repository.format import BlobType, IndexFile, IndexPack, PackBlob
 from timevault.core.repository.index import LOAD_ATTEMPTS, BlobLocation, read_index_files
@@ -106,7 +107,7 @@ class LocationsBuilder:
             starts[group] = at
             at += len(records) * RECORD_SIZE
         starts[_GROUPS] = at
-        _write_all(self._staging.fileno(), b"".join(b"".join(records) for records in groups), self._staged_size)
+        pwrite_all(self._staging.fileno(), b"".join(b"".join(records) for records in groups), self._staged_size)
         self._staged_size = at
         self._last_position = max(self._last_position, position)
         self._files.append(_Staged(position, name, list(supersedes), first_pack, len(packs), starts))
@@ -171,7 +172,7 @@ def _build(staging: int, out: int, live: list[_Staged]) -> array[int]:
         for staged in live:
             start, end = staged.starts[group], staged.starts[group + 1]
             if end > start:
-                parts.append(_read_all(staging, end - start, start))
+                parts.append(pread_exactly(staging, end - start, start, "the blob location table"))
         data = b"".join(parts)
         del parts
         records = [data[at : at + RECORD_SIZE] for at in range(0, len(data), RECORD_SIZE)]
@@ -180,7 +181,7 @@ def _build(staging: int, out: int, live: list[_Staged]) -> array[int]:
         base = group * 256
         for bucket in range(256):
             bucket_starts[base + bucket] = count + bisect_left(records, bucket, key=_second_byte)
-        _write_all(out, b"".join(records), count * RECORD_SIZE)
+        pwrite_all(out, b"".join(records), count * RECORD_SIZE)
         count += len(records)
     bucket_starts[_BUCKETS] = count
     return bucket_starts
@@ -235,7 +236,7 @@ class BlobLocations:
         order (a blob several packs hold comes more than once): a check reads the index a
         stretch at a time this way."""
         lo, hi = self._starts[first], self._starts[end]
-        data = _read_all(self._fd, (hi - lo) * RECORD_SIZE, lo * RECORD_SIZE)
+        data = pread_exactly(self._fd, (hi - lo) * RECORD_SIZE, lo * RECORD_SIZE, "the blob location table")
         return [data[at : at + ID_SIZE] for at in range(0, len(data), RECORD_SIZE)]
 
     def locate(self, blob_id: bytes) -> BlobLocation | None:
@@ -251,7 +252,7 @@ class BlobLocations:
         size = (hi - lo) * RECORD_SIZE
         data = os.pread(self._fd, size, lo * RECORD_SIZE)
         if len(data) != size:
-            data = _read_all(self._fd, size, lo * RECORD_SIZE)
+            data = pread_exactly(self._fd, size, lo * RECORD_SIZE, "the blob location table")
         pos = data.find(blob_id)
         # A match must start a record (an id's bytes might also appear across two records).
         while pos % RECORD_SIZE and pos >= 0:
@@ -299,24 +300,5 @@ async def load_locations(
     raise AssertionError("unreachable")
 
 
-def _read_all(fd: int, size: int, offset: int) -> bytes:
-    data = os.pread(fd, size, offset)
-    if len(data) == size:
-        return data
-    parts = [data]
-    got = len(data)
-    while got < size:
-        more = os.pread(fd, size - got, offset + got)
-        if not more:
-            raise OSError(f"the blob location table is shorter than expected ({offset + got} < {offset + size})")
-        parts.append(more)
-        got += len(more)
-    return b"".join(parts)
 
 
-def _write_all(fd: int, data: bytes, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view = view[written:]
-        offset += written
