@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -95,6 +96,28 @@ async def test_write_only_backup_and_password_restore(repo: Repository, tmp_path
         target = tmp_path / f"out-{snapshot_id[:6]}"
         assert (await restore(full, snapshot_id, str(target))).errors == []
         assert_manifests_equal(tree_manifest(restored_path(target, source)), manifest)
+
+
+async def test_cache_entries_carry_over_and_follow_metadata_changes(repo: Repository, tmp_path: Path) -> None:
+    """An unchanged file's entry goes into the next cache as it was read, run after run; a
+    file whose mode alone changed gets a new entry (its blobs reused), and restores with it."""
+    wo = await _write_only(repo)
+    source = build_tree(tmp_path / "src", {"a": random_bytes(100, 1), "d/b": random_bytes(100, 2)})
+    cache = tmp_path / "cache"
+    await backup(wo, [str(source)], cache_dir=str(cache))
+    for _ in range(2):
+        _, again = await backup(wo, [str(source)], cache_dir=str(cache))
+        assert again.stats.unchanged_files == 2 and again.stats.added_size < 16 * 1024
+    os.chmod(source / "a", 0o600)
+    _, chmodded = await backup(wo, [str(source)], cache_dir=str(cache))
+    assert chmodded.stats.unchanged_files == 2  # the content is reused, the node is new
+    last_id, last = await backup(wo, [str(source)], cache_dir=str(cache))
+    assert last.stats.unchanged_files == 2
+    target = tmp_path / "out"
+    assert (await restore(await reopen(repo), last_id, str(target))).errors == []
+    restored = restored_path(target, source)
+    assert os.stat(restored / "a").st_mode & 0o777 == 0o600
+    assert_manifests_equal(tree_manifest(restored), tree_manifest(source))
 
 
 async def test_damaged_files_cache_only_costs_rereading(repo: Repository, tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ import os
 import secrets
 import sqlite3
 from collections.abc import Callable
+from typing import TypeAlias
 
 import msgspec
 
@@ -58,6 +59,10 @@ PREFETCH_TREES = 4
 _CACHE_PAGES_KIB = -2048
 _folder_encoder = msgspec.msgpack.Encoder()
 _folder_decoder = msgspec.msgpack.Decoder(dict[bytes, CachedFile])
+
+
+_Known: TypeAlias = tuple[bytes, Node | None, CachedFile | None]
+"""What a lookup found of a name: (path key, the node handed out, its cache entry)."""
 
 
 def _row_aad(generation: bytes, folder_key: bytes) -> bytes:
@@ -174,9 +179,10 @@ class ParentLookup:
         self._cache_path = cache_path
         self._path_key = crypto.subkey(repo.write_keys.meta_key, "files cache path")
         self._writer: _CacheWriter | None = None
-        # Path keys computed while a folder was looked up (name -> key), by folder, until
-        # `record` writes the folder's row with them: one keyed hash per file, not two.
-        self._known_keys: dict[bytes, dict[bytes, bytes]] = {}
+        # What a folder's lookups found, by folder, until `record` writes the folder's row:
+        # name -> (path key, the node handed out, its cache entry). One keyed hash per file,
+        # and an unchanged file's entry goes into the next cache as it was read.
+        self._known: dict[bytes, dict[bytes, _Known]] = {}
 
     async def previous_dir(self, path: bytes) -> PreviousDir:
         return {}
@@ -187,17 +193,22 @@ class ParentLookup:
 
     def record(self, path: bytes, nodes: list[Node]) -> None:
         """The folder `path` is archived: write its files' row of the next cache."""
-        known = self._known_keys.pop(path, None) or {}
+        known = self._known.pop(path, None) or {}
         if self._cache_path is None:
             return
         prefix = _folder_prefix(path)
-        files = {
-            known.get(node.name) or self.path_key(prefix + node.name): CachedFile(
+        files: dict[bytes, CachedFile] = {}
+        for node in nodes:
+            if node.type != "file" or node.changed_while_reading:  # a torn read is read again
+                continue
+            found = known.get(node.name)
+            if found is not None and found[1] is node and found[2] is not None:  # reused as it was
+                files[found[0]] = found[2]
+                continue
+            key = found[0] if found is not None else self.path_key(prefix + node.name)
+            files[key] = CachedFile(
                 node.mode, node.mtime_ns, node.size, node.content, node.inode, node.device, node.uid, node.gid
             )
-            for node in nodes
-            if node.type == "file" and not node.changed_while_reading  # a torn read is read again
-        }
         if files:
             self._cache_step(lambda writer: writer.put(self.path_key(path), files))
 
@@ -258,21 +269,22 @@ class _CachedDir:
     """One folder's view of the files cache: entries are found by the hash of their path."""
 
     def __init__(
-        self, lookup: ParentLookup, path: bytes, files: dict[bytes, CachedFile], keys: dict[bytes, bytes]
+        self, lookup: ParentLookup, path: bytes, files: dict[bytes, CachedFile], known: dict[bytes, _Known]
     ) -> None:
         self._lookup = lookup
         self._prefix = _folder_prefix(path)
         self._files = files
-        self._keys = keys  # the keys computed here, for the next cache's row of this folder
+        self._known = known  # what was found here, for the next cache's row of this folder
 
     def get(self, name: bytes, /) -> Node | None:
         if not self._files:
             return None
-        key = self._keys[name] = self._lookup.path_key(self._prefix + name)
+        key = self._lookup.path_key(self._prefix + name)
         cached = self._files.get(key)
         if cached is None:
+            self._known[name] = (key, None, None)
             return None
-        return Node(
+        node = Node(
             name=name,
             type="file",
             mode=cached.mode,
@@ -284,6 +296,8 @@ class _CachedDir:
             uid=cached.uid,
             gid=cached.gid,
         )
+        self._known[name] = (key, node, cached)
+        return node
 
 
 class _CacheLookup(ParentLookup):
@@ -295,8 +309,8 @@ class _CacheLookup(ParentLookup):
         if self._reader is None:
             return {}
         # One indexed read and one decryption per folder: cheaper on the event loop than a hop.
-        keys = self._known_keys[path] = {}
-        return _CachedDir(self, path, self._reader.folder(self.path_key(path)), keys)
+        known = self._known[path] = {}
+        return _CachedDir(self, path, self._reader.folder(self.path_key(path)), known)
 
     def close(self) -> None:
         if self._reader is not None:
