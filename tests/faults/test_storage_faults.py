@@ -183,6 +183,20 @@ async def test_location_removed_during_a_backup_fails_it_and_stays_gone(tmp_path
     assert not location.exists(), "a backup must not recreate a removed location piece by piece"
 
 
+async def test_a_folder_removed_under_a_write_is_the_location_disappearing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`rm -r` of a location takes the root last: a write that loses its folder meanwhile (the
+    root still there) must fail as the location disappearing, not as a write to try again."""
+    storage = LocalStorage(tmp_path / "repo")
+    await storage.put("keys/a", b"k")  # the root, as a repository's first object makes it
+    # The race, made certain: the object's folders vanish right after they would be made.
+    monkeypatch.setattr(storage, "_make_folders", lambda name, folder: None)
+    with pytest.raises(LocationNotFound, match=r"^location disappeared: .* is being removed \(write data/ab/"):
+        await storage.put("data/ab/" + "ab" * 32, b"pack")
+    assert (tmp_path / "repo").is_dir() and not (tmp_path / "repo" / "data").exists()
+
+
 @pytest.mark.parametrize("gone", ["config", "keys", "both"])
 async def test_config_or_keys_gone_at_commit_fail_the_backup(tmp_path: Path, gone: str) -> None:
     location = tmp_path / "repo"

@@ -114,6 +114,10 @@ class LocalStorage:
             return LocationReadOnly(f"location is read-only: {detail}")
         if not self._root.is_dir():
             return LocationNotFound(f"location disappeared: {self.location} no longer exists ({action} {name})")
+        if exc.errno == errno.ENOENT and action == "write" and not self._path(name).parent.is_dir():
+            # The object's folder went away under the write: the location is being removed
+            # (`rm -r` takes the root itself last) or taken apart; nothing to retry or recreate.
+            return LocationNotFound(f"location disappeared: {self.location} is being removed ({action} {name})")
         return StorageError(f"{self.location}: {detail}")
 
     async def put_new(self, name: str, data: Payload) -> bool:
