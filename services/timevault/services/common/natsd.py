@@ -29,6 +29,7 @@ from timevault.services.common import identities
 log = logging.getLogger(__name__)
 
 MAX_PAYLOAD = 8 * 1024 * 1024  # chunks are ≤ 4 MiB plus a little overhead
+PORT_ATTEMPTS = 3
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -78,6 +79,7 @@ class NatsServer:
         self.token = token
         self.users = dict(users or {})
         self.host = host
+        self._picked_port = not port
         self.port = port or free_port(host)
         self.monitor_port = free_port(host)
         self.max_payload = max_payload
@@ -123,8 +125,31 @@ class NatsServer:
         return self.store_dir / "nats-server.pid"
 
     def start(self, timeout: float = 15.0, preexec_fn: Callable[[], None] | None = None) -> None:
-        self.spawn(preexec_fn)
-        self.wait_ready(timeout)
+        """Spawn the server and wait until it serves. A port picked by `free_port` can be taken
+        by another process before the server binds it; then the ports that were picked here
+        (not one given to the constructor) are picked again, up to PORT_ATTEMPTS times."""
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            logged = self.log_file.stat().st_size if self.log_file.exists() else 0
+            self.spawn(preexec_fn)
+            try:
+                self.wait_ready(timeout)
+                return
+            except RuntimeError:
+                if attempt == PORT_ATTEMPTS or not self._lost_a_port(logged):
+                    raise
+            log.warning("nats-server: a port was taken before it could bind it; trying others")
+            if self._picked_port:
+                self.port = free_port(self.host)
+            self.monitor_port = free_port(self.host)
+
+    def _lost_a_port(self, logged: int) -> bool:
+        """Whether the server's log, past `logged` bytes, says a port was in use."""
+        try:
+            with open(self.log_file, "rb") as f:
+                f.seek(logged)
+                return b"address already in use" in f.read(64 * 1024)
+        except OSError:
+            return False
 
     def spawn(self, preexec_fn: Callable[[], None] | None = None) -> None:
         """Start the process (same port, store and credentials every time); `wait_ready` waits for it.
