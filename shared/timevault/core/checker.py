@@ -84,25 +84,48 @@ class TreeWalk:
             except (CorruptBlob, StorageError) as exc:
                 self.errors.append(f"{where}: {exc}")
                 continue
-            subtrees: list[bytes] = []
-            data: list[bytes] = []
-            if self.name_errors is not None:
-                _check_names(tree.nodes, where, self.name_errors)
-            for node in tree.nodes:
-                if node.type == "dir" and node.subtree is not None:
-                    subtrees.append(node.subtree)
-                    stack.append((node.subtree, f"{where}/{os.fsdecode(node.name)}"))
-                for blob_id in node.content:
-                    data.append(blob_id)
-                    if blob_id not in self.index:
-                        self.errors.append(f"{where}/{os.fsdecode(node.name)}: data blob {blob_id.hex()[:16]} is missing")
+            subtrees, data = _children(tree.nodes, where, stack, self.name_errors, self.errors, self._not_indexed)
             self.children[tree_id] = (_pack(subtrees), _pack(data))
+
+    def _not_indexed(self, blob_id: bytes) -> bool:
+        return blob_id not in self.index
 
     def all_blobs(self) -> set[bytes]:
         used = set(self.children)
         for _, data in self.children.values():
             used.update(_unpack(data))
         return used
+
+
+def _children(
+    nodes: list[Node],
+    where: str,
+    stack: list[tuple[bytes, str]],
+    name_errors: list[str] | None,
+    errors: list[str],
+    missing: Callable[[bytes], bool],
+) -> tuple[list[bytes], list[bytes]]:
+    """A tree's subtrees and (32-byte) data blob ids; its subfolders go on the walk's `stack`,
+    its names are checked into `name_errors` (None: unchecked), and data blobs that `missing`
+    says are absent are reported into `errors`."""
+    subtrees: list[bytes] = []
+    data: list[bytes] = []
+    if name_errors is not None:
+        _check_names(nodes, where, name_errors)
+    for node in nodes:
+        if node.type == "dir" and node.subtree is not None:
+            subtrees.append(node.subtree)
+            stack.append((node.subtree, f"{where}/{os.fsdecode(node.name)}"))
+        for blob_id in node.content:
+            if len(blob_id) == ID_SIZE:
+                data.append(blob_id)
+            if missing(blob_id):
+                errors.append(f"{where}/{os.fsdecode(node.name)}: data blob {blob_id.hex()[:16]} is missing")
+    return subtrees, data
+
+
+def _not_an_id(blob_id: bytes) -> bool:
+    return len(blob_id) != ID_SIZE
 
 
 def _pack(ids: list[bytes]) -> bytes:
@@ -203,19 +226,9 @@ class FlatTreeWalk:
                 self.errors.append(f"{where}: {exc}")
                 self._record(tree_id, [], [])
                 continue
-            subtrees: list[bytes] = []
-            data: list[bytes] = []
-            if self.name_errors is not None:
-                _check_names(tree.nodes, where, self.name_errors)
-            for node in tree.nodes:
-                if node.type == "dir" and node.subtree is not None:
-                    subtrees.append(node.subtree)
-                    stack.append((node.subtree, f"{where}/{os.fsdecode(node.name)}"))
-                for blob_id in node.content:
-                    if len(blob_id) == ID_SIZE:
-                        data.append(blob_id)  # whether the index has it: `needed_into`'s ids, by part
-                    else:
-                        self.errors.append(f"{where}/{os.fsdecode(node.name)}: data blob {blob_id.hex()[:16]} is missing")
+            # Whether the index has a data blob is asked later, of all ids at once, part by part
+            # (`needed_into`); here only an id that no index can hold is reported.
+            subtrees, data = _children(tree.nodes, where, stack, self.name_errors, self.errors, _not_an_id)
             self._record(tree_id, subtrees, data)
 
     def needed_into(self, root: bytes, needed: PartitionedIds) -> None:
