@@ -14,6 +14,7 @@ after the sink confirmed every blob, so a crash never exposes a snapshot with mi
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import os
 import socket
@@ -171,6 +172,7 @@ class Archiver:
         excludes: Excludes | None = None,
         scheduled: DiskIdSet | None = None,
         spill_dir: str | None = None,
+        on_scanned: Callable[[bytes], None] | None = None,
     ) -> None:
         self.repo = repo
         self.excludes = excludes
@@ -187,7 +189,11 @@ class Archiver:
         # per blob of the whole tree, so both are kept on disk (`idruns`), not in memory.
         self.scheduled = scheduled if scheduled is not None else DiskIdSet(spill_dir)
         self._batch: list[tuple[bytes, BlobType, BytesLike]] = []
+        # Folder scans started ahead of the walk, in its order (depth first, by name), and the
+        # folders not scanned yet, in that order: a folder's subfolders, then its later siblings.
         self._scans: dict[bytes, asyncio.Task[tuple[list[Entry], list[str]]]] = {}
+        self._upcoming: collections.deque[bytes] = collections.deque()
+        self._on_scanned = on_scanned  # a folder's small files are read (paces the warm-up child)
         self._large_reads: dict[bytes, asyncio.Task[tuple[list[bytes], int] | None]] = {}
         self._read_slots = asyncio.Semaphore(LARGE_READERS)
         self._batch_bytes = 0
@@ -288,24 +294,41 @@ class Archiver:
             entries = [entry for entry in entries if entry.error is None]
         return entries, warnings
 
-    def _prefetch_scans(self, entries: list[Entry]) -> None:
-        """Scan the next few subfolders in the background while this one is processed."""
-        for entry in entries:
-            if len(self._scans) >= PREFETCH_SCANS:
-                return
-            if entry.kind == "dir" and entry.path not in self._scans:
-                self._scans[entry.path] = asyncio.create_task(self._scan(entry.path))
+    def _prefetch_scans(self) -> None:
+        """Scan the next few folders of the walk in the background while this one is processed:
+        its subfolders first, then its later siblings (a folder of files only has no subfolders
+        to look ahead to, and most folders are such)."""
+        while len(self._scans) < PREFETCH_SCANS and self._upcoming:
+            path = self._upcoming.popleft()
+            self._scans[path] = asyncio.create_task(self._scan(path))
+
+    def _take_scan(self, path: bytes) -> asyncio.Task[tuple[list[Entry], list[str]]]:
+        """This folder's scan: the one started ahead, or one started now."""
+        if path not in self._scans:
+            if self._upcoming and self._upcoming[0] == path:
+                self._upcoming.popleft()
+            return asyncio.create_task(self._scan(path))
+        # A scan of a folder that comes before this one was skipped by the walk: it would hold
+        # its place ahead forever.
+        here = warmup.order(path)
+        for started in list(self._scans):
+            if warmup.order(started) < here:
+                self._scans.pop(started).cancel()
+        return self._scans.pop(path)
 
     async def archive_dir(self, path: bytes) -> bytes:
         self._raise_if_failed()
-        scan = self._scans.pop(path, None) or asyncio.create_task(self._scan(path))
+        scan = self._take_scan(path)
         try:
             entries, warnings = await scan
         except OSError as exc:
             self.warnings.append(f"skipped {os.fsdecode(path)}: {exc.strerror}")
             return await self._store_tree([])
         self.warnings.extend(warnings)
-        self._prefetch_scans(entries)
+        if self._on_scanned is not None:
+            self._on_scanned(path)  # here, not when the scan ends: in the walk's order
+        self._upcoming.extendleft(reversed([entry.path for entry in entries if entry.kind == "dir"]))
+        self._prefetch_scans()
         self._start_large_reads(entries)
         nodes: list[Node] = []
         for entry in entries:
@@ -565,6 +588,8 @@ async def backup(
             await on_locked()
         source_names = sorted(os.fsdecode(s) for s in sources)
         parent_id, parent = await ParentLookup.choose(repo, source_names, plan, cache_dir)
+        if warming_child is not None and not parent.knows_files:
+            warming_child.warm_contents()  # every file is read: warm them ahead too
         spill_dir = _spill_dir(cache_dir)
         own_index = False
         index: Index | None = None
@@ -594,6 +619,7 @@ async def backup(
             excludes=rules,
             scheduled=stored,
             spill_dir=spill_dir,
+            on_scanned=warming_child.scanned if warming_child is not None else None,
         )
         # Totals only matter to someone watching; counting competes with the backup for I/O.
         counter = asyncio.create_task(asyncio.to_thread(count_tree, sources, rules)) if progress else None

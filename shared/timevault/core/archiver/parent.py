@@ -173,6 +173,7 @@ class ParentLookup:
     """No previous state: every file is read."""
 
     reads_trees = False  # whether it reads the parent's trees (and so needs blob locations)
+    knows_files = False  # whether it knows any file from before (else every file is read)
 
     def __init__(self, repo: Repository, cache_path: str | None = None) -> None:
         self._repo = repo
@@ -301,6 +302,8 @@ class _CachedDir:
 
 
 class _CacheLookup(ParentLookup):
+    knows_files = True
+
     def __init__(self, repo: Repository, cache_path: str, reader: _CacheReader) -> None:
         super().__init__(repo, cache_path)
         self._reader: _CacheReader | None = reader
@@ -320,6 +323,7 @@ class _CacheLookup(ParentLookup):
 
 class _TreeLookup(ParentLookup):
     reads_trees = True
+    knows_files = True
 
     def __init__(self, repo: Repository, cache_path: str | None, root: bytes) -> None:
         super().__init__(repo, cache_path)
