@@ -208,8 +208,11 @@ def test_ctrl_c_exits_130(vault: Vault, tmp_path: Path, command: str) -> None:
         env |= {"TIMEVAULT_URL": "http://127.0.0.1:9", "TIMEVAULT_TOKEN": "t" * 32}
         argv = ["plan", "create", "x", "--source", str(vault.source), "--daily", "--at", "01:00",
                 "--location", str(tmp_path / "loc"), "--json"]
+    # A runner that started the tests in the background (a shell without job control) passes
+    # SIGINT on ignored, and a program started so rightly keeps ignoring it: give it the default.
     proc = subprocess.Popen([str(TIMEVAULT), *argv, "--password-file", str(fifo)], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     writer = _wait_for_reader(fifo, proc)
     try:
         time.sleep(0.2)  # let it settle into the read
