@@ -179,3 +179,13 @@ def test_segments_are_reused_only_when_no_chunk_of_them_is_left() -> None:
     del chunk
     chunker_module.trim_segments()  # what the archiver does after each batch
     assert len(chunker_module._segments._handed_out) == chunker_module._segments._keep
+
+
+@SETTINGS
+@given(data=buffers(max_size=600), params=params_strategy)
+def test_short_buffers_cut_as_fastcdc_cuts_them(data: bytes, params: ChunkerParams) -> None:
+    """`chunks_of` skips FastCDC for a buffer of at most min_size bytes: the cut must be FastCDC's
+    (one chunk, none for nothing), so that ids, and so deduplication, do not change."""
+    ours = [bytes(chunk) for chunk in Chunker(params, segment_size=params.max_size).chunks_of(data)]
+    theirs = [data[c.offset : c.offset + c.length] for c in params.make().cut_buf(memoryview(data))]
+    assert ours == theirs

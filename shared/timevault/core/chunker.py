@@ -57,6 +57,11 @@ class Chunker:
     def chunks_of(self, data: bytes | memoryview) -> Iterator[memoryview]:
         """Chunks of an in-memory buffer (views into `data`)."""
         view = memoryview(data)
+        if len(view) <= self.params.min_size:
+            # FastCDC never cuts below min_size: most files are one chunk, without asking it.
+            if view:
+                yield view
+            return
         for chunk in self._cdc.cut_buf(view):
             yield view[chunk.offset : chunk.offset + chunk.length]
 

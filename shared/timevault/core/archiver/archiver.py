@@ -220,8 +220,18 @@ class Archiver:
                 continue
             self._batch.append((blob_id, blob_type, data))
             self._batch_bytes += len(data)
-            if len(self._batch) >= DEDUP_BATCH or self._batch_bytes >= ENCODE_BATCH_BYTES:
+            if self._batch_full():
                 await self._dispatch()
+
+    def _queue_new(self, chunks: Sequence[tuple[bytes, BytesLike]], blob_type: BlobType) -> None:
+        """`_store_new` without handing the batch on: the caller dispatches it when full."""
+        for blob_id, data in chunks:
+            if self.scheduled.add(blob_id):
+                self._batch.append((blob_id, blob_type, data))
+                self._batch_bytes += len(data)
+
+    def _batch_full(self) -> bool:
+        return len(self._batch) >= DEDUP_BATCH or self._batch_bytes >= ENCODE_BATCH_BYTES
 
     async def _dispatch(self) -> None:
         """Hand the batch to a task that asks which blobs are new, encodes and sinks those.
@@ -332,9 +342,14 @@ class Archiver:
         self._start_large_reads(entries)
         nodes: list[Node] = []
         for entry in entries:
-            # Most files of an incremental backup are reused as they were: no coroutine for them.
+            # Most files of an incremental backup are reused as they were, and most of a first
+            # backup were read by the scan: no coroutine for either.
             node = self._reused(entry)
-            if node is None:
+            if node is None and entry.chunked is not None and entry.unchanged is None:
+                node = self._read_file_node(entry)
+                if self._batch_full():
+                    await self._dispatch()
+            elif node is None:
                 node = await self.archive_entry(entry)
             if node is not None:
                 nodes.append(node)
@@ -354,6 +369,20 @@ class Archiver:
             if entry.kind == "file" and entry.unchanged is None and entry.chunked is None:
                 self._large_reads[entry.path] = asyncio.create_task(self._read_large_limited(entry))
 
+    def _read_file_node(self, entry: Entry) -> Node:
+        """The node of a file the scan read whole; its new chunks join the batch to encode."""
+        chunked = entry.chunked
+        assert chunked is not None
+        node = node_for(entry)
+        node.content = chunked.ids
+        node.size = chunked.size  # what was read, even if the file changed meanwhile
+        self._queue_new(chunked.chunks, BlobType.DATA)
+        chunked.chunks = []
+        if entry.changed_while_reading:
+            node.changed_while_reading = True
+            self.warnings.append(f"{os.fsdecode(entry.path)} {CHANGED_WHILE_READ}")
+        return self._counted(entry, node)
+
     async def _read_large_limited(self, entry: Entry) -> tuple[list[bytes], int] | None:
         async with self._read_slots:
             return await self._read_large(entry)
@@ -362,6 +391,11 @@ class Archiver:
         reused = self._reused(entry)
         if reused is not None:
             return reused
+        if entry.chunked is not None and entry.unchanged is None:
+            node = self._read_file_node(entry)
+            if self._batch_full():
+                await self._dispatch()
+            return node
         node = node_for(entry)
         if entry.kind == "dir":
             node.subtree = await self.archive_dir(entry.path)
@@ -372,11 +406,6 @@ class Archiver:
         if entry.unchanged is not None:
             node.content = entry.unchanged.content
             self.stats.unchanged_files += 1
-        elif entry.chunked is not None:
-            node.content = entry.chunked.ids
-            node.size = entry.chunked.size  # what was read, even if the file changed meanwhile
-            await self._store_new(entry.chunked.chunks, BlobType.DATA)
-            entry.chunked.chunks = []
         else:
             reading = self._large_reads.pop(entry.path, None)
             read = await reading if reading is not None else await self._read_large(entry)

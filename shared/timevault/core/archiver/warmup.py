@@ -312,6 +312,10 @@ def read_sources(fd: int) -> tuple[list[bytes], bytes]:
 
 def main(argv: list[str]) -> int:
     _die_with_parent(int(argv[0]))
+    # Below the backup: on a core the backup leaves idle it runs as fast; where both are busy
+    # (a first backup is bound by CPU) the backup goes first.
+    with contextlib.suppress(OSError):
+        os.nice(10)
     messages = sys.stdin.fileno()
     sources, pending = read_sources(messages)
     pacing = Pacing(messages, pending)
