@@ -160,6 +160,31 @@ def test_the_streamed_delta_is_small_delta(base: set[bytes], new: set[bytes], bl
     assert merge.finish() == expected
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    st.sets(ids, min_size=1, max_size=400),
+    st.data(),
+    st.integers(min_value=1, max_value=70),
+    st.integers(min_value=1, max_value=70),
+)
+def test_the_streamed_delta_of_a_few_changes_is_small_delta(
+    base: set[bytes], data: st.DataObject, block: int, base_block: int
+) -> None:
+    """Long equal runs with a few differences, as between two snapshots of one tree (the
+    merge gallops through the runs): still `small_delta`'s answer."""
+    listed = sorted(base)
+    removed = set(data.draw(st.lists(st.sampled_from(listed), max_size=max(1, len(listed) // 10))))
+    added = data.draw(st.sets(ids, max_size=max(1, len(listed) // 10)))
+    new = (base - removed) | added
+    expected = references.small_delta(IdSet(new), b"".join(listed))
+    ours = b"".join(sorted(new))
+    merge = references.DeltaMerge(iter([ours[i : i + 32 * block] for i in range(0, len(ours), 32 * block)]), len(base))
+    joined = b"".join(listed)
+    for i in range(0, len(joined), 32 * base_block):
+        merge.feed(joined[i : i + 32 * base_block])
+    assert merge.finish() == expected
+
+
 def test_an_unsorted_base_is_refused() -> None:
     a, b = b"\x01" * 32, b"\x02" * 32
     merge = references.DeltaMerge(iter([a + b]), 8)

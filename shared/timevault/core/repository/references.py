@@ -325,13 +325,27 @@ class DeltaMerge:
         return self._block[self._pos : self._pos + ID_SIZE]
 
     def _equal_run(self, base: bytes, at: int) -> int:
-        """How many ids from base[at] equal ours from the current position (bytes compared)."""
+        """How many ids from base[at] equal ours from the current position (bytes compared).
+
+        Galloping (1, 2, 4, … ids, then halving between the last two): each comparison copies
+        its slices, so the bytes compared stay within a few times the run's own length. Halving
+        over the whole block copied up to a block per probe at every difference: at 1 % of a
+        million files changed, a fifth of an incremental backup's time.
+        """
         block, pos = self._block, self._pos
         most = min(len(base) - at, len(block) - pos) // ID_SIZE
-        lo, hi = 0, most
-        while lo < hi:  # the longest equal prefix, by halving
+        lo, step = 0, 1  # ids [0, lo) are known equal
+        while lo < most:
+            n = min(lo + step, most)
+            if base[at + lo * ID_SIZE : at + n * ID_SIZE] != block[pos + lo * ID_SIZE : pos + n * ID_SIZE]:
+                hi = n - 1  # the difference lies in ids [lo, n)
+                break
+            lo, step = n, step * 2
+        else:
+            return most
+        while lo < hi:  # the longest equal prefix within [lo, hi], by halving
             mid = (lo + hi + 1) // 2
-            if base[at : at + mid * ID_SIZE] == block[pos : pos + mid * ID_SIZE]:
+            if base[at + lo * ID_SIZE : at + mid * ID_SIZE] == block[pos + lo * ID_SIZE : pos + mid * ID_SIZE]:
                 lo = mid
             else:
                 hi = mid - 1
