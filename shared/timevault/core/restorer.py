@@ -35,6 +35,7 @@ from timevault.core.archiver.archiver import ByteBudget, Progress
 from timevault.core.buffers import BytesLike
 from timevault.core.errors import HistoryError, RestoreCanceled, RestoreError
 from timevault.core.fileio import pwrite_all
+from timevault.core.gcsettings import fewer_collections
 from timevault.core.names import safe_name
 from timevault.core.repository.blobs import CorruptBlob
 from timevault.core.repository.format import BlobType, Node
@@ -795,7 +796,7 @@ async def restore(
     # own headers (`timevault repo rebuild-index` writes it back). It is read into a table on
     # disk, not memory: a restore looks each blob up once, and memory must not grow with them.
     locations, index_notes = await repo.blob_locations()
-    with locations:
+    with locations, fewer_collections():
         restorer = Restorer(
             repo, progress, cancel, keep_setid=keep_setid, max_depth=max_depth, max_items=max_items,
             locations=locations,

@@ -45,6 +45,7 @@ from timevault.core.archiver.walk import (
 from timevault.core.buffers import BytesLike
 from timevault.core.chunker import trim_segments
 from timevault.core.errors import BackupCanceled, BackupError, RepositoryError
+from timevault.core.gcsettings import fewer_collections
 from timevault.core.repository import blobs
 from timevault.core.repository.blobs import EncodedBlob
 from timevault.core.repository.format import BlobType, IndexPack, Node, Snapshot, SnapshotStats, Tree
@@ -612,107 +613,108 @@ async def backup(
     repo.require_valid_config()  # a changed or out-of-range config is never obeyed
     rules = Excludes(excludes, sources) if excludes is not None and excludes.active else None
     started = datetime.now(UTC).isoformat()
-    async with repo.lock(kind="backup") as held, warmup.warming(sources) as warming_child:
-        if on_locked is not None:
-            await on_locked()
-        source_names = sorted(os.fsdecode(s) for s in sources)
-        parent_id, parent = await ParentLookup.choose(repo, source_names, plan, cache_dir)
-        if warming_child is not None and not parent.knows_files:
-            warming_child.warm_contents()  # every file is read: warm them ahead too
-        spill_dir = _spill_dir(cache_dir)
-        own_index = False
-        index: Index | None = None
-        stored: DiskIdSet | None = None
-        if sink is None or known is None:  # in-process: pack and dedup against the index here
-            # Deduplicating needs only which blobs exist; reading the parent's trees needs their
-            # locations too, and then the one index with locations serves both.
-            if parent.reads_trees:
-                index = await repo.current_index()
-                known = known or IndexKnownBlobs(index)
-            elif known is None:
-                # Which blobs exist, on disk: they seed the archiver's set of handed-on ids,
-                # so one lookup answers "stored or already scheduled".
-                stored = await repo.stored_ids(spill_dir)
-                known = _NothingStored()
-            own_index = index is None
-            sink = sink or PackerSink(repo, index)
-        archiver = Archiver(
-            repo,
-            sink=sink,
-            known=known,
-            parent=parent,
-            progress=progress,
-            cancel=cancel,
-            workers=workers,
-            in_flight=in_flight,
-            excludes=rules,
-            scheduled=stored,
-            spill_dir=spill_dir,
-            on_scanned=warming_child.scanned if warming_child is not None else None,
-        )
-        # Totals only matter to someone watching; counting competes with the backup for I/O.
-        counter = asyncio.create_task(asyncio.to_thread(count_tree, sources, rules)) if progress else None
+    with fewer_collections():  # millions of small objects, freed by reference counting
+        async with repo.lock(kind="backup") as held, warmup.warming(sources) as warming_child:
+            if on_locked is not None:
+                await on_locked()
+            source_names = sorted(os.fsdecode(s) for s in sources)
+            parent_id, parent = await ParentLookup.choose(repo, source_names, plan, cache_dir)
+            if warming_child is not None and not parent.knows_files:
+                warming_child.warm_contents()  # every file is read: warm them ahead too
+            spill_dir = _spill_dir(cache_dir)
+            own_index = False
+            index: Index | None = None
+            stored: DiskIdSet | None = None
+            if sink is None or known is None:  # in-process: pack and dedup against the index here
+                # Deduplicating needs only which blobs exist; reading the parent's trees needs their
+                # locations too, and then the one index with locations serves both.
+                if parent.reads_trees:
+                    index = await repo.current_index()
+                    known = known or IndexKnownBlobs(index)
+                elif known is None:
+                    # Which blobs exist, on disk: they seed the archiver's set of handed-on ids,
+                    # so one lookup answers "stored or already scheduled".
+                    stored = await repo.stored_ids(spill_dir)
+                    known = _NothingStored()
+                own_index = index is None
+                sink = sink or PackerSink(repo, index)
+            archiver = Archiver(
+                repo,
+                sink=sink,
+                known=known,
+                parent=parent,
+                progress=progress,
+                cancel=cancel,
+                workers=workers,
+                in_flight=in_flight,
+                excludes=rules,
+                scheduled=stored,
+                spill_dir=spill_dir,
+                on_scanned=warming_child.scanned if warming_child is not None else None,
+            )
+            # Totals only matter to someone watching; counting competes with the backup for I/O.
+            counter = asyncio.create_task(asyncio.to_thread(count_tree, sources, rules)) if progress else None
 
-        def totals_known(task: asyncio.Task[tuple[int, int]]) -> None:
-            if not task.cancelled() and task.exception() is None:
-                archiver.progress.files_total, archiver.progress.bytes_total = task.result()
+            def totals_known(task: asyncio.Task[tuple[int, int]]) -> None:
+                if not task.cancelled() and task.exception() is None:
+                    archiver.progress.files_total, archiver.progress.bytes_total = task.result()
 
-        if counter is not None:
-            counter.add_done_callback(totals_known)
-        try:
-            root = await archiver.archive_roots(sources)
-            await archiver.finish()
-        except BaseException:
-            parent.abandon()
-            await archiver.abort()
-            archiver.referenced.close()  # its file: the services' snapshotter runs on
-            raise
-        finally:
-            warmup.stop(warming_child)
             if counter is not None:
-                counter.cancel()
-            parent.close()
-            archiver.close()
-            if own_index:
-                repo.forget_index()  # this backup's packs went to its own index, not the cached one
-        # What only deduplication needed goes before the list of references is built.
-        archiver.known = known = _NOTHING_KNOWN
-        archiver.sink = sink = _NO_SINK
-        del index
-        # Garbage collection trusts that a backup whose lock lapsed does not save (HeldLock).
-        try:
-            held.ensure_unbroken()
-        except BaseException:
-            archiver.referenced.close()
-            raise
-        near = None
-        if parent_id is not None:
-            with contextlib.suppress(RepositoryError):
-                near = (await repo.load_snapshot(parent_id)).references or None
-        try:
-            references = await repo.save_references(archiver.referenced, near)
-        finally:
-            archiver.referenced.close()
-        if rules is not None:  # ignore files that could not be used: said once each
-            archiver.warnings.extend(dict.fromkeys(rules.warnings))
-        snapshot = Snapshot(
-            time=started,
-            finished=datetime.now(UTC).isoformat(),
-            hostname=socket.gethostname(),
-            paths=source_names,
-            tree=root,
-            stats=archiver.stats,
-            parent=parent_id,
-            references=references,
-            warnings=len(archiver.warnings),
-            sealed_warnings=repo.seal_warnings(archiver.session, archiver.warnings),
-            tags=tags or [],
-            plan=plan,
-        )
-        await repo.verify_intact()  # a vanished or replaced location fails the backup, never commits
-        snapshot_id = await repo.save_snapshot(snapshot)
-        if repo.can_endorse:  # the password is here: its holder vouches for what it just wrote
-            await repo.endorse()
-        await parent.save(snapshot_id)
-        archiver._report(b"", force=True)
-        return snapshot_id, snapshot
+                counter.add_done_callback(totals_known)
+            try:
+                root = await archiver.archive_roots(sources)
+                await archiver.finish()
+            except BaseException:
+                parent.abandon()
+                await archiver.abort()
+                archiver.referenced.close()  # its file: the services' snapshotter runs on
+                raise
+            finally:
+                warmup.stop(warming_child)
+                if counter is not None:
+                    counter.cancel()
+                parent.close()
+                archiver.close()
+                if own_index:
+                    repo.forget_index()  # this backup's packs went to its own index, not the cached one
+            # What only deduplication needed goes before the list of references is built.
+            archiver.known = known = _NOTHING_KNOWN
+            archiver.sink = sink = _NO_SINK
+            del index
+            # Garbage collection trusts that a backup whose lock lapsed does not save (HeldLock).
+            try:
+                held.ensure_unbroken()
+            except BaseException:
+                archiver.referenced.close()
+                raise
+            near = None
+            if parent_id is not None:
+                with contextlib.suppress(RepositoryError):
+                    near = (await repo.load_snapshot(parent_id)).references or None
+            try:
+                references = await repo.save_references(archiver.referenced, near)
+            finally:
+                archiver.referenced.close()
+            if rules is not None:  # ignore files that could not be used: said once each
+                archiver.warnings.extend(dict.fromkeys(rules.warnings))
+            snapshot = Snapshot(
+                time=started,
+                finished=datetime.now(UTC).isoformat(),
+                hostname=socket.gethostname(),
+                paths=source_names,
+                tree=root,
+                stats=archiver.stats,
+                parent=parent_id,
+                references=references,
+                warnings=len(archiver.warnings),
+                sealed_warnings=repo.seal_warnings(archiver.session, archiver.warnings),
+                tags=tags or [],
+                plan=plan,
+            )
+            await repo.verify_intact()  # a vanished or replaced location fails the backup, never commits
+            snapshot_id = await repo.save_snapshot(snapshot)
+            if repo.can_endorse:  # the password is here: its holder vouches for what it just wrote
+                await repo.endorse()
+            await parent.save(snapshot_id)
+            archiver._report(b"", force=True)
+            return snapshot_id, snapshot
