@@ -290,3 +290,14 @@ async def test_folders_are_scanned_ahead_of_the_walk_once_each(
     # Every folder but the source itself was being scanned before the walk got to it.
     assert all(ahead for _, ahead in taken[1:])
     await restore_and_compare(repo, snapshot_id, tmp_path / "out", tree_manifest(src), src)
+
+
+def test_a_child_gone_is_not_written_to_and_never_fails_the_backup(tmp_path: Path) -> None:
+    warming = warmup.start([os.fsencode(tmp_path)])
+    assert warming is not None
+    assert warming.child.wait(timeout=10) == 0  # its walk is done: it reads no more messages
+    warming.warm_contents()  # the pipe has no reader: dropped, and no more writes
+    assert warming.contents is False
+    warming.scanned(os.fsencode(tmp_path))
+    warming.stop()
+    warming.stop()  # twice is fine
