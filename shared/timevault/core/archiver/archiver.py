@@ -345,13 +345,11 @@ class Archiver:
         for entry in entries:
             # Most files of an incremental backup are reused as they were, and most of a first
             # backup were read by the scan: no coroutine for either.
-            node = self._reused(entry)
-            if node is None and entry.chunked is not None and entry.unchanged is None:
-                node = self._read_file_node(entry)
-                if self._batch_full():
-                    await self._dispatch()
-            elif node is None:
+            node = self._without_reading(entry)
+            if node is None:
                 node = await self.archive_entry(entry)
+            elif self._batch_full():
+                await self._dispatch()
             if node is not None:
                 nodes.append(node)
         return await self._folder_done(path, nodes)
@@ -369,6 +367,14 @@ class Archiver:
         for entry in entries:
             if entry.kind == "file" and entry.unchanged is None and entry.chunked is None:
                 self._large_reads[entry.path] = asyncio.create_task(self._read_large_limited(entry))
+
+    def _without_reading(self, entry: Entry) -> Node | None:
+        """The node of a file that needs no more reading (unchanged, or read whole by the scan:
+        its new chunks then join the batch); None for anything else."""
+        node = self._reused(entry)
+        if node is None and entry.chunked is not None and entry.unchanged is None:
+            node = self._read_file_node(entry)
+        return node
 
     def _read_file_node(self, entry: Entry) -> Node:
         """The node of a file the scan read whole; its new chunks join the batch to encode."""
@@ -389,14 +395,11 @@ class Archiver:
             return await self._read_large(entry)
 
     async def archive_entry(self, entry: Entry) -> Node | None:
-        reused = self._reused(entry)
-        if reused is not None:
-            return reused
-        if entry.chunked is not None and entry.unchanged is None:
-            node = self._read_file_node(entry)
+        done = self._without_reading(entry)
+        if done is not None:
             if self._batch_full():
                 await self._dispatch()
-            return node
+            return done
         node = node_for(entry)
         if entry.kind == "dir":
             node.subtree = await self.archive_dir(entry.path)
