@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 from timevault.core.archiver.archiver import ByteBudget, Progress
 from timevault.core.buffers import BytesLike
 from timevault.core.errors import HistoryError, RestoreCanceled, RestoreError
-from timevault.core.fileio import pwrite_all
 from timevault.core.gcsettings import fewer_collections
 from timevault.core.names import safe_name
 from timevault.core.repository.blobs import CorruptBlob
@@ -43,6 +42,18 @@ from timevault.core.repository.history import CONTRADICTS, ENDORSED
 from timevault.core.repository.index import BlobLocation, BlobLookup, pack_object_name
 from timevault.core.repository.repo import Repository
 from timevault.core.restore_target import TargetError, check_under_roots, merge_into, open_parent
+from timevault.core.restore_writer import (
+    CHMOD,
+    CHOWN,
+    FINISH,
+    NEW,
+    NEW_FILE,
+    Job,
+    ThreadWriter,
+    Writers,
+    apply_finish,
+)
+from timevault.core.restore_writer import start as start_writers
 from timevault.core.storage import StorageError
 
 PARALLEL_PACKS = 4
@@ -68,9 +79,9 @@ DECODERS = 2
 # read together (one request), a run stops growing at READ_RUN_MAX.
 READ_GAP = 256 * 1024
 READ_RUN_MAX = 8 * 1024 * 1024
-WRITERS = 1
-_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-_OLD_FILE = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+# Files are created by writer processes (`restore_writer.py`), each for its own folders; the
+# restore's own thread makes folders, symlinks, empty files and files of several blobs.
+WRITER_PROCESSES = min(4, max(2, os.cpu_count() or 2))
 _FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -120,33 +131,24 @@ class _Creator:
         mode = node.mode
         return mode if mode & 0o200 and not mode & ~0o777 else 0o600
 
-    def finish(self, fd: int, node: Node) -> None:
-        """Owner (as root), mode and mtime of a completely written file, through its descriptor.
-
-        Called once per file from the writer: plain try/except (no context manager objects) and
-        the chmod decision remembered per mode keep the Python around the system calls short."""
-        chowned = False
+    def finish_flags(self, node: Node) -> int:
+        """What finishing a completely written file takes (`restore_writer.apply_finish`): a
+        chown as root when the owner differs, a chmod when creation left another mode; the
+        chmod decision is remembered per mode, as this runs once per file."""
+        flags = FINISH
         if self.uid == 0 and (node.uid != self.uid or node.gid != self.gid):
-            try:
-                os.fchown(fd, node.uid, node.gid)  # before chmod: chown clears set-id bits
-                chowned = True
-            except OSError:
-                pass
+            flags |= CHOWN
         mode = node.mode
         set_mode = self._set_mode.get(mode)
         if set_mode is None:
             set_mode = self._set_mode[mode] = (
                 self.umask is None or self.creation_mode(node) & ~self.umask != self.mode_of(node)
             )
-        try:
-            if set_mode or chowned:
-                os.fchmod(fd, self.mode_of(node))
-        except OSError:
-            pass
-        try:
-            os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
-        except OSError:
-            pass
+        return flags | CHMOD if set_mode else flags
+
+    def finish(self, fd: int, node: Node) -> None:
+        """Owner (as root), mode and mtime of a completely written file, through its descriptor."""
+        apply_finish(fd, self.finish_flags(node), self.mode_of(node), node.uid, node.gid, node.mtime_ns)
 
     def finish_folder(self, fd: int, node: Node) -> None:
         """A folder's owner, mode and mtime, once everything inside it is written."""
@@ -167,15 +169,21 @@ class _Creator:
 
 
 class _Folder:
-    """A folder being restored: open (`fd`) from its creation until the batch it ends in is done."""
+    """A folder being restored: open (`fd`) from its creation until the batch it ends in is done,
+    in the restore and in the one writer process that creates its files (`writer`, which knows
+    it by `slot`)."""
 
-    __slots__ = ("fd", "node", "parent", "relative")
+    __slots__ = ("fd", "node", "parent", "relative", "slot", "writer")
 
-    def __init__(self, relative: str, node: Node | None, parent: _Folder | None, fd: int = -1) -> None:
+    def __init__(
+        self, relative: str, node: Node | None, parent: _Folder | None, fd: int = -1, slot: int = 0
+    ) -> None:
         self.relative = relative  # '/'-joined with a trailing '/' ('' for the root), for messages
         self.node = node  # None for the restore's root
         self.parent = parent
         self.fd = fd
+        self.slot = slot  # numbered in walk order, the root 0
+        self.writer = slot % WRITER_PROCESSES
 
 
 class _File:
@@ -263,7 +271,8 @@ class Restorer:
         self._cancel = cancel
         self._last_report = 0.0
         self._lock = threading.Lock()
-        self._writer = ThreadPoolExecutor(WRITERS, thread_name_prefix="restore-writer")
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="restore-maker")
+        self._writers: Writers | ThreadWriter | None = None
         # Decoding is C code that releases the GIL for large blobs only; more threads than
         # cores just contend with the writer for the GIL.
         self._decoder = ThreadPoolExecutor(DECODERS, thread_name_prefix="restore-decoder")
@@ -377,6 +386,7 @@ class Restorer:
     ) -> None:
         """Read the snapshot's trees depth first and hand them on in batches (a bounded queue)."""
         batch = _Batch()
+        slots = 0
 
         async def hand_on() -> None:
             nonlocal batch
@@ -416,7 +426,9 @@ class Restorer:
                     batch.files.append(file)
                     batch.blobs += len(node.content)
                 elif kind == "dir":
-                    child = _Folder(folder.relative + os.fsdecode(node.name) + "/", node, folder)
+                    nonlocal slots
+                    slots += 1
+                    child = _Folder(folder.relative + os.fsdecode(node.name) + "/", node, folder, slot=slots)
                     batch.make.append((_MKDIR, folder, child))
                     batch.folders += 1
                     if node.subtree is not None:
@@ -447,7 +459,22 @@ class Restorer:
 
     async def run(self, tree_id: bytes, includes: list[tuple[bytes, ...]], root_fd: int) -> None:
         """Restore the tree `tree_id` into the open folder `root_fd`, batch by batch."""
+        writers, note = await start_writers(WRITER_PROCESSES)
+        if note is not None:
+            self.result.notes.append(note)
+        async with writers:
+            self._writers = writers
+            try:
+                await self._run(tree_id, includes, root_fd)
+            except ChildProcessError as exc:  # a writer process ended
+                raise RestoreError(str(exc)) from exc
+            finally:
+                self._writers = None
+
+    async def _run(self, tree_id: bytes, includes: list[tuple[bytes, ...]], root_fd: int) -> None:
         root = _Folder("", None, None, root_fd)
+        assert self._writers is not None
+        await self._writers.open_folders(root.writer, [(root.slot, root_fd)])
         batches: asyncio.Queue[_Batch | None] = asyncio.Queue(BATCHES_AHEAD)
         walker = asyncio.create_task(self._walk(tree_id, includes, root, batches))
         # Two batches overlap: the next one's packs are read and decoded while the writer
@@ -487,7 +514,7 @@ class Restorer:
         # batch's packs are read and decoded meanwhile.
         if self._made is not None:
             await self._made
-        made = self._made = loop.run_in_executor(self._writer, self._make, batch.make)
+        made = self._made = asyncio.ensure_future(self._make_and_hand(batch.make))
         try:
             targets, by_pack = await self._plan_reads(batch.files)
 
@@ -522,7 +549,22 @@ class Restorer:
                 result.files += 1
                 result.bytes += file.node.size
         if batch.ended:
+            assert self._writers is not None
+            for writer, slots in _slots_by_writer(batch.ended).items():
+                await self._writers.close_folders(writer, slots)
             await loop.run_in_executor(self._writer, self._end_folders, batch.ended)
+
+    async def _make_and_hand(self, make: list[tuple[int, _Folder, Node | _File | _Folder]]) -> None:
+        """`_make` in the restore's thread, then the new folders to their writers."""
+        await asyncio.get_running_loop().run_in_executor(self._writer, self._make, make)
+        by_writer: dict[int, list[tuple[int, int]]] = {}
+        for op, _, what in make:
+            if op == _MKDIR:
+                assert isinstance(what, _Folder)
+                by_writer.setdefault(what.writer, []).append((what.slot, what.fd))
+        assert self._writers is not None
+        for writer, folders in by_writer.items():
+            await self._writers.open_folders(writer, folders)
 
     def _make(self, make: list[tuple[int, _Folder, Node | _File | _Folder]]) -> None:
         """Create a batch's folders (opening each), symlinks, empty files, and the files that
@@ -544,7 +586,7 @@ class Restorer:
                 assert isinstance(what, _File)
                 node = what.node
                 try:
-                    fd = os.open(node.name, _NEW_FILE, creator.creation_mode(node), dir_fd=folder.fd)
+                    fd = os.open(node.name, NEW_FILE, creator.creation_mode(node), dir_fd=folder.fd)
                 except OSError as exc:
                     what.error = exc.strerror or str(exc)
                     continue
@@ -614,7 +656,7 @@ class Restorer:
         async def write(decoded: list[tuple[BytesLike, _Targets]], size: int) -> None:
             try:
                 await made
-                await loop.run_in_executor(self._writer, self._write_decoded, decoded)
+                await self._write_decoded(decoded)
             finally:
                 await self._decoded.release(size)
 
@@ -663,52 +705,63 @@ class Restorer:
                     file.error = file.error or str(exc)
         return decoded
 
-    def _write_decoded(self, decoded: list[tuple[BytesLike, _Targets]]) -> None:
-        """Write decoded blobs into their files; runs in a writer thread.
+    async def _write_decoded(self, decoded: list[tuple[BytesLike, _Targets]]) -> None:
+        """Have the writers write decoded blobs into their files, each file by its folder's writer.
 
-        A file of one blob (most small files) costs four system calls: create relative to its
-        folder's descriptor (O_EXCL|O_NOFOLLOW: never through anything that was already there),
-        write, set its time (and mode or owner when they differ from what creation gave), close.
-        Files of several blobs were created empty by `_make`; each blob reopens them.
+        A file of one blob (most small files) costs its writer four system calls: create
+        relative to its folder's descriptor (O_EXCL|O_NOFOLLOW: never through anything that was
+        already there), write, set its time (and mode or owner when they differ from what
+        creation gave), close. Files of several blobs were created empty by `_make`; each blob
+        reopens them. A writer writes its pieces in the order given, so the piece that brings a
+        file's count of bytes left to zero is the last one written, and it finishes the file.
         """
         creator = self._creator
-        files_done = bytes_done = 0
+        jobs: dict[int, tuple[Job, list[tuple[_File, int, bool]]]] = {}
         for data, targets in decoded:
             size = len(data)
             for file, offset in targets:
                 if file.error is not None:
                     continue
                 node = file.node
-                try:
-                    if not file.created:  # the file's one blob
-                        fd = os.open(node.name, _NEW_FILE, creator.creation_mode(node), dir_fd=file.folder.fd)
-                        file.created = True
-                        try:
-                            _write_all(fd, data)
-                            file.remaining -= size
-                            if file.remaining == 0:
-                                creator.finish(fd, node)
-                                files_done += 1
-                        finally:
-                            os.close(fd)
-                    else:
-                        fd = os.open(node.name, _OLD_FILE, dir_fd=file.folder.fd)
-                        try:
-                            pwrite_all(fd, data, offset)
-                            with self._lock:
-                                file.remaining -= size
-                                complete = file.remaining == 0
-                            if complete:  # here, on its open fd, rather than by path at the end
-                                creator.finish(fd, node)
-                                files_done += 1
-                        finally:
-                            os.close(fd)
-                    bytes_done += size
-                except OSError as exc:
-                    file.error = file.error or exc.strerror or str(exc)
+                folder = file.folder
+                flags = 0
+                if not file.created:  # the file's one blob
+                    flags = NEW
+                    file.created = True
+                file.remaining -= size
+                if file.remaining == 0:
+                    flags |= creator.finish_flags(node)
+                entry = jobs.get(folder.writer)
+                if entry is None:
+                    entry = jobs[folder.writer] = (Job(), [])
+                entry[0].add(
+                    folder.slot, node.name, data, flags, creator.creation_mode(node), creator.mode_of(node),
+                    node.uid, node.gid, node.mtime_ns, offset,
+                )
+                entry[1].append((file, size, bool(flags & FINISH)))
+        assert self._writers is not None
+        writers = self._writers
+        answers = await asyncio.gather(*(writers.write(writer, job) for writer, (job, _) in jobs.items()))
+        files_done = bytes_done = 0
+        for (_, pieces), failures in zip(jobs.values(), answers, strict=True):
+            failed = dict(failures)
+            for index, (file, size, finishes) in enumerate(pieces):
+                message = failed.get(index)
+                if message is not None:
+                    file.error = file.error or message
+                    continue
+                bytes_done += size
+                files_done += finishes
         with self._lock:
             self.progress.bytes_done += bytes_done
             self.progress.files_done += files_done
+
+
+def _slots_by_writer(folders: list[_Folder]) -> dict[int, list[int]]:
+    by_writer: dict[int, list[int]] = {}
+    for folder in folders:
+        by_writer.setdefault(folder.writer, []).append(folder.slot)
+    return by_writer
 
 
 def _check_names(nodes: list[Node]) -> None:
@@ -748,12 +801,6 @@ def _groups(
         groups[-1].append(item)
         size += item[0].length
     return groups
-
-
-def _write_all(fd: int, data: BytesLike) -> None:
-    written = os.write(fd, data)
-    if written != len(data):
-        pwrite_all(fd, memoryview(data)[written:], written)
 
 
 async def restore(
