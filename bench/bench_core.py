@@ -373,7 +373,7 @@ def bench(args: argparse.Namespace) -> dict:
     }
 
 
-def write_floor(corpus: Path, out: Path) -> float:
+def write_floor(corpus: Path, out: Path, keep: bool = False) -> float:
     """Seconds to create the corpus's files with zeros: what any restore pays to the file system.
 
     On a slow or shared disk both tools can sit on this floor, and then no ratio between them
@@ -397,7 +397,8 @@ def write_floor(corpus: Path, out: Path) -> float:
             finally:
                 os.close(fd)
     seconds = time.monotonic() - start
-    shutil.rmtree(out, ignore_errors=True)
+    if not keep:
+        shutil.rmtree(out, ignore_errors=True)
     return seconds
 
 

@@ -234,14 +234,18 @@ def bench(args: argparse.Namespace) -> dict:
             r = results[tool.name]
             r.restore = StepResult(step.seconds, step.max_rss_kib)
             r.restored_bytes, r.restored_files = tree_size(tool.restore_dir)
-            # Free the disk before the next tool writes its copy.
-            shutil.rmtree(tool.restore_dir, ignore_errors=True)
             return r.restore
 
+        # Copies are removed only after every restore and the floor: on ext4 without a journal,
+        # inodes freed in the last minutes are skipped when new ones are allocated, so a restore
+        # right after another tool's copy was deleted would pay for that deletion.
         _timed("restore", tools, restore, cold)
         if not args.no_floor:
-            floor = write_floor(tree, run_dir / "floor")
+            floor = write_floor(tree, run_dir / "floor", keep=True)
             print(f"  write floor  (same files, zeros) {floor:6.2f} s", flush=True)
+            shutil.rmtree(run_dir / "floor", ignore_errors=True)
+        for tool in tools:
+            shutil.rmtree(tool.restore_dir, ignore_errors=True)
     finally:
         if not args.keep:
             for path in [tree, *(p for t in tools for p in (t.repo, t.restore_dir))]:

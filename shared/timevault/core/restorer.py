@@ -100,8 +100,8 @@ class RestoreResult:
 class _Creator:
     """Who creates the restored files: lets a restore skip system calls that would change nothing.
 
-    Every system call releases and retakes the GIL, and with several writer threads each one is a
-    hand-over between threads; a restore of 25,000 files made ~870,000 futex calls.
+    Every system call costs, and one that releases and retakes a contended GIL costs a hand-over
+    between threads (the maker thread's calls; the writer processes have no GIL to share).
     """
 
     uid: int
@@ -271,10 +271,11 @@ class Restorer:
         self._cancel = cancel
         self._last_report = 0.0
         self._lock = threading.Lock()
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="restore-maker")
+        # Makes folders, symlinks, empty files and files of several blobs, and ends folders.
+        self._maker = ThreadPoolExecutor(1, thread_name_prefix="restore-maker")
         self._writers: Writers | ThreadWriter | None = None
         # Decoding is C code that releases the GIL for large blobs only; more threads than
-        # cores just contend with the writer for the GIL.
+        # cores just contend with the event loop for the GIL.
         self._decoder = ThreadPoolExecutor(DECODERS, thread_name_prefix="restore-decoder")
         self._made: asyncio.Future[None] | None = None
         self._decoded = ByteBudget(DECODED_BYTES)
@@ -477,8 +478,8 @@ class Restorer:
         await self._writers.open_folders(root.writer, [(root.slot, root_fd)])
         batches: asyncio.Queue[_Batch | None] = asyncio.Queue(BATCHES_AHEAD)
         walker = asyncio.create_task(self._walk(tree_id, includes, root, batches))
-        # Two batches overlap: the next one's packs are read and decoded while the writer
-        # finishes this one, so the writer never waits at a batch's start.
+        # Two batches overlap: the next one's packs are read and decoded while the writers
+        # finish this one, so they never wait at a batch's start.
         in_flight: collections.deque[asyncio.Task[None]] = collections.deque()
         try:
             while (batch := await batches.get()) is not None:
@@ -499,7 +500,7 @@ class Restorer:
                 with contextlib.suppress(BaseException):
                     await task
             # A canceled restore must not leave a write running into the folder being removed.
-            self._writer.shutdown(wait=True, cancel_futures=True)
+            self._maker.shutdown(wait=True, cancel_futures=True)
             self._decoder.shutdown(wait=True, cancel_futures=True)
             for fd in list(self._open):  # folders of batches that never finished
                 with contextlib.suppress(OSError):
@@ -509,7 +510,7 @@ class Restorer:
 
     async def _restore_batch(self, batch: _Batch, previous: asyncio.Task[None] | None) -> None:
         loop = asyncio.get_running_loop()
-        # Folders, symlinks and empty files are made by a writer thread before any data of the
+        # Folders, symlinks and empty files are made by the maker thread before any data of the
         # batch is written, and after the previous batch's (which made their parents); the
         # batch's packs are read and decoded meanwhile.
         if self._made is not None:
@@ -530,7 +531,7 @@ class Restorer:
             )
         except BaseException:
             with contextlib.suppress(BaseException):
-                await made  # never leave the writer making entries into a folder about to go
+                await made  # never leave the maker making entries into a folder about to go
             raise
         # Files that failed are removed and folders get their times only once the batches
         # before are complete too (they write into the same folders).
@@ -552,11 +553,11 @@ class Restorer:
             assert self._writers is not None
             for writer, slots in _slots_by_writer(batch.ended).items():
                 await self._writers.close_folders(writer, slots)
-            await loop.run_in_executor(self._writer, self._end_folders, batch.ended)
+            await loop.run_in_executor(self._maker, self._end_folders, batch.ended)
 
     async def _make_and_hand(self, make: list[tuple[int, _Folder, Node | _File | _Folder]]) -> None:
         """`_make` in the restore's thread, then the new folders to their writers."""
-        await asyncio.get_running_loop().run_in_executor(self._writer, self._make, make)
+        await asyncio.get_running_loop().run_in_executor(self._maker, self._make, make)
         by_writer: dict[int, list[tuple[int, int]]] = {}
         for op, _, what in make:
             if op == _MKDIR:
