@@ -181,16 +181,24 @@ async def test_without_processes_one_thread_writes_the_same_files(
 
 
 def _writer_children(pid: int) -> list[int]:
-    found = []
-    for task in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{task}/children") as f:
-            for child in f.read().split():
-                try:
-                    with open(f"/proc/{child}/cmdline", "rb") as cmd:
-                        if b"restore_writer.py" in cmd.read():
-                            found.append(int(child))
-                except FileNotFoundError:
-                    pass
+    found: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:  # the restore has ended
+        return found
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                children = f.read().split()
+        except FileNotFoundError:  # a thread that ended meanwhile
+            continue
+        for child in children:
+            try:
+                with open(f"/proc/{child}/cmdline", "rb") as cmd:
+                    if b"restore_writer.py" in cmd.read():
+                        found.append(int(child))
+            except FileNotFoundError:
+                pass
     return found
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from nats.aio.client import Client as NATS
@@ -53,15 +54,20 @@ async def _plan_at(nc: NATS, tmp_path: Path, name: str, **schedule: object) -> t
 
 async def test_daily_fires_once_per_slot_and_catches_up_once(catalog: NATS, tmp_path: Path) -> None:
     plan, created = await _plan_at(catalog, tmp_path, "sched-daily", time="03:00", timezone="Europe/Berlin")
-    # Start the clock just before tomorrow's 03:00 Berlin.
-    day = (created + timedelta(days=1)).astimezone(UTC).date()
-    clock = FakeClock(datetime(day.year, day.month, day.day, 0, 0, tzinfo=UTC))
+    # Start the clock an hour before the first 03:00 Berlin after the plan was created (not
+    # "tomorrow": created between 00:00 and 03:00 Berlin, today's slot comes first).
+    local = created.astimezone(ZoneInfo("Europe/Berlin"))
+    slot = local.replace(hour=3, minute=0, second=0, microsecond=0)
+    if slot <= local:
+        slot += timedelta(days=1)
+    first = slot.astimezone(UTC)
+    clock = FakeClock(first - timedelta(hours=1))
     scheduler = Scheduler(catalog, clock=clock)
     replies, upcoming = await scheduler.tick()
     assert not [r for r in replies if r.job and r.job.plan_id == plan.id]
     assert upcoming is not None
 
-    clock.now = datetime(day.year, day.month, day.day, 2, 0, tzinfo=UTC) + timedelta(seconds=1)  # ≥ 03:00 CET/CEST
+    clock.now = first + timedelta(seconds=1)
     replies, _ = await scheduler.tick()
     mine = [r for r in replies if r.job and r.job.plan_id == plan.id]
     assert len(mine) == 1 and mine[0].job and mine[0].job.trigger == "schedule"
