@@ -22,7 +22,7 @@ from timevault.core.archiver import backup
 from timevault.core.errors import RestoreError
 from timevault.core.repository.repo import Repository
 from timevault.core.restore_writer import CHMOD, FINISH, JOB, NEW, Job, Writers, write_pieces
-from timevault.core.restorer import restore
+from timevault.core.restorer import WRITER_PROCESSES, restore
 
 from .conftest import PASSWORD, TIMEVAULT, build_tree, random_bytes, restore_and_compare, tree_manifest
 
@@ -256,3 +256,15 @@ def test_a_writer_started_alone_ends_at_the_end_of_its_socket() -> None:
         ours.sendall(bytes(random.Random(1).randrange(256) for _ in range(3)))  # a cut-off message
         ours.close()
         assert child.wait(timeout=10) == 0
+
+
+async def test_a_restore_runs_its_writers_once_and_leaves_none(repo: Repository, tmp_path: Path) -> None:
+    src = _tree(tmp_path / "src", folders=6, files=10)
+    snapshot_id, _ = await backup(repo, [str(src)])
+    seen: list[int] = []
+    result = await restore(
+        repo, snapshot_id, str(tmp_path / "out"), progress=lambda _: seen.append(len(_writer_children(os.getpid())))
+    )
+    assert result.errors == [] and result.notes == []
+    assert seen and max(seen) == WRITER_PROCESSES
+    assert _writer_children(os.getpid()) == []

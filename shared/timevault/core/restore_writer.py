@@ -397,16 +397,11 @@ class ThreadWriter:
     """Where no process can be started (`Writers` failed): the same jobs, written by `write_pieces`
     in one thread of the restore. Slower (the GIL), not different."""
 
-    count = 1
-
     def __init__(self) -> None:
         self._folders: dict[int, int] = {}
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="restore-writer")
 
-    async def __aenter__(self) -> ThreadWriter:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
+    async def close(self) -> None:
         self._thread.shutdown(wait=True, cancel_futures=True)
 
     async def open_folders(self, writer: int, folders: list[tuple[int, int]]) -> None:
@@ -425,7 +420,8 @@ class ThreadWriter:
 
 
 async def start(count: int) -> tuple[Writers | ThreadWriter, str | None]:
-    """`count` writer processes, or where they cannot be started, a thread (and why)."""
+    """`count` writer processes, started, or where they cannot be started, a thread (and why).
+    The caller closes them (`close`)."""
     writers = Writers(count)
     try:
         return await writers.__aenter__(), None

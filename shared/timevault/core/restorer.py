@@ -463,14 +463,14 @@ class Restorer:
         writers, note = await start_writers(WRITER_PROCESSES)
         if note is not None:
             self.result.notes.append(note)
-        async with writers:
-            self._writers = writers
-            try:
-                await self._run(tree_id, includes, root_fd)
-            except ChildProcessError as exc:  # a writer process ended
-                raise RestoreError(str(exc)) from exc
-            finally:
-                self._writers = None
+        self._writers = writers
+        try:
+            await self._run(tree_id, includes, root_fd)
+        except ChildProcessError as exc:  # a writer process ended
+            raise RestoreError(str(exc)) from exc
+        finally:
+            self._writers = None
+            await writers.close()
 
     async def _run(self, tree_id: bytes, includes: list[tuple[bytes, ...]], root_fd: int) -> None:
         root = _Folder("", None, None, root_fd)
