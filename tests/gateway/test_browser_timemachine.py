@@ -157,6 +157,31 @@ def test_timeline_browse_and_restore_a_file_beside_the_new_one(browser: Browser,
     page.close()
 
 
+def test_browse_link_works_before_the_plan_has_loaded(browser: Browser, stack: Stack, tmp_path: Path) -> None:
+    """The plan page's "Browse and restore files" leads to the browser even when it is clicked
+    before the plan's details arrive (it once pointed at the plan list until then)."""
+    src = source_tree(tmp_path / "Early", {"a.txt": b"a"})
+    plan = api(stack, "POST", "/plans", plan_body("Early click", src, tmp_path / "vault"))
+    errors: list[str] = []
+    page = open_page(browser, stack, errors)
+    held: list[Any] = []
+    # The real gateway answers; only the plan page's first request for the plan waits for the click.
+    page.route(f"**/api/v1/plans/{plan['id']}", lambda route: held.append(route) if not held else route.continue_())
+    page.goto(f"{stack.url}/#/plans/{plan['id']}")
+    expect(page.locator("#btn-browse")).to_be_visible()
+    for _ in range(200):  # the request is held: the plan has not loaded, the click comes first
+        if held:
+            break
+        page.wait_for_timeout(50)
+    assert len(held) == 1
+    page.locator("#btn-browse").click()
+    expect(page.get_by_role("heading", name="Unlock the snapshots")).to_be_visible()
+    held[0].continue_()
+    expect(page.get_by_role("heading", name="Unlock the snapshots")).to_be_visible()
+    assert not errors, errors
+    page.close()
+
+
 def test_form_shows_every_mistake_at_once_and_clears_each(browser: Browser, stack: Stack, screenshots: Path) -> None:
     errors: list[str] = []
     page = open_page(browser, stack, errors, "#/new")

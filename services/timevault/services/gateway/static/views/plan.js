@@ -39,6 +39,8 @@ import { showSpaceNotice } from "./space.js";
 /** @param {string} planId id or name */
 export async function renderPlan(planId) {
   show(fromTemplate("tpl-plan"), "Backup");
+  // Set at once, not when the plan has loaded: a click before then followed the template's "#/".
+  $("#btn-browse").setAttribute("href", `#/plans/${encodeURIComponent(planId)}/browse`);
   const view = $("#view");
   /** @type {PlanState} */
   const state = { plan: null, job: null, restoreSnapshot: null, restoreJob: null, finished: null };
