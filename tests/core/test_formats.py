@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ from timevault.core.repository import blobs, keys
 from timevault.core.repository.blobs import CorruptBlob
 from timevault.core.repository.format import BlobType, IndexPack, KeyFile, Node, PackBlob, PackHeader, Tree
 from timevault.core.repository.index import CorruptIndex, Index, decode_index_file, write_index_file
-from timevault.core.repository.pack import CorruptPack, build_pack, read_pack_header
+from timevault.core.repository.pack import CorruptPack, Packer, build_pack, read_pack_header
 from timevault.core.repository.repo import Repository
 from timevault.core.storage import LocalStorage
 
@@ -269,6 +270,59 @@ def test_pack_round_trip(contents: list[bytes], jobs: int) -> None:
         payload = data[location.offset : location.offset + location.length]
         assert payload == blob.payload
         assert _decode(blob, payload) == contents[encoded.index(blob)]
+
+
+async def test_tree_packs_are_sealed_smaller_than_data_packs(tmp_path: Path) -> None:
+    """Trees and data go to packs of their own; a tree pack is sealed at `tree_pack_size`, a data
+    pack at `pack_size` (an open pack is held in memory until it is written)."""
+    storage = LocalStorage(tmp_path)
+    packer = Packer(storage, META_KEY, pack_size=40_000, tree_pack_size=10_000)
+    rng = random.Random(5)
+    added: dict[bytes, BlobType] = {}
+    for i in range(120):
+        blob_type = BlobType.TREE if i % 2 else BlobType.DATA
+        blob = _encode(rng.randbytes(1000 + i), blob_type)  # random: stored as it is, ~1 KB
+        added[blob.id] = blob_type
+        await packer.add(blob)
+    await packer.flush()
+    index = await Index.load(storage, META_KEY)
+    sizes: dict[BlobType, list[int]] = {BlobType.DATA: [], BlobType.TREE: []}
+    for pack_id in index.packs:
+        entry = index.packs[pack_id]
+        types = {stored.type for stored in entry.blobs}
+        assert len(types) == 1  # never mixed
+        sizes[types.pop()].append(sum(stored.length for stored in entry.blobs))
+        for stored in entry.blobs:
+            assert added.pop(stored.id) == stored.type
+    assert added == {}  # every blob in exactly one pack
+    # Sealed when the next blob reaches the limit: at most one blob (~1.2 KB stored) over it.
+    assert len(sizes[BlobType.TREE]) >= 5 and max(sizes[BlobType.TREE]) < 10_000 + 1500
+    assert len(sizes[BlobType.DATA]) == 2 and max(sizes[BlobType.DATA]) >= 40_000
+
+
+async def test_packs_being_written_are_bounded_by_bytes() -> None:
+    """Writes in flight hold at most the limit in bytes, but one pack always goes alone."""
+    from timevault.core.repository.pack import _PendingBytes
+
+    writing = _PendingBytes(16)
+    await writing.acquire(4)
+    await writing.acquire(4)
+    await writing.acquire(8)  # three small packs at once: 16 bytes
+    waiting = asyncio.create_task(writing.acquire(4))
+    await asyncio.sleep(0.01)
+    assert not waiting.done() and writing.used == 16
+    writing.release(4)
+    await asyncio.wait_for(waiting, 1)
+    assert writing.used == 16
+    for size in (4, 8, 4):
+        writing.release(size)
+    await asyncio.wait_for(writing.acquire(40), 1)  # larger than the limit, alone: let through
+    blocked = asyncio.create_task(writing.acquire(1))
+    await asyncio.sleep(0.01)
+    assert not blocked.done()
+    blocked.cancel()
+    writing.release(40)
+    assert writing.used == 0
 
 
 def test_damaged_pack_headers_are_rejected() -> None:

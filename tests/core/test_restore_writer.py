@@ -140,6 +140,78 @@ async def test_a_writer_that_dies_fails_its_jobs(tmp_path: Path) -> None:
         os.close(fd)
 
 
+async def test_folders_beyond_one_message_and_a_full_socket(tmp_path: Path) -> None:
+    """More folders than one message carries (`FDS_PER_MESSAGE`), handed over while a job waits
+    for a writer that is stopped (its socket full): every folder arrives, and a file in each is
+    written."""
+    count = 2 * restore_writer.FDS_PER_MESSAGE + 50
+    fds = []
+    for k in range(count):
+        (tmp_path / f"d{k}").mkdir()
+        fds.append(os.open(tmp_path / f"d{k}", os.O_RDONLY | os.O_DIRECTORY))
+    try:
+        async with Writers(1) as writers:
+            child = writers._processes[0].child
+            await writers.open_folders(0, [(0, fds[0])])
+            big = Job()
+            _add(big, 0, b"big", random_bytes(8 << 20, 1), NEW | FINISH)
+            os.kill(child.pid, signal.SIGSTOP)
+            try:
+                sending = asyncio.create_task(writers.write(0, big))
+                opening = asyncio.create_task(writers.open_folders(0, list(enumerate(fds))[1:]))
+                await asyncio.sleep(0.3)
+                assert not sending.done() and not opening.done()  # the socket is full
+            finally:
+                os.kill(child.pid, signal.SIGCONT)
+            assert await asyncio.wait_for(sending, 30) == []
+            await asyncio.wait_for(opening, 30)
+            job = Job()
+            for k in range(1, count):
+                _add(job, k, b"f", f"{k}".encode(), NEW | FINISH)
+            assert await asyncio.wait_for(writers.write(0, job), 30) == []
+    finally:
+        for fd in fds:
+            os.close(fd)
+    assert (tmp_path / "d0" / "big").read_bytes() == random_bytes(8 << 20, 1)
+    assert all((tmp_path / f"d{k}" / "f").read_text() == f"{k}" for k in range(1, count))
+
+
+class _FullOnce:
+    """The writer's real socket, but the first send that carries descriptors finds it full
+    (a full socket cannot be had on demand at the moment descriptors go out)."""
+
+    def __init__(self, sock: object) -> None:
+        self._sock = sock
+        self.refused = 0
+
+    def sendmsg(self, buffers: list[memoryview], ancillary: list[tuple[int, int, object]]) -> int:
+        if ancillary and not self.refused:
+            self.refused += 1
+            raise BlockingIOError
+        return self._sock.sendmsg(buffers, ancillary)  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._sock, name)
+
+
+async def test_descriptors_go_with_the_message_when_it_is_sent_again(tmp_path: Path) -> None:
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        async with Writers(1) as writers:
+            process = writers._processes[0]
+            full = _FullOnce(process.sock)
+            process.sock = full  # type: ignore[assignment]
+            await asyncio.wait_for(writers.open_folders(0, [(3, fd)]), 10)
+            assert full.refused == 1
+            job = Job()
+            _add(job, 3, b"after", b"written", NEW | FINISH)
+            assert await asyncio.wait_for(writers.write(0, job), 10) == []
+            process.sock = full._sock  # type: ignore[assignment]
+    finally:
+        os.close(fd)
+    assert (tmp_path / "after").read_bytes() == b"written"
+
+
 def _tree(root: Path, folders: int = 12, files: int = 20) -> Path:
     return build_tree(
         root, {f"d{i:02}/f{j:02}": random_bytes(300 + j, i * files + j) for i in range(folders) for j in range(files)}

@@ -14,6 +14,8 @@ a pack with no index (unused, removed by prune), never an index entry without it
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import struct
 from collections.abc import Awaitable, Callable
 
@@ -30,6 +32,11 @@ from timevault.core.storage.base import BytesLike
 from timevault.core.storage.once import put_once
 
 PACK_SIZE = 16 * 1024 * 1024
+# Trees go to packs of their own, sealed smaller: an open pack is held in memory until it is
+# written, and an incremental backup rewrites the tree of every folder with a change, so at a
+# million small files its trees (tens of MB) kept a full 16 MiB tree pack open beside the data
+# pack. A tree pack is also what browsing and restores read first, in windows.
+TREE_PACK_SIZE = 4 * 1024 * 1024
 _TRAILER = struct.Struct("<I4s")
 _LENGTH = struct.Struct("<I")
 _header_decoder = msgspec.msgpack.Decoder(PackHeader)
@@ -122,12 +129,40 @@ def index_entry(pack_id: str, size: int, header: PackHeader) -> IndexPack:
     return IndexPack(pack_id, size, header.blobs, header.keys)
 
 
+class _PendingBytes:
+    """Bytes of packs being written, bounded; one pack is always let through alone."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self.used = 0
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    async def acquire(self, size: int) -> None:
+        while self.used and self.used + size > self._limit:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+        self.used += size
+
+    def release(self, size: int) -> None:
+        self.used -= size
+        while self._waiters:  # each checks again for itself
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+
+
 class Packer:
     """Collects encoded blobs into packs and writes them (pack, then its index file).
 
     Safe to call `add` from many tasks. A blob id already added is ignored, so repeated
-    delivery of the same blob is harmless. At most `max_pending` packs are written at once;
-    `add` waits when that many are in flight (backpressure).
+    delivery of the same blob is harmless. Packs being written hold at most `max_pending` full
+    data packs' worth of bytes (so several small tree packs may be written at once); `add`
+    waits when that much is in flight (backpressure).
     """
 
     def __init__(
@@ -136,6 +171,7 @@ class Packer:
         meta_key: bytes,
         *,
         pack_size: int = PACK_SIZE,
+        tree_pack_size: int = TREE_PACK_SIZE,
         max_pending: int = 2,
         on_written: Callable[[IndexPack], Awaitable[None] | None] | None = None,
         write_index: bool = True,
@@ -143,14 +179,14 @@ class Packer:
     ) -> None:
         self._storage = storage
         self._meta_key = meta_key
-        self._pack_size = pack_size
+        self._limits = {BlobType.DATA: pack_size, BlobType.TREE: min(pack_size, tree_pack_size)}
         self._open: dict[BlobType, list[EncodedBlob]] = {BlobType.DATA: [], BlobType.TREE: []}
         self._open_bytes: dict[BlobType, int] = {BlobType.DATA: 0, BlobType.TREE: 0}
         # Every id added, so a blob delivered twice is packed once (compact: one per blob of
         # the whole run). A caller that never adds an id twice says `dedup=False`.
         self._seen: IdMap | None = IdSet() if dedup else None
         self._writes: set[asyncio.Task[None]] = set()
-        self._slots = asyncio.Semaphore(max_pending)
+        self._writing = _PendingBytes(max_pending * pack_size)
         self._on_written = on_written
         # The first failed write: kept here because a finished task leaves `_writes` at once,
         # so without it `flush` would not see the failure (and asyncio would log it as never
@@ -170,7 +206,7 @@ class Packer:
             return
         self._open[blob.type].append(blob)
         self._open_bytes[blob.type] += len(blob.payload)
-        if self._open_bytes[blob.type] >= self._pack_size:
+        if self._open_bytes[blob.type] >= self._limits[blob.type]:
             await self._seal(blob.type)
 
     async def _seal(self, blob_type: BlobType) -> None:
@@ -179,8 +215,9 @@ class Packer:
             return
         self._open[blob_type] = []
         self._open_bytes[blob_type] = 0
-        await self._slots.acquire()
-        task = asyncio.create_task(self._write(blobs))
+        size = sum(len(blob.payload) for blob in blobs)
+        await self._writing.acquire(size)
+        task = asyncio.create_task(self._write(blobs, size))
         self._writes.add(task)
         task.add_done_callback(self._write_done)
 
@@ -189,7 +226,7 @@ class Packer:
         if not task.cancelled() and (exc := task.exception()) is not None and self.failure is None:
             self.failure = exc
 
-    async def _write(self, blobs: list[EncodedBlob]) -> None:
+    async def _write(self, blobs: list[EncodedBlob], size: int) -> None:
         try:
             pack_id, parts, entry = await asyncio.to_thread(pack_parts, self._meta_key, blobs)
             blobs.clear()
@@ -205,7 +242,7 @@ class Packer:
                 if result is not None:
                     await result
         finally:
-            self._slots.release()
+            self._writing.release(size)
 
     async def wait_for_one_write(self) -> bool:
         """Wait until one pack being written is durable; False when none is being written.
