@@ -130,7 +130,7 @@ def index_entry(pack_id: str, size: int, header: PackHeader) -> IndexPack:
 
 
 class _PendingBytes:
-    """Bytes of packs being written, bounded; one pack is always let through alone."""
+    """Packs being written, bounded by their size limits; one is always let through alone."""
 
     def __init__(self, limit: int) -> None:
         self._limit = limit
@@ -160,9 +160,9 @@ class Packer:
     """Collects encoded blobs into packs and writes them (pack, then its index file).
 
     Safe to call `add` from many tasks. A blob id already added is ignored, so repeated
-    delivery of the same blob is harmless. Packs being written hold at most `max_pending` full
-    data packs' worth of bytes (so several small tree packs may be written at once); `add`
-    waits when that much is in flight (backpressure).
+    delivery of the same blob is harmless. At most `max_pending` data packs are written at once,
+    where a tree pack counts as the fraction of one its size limit is (four tree packs of 4 MiB
+    take the place of one data pack); `add` waits when that many are in flight (backpressure).
     """
 
     def __init__(
@@ -215,7 +215,9 @@ class Packer:
             return
         self._open[blob_type] = []
         self._open_bytes[blob_type] = 0
-        size = sum(len(blob.payload) for blob in blobs)
+        # Counted at the type's limit, not its bytes: a data pack ends a little over 16 MiB,
+        # and by its bytes two of them would not fit where two are meant to be written at once.
+        size = self._limits[blob_type]
         await self._writing.acquire(size)
         task = asyncio.create_task(self._write(blobs, size))
         self._writes.add(task)
