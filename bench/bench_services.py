@@ -175,6 +175,9 @@ class Services(Tool):
         self._cli = TimeVault(work, password_file, timeout)
         self.exe = self._cli.exe
         self.data_dir = work / "services-data"
+        # The services restore only under a restore root: the data dir's restores/ always is one
+        # (a work folder outside /tmp, /home, /mnt, /media or /srv was refused).
+        self.restore_dir = self.data_dir / "restores" / "bench"
         self.proc: subprocess.Popen[bytes] | None = None
         self.steps = ServiceSteps()
         self.snapshots: list[dict] = []

@@ -115,6 +115,10 @@ async def test_restore_roots_are_enforced(repo: Repository, tmp_path: Path, sent
     assert _entries(sentinel) == []
     assert (await restore(repo, snapshot_id, str(root / "ok" / "deeper"), roots=roots)).errors == []
     assert (restored_path(root / "ok" / "deeper", source) / "f").read_text() == "data"
+    # A root that is not there is named as such (it used to surface as a bare "[Errno 2]").
+    with pytest.raises(RestoreError, match=r"the restore root .*missing-root does not exist"):
+        await restore(repo, snapshot_id, str(tmp_path / "missing-root" / "x"), roots=[str(tmp_path / "missing-root")])
+    assert not (tmp_path / "missing-root").exists()
 
 
 def test_root_matching_and_defaults(tmp_path: Path) -> None:

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import filecmp
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
 from nats.aio.client import Client as NATS
 
-from tests.services.conftest import ServiceProc
+from tests.services.conftest import ServiceProc, Services
 from tests.services.helpers import PASSWORD, create_plan, wait_job
 from timevault.proto import subjects
 from timevault.proto.errors import ServiceError
 from timevault.proto.jobs import Job, JobCreate, RestoreRequest
 from timevault.proto.plans import PlanDetail, PlanList, PlanListRequest, PlanRef
 from timevault.services.common import rpc
+from timevault.services.common.natsd import NatsServer
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -110,3 +113,21 @@ async def test_chunk_at_max_size_is_never_dropped(catalog: NATS, workers: dict[s
     assert (await restore(catalog, plan.id, "latest", out)).status == "completed"
     restored = next(out.rglob("random.bin"))
     assert restored.read_bytes() == (src / "random.bin").read_bytes()
+
+
+async def test_a_restorer_makes_its_default_restore_root(nats_server: NatsServer, log_dir: Path,
+                                                         tmp_path: Path) -> None:
+    """`<data dir>/restores` is a default restore root; the restorer makes it when it starts (a
+    restore into it failed with a bare "[Errno 2]" while nobody had made the folder)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    services = Services(nats_server.url, log_dir)
+    services.start("restorer", "--data-dir", str(data))
+    try:
+        deadline = time.monotonic() + 30
+        while not (data / "restores").is_dir():
+            assert time.monotonic() < deadline, "the restorer did not make restores/"
+            await asyncio.sleep(0.1)
+        assert (data / "restores").stat().st_mode & 0o777 == 0o700
+    finally:
+        services.stop_all()

@@ -104,7 +104,10 @@ def open_parent(target: str, roots: Sequence[str] | None) -> tuple[int, str]:
         start, follow_trusted = "/", True
     parts = [part for part in target[len(start) :].split("/") if part]
     *folders, name = parts
-    fd = os.open(start, _DIR_FLAGS)  # the root itself is trusted configuration
+    try:
+        fd = os.open(start, _DIR_FLAGS)  # the root itself is trusted configuration
+    except FileNotFoundError:
+        raise TargetError(f"the restore root {start} does not exist") from None
     try:
         walked = start
         for folder in folders:

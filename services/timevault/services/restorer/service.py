@@ -54,6 +54,10 @@ class RestorerService:
         self.tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
+        if self.data_dir and not self.roots:
+            # The data folder's restores/ is a default restore root: made here, so a restore
+            # into it does not fail for want of the folder.
+            os.makedirs(os.path.join(self.data_dir, "restores"), mode=0o700, exist_ok=True)
         await rpc.serve(self.nc, subjects.RESTORE_START, RestoreRequest, self.start_restore,
                         queue=subjects.RESTORER_QUEUE)
 
