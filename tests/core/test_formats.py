@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import random
 import time
 from pathlib import Path
@@ -298,31 +297,6 @@ async def test_tree_packs_are_sealed_smaller_than_data_packs(tmp_path: Path) -> 
     # Sealed when the next blob reaches the limit: at most one blob (~1.2 KB stored) over it.
     assert len(sizes[BlobType.TREE]) >= 5 and max(sizes[BlobType.TREE]) < 10_000 + 1500
     assert len(sizes[BlobType.DATA]) == 2 and max(sizes[BlobType.DATA]) >= 40_000
-
-
-async def test_packs_being_written_are_bounded_by_bytes() -> None:
-    """Writes in flight hold at most the limit in bytes, but one pack always goes alone."""
-    from timevault.core.repository.pack import _PendingBytes
-
-    writing = _PendingBytes(16)
-    await writing.acquire(4)
-    await writing.acquire(4)
-    await writing.acquire(8)  # three small packs at once: 16 bytes
-    waiting = asyncio.create_task(writing.acquire(4))
-    await asyncio.sleep(0.01)
-    assert not waiting.done() and writing.used == 16
-    writing.release(4)
-    await asyncio.wait_for(waiting, 1)
-    assert writing.used == 16
-    for size in (4, 8, 4):
-        writing.release(size)
-    await asyncio.wait_for(writing.acquire(40), 1)  # larger than the limit, alone: let through
-    blocked = asyncio.create_task(writing.acquire(1))
-    await asyncio.sleep(0.01)
-    assert not blocked.done()
-    blocked.cancel()
-    writing.release(40)
-    assert writing.used == 0
 
 
 def test_damaged_pack_headers_are_rejected() -> None:

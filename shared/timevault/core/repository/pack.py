@@ -14,8 +14,6 @@ a pack with no index (unused, removed by prune), never an index entry without it
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
 import struct
 from collections.abc import Awaitable, Callable
 
@@ -129,40 +127,13 @@ def index_entry(pack_id: str, size: int, header: PackHeader) -> IndexPack:
     return IndexPack(pack_id, size, header.blobs, header.keys)
 
 
-class _PendingBytes:
-    """Packs being written, bounded by their size limits; one is always let through alone."""
-
-    def __init__(self, limit: int) -> None:
-        self._limit = limit
-        self.used = 0
-        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
-
-    async def acquire(self, size: int) -> None:
-        while self.used and self.used + size > self._limit:
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            try:
-                await waiter
-            finally:
-                with contextlib.suppress(ValueError):
-                    self._waiters.remove(waiter)
-        self.used += size
-
-    def release(self, size: int) -> None:
-        self.used -= size
-        while self._waiters:  # each checks again for itself
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-
-
 class Packer:
     """Collects encoded blobs into packs and writes them (pack, then its index file).
 
     Safe to call `add` from many tasks. A blob id already added is ignored, so repeated
-    delivery of the same blob is harmless. At most `max_pending` data packs are written at once,
-    where a tree pack counts as the fraction of one its size limit is (four tree packs of 4 MiB
-    take the place of one data pack); `add` waits when that many are in flight (backpressure).
+    delivery of the same blob is harmless. At most `max_pending` packs, of either type, are written
+    at once; `add` waits when that many are in flight (backpressure). A count, not bytes: each
+    write takes threads of the shared pool (hashing, writing, fsync), which a backup's reads need.
     """
 
     def __init__(
@@ -186,7 +157,7 @@ class Packer:
         # the whole run). A caller that never adds an id twice says `dedup=False`.
         self._seen: IdMap | None = IdSet() if dedup else None
         self._writes: set[asyncio.Task[None]] = set()
-        self._writing = _PendingBytes(max_pending * pack_size)
+        self._slots = asyncio.Semaphore(max_pending)
         self._on_written = on_written
         # The first failed write: kept here because a finished task leaves `_writes` at once,
         # so without it `flush` would not see the failure (and asyncio would log it as never
@@ -215,11 +186,8 @@ class Packer:
             return
         self._open[blob_type] = []
         self._open_bytes[blob_type] = 0
-        # Counted at the type's limit, not its bytes: a data pack ends a little over 16 MiB,
-        # and by its bytes two of them would not fit where two are meant to be written at once.
-        size = self._limits[blob_type]
-        await self._writing.acquire(size)
-        task = asyncio.create_task(self._write(blobs, size))
+        await self._slots.acquire()
+        task = asyncio.create_task(self._write(blobs))
         self._writes.add(task)
         task.add_done_callback(self._write_done)
 
@@ -228,7 +196,7 @@ class Packer:
         if not task.cancelled() and (exc := task.exception()) is not None and self.failure is None:
             self.failure = exc
 
-    async def _write(self, blobs: list[EncodedBlob], size: int) -> None:
+    async def _write(self, blobs: list[EncodedBlob]) -> None:
         try:
             pack_id, parts, entry = await asyncio.to_thread(pack_parts, self._meta_key, blobs)
             blobs.clear()
@@ -244,7 +212,7 @@ class Packer:
                 if result is not None:
                     await result
         finally:
-            self._writing.release(size)
+            self._slots.release()
 
     async def wait_for_one_write(self) -> bool:
         """Wait until one pack being written is durable; False when none is being written.
