@@ -132,8 +132,8 @@ class Packer:
 
     Safe to call `add` from many tasks. A blob id already added is ignored, so repeated
     delivery of the same blob is harmless. At most `max_pending` packs, of either type, are written
-    at once; `add` waits when that many are in flight (backpressure). A count, not bytes: each
-    write takes threads of the shared pool (hashing, writing, fsync), which a backup's reads need.
+    at once; `add` waits when that many are in flight (backpressure). A count, not bytes: a data
+    pack ends a little over its limit, and by bytes two would not fit (bench/README.md).
     """
 
     def __init__(
