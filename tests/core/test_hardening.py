@@ -118,6 +118,9 @@ async def test_restore_roots_are_enforced(repo: Repository, tmp_path: Path, sent
     # A root that is not there is named as such (it used to surface as a bare "[Errno 2]").
     with pytest.raises(RestoreError, match=r"the restore root .*missing-root does not exist"):
         await restore(repo, snapshot_id, str(tmp_path / "missing-root" / "x"), roots=[str(tmp_path / "missing-root")])
+    with pytest.raises(RestoreError, match=r"the restore root .*missing-root does not exist"):
+        missing = tmp_path / "gone" / "missing-root"  # the target is the root, whose parent is gone
+        await restore(repo, snapshot_id, str(missing), roots=[str(missing)])
     assert not (tmp_path / "missing-root").exists()
 
 

@@ -101,13 +101,14 @@ def open_parent(target: str, roots: Sequence[str] | None) -> tuple[int, str]:
         start = root if target != root else os.path.dirname(root)
         follow_trusted = False
     else:
-        start, follow_trusted = "/", True
+        root = start = "/"
+        follow_trusted = True
     parts = [part for part in target[len(start) :].split("/") if part]
     *folders, name = parts
     try:
         fd = os.open(start, _DIR_FLAGS)  # the root itself is trusted configuration
     except FileNotFoundError:
-        raise TargetError(f"the restore root {start} does not exist") from None
+        raise TargetError(f"the restore root {root} does not exist") from None
     try:
         walked = start
         for folder in folders:

@@ -238,7 +238,8 @@ class Writers:
         self._processes: list[_Process] = []
         self._next_job = 0
 
-    async def __aenter__(self) -> Writers:
+    async def open(self) -> Writers:
+        """Start the writer processes (OSError when one cannot be started; none is left)."""
         try:
             for _ in range(self.count):
                 self._processes.append(self._start())
@@ -248,6 +249,9 @@ class Writers:
         for process in self._processes:
             process.reader = asyncio.create_task(self._read_answers(process))
         return self
+
+    async def __aenter__(self) -> Writers:
+        return await self.open()
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
@@ -434,7 +438,7 @@ async def start(count: int) -> tuple[Writers | ThreadWriter, str | None]:
     The caller closes them (`close`)."""
     writers = Writers(count)
     try:
-        return await writers.__aenter__(), None
+        return await writers.open(), None
     except OSError as exc:
         return ThreadWriter(), f"restore writer processes could not be started ({exc.strerror or exc}): files were written by one thread"
 
