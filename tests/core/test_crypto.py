@@ -260,6 +260,17 @@ def test_blob_id_is_keyed(data: bytes) -> None:
     assert ident != crypto.content_hash(data)
 
 
+@SETTINGS
+@given(st.binary(max_size=300), st.lists(st.binary(max_size=300), max_size=5), st.integers(1, 32))
+def test_a_prefixed_keyed_hash_is_the_keyed_hash_of_prefix_and_data(
+    prefix: bytes, names: list[bytes], size: int
+) -> None:
+    key = secrets.token_bytes(32)
+    hashed = crypto.PrefixedKeyedHash(key, prefix, size)
+    for name in names:  # the prefix's state is copied per call, never consumed
+        assert hashed(name) == crypto.keyed_hash(key, prefix + name)[:size]
+
+
 def test_default_kdf_meets_the_floor_and_weak_params_need_the_test_knob() -> None:
     default = crypto.Argon2Params()
     assert default.memory_kib >= 64 * 1024 and default.time_cost >= 3 and not default.test_only

@@ -152,6 +152,20 @@ def keyed_hash(key: bytes, data: BytesLike) -> bytes:
     return blake3.blake3(data, key=key).digest()
 
 
+class PrefixedKeyedHash:
+    """`keyed_hash(key, prefix + data)[:size]` for many `data` after one `prefix`: the prefix
+    is hashed once, and each call hashes only its `data` (a folder's path, then each name)."""
+
+    def __init__(self, key: bytes, prefix: BytesLike, size: int) -> None:
+        self._state = blake3.blake3(prefix, key=key)
+        self._size = size
+
+    def __call__(self, data: BytesLike) -> bytes:
+        hasher = self._state.copy()
+        hasher.update(data)
+        return hasher.digest(self._size)  # BLAKE3's shorter outputs are prefixes of longer ones
+
+
 def padme(length: int) -> int:
     """Padmé (Nikitin et al., PETS 2019): round `length` up so it leaks O(log log L) bits.
 

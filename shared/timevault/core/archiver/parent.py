@@ -192,12 +192,16 @@ class ParentLookup:
         """The name of a file (or folder) in the cache: a keyed hash of its path, never the path."""
         return crypto.keyed_hash(self._path_key, path)[:PATH_KEY_SIZE]
 
+    def name_keys(self, folder: bytes) -> Callable[[bytes], bytes]:
+        """`path_key` of each name in `folder`, the folder's path hashed once for them all."""
+        return crypto.PrefixedKeyedHash(self._path_key, _folder_prefix(folder), PATH_KEY_SIZE)
+
     def record(self, path: bytes, nodes: list[Node]) -> None:
         """The folder `path` is archived: write its files' row of the next cache."""
         known = self._known.pop(path, None) or {}
         if self._cache_path is None:
             return
-        prefix = _folder_prefix(path)
+        name_key: Callable[[bytes], bytes] | None = None
         files: dict[bytes, CachedFile] = {}
         for node in nodes:
             if node.type != "file" or node.changed_while_reading:  # a torn read is read again
@@ -206,7 +210,11 @@ class ParentLookup:
             if found is not None and found[1] is node and found[2] is not None:  # reused as it was
                 files[found[0]] = found[2]
                 continue
-            key = found[0] if found is not None else self.path_key(prefix + node.name)
+            if found is not None:
+                key = found[0]
+            else:
+                name_key = name_key or self.name_keys(path)
+                key = name_key(node.name)
             files[key] = CachedFile(
                 node.mode, node.mtime_ns, node.size, node.content, node.inode, node.device, node.uid, node.gid
             )
@@ -272,15 +280,14 @@ class _CachedDir:
     def __init__(
         self, lookup: ParentLookup, path: bytes, files: dict[bytes, CachedFile], known: dict[bytes, _Known]
     ) -> None:
-        self._lookup = lookup
-        self._prefix = _folder_prefix(path)
+        self._name_key = lookup.name_keys(path) if files else None
         self._files = files
         self._known = known  # what was found here, for the next cache's row of this folder
 
     def get(self, name: bytes, /) -> Node | None:
-        if not self._files:
+        if self._name_key is None:
             return None
-        key = self._lookup.path_key(self._prefix + name)
+        key = self._name_key(name)
         cached = self._files.get(key)
         if cached is None:
             self._known[name] = (key, None, None)
