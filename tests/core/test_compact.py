@@ -145,7 +145,7 @@ async def test_incremental_with_the_files_cache_reuses_unchanged_and_reads_chang
     first_id, first = await backup(repo, [str(source)], cache_dir=str(cache))
     assert first.stats.unchanged_files == 0
 
-    (cache_file,) = cache.iterdir()
+    (cache_file,) = cache.glob("*.files")
     with sqlite3.connect(cache_file) as db:
         rows = db.execute("SELECT key, value FROM folders").fetchall()
     assert len(rows) == 3, "one row per folder that holds files"

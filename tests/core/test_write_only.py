@@ -125,7 +125,7 @@ async def test_damaged_files_cache_only_costs_rereading(repo: Repository, tmp_pa
     source = build_tree(tmp_path / "src", {"a": "x", "b": "y"})
     cache = tmp_path / "cache"
     await backup(wo, [str(source)], cache_dir=str(cache))
-    (cache_file,) = cache.iterdir()
+    (cache_file,) = cache.glob("*.files")
     cache_file.write_bytes(b"garbage")
     snapshot_id, snapshot = await backup(wo, [str(source)], cache_dir=str(cache))
     assert snapshot.stats.unchanged_files == 0 and snapshot.stats.files == 2

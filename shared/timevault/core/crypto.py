@@ -152,6 +152,14 @@ def keyed_hash(key: bytes, data: BytesLike) -> bytes:
     return blake3.blake3(data, key=key).digest()
 
 
+KeyedHasher = blake3.blake3
+
+
+def keyed_hasher(key: bytes) -> KeyedHasher:
+    """`keyed_hash` of data that comes in pieces: `update` with each, then `digest`."""
+    return blake3.blake3(key=key)
+
+
 class PrefixedKeyedHash:
     """`keyed_hash(key, prefix + data)[:size]` for many `data` after one `prefix`: the prefix
     is hashed once, and each call hashes only its `data` (a folder's path, then each name)."""

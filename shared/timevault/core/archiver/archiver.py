@@ -30,6 +30,7 @@ import msgspec
 from timevault.core import crypto
 from timevault.core.archiver import warmup
 from timevault.core.archiver.excludes import ExcludeOptions, Excludes
+from timevault.core.archiver.known_ids import StoredIds
 from timevault.core.archiver.parent import ParentLookup
 from timevault.core.archiver.walk import (
     Entry,
@@ -628,6 +629,7 @@ async def backup(
             own_index = False
             index: Index | None = None
             stored: DiskIdSet | None = None
+            stored_ids: StoredIds | None = None
             if sink is None or known is None:  # in-process: pack and dedup against the index here
                 # Deduplicating needs only which blobs exist; reading the parent's trees needs their
                 # locations too, and then the one index with locations serves both.
@@ -636,8 +638,10 @@ async def backup(
                     known = known or IndexKnownBlobs(index)
                 elif known is None:
                     # Which blobs exist, on disk: they seed the archiver's set of handed-on ids,
-                    # so one lookup answers "stored or already scheduled".
-                    stored = await repo.stored_ids(spill_dir)
+                    # so one lookup answers "stored or already scheduled". Kept between backups
+                    # in the cache folder (`known_ids`).
+                    stored_ids = await StoredIds.load(repo, cache_dir, spill_dir)
+                    stored = stored_ids.ids
                     known = _NothingStored()
                 own_index = index is None
                 sink = sink or PackerSink(repo, index)
@@ -667,6 +671,9 @@ async def backup(
             try:
                 root = await archiver.archive_roots(sources)
                 await archiver.finish()
+                if stored_ids is not None and isinstance(sink, PackerSink):
+                    # Every blob is durable and indexed now, whether or not the snapshot follows.
+                    await asyncio.to_thread(stored_ids.save, sink.packer.index_files)
             except BaseException:
                 parent.abandon()
                 await archiver.abort()

@@ -22,7 +22,8 @@ import struct
 import tempfile
 from array import array
 from bisect import bisect_left, bisect_right
-from collections.abc import Container, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
+from itertools import pairwise
 from typing import Self
 
 from timevault.core.fileio import pwrite_all
@@ -42,6 +43,17 @@ _BUCKET_BITS = 12
 _BUCKETS = 1 << _BUCKET_BITS
 # The Bloom filter's two probes are cut from an id's first 8 bytes (little-endian).
 _PROBES = struct.Struct("<Q24x")
+
+
+# Ids per piece when a set is written out or read back.
+_COPY_IDS = 32768
+
+
+def _exactly(read: Callable[[int], bytes], n: int) -> bytes:
+    data = read(n)
+    if len(data) != n:
+        raise ValueError("cut short")
+    return data
 
 
 def _bucket(blob_id: bytes) -> int:
@@ -353,6 +365,62 @@ class DiskIdSet(IdRuns):
         del joined
         self._buffer_all(ids)
         self._count += len(ids)
+
+    # --- kept between runs (a local cache of a repository's ids) ----------------------------
+
+    def write_to(self, write: Callable[[bytes | bytearray | memoryview], object]) -> list[int]:
+        """Hand everything to `write`, to be read back by `read_from`: the filter, then each
+        run's bucket table and ids, a piece at a time (never the whole set in memory).
+        Returns the runs' counts, which `read_from` needs."""
+        self.spill()
+        write(self._filter)
+        counts = []
+        for run in self._runs:
+            assert run.starts is not None and self._fd is not None
+            write(run.starts.tobytes())
+            for block in self._blocks(run, _COPY_IDS):
+                write(b"".join(block))
+            counts.append(run.count)
+        return counts
+
+    @classmethod
+    def read_from(
+        cls,
+        read: Callable[[int], bytes],
+        counts: list[int],
+        directory: str | None = None,
+        *,
+        buffer_ids: int | None = None,
+        filter_bits: int | None = None,
+    ) -> DiskIdSet:
+        """A set from what `write_to` wrote, taken piece by piece from `read(n)`.
+
+        ValueError when the pieces do not fit the counts: a filter of another size, a short
+        read, a bucket table that is not one. (Whether the ids are the ones written is for the
+        caller to check: this only rebuilds the set.)"""
+        ids = cls(directory, buffer_ids=buffer_ids, filter_bits=filter_bits)
+        try:
+            ids._filter[:] = _exactly(read, len(ids._filter))
+            for count in counts:
+                starts = array("I")
+                starts.frombytes(_exactly(read, 4 * (_BUCKETS + 1)))
+                if starts[0] != 0 or starts[_BUCKETS] != count or any(
+                    a > b for a, b in pairwise(starts)
+                ):
+                    raise ValueError("not a bucket table")
+                offset = ids._end
+                left = count * ID_SIZE
+                while left:
+                    piece = _exactly(read, min(left, _COPY_IDS * ID_SIZE))
+                    ids._append(piece)
+                    left -= len(piece)
+                if count:
+                    ids._runs.append(_Run(offset, count, starts))
+                ids._count += count
+        except BaseException:
+            ids.close()
+            raise
+        return ids
 
     def __contains__(self, blob_id: object) -> bool:
         if not isinstance(blob_id, bytes) or len(blob_id) != ID_SIZE:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
@@ -327,9 +327,12 @@ async def read_index_files(
     return damaged
 
 
-async def load_stored_ids(storage: Storage, meta_key: bytes, make_set: Callable[[], DiskIdSet]) -> DiskIdSet:
-    """Every blob id the index files list, into a fresh `make_set()`: what a backup
-    deduplicates against, without locations and without holding the ids in memory.
+async def load_stored_ids(
+    storage: Storage, meta_key: bytes, make_set: Callable[[], DiskIdSet]
+) -> tuple[DiskIdSet, set[str]]:
+    """Every blob id the index files list, into a fresh `make_set()`, and the ids of the index
+    files read: what a backup deduplicates against, without locations and without holding the
+    ids in memory.
 
     Ids are added as each file arrives. Files that another file supersedes (a compaction not
     yet finished deleting them) are only known once every file is read; when any was read,
@@ -344,15 +347,26 @@ async def load_stored_ids(storage: Storage, meta_key: bytes, make_set: Callable[
     raise AssertionError("unreachable")
 
 
-async def _load_ids_listed(storage: Storage, meta_key: bytes, make_set: Callable[[], DiskIdSet]) -> DiskIdSet:
-    names = [info.name async for info in storage.list("index/")]
-    sem = asyncio.Semaphore(16)
+async def index_file_ids(storage: Storage) -> set[str]:
+    """The ids of the index files there are now."""
+    return {info.name.removeprefix("index/") async for info in storage.list("index/")}
 
-    async def add_file(name: str, ids: DiskIdSet, superseded: set[str], loaded: set[str]) -> None:
+
+async def add_index_files(
+    storage: Storage, meta_key: bytes, ids: DiskIdSet, file_ids: Iterable[str]
+) -> tuple[set[str], set[str]]:
+    """Add the blob ids that these index files list to `ids`; returns (the files read, the
+    files they supersede). ObjectNotFound when one is gone meanwhile."""
+    sem = asyncio.Semaphore(16)
+    superseded: set[str] = set()
+    loaded: set[str] = set()
+
+    async def add_file(file_id: str) -> None:
         async with sem:
+            name = f"index/{file_id}"
             data = await storage.get(name)
             try:
-                if crypto.content_hash(data).hex() != name.removeprefix("index/"):
+                if crypto.content_hash(data).hex() != file_id:
                     raise CorruptIndex("index file does not match its name (renamed or changed)")
                 file = decode_index_file(meta_key, data)
             except CorruptIndex as exc:
@@ -362,27 +376,29 @@ async def _load_ids_listed(storage: Storage, meta_key: bytes, make_set: Callable
             # next one is read (results waiting for a consumer would pile up a file each).
             ids.seed([blob.id for pack in file.packs for blob in pack.blobs if len(blob.id) == ID_SIZE])
             superseded.update(file.supersedes)
-            loaded.add(name.removeprefix("index/"))
+            loaded.add(file_id)
 
+    tasks = [asyncio.ensure_future(add_file(file_id)) for file_id in file_ids]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return loaded, superseded
+
+
+async def _load_ids_listed(
+    storage: Storage, meta_key: bytes, make_set: Callable[[], DiskIdSet]
+) -> tuple[DiskIdSet, set[str]]:
+    file_ids = await index_file_ids(storage)
     skip: set[str] = set()
     while True:
         ids = make_set()
         try:
-            superseded: set[str] = set()
-            loaded: set[str] = set()
-            tasks = [
-                asyncio.ensure_future(add_file(name, ids, superseded, loaded))
-                for name in names
-                if name.removeprefix("index/") not in skip
-            ]
-            try:
-                await asyncio.gather(*tasks)
-            finally:
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+            loaded, superseded = await add_index_files(storage, meta_key, ids, sorted(file_ids - skip))
             if not superseded & loaded:
-                return ids
+                return ids, loaded
             skip = superseded  # read again, without them (a second pass finds none)
             ids.close()
         except BaseException:

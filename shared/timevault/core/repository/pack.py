@@ -168,6 +168,7 @@ class Packer:
         # are told of each pack by `on_written` and keep none.
         self._write_index = write_index
         self.written: list[IndexPack] = []
+        self.index_files: list[str] = []  # the ids of the index files written (with write_index)
         self.bytes_written = 0
 
     async def add(self, blob: EncodedBlob) -> None:
@@ -203,7 +204,7 @@ class Packer:
             await put_once(self._storage, pack_object_name(pack_id), parts)
             del parts
             if self._write_index:
-                await write_index_file(self._storage, self._meta_key, [entry])
+                self.index_files.append(await write_index_file(self._storage, self._meta_key, [entry]))
             if not self._write_index and self._on_written is None:
                 self.written.append(entry)
             self.bytes_written += entry.size

@@ -332,7 +332,8 @@ class Repository:
     async def stored_ids(self, spill_dir: str | None = None) -> DiskIdSet:
         """Which blobs the repository holds, as a set kept on disk (in `spill_dir`, else the
         system's temp folder): memory does not grow with the blobs. The caller closes it."""
-        return await load_stored_ids(self.storage, self.write_keys.meta_key, lambda: DiskIdSet(spill_dir))
+        ids, _ = await load_stored_ids(self.storage, self.write_keys.meta_key, lambda: DiskIdSet(spill_dir))
+        return ids
 
     def forget_index(self) -> None:
         """Packs were indexed past the cached index (a backup deduplicating against `known_ids`):
