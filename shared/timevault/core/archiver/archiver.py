@@ -193,7 +193,7 @@ class Archiver:
         self._batch: list[tuple[bytes, BlobType, BytesLike]] = []
         # Folder scans started ahead of the walk, in its order (depth first, by name), and the
         # folders not scanned yet, in that order: a folder's subfolders, then its later siblings.
-        self._scans: dict[bytes, asyncio.Task[tuple[list[Entry], list[str]]]] = {}
+        self._scans: dict[bytes, asyncio.Task[tuple[list[Entry | Node], list[str]]]] = {}
         self._upcoming: collections.deque[bytes] = collections.deque()
         self._on_scanned = on_scanned  # a folder's small files are read (paces the warm-up child)
         self._large_reads: dict[bytes, asyncio.Task[tuple[list[bytes], int] | None]] = {}
@@ -298,12 +298,12 @@ class Archiver:
             self.progress.current = os.fsdecode(path)
             self._on_progress(self.progress)
 
-    async def _scan(self, path: bytes) -> tuple[list[Entry], list[str]]:
+    async def _scan(self, path: bytes) -> tuple[list[Entry | Node], list[str]]:
         previous = await self.parent.previous_dir(path)
         entries, to_read, warnings = list_dir(path, previous, self.excludes)
         if to_read:
             warnings += await asyncio.to_thread(read_small_files, to_read, self.params, self.id_key)
-            entries = [entry for entry in entries if entry.error is None]
+            entries = [entry for entry in entries if isinstance(entry, Node) or entry.error is None]
         return entries, warnings
 
     def _prefetch_scans(self) -> None:
@@ -314,7 +314,7 @@ class Archiver:
             path = self._upcoming.popleft()
             self._scans[path] = asyncio.create_task(self._scan(path))
 
-    def _take_scan(self, path: bytes) -> asyncio.Task[tuple[list[Entry], list[str]]]:
+    def _take_scan(self, path: bytes) -> asyncio.Task[tuple[list[Entry | Node], list[str]]]:
         """This folder's scan: the one started ahead, or one started now."""
         if path not in self._scans:
             if self._upcoming and self._upcoming[0] == path:
@@ -339,13 +339,22 @@ class Archiver:
         self.warnings.extend(warnings)
         if self._on_scanned is not None:
             self._on_scanned(path)  # here, not when the scan ends: in the walk's order
-        self._upcoming.extendleft(reversed([entry.path for entry in entries if entry.kind == "dir"]))
+        self._upcoming.extendleft(
+            reversed([entry.path for entry in entries if type(entry) is Entry and entry.kind == "dir"])
+        )
         self._prefetch_scans()
         self._start_large_reads(entries)
         nodes: list[Node] = []
+        reused = reused_bytes = 0
         for entry in entries:
-            # Most files of an incremental backup are reused as they were, and most of a first
-            # backup were read by the scan: no coroutine for either.
+            # Most files of an incremental backup are reused as they were (the scan gives their
+            # previous nodes), and most of a first backup were read by the scan: no coroutine
+            # for either.
+            if isinstance(entry, Node):
+                nodes.append(entry)
+                reused += 1
+                reused_bytes += entry.size
+                continue
             node = self._without_reading(entry)
             if node is None:
                 node = await self.archive_entry(entry)
@@ -353,6 +362,8 @@ class Archiver:
                 await self._dispatch()
             if node is not None:
                 nodes.append(node)
+        if reused:
+            self._count_reused(path, reused, reused_bytes)
         return await self._folder_done(path, nodes)
 
     async def _folder_done(self, path: bytes, nodes: list[Node]) -> bytes:
@@ -362,11 +373,11 @@ class Archiver:
         self.parent.record(path, nodes)
         return await self._store_tree(nodes)
 
-    def _start_large_reads(self, entries: list[Entry]) -> None:
+    def _start_large_reads(self, entries: list[Entry | Node]) -> None:
         """Start reading a folder's large changed files in the background (LARGE_READERS at a
         time); nodes are still assembled in name order."""
         for entry in entries:
-            if entry.kind == "file" and entry.unchanged is None and entry.chunked is None:
+            if type(entry) is Entry and entry.kind == "file" and entry.unchanged is None and entry.chunked is None:
                 self._large_reads[entry.path] = asyncio.create_task(self._read_large_limited(entry))
 
     def _without_reading(self, entry: Entry) -> Node | None:
@@ -429,6 +440,16 @@ class Archiver:
             return None
         self.stats.unchanged_files += 1
         return self._counted(entry, previous)
+
+    def _count_reused(self, folder: bytes, files: int, size: int) -> None:
+        """`_counted` for a folder's files reused as they were, at once."""
+        self.stats.files += files
+        self.stats.unchanged_files += files
+        self.stats.size += size
+        self.progress.files_done += files
+        self.progress.bytes_done += size
+        if self._on_progress is not None:
+            self._report(folder)
 
     def _counted(self, entry: Entry, node: Node) -> Node:
         self.stats.files += 1
