@@ -151,3 +151,17 @@ async def test_a_kept_set_that_cannot_be_written_does_not_fail_the_backup(
     assert (await restore(repo, snapshot_id, str(tmp_path / "out"))).errors == []
     assert os.listdir(cache / f"{repo.config.id}.ids.tmp") == ["x"]
 
+
+
+async def test_many_runs_are_merged_into_one_when_kept(
+    repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("timevault.core.repository.idruns.BUFFER_IDS", 2)
+    monkeypatch.setattr("timevault.core.archiver.known_ids.MAX_RUNS", 1)
+    cache = tmp_path / "cache"
+    source = build_tree(tmp_path / "src", {f"d{i}/f{j}": f"file {i} {j}" for i in range(3) for j in range(4)})
+    await backup(repo, [str(source)], cache_dir=str(cache))
+    stored = await StoredIds.load(repo, str(cache), None)
+    with stored.ids:
+        assert stored.reused and stored.ids.run_count == 1
+        assert b"".join(stored.ids.sorted_blocks()) == await every_stored_id(repo)

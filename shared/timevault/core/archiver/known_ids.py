@@ -92,7 +92,7 @@ class StoredIds:
             return
         temp = f"{self._path}.tmp"
         try:
-            if len(self.ids._runs) > MAX_RUNS:
+            if self.ids.run_count > MAX_RUNS:
                 self.ids.merged()
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temp)

@@ -112,6 +112,11 @@ class IdRuns:
             if len(self._buffer) >= self._buffer_ids:
                 self.spill()
 
+    @property
+    def run_count(self) -> int:
+        """How many runs are on disk (the buffer not counted)."""
+        return len(self._runs)
+
     def sorted_run(self) -> SortedRun:
         """A run written piece by piece from ids that come sorted (a list of references as it
         is streamed): no buffer and no sort, each piece goes to the file as it comes."""
