@@ -28,6 +28,12 @@ from .conftest import (
 )
 
 
+@pytest.fixture(autouse=True)
+def keep_any_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These repositories are small: keep their sets however few ids they hold."""
+    monkeypatch.setattr("timevault.core.archiver.known_ids.KEEP_FROM", 0)
+
+
 def kept_file(repo: Repository, cache: Path) -> Path:
     return cache / f"{repo.config.id}.ids"
 
@@ -51,7 +57,7 @@ async def test_the_next_backup_reads_the_kept_ids_and_only_new_index_files(
     cache = tmp_path / "cache"
     source = build_tree(tmp_path / "src", {"a.bin": random_bytes(50_000, 1), "d/b.txt": "two"})
     await backup(repo, [str(source)], cache_dir=str(cache))
-    assert kept_file(repo, cache).exists()
+    assert kept_file(repo, cache).stat().st_mode & 0o777 == 0o600
     reused, ids = await loaded(repo, cache)
     assert reused and ids == await every_stored_id(repo)
 
@@ -165,3 +171,16 @@ async def test_many_runs_are_merged_into_one_when_kept(
     with stored.ids:
         assert stored.reused and stored.ids.run_count == 1
         assert b"".join(stored.ids.sorted_blocks()) == await every_stored_id(repo)
+
+
+async def test_a_small_repository_keeps_no_set(repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = tmp_path / "cache"
+    source = build_tree(tmp_path / "src", {"a.bin": random_bytes(50_000, 1), "b.txt": "two"})
+    await backup(repo, [str(source)], cache_dir=str(cache))
+    assert kept_file(repo, cache).exists()
+    monkeypatch.setattr("timevault.core.archiver.known_ids.KEEP_FROM", 1000)
+    (source / "c.txt").write_text("three")
+    await backup(repo, [str(source)], cache_dir=str(cache))
+    assert not kept_file(repo, cache).exists(), "the one kept before is removed"
+    reused, ids = await loaded(repo, cache)
+    assert not reused and ids == await every_stored_id(repo)

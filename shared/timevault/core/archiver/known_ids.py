@@ -18,7 +18,8 @@ A cache is used only when it cannot claim a blob that is gone:
   changed by anyone without the key, or cut short, is not used.
 
 A cache that is not used costs the full read, as before, and is replaced after the backup.
-It holds blob ids only (keyed hashes of content) and the names of index files.
+It holds blob ids only (keyed hashes of content) and the names of index files. A repository of
+fewer than KEEP_FROM blobs gets none: reading its index files is quicker.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ from timevault.core.repository.repo import Repository
 
 log = logging.getLogger(__name__)
 VERSION = 1
+# Fewer ids than this are not kept: reading them from the index files (~2.5 µs an id) costs less
+# than writing and reading back the set's fixed part (the 8 MiB filter, hashed).
+KEEP_FROM = 10_000
 # Runs kept before a save merges them into one (each backup adds a run or two; lookups read
 # each run's bucket).
 MAX_RUNS = 24
@@ -92,6 +96,10 @@ class StoredIds:
             return
         temp = f"{self._path}.tmp"
         try:
+            if len(self.ids) < KEEP_FROM:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self._path)  # one kept when there were more is of no use now
+                return
             if self.ids.run_count > MAX_RUNS:
                 self.ids.merged()
             with contextlib.suppress(FileNotFoundError):
