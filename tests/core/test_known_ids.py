@@ -184,3 +184,18 @@ async def test_a_small_repository_keeps_no_set(repo: Repository, tmp_path: Path,
     assert not kept_file(repo, cache).exists(), "the one kept before is removed"
     reused, ids = await loaded(repo, cache)
     assert not reused and ids == await every_stored_id(repo)
+
+
+async def test_a_new_index_file_gone_while_read_means_reading_them_all(
+    repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = tmp_path / "cache"
+    source = build_tree(tmp_path / "src", {"a.bin": random_bytes(50_000, 1)})
+    await backup(repo, [str(source)], cache_dir=str(cache))
+
+    async def listed_then_gone(storage: object) -> set[str]:  # as if a compaction removed one
+        return await index_file_ids(repo.storage) | {"0" * 64}
+
+    monkeypatch.setattr("timevault.core.archiver.known_ids.index_file_ids", listed_then_gone)
+    reused, ids = await loaded(repo, cache)
+    assert not reused and ids == await every_stored_id(repo)

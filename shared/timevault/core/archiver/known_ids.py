@@ -33,6 +33,7 @@ import struct
 import msgspec
 
 from timevault.core import crypto
+from timevault.core.errors import ObjectNotFound
 from timevault.core.repository.idruns import DiskIdSet
 from timevault.core.repository.index import add_index_files, index_file_ids, load_stored_ids
 from timevault.core.repository.repo import Repository
@@ -156,7 +157,13 @@ async def _load_kept(repo: Repository, path: str, generation: list[str], spill_d
         if not covered <= now:
             ids.close()  # an index file it was built from is gone: prune or a rebuilt index
             return None
-        loaded, superseded = await add_index_files(repo.storage, repo.write_keys.meta_key, ids, sorted(now - covered))
+        try:
+            loaded, superseded = await add_index_files(
+                repo.storage, repo.write_keys.meta_key, ids, sorted(now - covered)
+            )
+        except ObjectNotFound:  # a new index file gone meanwhile (a compaction): read them all
+            ids.close()
+            return None
         if superseded & (covered | loaded):
             ids.close()
             return None
