@@ -17,6 +17,7 @@ import pytest
 from timevault.core.archiver import backup, warmup
 from timevault.core.archiver.archiver import Archiver
 from timevault.core.archiver.walk import Entry
+from timevault.core.repository.format import Node
 from timevault.core.repository.repo import Repository
 
 from .conftest import build_tree, random_bytes, restore_and_compare, tree_manifest
@@ -267,11 +268,11 @@ async def test_folders_are_scanned_ahead_of_the_walk_once_each(
     def relative(path: bytes) -> str:
         return os.path.relpath(os.fsdecode(path), src)
 
-    async def scan(self: Archiver, path: bytes) -> tuple[list[Entry], list[str]]:
+    async def scan(self: Archiver, path: bytes) -> tuple[list[Entry | Node], list[str]]:
         scanned.append(relative(path))
         return await real_scan(self, path)
 
-    def take(self: Archiver, path: bytes) -> asyncio.Task[tuple[list[Entry], list[str]]]:
+    def take(self: Archiver, path: bytes) -> asyncio.Task[tuple[list[Entry | Node], list[str]]]:
         taken.append((relative(path), path in self._scans))
         return real_take(self, path)
 
