@@ -197,6 +197,25 @@ async def test_a_folder_removed_under_a_write_is_the_location_disappearing(
     assert (tmp_path / "repo").is_dir() and not (tmp_path / "repo" / "data").exists()
 
 
+async def test_a_write_whose_temp_file_is_removed_under_it_is_the_location_disappearing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`rm -r` removes a folder's files before the folder: a write can lose its temp file while
+    its folder is still there (seen in CI as a bare 'cannot write ... No such file')."""
+    storage = LocalStorage(tmp_path / "repo")
+    await storage.put("keys/a", b"k")
+    real_link = os.link
+
+    def link_after_removal(src: str | Path, dst: str | Path) -> None:
+        os.unlink(src)  # as rm -r would, between the write and the link
+        real_link(src, dst)
+
+    monkeypatch.setattr(os, "link", link_after_removal)
+    with pytest.raises(LocationNotFound, match=r"^location disappeared: .* is being removed \(write data/ab/"):
+        await storage.put_new("data/ab/" + "ab" * 32, b"pack")
+    assert (tmp_path / "repo" / "data" / "ab").is_dir(), "the folder was there all along"
+
+
 @pytest.mark.parametrize("gone", ["config", "keys", "both"])
 async def test_config_or_keys_gone_at_commit_fail_the_backup(tmp_path: Path, gone: str) -> None:
     location = tmp_path / "repo"

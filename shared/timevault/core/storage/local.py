@@ -114,9 +114,10 @@ class LocalStorage:
             return LocationReadOnly(f"location is read-only: {detail}")
         if not self._root.is_dir():
             return LocationNotFound(f"location disappeared: {self.location} no longer exists ({action} {name})")
-        if exc.errno == errno.ENOENT and action == "write" and not self._path(name).parent.is_dir():
-            # The object's folder went away under the write: the location is being removed
-            # (`rm -r` takes the root itself last) or taken apart; nothing to retry or recreate.
+        if exc.errno == errno.ENOENT and action == "write":
+            # Something went away under the write, the object's folder or the write's own temp
+            # file (`rm -r` removes a folder's files, then the folder, and the root itself
+            # last): the location is being removed or taken apart; nothing to retry or recreate.
             return LocationNotFound(f"location disappeared: {self.location} is being removed ({action} {name})")
         return StorageError(f"{self.location}: {detail}")
 
