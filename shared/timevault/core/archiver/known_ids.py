@@ -79,10 +79,11 @@ class StoredIds:
     async def load(repo: Repository, cache_dir: str | None, spill_dir: str | None) -> StoredIds:
         """The ids, from the kept set plus the index files new since, or from every index file."""
         path = os.path.join(cache_dir, f"{repo.config.id}.ids") if cache_dir else None
-        # The generation first: a prune that marks after this moment changes it, and the set
-        # saved after this backup then is not used.
-        generation = await repo.gc_generation()
+        generation: list[str] = []
         if path is not None:
+            # The generation first: a prune that marks after this moment changes it, and the
+            # set saved after this backup then is not used.
+            generation = await repo.gc_generation()
             kept = await _load_kept(repo, path, generation, spill_dir)
             if kept is not None:
                 return kept

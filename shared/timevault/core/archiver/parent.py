@@ -32,7 +32,7 @@ from typing import TypeAlias
 import msgspec
 
 from timevault.core import crypto
-from timevault.core.archiver.walk import PreviousDir
+from timevault.core.archiver.walk import PreviousDir, folder_prefix
 from timevault.core.repository.blobs import CorruptBlob
 from timevault.core.repository.format import Node
 from timevault.core.repository.repo import Repository, RepositoryError
@@ -69,11 +69,6 @@ def _row_aad(generation: bytes, folder_key: bytes) -> bytes:
     """A row is bound to its folder and to the one cache it was written into: rows cannot be
     swapped between folders, nor mixed in from an older cache."""
     return b"files-cache-folder" + generation + folder_key
-
-
-def _folder_prefix(path: bytes) -> bytes:
-    """`path` with one trailing slash: prefix + name is os.path.join(path, name), cheaper."""
-    return path if path.endswith(b"/") else path + b"/"
 
 
 class _CacheWriter:
@@ -194,7 +189,7 @@ class ParentLookup:
 
     def name_keys(self, folder: bytes) -> Callable[[bytes], bytes]:
         """`path_key` of each name in `folder`, the folder's path hashed once for them all."""
-        return crypto.PrefixedKeyedHash(self._path_key, _folder_prefix(folder), PATH_KEY_SIZE)
+        return crypto.PrefixedKeyedHash(self._path_key, folder_prefix(folder), PATH_KEY_SIZE)
 
     def record(self, path: bytes, nodes: list[Node]) -> None:
         """The folder `path` is archived: write its files' row of the next cache."""

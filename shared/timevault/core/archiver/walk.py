@@ -115,6 +115,11 @@ def same_metadata(previous: Node, st: os.stat_result) -> bool:
     )
 
 
+def folder_prefix(path: bytes) -> bytes:
+    """`path` with one trailing slash: prefix + name is os.path.join(path, name), cheaper."""
+    return path if path.endswith(b"/") else path + b"/"
+
+
 def list_dir(
     path: bytes, previous: PreviousDir, excludes: Excludes | None = None
 ) -> tuple[list[Entry | Node], list[Entry], list[str]]:
@@ -136,7 +141,7 @@ def list_dir(
     warnings: list[str] = []
     entries: list[Entry | Node] = []
     to_read: list[Entry] = []
-    prefix = path if path.endswith(b"/") else path + b"/"
+    prefix = folder_prefix(path)
     dir_fd = os.open(path, _DIR_FLAGS)
     try:
         # A descriptor's listing names entries as str: back to bytes (losslessly, as
